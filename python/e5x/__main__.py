@@ -1,0 +1,3 @@
+from e5x.cli import main
+
+raise SystemExit(main())

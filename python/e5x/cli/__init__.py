@@ -1,0 +1,56 @@
+"""The ``e5x`` command: one subcommand per stage, each a thin shell over the stage's function.
+
+Every subcommand lives in its own module ``e5x.cli.<name>`` exposing
+``configure(parser)`` and ``run(args) -> int``; modules are imported only when their
+subcommand runs (or for ``--help``), so ``e5x --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+from collections.abc import Sequence
+
+# subcommand -> one-line help; the module is e5x.cli.<subcommand>
+SUBCOMMANDS: dict[str, str] = {
+    "synth": "generate synthetic training data with an OpenAI-compatible LLM",
+    "clean": "validate, deduplicate and convert LLM responses into training triples",
+    "train": "train an embedding model with the E5-mistral recipe",
+    "eval": "evaluate a model on BEIR-format retrieval and STS data",
+    "encode": "embed texts with a trained model",
+    "bench": "run a benchmark from benches/",
+    "demo": "run the main job on its embedded default (the README's first command)",
+}
+
+
+def _available() -> dict[str, str]:
+    """Subcommands whose module exists in this installation."""
+    out = {}
+    for name, help_text in SUBCOMMANDS.items():
+        if importlib.util.find_spec(f"e5x.cli.{name}") is not None:
+            out[name] = help_text
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from e5x import __version__
+
+    parser = argparse.ArgumentParser(prog="e5x", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"e5x {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    for name, help_text in _available().items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        # Only the chosen subcommand's module is imported (its options need it).
+        if name == chosen:
+            importlib.import_module(f"e5x.cli.{name}").configure(p)
+    args = parser.parse_args(argv)
+    module = importlib.import_module(f"e5x.cli.{args.command}")
+    return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

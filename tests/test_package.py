@@ -1,0 +1,38 @@
+import subprocess
+import sys
+
+
+def test_import_is_light():
+    # `import e5x` must not pull in torch, triton, transformers or openai.
+    code = (
+        "import sys, e5x, e5x._native\n"
+        "heavy = [m for m in ('torch', 'triton', 'transformers', 'openai', 'peft') if m in sys.modules]\n"
+        "print(','.join(heavy))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_native_version_matches_package():
+    import e5x
+    import e5x._native
+
+    assert e5x._native.__version__ == e5x.__version__
+
+
+def test_unknown_attribute_is_an_attribute_error():
+    import e5x
+
+    try:
+        e5x.no_such_thing  # noqa: B018
+    except AttributeError as e:
+        assert "no_such_thing" in str(e)
+    else:
+        raise AssertionError("expected AttributeError")
+
+
+def test_cli_help_lists_stages():
+    out = subprocess.run(
+        [sys.executable, "-m", "e5x", "--help"], capture_output=True, text=True, check=True
+    )
+    assert "usage: e5x" in out.stdout
