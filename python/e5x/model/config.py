@@ -1,0 +1,43 @@
+"""``e5x.json``: how a saved model turns text into an embedding.
+
+Written next to every model that ``e5x.train`` saves and read by ``e5x.Embedder``, so
+inference applies exactly the pooling, instruction template and EOS rule of training.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Literal
+
+from e5x.model.text import QUERY_TEMPLATE
+
+CONFIG_NAME = "e5x.json"
+
+Pooling = Literal["last_token", "mean", "cls"]
+
+
+@dataclass(frozen=True)
+class EmbeddingSpec:
+    pooling: Pooling = "last_token"
+    normalize: bool = True
+    query_template: str = QUERY_TEMPLATE
+    max_length: int = 512
+    append_eos: bool = True
+    padding_side: Literal["left", "right"] = "right"
+
+    def save(self, directory: str | Path) -> Path:
+        path = Path(directory) / CONFIG_NAME
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path) -> EmbeddingSpec:
+        path = Path(directory) / CONFIG_NAME
+        data = json.loads(path.read_text())
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown keys {unknown}; known keys are {sorted(known)}")
+        return cls(**data)

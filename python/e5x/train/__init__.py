@@ -1,0 +1,1 @@
+"""e5x.train (under construction)."""
