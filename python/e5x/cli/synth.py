@@ -1,0 +1,148 @@
+"""``e5x synth``: generate synthetic data (two-step prompting) into a resumable run directory.
+
+Examples:
+  e5x synth --config configs/synth.toml --out runs/synth --dry-run
+  OPENAI_API_KEY=... e5x synth --out runs/synth -n 1000 --model gpt-4o=0.75 --model gpt-4o-mini=0.25
+  e5x synth --out runs/synth --resume --max-cost 50
+  e5x synth --out runs/local -n 200 --base-url http://127.0.0.1:8080/v1 --model local \\
+      --api-key-env LLAMA_KEY --response-format json_schema
+
+Exit status: 0 plan complete, 3 incomplete (budget cap or failed requests: rerun with
+--resume), 2 bad configuration, 1 fatal API error (bad key, unknown model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+
+def _model_weights(specs: list[str] | None) -> dict[str, float] | None:
+    if not specs:
+        return None
+    out: dict[str, float] = {}
+    for spec in specs:
+        name, _, w = spec.partition("=")
+        try:
+            out[name] = float(w) if w else 1.0
+        except ValueError:
+            raise SystemExit(f"e5x synth: bad --model {spec!r}; use NAME or NAME=WEIGHT") from None
+    return out
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = __doc__.split("\n", 1)[1]
+    p.add_argument("--config", help="TOML file with SynthConfig fields (and optional [task_types.NAME])")
+    p.add_argument("--out", required=True, help="run directory (created; holds the response log)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--dry-run", action="store_true", help="print the plan, tokens and cost; send nothing")
+    g = p.add_argument_group("plan")
+    g.add_argument("-n", "--n-examples", type=int)
+    g.add_argument("--seed", type=int)
+    g.add_argument("--task-types", dest="task_types_file", help="TOML file with custom [task_types.NAME]")
+    g.add_argument("--task-weight", action="append", metavar="TYPE=W", help="task type weight (repeatable)")
+    g.add_argument("--tasks-per-brainstorm", type=int)
+    g.add_argument("--model", action="append", metavar="NAME[=W]", help="model mix of both steps (repeatable)")
+    g.add_argument("--brainstorm-model", action="append", metavar="NAME[=W]")
+    g.add_argument("--examples-model", action="append", metavar="NAME[=W]")
+    g = p.add_argument_group("endpoint (keys only from the environment)")
+    g.add_argument("--provider", choices=["openai", "azure"])
+    g.add_argument("--base-url")
+    g.add_argument("--api-key-env", help="name of the environment variable holding the key")
+    g.add_argument("--azure-endpoint")
+    g.add_argument("--api-version")
+    g = p.add_argument_group("sampling (both steps)")
+    g.add_argument("--temperature", type=float)
+    g.add_argument("--top-p", type=float)
+    g.add_argument("--max-tokens", type=int, help="max completion tokens of an example")
+    g.add_argument("--response-format", choices=["none", "json_object", "json_schema"])
+    g = p.add_argument_group("throughput and robustness")
+    g.add_argument("--concurrency", type=int)
+    g.add_argument("--rpm", type=float, help="requests per minute limit")
+    g.add_argument("--tpm", type=float, help="tokens per minute limit")
+    g.add_argument("--timeout", dest="timeout_s", type=float, help="per-request timeout, seconds")
+    g.add_argument("--max-retries", type=int)
+    g.add_argument("--fsync", choices=["always", "interval", "never"])
+    g = p.add_argument_group("budget (whole run directory, resumes included)")
+    g.add_argument("--max-requests", type=int)
+    g.add_argument("--max-tokens-total", type=int)
+    g.add_argument("--max-cost", dest="max_cost_usd", type=float, help="USD")
+    g.add_argument("--price", action="append", metavar="MODEL=IN,OUT", help="USD per 1M tokens (repeatable)")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+
+
+def build_config(args: argparse.Namespace) -> Any:
+    from pathlib import Path
+
+    from e5x.synth import SynthConfig
+
+    if args.config:
+        cfg = SynthConfig.from_toml(args.config)
+    elif args.resume and (Path(args.out) / "config.json").exists():
+        cfg = SynthConfig.from_dict(json.loads((Path(args.out) / "config.json").read_text()))
+    else:
+        cfg = SynthConfig()
+    for name in (
+        "n_examples", "seed", "task_types_file", "tasks_per_brainstorm", "concurrency", "rpm", "tpm",
+        "timeout_s", "max_retries", "fsync", "max_requests", "max_tokens_total", "max_cost_usd",
+    ):  # fmt: skip
+        v = getattr(args, name)
+        if v is not None:
+            setattr(cfg, name, v)
+    if args.task_weight:
+        cfg.task_weights = {}
+        for spec in args.task_weight:
+            k, _, w = spec.partition("=")
+            cfg.task_weights[k] = float(w or 1)
+    for name in ("provider", "base_url", "api_key_env", "azure_endpoint", "api_version"):
+        v = getattr(args, name)
+        if v is not None:
+            setattr(cfg.endpoint, name, v)
+    both = _model_weights(args.model)
+    for step, specific in (("brainstorm", args.brainstorm_model), ("examples", args.examples_model)):
+        s = getattr(cfg, step)
+        models = _model_weights(specific) or both
+        if models:
+            s.models = models
+        if args.temperature is not None:
+            s.temperature = args.temperature
+        if args.top_p is not None:
+            s.top_p = args.top_p
+        if args.response_format is not None:
+            s.response_format = args.response_format
+    if args.max_tokens is not None:
+        cfg.examples.max_tokens = args.max_tokens
+    for spec in args.price or []:
+        m, _, pr = spec.partition("=")
+        try:
+            a, b = (float(x) for x in pr.split(","))
+        except ValueError:
+            raise SystemExit(f"e5x synth: bad --price {spec!r}; use MODEL=IN,OUT (USD per 1M tokens)") from None
+        cfg.prices[m] = (a, b)
+    if args.no_progress:
+        cfg.progress = False
+    return cfg
+
+
+def run(args: argparse.Namespace) -> int:
+    from e5x.synth import FatalAPIError, synthesize
+    from e5x.synth.store import LogLockedError
+
+    try:
+        cfg = build_config(args)
+        summary = synthesize(cfg, args.out, resume=args.resume, dry_run=args.dry_run)
+    except (ValueError, FileExistsError, FileNotFoundError, LogLockedError) as e:
+        print(f"e5x synth: error: {e}", file=sys.stderr)
+        return 2
+    except FatalAPIError as e:
+        print(f"e5x synth: fatal API error: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+    if args.dry_run:
+        return 0
+    return 0 if summary["complete"] else 3

@@ -1,0 +1,504 @@
+"""The task taxonomy: what the LLM is asked to write, and how its answer becomes a triple.
+
+A :class:`TaskType` bundles, for one kind of embedding task (DESIGN.md §2):
+
+- ``placeholders``: name -> weighted values (``{value: weight}`` or a list = uniform), or
+  the string ``"@languages"`` for "draw from the run's language weights";
+- ``brainstorm_prompt`` (asymmetric types): asks for a JSON list of task definitions;
+- ``prompt``: asks for one example as JSON; ``{task}`` is the task definition (drawn from
+  the brainstormed pool, or the fixed ``task`` of a symmetric type);
+- ``schema``: the JSON Schema the Rust validator checks the answer against;
+- ``mapping``: which answer fields become (query, positive, negative).
+
+Templates use ``{name}`` placeholders and ``{{``/``}}`` for literal braces (the syntax of
+``e5x.clean.core.render``). Users add task types from a TOML file (:func:`load_task_types`).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from e5x.tasks.schemas import SCHEMAS, object_schema
+
+LANGUAGES = "@languages"  # placeholder value set = the run's language weights
+# Filled by the synth stage, never sampled: the task definition and the brainstorm size.
+BUILTIN_PLACEHOLDERS = frozenset({"task", "n_tasks"})
+
+PlaceholderValues = Mapping[str, float] | list[str] | tuple[str, ...] | str
+
+_TOKEN = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
+
+
+def template_placeholders(template: str, *, where: str = "template") -> list[str]:
+    """Names of the ``{name}`` placeholders in a template, in order of first use."""
+    names: list[str] = []
+    for m in _TOKEN.finditer(template):
+        tok = m.group(0)
+        if tok in ("{{", "}}"):
+            continue
+        if tok in ("{", "}"):
+            raise ValueError(f"{where}: unmatched {tok!r} at offset {m.start()} (write {tok * 2} for a literal brace)")
+        name = m.group(1)
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise ValueError(f"{where}: bad placeholder {tok!r} at offset {m.start()}")
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def normalize_values(values: PlaceholderValues, *, where: str) -> dict[str, float] | str:
+    """Check a placeholder's value set; lists become uniform weights."""
+    if isinstance(values, str):
+        if values != LANGUAGES:
+            raise ValueError(f"{where}: a value set must be a table of weights, a list, or {LANGUAGES!r}")
+        return values
+    if isinstance(values, (list, tuple)):
+        values = {str(v): 1.0 for v in values}
+    if not isinstance(values, Mapping):
+        raise ValueError(f"{where}: a value set must be a table of weights or a list, got {type(values).__name__}")
+    if not values:
+        raise ValueError(f"{where}: placeholder has no values")
+    out: dict[str, float] = {}
+    for v, w in values.items():
+        try:
+            wf = float(w)
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: weight of {v!r} is not a number: {w!r}") from None
+        if not math.isfinite(wf) or wf < 0:
+            raise ValueError(f"{where}: weight of {v!r} must be finite and >= 0, got {w!r}")
+        out[str(v)] = wf
+    check_weights(out, where=where)
+    return out
+
+
+def check_weights(weights: Mapping[str, float], *, where: str) -> None:
+    """Weights must be finite, non-negative and sum to a positive number."""
+    if not weights:
+        raise ValueError(f"{where}: no entries")
+    for k, w in weights.items():
+        if not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+            raise ValueError(f"{where}: weight of {k!r} must be a finite number >= 0, got {w!r}")
+    if sum(weights.values()) <= 0:
+        raise ValueError(f"{where}: weights sum to 0")
+
+
+@dataclass(frozen=True)
+class Mapping3:
+    """Answer fields that become the training triple; ``negative`` None = in-batch only."""
+
+    query: str
+    positive: str
+    negative: str | None = None
+
+
+@dataclass
+class TaskType:
+    name: str
+    schema: dict[str, Any]
+    prompt: str
+    mapping: Mapping3
+    placeholders: dict[str, Any] = field(default_factory=dict)
+    brainstorm_prompt: str | None = None  # asymmetric types only
+    task: str | None = None  # fixed task definition of symmetric types
+    # Placeholders whose values name the example's language(s), joined with "-".
+    language_from: tuple[str, ...] = ("language",)
+    # Completion size guesses for --dry-run cost estimates (tokens).
+    expected_completion_tokens: int = 400
+    description: str = ""
+
+    @property
+    def symmetric(self) -> bool:
+        return self.task is not None
+
+    @property
+    def fields(self) -> list[str]:
+        return list(self.schema.get("properties", {}))
+
+    def check(self) -> None:
+        """Raise ValueError naming the task type and the problem; no request is sent before this."""
+        where = f"task type {self.name!r}"
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.name):
+            raise ValueError(f"{where}: name must be an identifier (letters, digits, _)")
+        if (self.task is None) == (self.brainstorm_prompt is None):
+            raise ValueError(f"{where}: give either a fixed `task` (symmetric) or a `brainstorm_prompt` (asymmetric)")
+        if not isinstance(self.schema, dict) or self.schema.get("type") != "object" or not self.fields:
+            raise ValueError(f"{where}: schema must be a JSON Schema of an object with properties")
+        for role in ("query", "positive", "negative"):
+            f = getattr(self.mapping, role)
+            if f is not None and f not in self.fields:
+                raise ValueError(f"{where}: mapping.{role} = {f!r} is not a field of the schema {self.fields}")
+        for name, values in self.placeholders.items():
+            if name in BUILTIN_PLACEHOLDERS:
+                raise ValueError(f"{where}: placeholder {name!r} is built in and filled by e5x; rename it")
+            self.placeholders[name] = normalize_values(values, where=f"{where}, placeholder {name!r}")
+        known = set(self.placeholders) | {"task"}
+        for name in template_placeholders(self.prompt, where=f"{where}, prompt"):
+            if name not in known:
+                raise ValueError(f"{where}: prompt uses placeholder {{{name}}} which has no values (known: {sorted(known)})")
+        if self.brainstorm_prompt is not None:
+            for name in template_placeholders(self.brainstorm_prompt, where=f"{where}, brainstorm_prompt"):
+                if name not in known - {"task"} | {"n_tasks"}:
+                    raise ValueError(f"{where}: brainstorm_prompt uses placeholder {{{name}}} which has no values")
+        if "task" not in template_placeholders(self.prompt):
+            raise ValueError(f"{where}: prompt must contain {{task}} (the task definition)")
+        for name in self.language_from:
+            if name not in self.placeholders:
+                raise ValueError(f"{where}: language_from names {name!r}, which is not a placeholder")
+
+    def brainstorm_placeholders(self) -> dict[str, Any]:
+        assert self.brainstorm_prompt is not None
+        used = set(template_placeholders(self.brainstorm_prompt)) - BUILTIN_PLACEHOLDERS
+        return {k: v for k, v in self.placeholders.items() if k in used}
+
+
+# ---------------------------------------------------------------------------------------
+# The six built-in task types. Prompt wording is ours; the constraints are the recipe's.
+# ---------------------------------------------------------------------------------------
+
+_JSON_ONLY = "Reply with the JSON object only: no markdown fences, no comments, nothing before or after it."
+
+_BRAINSTORM = """Brainstorm {n_tasks} distinct {what}.
+
+Each task is one sentence in English that says {shape}. Phrase each as an instruction, for example:
+{examples}
+
+Make the list diverse: many domains (science, law, shopping, health, software, hobbies, \
+everyday life, ...), many user intents, and no two tasks that are rewordings of each other.
+
+Return a JSON object of the form {{{{"tasks": ["...", "..."]}}}}. """ + _JSON_ONLY  # .format halves braces
+
+BRAINSTORM_SHORT_LONG = _BRAINSTORM.format(
+    n_tasks="{n_tasks}",
+    what="text retrieval tasks that a search system could serve",
+    shape="what a searcher is looking for and what kind of documents should come back; "
+    "queries are short (a few words up to a sentence) and documents are long (a paragraph or more)",
+    examples="- Given a question about a medication, retrieve patient information leaflets that answer it.\n"
+    "- Given a bug description, find forum threads that explain its cause and fix.",
+)
+BRAINSTORM_LONG_SHORT = _BRAINSTORM.format(
+    n_tasks="{n_tasks}",
+    what="text classification tasks",
+    shape="what texts are classified and by which property; the input is a longer text and the "
+    "label set is short and fixed",
+    examples="- Classify a product review by the aspect the customer complains about most.\n"
+    "- Decide whether a news paragraph reports a fact, an opinion or a prediction.",
+)
+BRAINSTORM_SHORT_SHORT = _BRAINSTORM.format(
+    n_tasks="{n_tasks}",
+    what="text matching tasks in which both the input and the matching text are short",
+    shape="what the input is and what counts as its match; both sides are a phrase or a sentence",
+    examples="- Given a movie title, find a one-line plot summary of that movie.\n"
+    "- Given a headline, retrieve another headline about the same event.",
+)
+BRAINSTORM_LONG_LONG = _BRAINSTORM.format(
+    n_tasks="{n_tasks}",
+    what="text matching tasks in which both the input and the matching text are long documents",
+    shape="what the input document is and which document counts as its match; both sides are "
+    "several paragraphs long",
+    examples="- Given a research paper abstract and introduction, retrieve the paper it builds on most.\n"
+    "- Given a long legal complaint, find the court decision on a similar dispute.",
+)
+
+PROMPT_SHORT_LONG = """You are writing training data for a text retrieval model.
+
+Retrieval task: {task}
+
+Write one example for this task as a JSON object with exactly these keys:
+- "user_query": a string, a query that a real user could send for the task; among such \
+queries it is {query_type}. It is {query_length} long and its intent is {clarity}.
+- "positive_document": a string, a document of about {num_words} words that satisfies the query.
+- "hard_negative_document": a string, a document of about {num_words} words that shares \
+topic and vocabulary with the query but does not satisfy it.
+
+Rules:
+- Both documents must read as texts that exist on their own, written without knowing the \
+query: do not copy the query's wording into them verbatim.
+- The query does not have to be a question; use whatever form fits the task.
+- Write the documents for a reader at {difficulty} level.
+- Write the query and both documents in {language}.
+""" + _JSON_ONLY
+
+PROMPT_LONG_SHORT = """You are writing training data for a text classification model.
+
+Classification task: {task}
+
+Write one example for this task as a JSON object with exactly these keys:
+- "input_text": a string of {num_words} words to be classified, {clarity}, written at \
+{difficulty} level.
+- "label": a string, the label the task assigns to input_text.
+- "misleading_label": a string, a different label that is valid for this task but fits \
+input_text less well than "label".
+
+Rules:
+- Neither label may appear verbatim inside input_text.
+- Write input_text in {language}.
+""" + _JSON_ONLY
+
+PROMPT_SHORT_SHORT = """You are writing training data for a text matching model.
+
+Matching task: {task}
+
+Write one example for this task as a JSON object with exactly these keys:
+- "input": a string, a short input for the task (a phrase or one sentence).
+- "positive_document": a string, a short text (a phrase or one sentence) that is a correct \
+match for the input under the task.
+
+Rules:
+- The two texts must not copy each other; be concrete and specific.
+- Write both texts in {language}.
+""" + _JSON_ONLY
+
+PROMPT_LONG_LONG = """You are writing training data for a text matching model.
+
+Matching task: {task}
+
+Write one example for this task as a JSON object with exactly these keys:
+- "input": a string, an input document for the task of at least 300 words.
+- "positive_document": a string, a document of at least 300 words that is a correct match \
+for the input under the task.
+
+Rules:
+- Write each document as a self-contained text; the match must follow from content, not \
+from copied sentences.
+- Write both documents in {language}.
+""" + _JSON_ONLY
+
+PROMPT_STS = """You are writing training data for a semantic similarity model.
+
+Task: {task}
+
+Write three {unit}s as a JSON object with exactly these keys:
+- "S1": a string, a {unit} written at {difficulty} level.
+- "S2": a string, a {unit} whose meaning is close to S1: on a scale from 1 (unrelated) to \
+5 (same meaning) it scores {high_score}.
+- "S3": a string, a {unit} related to S1 that scores only {low_score} on the same scale.
+
+Rules:
+- Vary wording and structure; S2 must not be S1 with a word or two swapped.
+- Write all three in {language}.
+""" + _JSON_ONLY
+
+PROMPT_BITEXT = """You are writing training data for a translation retrieval model.
+
+Task: {task}
+
+Write three {unit}s as a JSON object with exactly these keys:
+- "S1": a string, a {unit} in {src_lang} written at {difficulty} level.
+- "S2": a string, a translation of S1 into {tgt_lang} whose quality on a scale from 1 \
+(wrong) to 5 (perfect) is {high_score}.
+- "S3": a string, a fluent {unit} in {tgt_lang} that looks like a translation of S1 but \
+contains translation errors, scoring {low_score} on the same scale.
+
+Rules:
+- S3 must read naturally; its errors are in meaning, not in grammar.
+""" + _JSON_ONLY
+
+DIFFICULTY = ["high school", "college", "PhD"]
+CLARITY = ["clear", "understandable with some effort", "ambiguous"]
+UNIT = ["sentence", "phrase", "passage"]
+
+
+def builtin_task_types() -> dict[str, TaskType]:
+    """Fresh copies of the six task types of the recipe (callers may modify them)."""
+    types = [
+        TaskType(
+            name="short_long",
+            schema=SCHEMAS["short_long"],
+            brainstorm_prompt=BRAINSTORM_SHORT_LONG,
+            prompt=PROMPT_SHORT_LONG,
+            mapping=Mapping3("user_query", "positive_document", "hard_negative_document"),
+            placeholders={
+                "query_type": ["extremely long-tail", "long-tail", "common"],
+                "query_length": ["less than 5 words", "5 to 15 words", "at least 10 words"],
+                "clarity": list(CLARITY),
+                "num_words": ["50", "100", "200", "300", "400", "500"],
+                "difficulty": list(DIFFICULTY),
+                "language": LANGUAGES,
+            },
+            expected_completion_tokens=900,
+            description="short query, long document retrieval",
+        ),
+        TaskType(
+            name="long_short",
+            schema=SCHEMAS["long_short"],
+            brainstorm_prompt=BRAINSTORM_LONG_SHORT,
+            prompt=PROMPT_LONG_SHORT,
+            mapping=Mapping3("input_text", "label", "misleading_label"),
+            placeholders={
+                "num_words": ["less than 10", "at least 10", "at least 50", "at least 100", "at least 200"],
+                "difficulty": list(DIFFICULTY),
+                "clarity": list(CLARITY),
+                "language": LANGUAGES,
+            },
+            expected_completion_tokens=250,
+            description="classification: long input, short label",
+        ),
+        TaskType(
+            name="short_short",
+            schema=SCHEMAS["short_short"],
+            brainstorm_prompt=BRAINSTORM_SHORT_SHORT,
+            prompt=PROMPT_SHORT_SHORT,
+            mapping=Mapping3("input", "positive_document", None),
+            placeholders={"language": LANGUAGES},
+            expected_completion_tokens=80,
+            description="short-short matching",
+        ),
+        TaskType(
+            name="long_long",
+            schema=SCHEMAS["long_long"],
+            brainstorm_prompt=BRAINSTORM_LONG_LONG,
+            prompt=PROMPT_LONG_LONG,
+            mapping=Mapping3("input", "positive_document", None),
+            placeholders={"language": LANGUAGES},
+            expected_completion_tokens=1000,
+            description="long-long matching",
+        ),
+        TaskType(
+            name="sts",
+            schema=SCHEMAS["sts"],
+            task="Retrieve semantically similar text.",
+            prompt=PROMPT_STS,
+            mapping=Mapping3("S1", "S2", "S3"),
+            placeholders={
+                "high_score": ["4", "4.5", "5"],
+                "low_score": ["2.5", "3", "3.5"],
+                "unit": list(UNIT),
+                "difficulty": ["elementary school", "high school", "college"],
+                "language": LANGUAGES,
+            },
+            expected_completion_tokens=150,
+            description="monolingual semantic textual similarity",
+        ),
+        TaskType(
+            name="bitext",
+            schema=SCHEMAS["bitext"],
+            task="Retrieve parallel sentences.",
+            prompt=PROMPT_BITEXT,
+            mapping=Mapping3("S1", "S2", "S3"),
+            placeholders={
+                "high_score": ["4", "4.5", "5"],
+                "low_score": ["1.5", "2", "2.5"],
+                "unit": list(UNIT),
+                "difficulty": ["elementary school", "high school", "college"],
+                "src_lang": LANGUAGES,
+                "tgt_lang": LANGUAGES,
+            },
+            language_from=("src_lang", "tgt_lang"),
+            expected_completion_tokens=150,
+            description="bitext retrieval",
+        ),
+    ]
+    for t in types:
+        t.check()
+    return {t.name: t for t in types}
+
+
+# Share of each task type in the published data (thousands of examples, E5 paper Fig. 2):
+# the default mix of `e5x synth`.
+DEFAULT_TASK_WEIGHTS: dict[str, float] = {
+    "short_long": 167.0,
+    "long_short": 122.0,
+    "short_short": 13.0,
+    "long_long": 17.0,
+    "sts": 99.0,
+    "bitext": 89.0,
+}
+
+
+def task_type_from_dict(name: str, spec: Mapping[str, Any], *, base_dir: Path | None = None) -> TaskType:
+    """Build and check one custom task type from a TOML/dict spec.
+
+    Keys: ``prompt`` (required), ``brainstorm_prompt`` or ``task``, ``fields`` (name ->
+    description; all required non-empty strings) or ``schema`` (a JSON Schema table) or
+    ``schema_file`` (path to a JSON Schema), ``mapping`` {query, positive, negative?},
+    ``placeholders`` {name: {value: weight} | [values] | "@languages"}, ``language_from``,
+    ``expected_completion_tokens``, ``description``.
+    """
+    where = f"task type {name!r}"
+    allowed = {
+        "prompt", "brainstorm_prompt", "task", "fields", "schema", "schema_file", "mapping",
+        "placeholders", "language_from", "expected_completion_tokens", "description",
+    }  # fmt: skip
+    unknown = set(spec) - allowed
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {sorted(unknown)} (allowed: {sorted(allowed)})")
+    if "prompt" not in spec:
+        raise ValueError(f"{where}: missing `prompt`")
+    n_schema = sum(k in spec for k in ("fields", "schema", "schema_file"))
+    if n_schema != 1:
+        raise ValueError(f"{where}: give exactly one of `fields`, `schema`, `schema_file`")
+    if "fields" in spec:
+        schema = object_schema({str(k): str(v) for k, v in spec["fields"].items()}, f"{name} example")
+    elif "schema" in spec:
+        schema = dict(spec["schema"])
+    else:
+        import json
+
+        path = Path(spec["schema_file"])
+        if not path.is_absolute() and base_dir is not None:
+            path = base_dir / path
+        try:
+            schema = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{where}: cannot read schema_file {path}: {e}") from None
+    m = spec.get("mapping")
+    if not isinstance(m, Mapping) or "query" not in m or "positive" not in m:
+        raise ValueError(f"{where}: `mapping` needs `query` and `positive` (and optionally `negative`)")
+    placeholders = dict(spec.get("placeholders", {}))
+    language_from = tuple(spec.get("language_from", ("language",) if "language" in placeholders else ()))
+    t = TaskType(
+        name=name,
+        schema=schema,
+        prompt=str(spec["prompt"]),
+        brainstorm_prompt=spec.get("brainstorm_prompt"),
+        task=spec.get("task"),
+        mapping=Mapping3(str(m["query"]), str(m["positive"]), m.get("negative") or None),
+        placeholders=placeholders,
+        language_from=language_from,
+        expected_completion_tokens=int(spec.get("expected_completion_tokens", 400)),
+        description=str(spec.get("description", "")),
+    )
+    t.check()
+    return t
+
+
+def load_task_types(path: str | Path) -> dict[str, TaskType]:
+    """Custom task types from a TOML file: one ``[task_types.NAME]`` table each."""
+    path = Path(path)
+    data = _read_toml(path)
+    tables = data.get("task_types", {})
+    if not isinstance(tables, Mapping) or not tables:
+        raise ValueError(f"{path}: no [task_types.NAME] tables found")
+    out = {}
+    for name, spec in tables.items():
+        try:
+            out[name] = task_type_from_dict(name, spec, base_dir=path.parent)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
+    return out
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except OSError as e:
+        raise ValueError(f"cannot read {path}: {e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"{path}: invalid TOML: {e}") from None
+
+
+def task_types(extra: Mapping[str, TaskType] | None = None) -> dict[str, TaskType]:
+    """The built-in task types plus custom ones (a custom type may replace a built-in)."""
+    out = builtin_task_types()
+    out.update(extra or {})
+    return out
