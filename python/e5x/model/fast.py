@@ -1,0 +1,90 @@
+"""Model surgery for fast contrastive LoRA training (opt-in; each piece is measured in
+benches/bench_train.py).
+
+- ``set_checkpointing``: selective activation checkpointing. Recomputing a layer costs one
+  extra forward of it (~1/3 of a LoRA step's FLOPs: frozen weights need no weight grads, so a
+  step is ~2N forward + ~2N backward + 2N recompute per token). A packed stream has no padding,
+  so its checkpoints are far smaller than a padded batch's; the memory that frees is spent on
+  keeping the activations of the last ``keep`` layers (the ones backward reaches first, so their
+  activations are freed soonest) instead of recomputing them.
+- ``apply_liger``: fused Triton RMSNorm / SwiGLU / RoPE from liger-kernel when installed (GPU
+  only; an optional dependency).
+- ``prepare_for_packed_training``: the above plus ``enable_packing``, in one call.
+
+The LM head is never computed: load the model with ``AutoModel`` (the bare decoder) or let
+``e5x.model.packing.packed_hidden_at`` drive the decoder layers itself, which also applies the
+final norm only to the pooled rows and runs the last layer's tail only for them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from e5x.model.packing import decoder_of, enable_packing
+
+
+def set_checkpointing(model: Any, keep: int = 0, *, use_reentrant: bool = False) -> int:
+    """Checkpoint every decoder layer except the last ``keep`` ones; returns how many are
+    checkpointed. ``keep=0`` is plain full checkpointing; ``keep >= layers`` turns it off."""
+    dec = decoder_of(model)
+    if dec is None:
+        raise ValueError(f"{type(model).__name__}: no Llama/Mistral-style decoder layers found")
+    layers = list(dec.layers)
+    if keep < 0:
+        raise ValueError(f"keep must be >= 0, got {keep}")
+    target = model.get_base_model() if hasattr(model, "get_base_model") else model
+    # transformers installs its checkpoint function on every layer; the flag is per layer.
+    # transformers >= 5.2x renamed it (the old name warns); older ones only have the old name
+    ckpt_kwargs = {"use_reentrant": use_reentrant}
+    if hasattr(target, "activation_checkpointing_enable"):
+        target.activation_checkpointing_enable(activation_checkpointing_kwargs=ckpt_kwargs)
+    else:
+        target.gradient_checkpointing_enable(gradient_checkpointing_kwargs=ckpt_kwargs)
+    n_ckpt = max(0, len(layers) - keep)
+    for i, layer in enumerate(layers):
+        layer.gradient_checkpointing = i < n_ckpt
+    return n_ckpt
+
+
+def apply_liger(model: Any, *, rms_norm: bool = True, swiglu: bool = True, rope: bool = True) -> list[str]:
+    """Swap in liger-kernel's fused RMSNorm / SwiGLU / RoPE on a Llama/Mistral/Qwen2 model.
+
+    Returns the kernels applied ([] when liger-kernel is missing, the model type has no liger
+    patch, or there is no GPU). Works under peft: the fused MLP still calls the (LoRA-wrapped)
+    projections; it fuses only the activation.
+    """
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    try:
+        import liger_kernel.transformers as lk  # type: ignore[import-not-found]
+    except Exception:
+        return []
+    target = model.get_base_model() if hasattr(model, "get_base_model") else model
+    model_type = getattr(target.config, "model_type", "")
+    fn = getattr(lk, f"apply_liger_kernel_to_{model_type}", None)
+    if fn is None:
+        return []
+    fn(rope=rope, rms_norm=rms_norm, swiglu=swiglu, cross_entropy=False,
+       fused_linear_cross_entropy=False, model=target)
+    return [k for k, on in (("rms_norm", rms_norm), ("swiglu", swiglu), ("rope", rope)) if on]
+
+
+def prepare_for_packed_training(
+    model: Any,
+    *,
+    checkpoint_keep: int | None = 0,
+    liger: bool = False,
+) -> dict[str, Any]:
+    """Make a (peft-wrapped) HF decoder ready for ``embed_packed`` training.
+
+    ``checkpoint_keep=None`` leaves checkpointing as the caller set it. Returns a summary of
+    what was applied (for logs and the benchmark header).
+    """
+    enable_packing(model)
+    info: dict[str, Any] = {"packing": True}
+    if checkpoint_keep is not None:
+        info["checkpointed_layers"] = set_checkpointing(model, checkpoint_keep)
+    info["liger"] = apply_liger(model) if liger else []
+    return info

@@ -1,0 +1,241 @@
+"""Packed (padding-free) batches give the same embeddings, loss and LoRA gradients as padded ones.
+
+Tolerances: the model runs in float32 on CPU. Packed and padded forwards do the same
+arithmetic per real token (matmuls are row-wise; padded keys are masked to exact zeros), so
+they differ only by summation order inside SDPA / matmul kernels: ~1e-7 relative per op,
+growing through a few layers and the 1/tau = 50 logit scale of InfoNCE. We allow 1e-5
+(absolute on unit-scale embeddings and on the loss) and 1e-4 relative on gradients; a mask
+that leaked across sequences changes embeddings at the 1e-2 level (the negative control).
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+peft = pytest.importorskip("peft")
+
+from e5x.model import packing  # noqa: E402
+from e5x.model.fast import set_checkpointing  # noqa: E402
+from e5x.model.packing import (  # noqa: E402
+    embed_length_grouped,
+    embed_packed,
+    embed_padded,
+    enable_packing,
+    length_grouped_chunks,
+    pack,
+    padding_share,
+)
+
+VOCAB = 97
+EMB_ATOL = 1e-5
+LOSS_ATOL = 1e-5
+GRAD_RTOL = 1e-4
+
+
+def tiny_model(arch: str = "mistral", *, layers: int = 3, sliding_window: int | None = None,
+               seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    common = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=112, num_hidden_layers=layers,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+    if arch == "mistral":
+        cfg = transformers.MistralConfig(sliding_window=sliding_window, **common)
+    else:
+        cfg = transformers.LlamaConfig(**common)
+    model = transformers.AutoModel.from_config(cfg, attn_implementation="sdpa")
+    # LoRA on all linear layers as in the recipe. Dropout 0: dropout masks are random per
+    # call, so two forwards could never be compared; the layout change is what is tested.
+    model = peft.get_peft_model(
+        model, peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear"))
+    g = torch.Generator().manual_seed(seed + 1)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:  # peft starts B at zero; make the adapters do something
+            with torch.no_grad():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    return model
+
+
+def random_seqs(lengths: list[int], seed: int = 0) -> list[list[int]]:
+    rng = random.Random(seed)
+    return [[rng.randrange(1, VOCAB) for _ in range(n - 1)] + [2] for n in lengths]  # EOS=2 last
+
+
+def info_nce(q: torch.Tensor, d: torch.Tensor, tau: float = 0.02) -> torch.Tensor:
+    """Reference InfoNCE, grouped layout: query i's positive is document i * (Bd // Bq)."""
+    q = torch.nn.functional.normalize(q, dim=-1)
+    d = torch.nn.functional.normalize(d, dim=-1)
+    target = torch.arange(q.shape[0]) * (d.shape[0] // q.shape[0])
+    return torch.nn.functional.cross_entropy(q @ d.T / tau, target)
+
+
+def step(model, queries, docs, packed: bool, **kw):  # type: ignore[no-untyped-def]
+    """One contrastive step: (loss, pooled, {lora param: grad})."""
+    model.zero_grad(set_to_none=True)
+    seqs = queries + docs
+    if packed:
+        pooled = embed_packed(model, seqs, **kw)
+    else:
+        pooled = embed_padded(model, seqs, pad_id=0, **kw)
+    loss = info_nce(pooled[: len(queries)], pooled[len(queries):])
+    loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    assert grads and all(g is not None for g in grads.values())
+    return loss.detach(), pooled.detach(), grads
+
+
+def assert_same(a, b) -> None:  # type: ignore[no-untyped-def]
+    loss_a, pooled_a, grads_a = a
+    loss_b, pooled_b, grads_b = b
+    torch.testing.assert_close(pooled_a, pooled_b, atol=EMB_ATOL, rtol=0)
+    torch.testing.assert_close(loss_a, loss_b, atol=LOSS_ATOL, rtol=0)
+    assert grads_a.keys() == grads_b.keys()
+    for name in grads_a:
+        ga, gb = grads_a[name], grads_b[name]
+        scale = gb.abs().max().clamp_min(1e-8)
+        err = (ga - gb).abs().max() / scale
+        assert err < GRAD_RTOL, f"{name}: max grad error {err:.2e} of max |grad| {scale:.2e}"
+
+
+# ------------------------------------------------------------------ packing layout
+
+
+def test_pack_layout_positions_and_boundaries() -> None:
+    seqs = [[5, 6, 2], [2], [7, 8, 9, 10, 2]]
+    p = pack(seqs)
+    assert p.input_ids.tolist() == [[5, 6, 2, 2, 7, 8, 9, 10, 2]]
+    assert p.position_ids.tolist() == [[0, 1, 2, 0, 0, 1, 2, 3, 4]]
+    assert p.cu_seqlens.tolist() == [0, 3, 4, 9] and p.cu_seqlens.dtype == torch.int32
+    assert p.last_index.tolist() == [2, 3, 8]
+    assert p.max_seqlen == 5 and p.useful_tokens == p.num_tokens == 9
+    assert all(p.input_ids[0, i] == 2 for i in p.last_index.tolist())  # pooled rows are the EOS
+
+    tail = pack(seqs, pad_to_multiple_of=8, pad_id=0)
+    assert tail.num_tokens == 16 and tail.useful_tokens == 9
+    assert tail.cu_seqlens.tolist() == [0, 3, 4, 9, 16]  # the tail is a segment of its own
+    assert tail.last_index.tolist() == [2, 3, 8]
+    assert tail.position_ids[0, 9:].tolist() == list(range(7))
+
+
+def test_pack_rejects_empty() -> None:
+    with pytest.raises(ValueError, match="empty batch"):
+        pack([])
+    with pytest.raises(ValueError, match="sequence 1 is empty"):
+        pack([[1, 2], []])
+
+
+def test_length_grouped_chunks_cover_batch_and_cut_padding() -> None:
+    rng = random.Random(3)
+    lengths = [rng.randint(1, 64) for _ in range(32)] + [rng.randint(16, 512) for _ in range(64)]
+    chunks = length_grouped_chunks(lengths, max_tokens=4096)
+    assert sorted(i for c in chunks for i in c) == list(range(len(lengths)))
+    for c in chunks:
+        assert len(c) == 1 or max(lengths[i] for i in c) * len(c) <= 4096
+    assert padding_share(lengths, chunks) < padding_share(lengths) / 2
+    assert length_grouped_chunks([600, 3], max_tokens=512) == [[0], [1]]  # too long: alone
+    with pytest.raises(ValueError):
+        length_grouped_chunks([1], max_tokens=0)
+
+
+# ------------------------------------------------------------------ numerics
+
+
+@pytest.mark.parametrize("arch", ["mistral", "llama"])
+def test_packed_equals_padded_loss_embeddings_and_lora_grads(arch: str) -> None:
+    model = tiny_model(arch)
+    # 4 queries (one of length 1) + 8 documents (one at max length 96)
+    queries = random_seqs([1, 7, 12, 5], seed=1)
+    docs = random_seqs([30, 96, 17, 44, 3, 60, 25, 9], seed=2)
+    padded = step(model, queries, docs, packed=False)
+    enable_packing(model)
+    assert_same(step(model, queries, docs, packed=True), padded)
+    # the last layer run in full (no trimming) is the same too
+    assert_same(step(model, queries, docs, packed=True, trim_last_layer=False), padded)
+    # padded forwards still work on a model switched to the packed attention
+    assert_same(step(model, queries, docs, packed=False), padded)
+
+
+def test_packing_odd_cases() -> None:
+    model = tiny_model("mistral", layers=2)
+    enable_packing(model)
+    # one sequence; a length-1 sequence alone; every sequence at max length
+    for seqs in (random_seqs([23]), random_seqs([1]), random_seqs([128] * 4, seed=5)):
+        with torch.no_grad():
+            torch.testing.assert_close(embed_packed(model, seqs), embed_padded(model, seqs),
+                                       atol=EMB_ATOL, rtol=0)
+    # left padding is the same embedding as well
+    seqs = random_seqs([1, 9, 40], seed=7)
+    with torch.no_grad():
+        torch.testing.assert_close(embed_packed(model, seqs),
+                                   embed_padded(model, seqs, padding_side="left"), atol=EMB_ATOL, rtol=0)
+
+
+def test_boundaries_matter_negative_control() -> None:
+    """The same stream attended without boundaries gives different embeddings: the test above
+    would catch a mask that lets sequences see each other."""
+    model = tiny_model("mistral", layers=2)
+    enable_packing(model)
+    seqs = random_seqs([20, 31, 12], seed=9)
+    good = pack(seqs)
+    leaky = pack(seqs)
+    leaky.cu_seqlens = torch.tensor([0, good.num_tokens], dtype=torch.int32)  # one segment
+    leaky.max_seqlen = good.num_tokens
+    with torch.no_grad():
+        a = packing.packed_hidden_at(model, good)
+        b = packing.packed_hidden_at(model, leaky, trim_last_layer=False)
+    assert torch.allclose(a[0], b[0], atol=EMB_ATOL)  # the first sequence sees nothing before it
+    assert (a[1:] - b[1:]).abs().max() > 1e-2
+
+
+def test_sliding_window_matches_padded() -> None:
+    model = tiny_model("mistral", layers=2, sliding_window=6)
+    queries = random_seqs([3, 14], seed=11)
+    docs = random_seqs([20, 5, 9, 33], seed=12)
+    padded = step(model, queries, docs, packed=False)
+    enable_packing(model)
+    assert_same(step(model, queries, docs, packed=True), padded)
+
+
+def test_selective_checkpointing_same_grads() -> None:
+    model = tiny_model("llama", layers=4)
+    queries, docs = random_seqs([6, 11], seed=13), random_seqs([40, 8, 22, 31], seed=14)
+    enable_packing(model)
+    model.train()
+    reference = step(model, queries, docs, packed=True)
+    assert set_checkpointing(model, keep=1) == 3
+    layers = packing.decoder_of(model).layers
+    assert [bool(layer.gradient_checkpointing) for layer in layers] == [True, True, True, False]
+    assert_same(step(model, queries, docs, packed=True), reference)
+    assert set_checkpointing(model, keep=0) == 4
+    assert_same(step(model, queries, docs, packed=True), reference)
+
+
+def test_generic_forward_path_and_flex(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Models without the Llama layout go through their own forward with cu_seq_lens kwargs;
+    FlexAttention with a document mask gives the same numbers (forward only: no CPU backward)."""
+    model = tiny_model("mistral", layers=2)
+    seqs = random_seqs([1, 13, 27, 6], seed=15)
+    with torch.no_grad():
+        ref = embed_padded(model, seqs)
+        enable_packing(model)
+        flex = embed_packed(model, seqs, backend="flex", pad_to_multiple_of=16)
+        monkeypatch.setattr(packing, "decoder_of", lambda m: None)
+        generic = embed_packed(model, seqs)
+    torch.testing.assert_close(flex, ref, atol=EMB_ATOL, rtol=0)
+    torch.testing.assert_close(generic, ref, atol=EMB_ATOL, rtol=0)
+
+
+def test_length_grouped_equals_padded_in_input_order() -> None:
+    model = tiny_model("llama", layers=2)
+    seqs = random_seqs([4, 50, 1, 33, 12, 70, 8], seed=17)
+    with torch.no_grad():
+        torch.testing.assert_close(embed_length_grouped(model, seqs, max_tokens=100),
+                                   embed_padded(model, seqs), atol=EMB_ATOL, rtol=0)
+
+
+def test_packed_forward_requires_enable_packing() -> None:
+    model = tiny_model("mistral", layers=1)
+    with pytest.raises(RuntimeError, match="enable_packing"):
+        embed_packed(model, random_seqs([3]))
