@@ -78,6 +78,7 @@ class FakeOpenAI:
     """The server. ``faults[rid]`` is a list consumed one entry per arrival of ``rid``."""
 
     latency: float = 0.0
+    latency_fn: Callable[[str], float] | None = None  # per-request latency, overrides latency
     slow_s: float = 5.0
     retry_after: float = 0.05
     faults: dict[str, list[str | None]] = field(default_factory=dict)
@@ -157,8 +158,9 @@ class FakeOpenAI:
         self.arrivals.append(Arrival(rid, time.monotonic(), fault, body if self.record_bodies else {}))
         if fault:
             self.faults_served[fault] += 1
-        if self.latency:
-            await asyncio.sleep(self.latency)
+        delay = self.latency_fn(rid) if self.latency_fn is not None else self.latency
+        if delay:
+            await asyncio.sleep(delay)
 
         if fault == "429":
             return web.json_response(

@@ -1,1 +1,22 @@
-"""e5x.clean (under construction)."""
+"""e5x.clean: raw LLM responses -> validated, deduplicated training triples.
+
+``clean(CleanConfig(inputs=[run_dir], out="triples.parquet"))`` runs the Rust validator
+(``e5x.clean.core``) over every answer of a synth run, drops exact duplicates, and writes
+contract-3 Parquet plus a rejection report (JSON) and a task-type/language mix chart (PNG).
+The pipeline module is imported lazily so ``e5x.clean.core`` stays cheap to import.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__all__ = ["CleanConfig", "clean"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        value = getattr(importlib.import_module("e5x.clean.pipeline"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'e5x.clean' has no attribute {name!r}")

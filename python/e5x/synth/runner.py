@@ -66,12 +66,13 @@ class Stats:
 
 
 class TokenBucket:
-    """Per-minute limit as a bucket holding 10 s of allowance; may go into debt so one
-    request larger than the bucket still passes (it just delays those after it)."""
+    """Per-minute limit as a bucket holding 1 s of allowance (a smooth rate, no minute-start
+    burst); it may go into debt so a request larger than the bucket still passes (it just
+    delays those after it)."""
 
     def __init__(self, per_minute: float) -> None:
         self.rate = per_minute / 60.0
-        self.capacity = max(1.0, self.rate * 10.0)
+        self.capacity = max(1.0, self.rate)
         self.level = self.capacity
         self.t = time.monotonic()
 
