@@ -1,0 +1,85 @@
+"""Torch reference for last-token pooling, L2 normalisation and InfoNCE.
+
+This file is the spec of the op (the Triton kernels in ``pooled_info_nce.py`` must agree
+with it) and the fallback wherever Triton is unavailable. It materialises the full
+Bq x Bd score matrix, so its memory is O(Bq * Bd); use it on CPU and for checking.
+
+All functions here take *validated* arguments (see ``_checks.py``); the public entry
+points in ``e5x.kernels`` validate before dispatching.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+# F.normalize's default; the Triton path uses the same clamp on the norm.
+NORM_EPS = 1e-12
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the highest position whose mask is 1, per row (-1 for an all-zero row).
+
+    Works for left padding (last index = L-1) and right padding (last index = length-1)
+    alike, and for masks with holes (packed or odd collators): the highest 1 wins.
+    """
+    mask = attention_mask.bool()
+    positions = torch.arange(mask.shape[1], device=mask.device)
+    return torch.where(mask, positions, -1).amax(dim=1)
+
+
+def last_token_pool_ref(
+    hidden: torch.Tensor, last_index: torch.Tensor, normalize: bool = False
+) -> torch.Tensor:
+    """hidden[b, last_index[b], :] for every row b; L2-normalised (in fp32) if asked.
+
+    The result keeps the dtype of ``hidden``; normalisation is computed in float32 (or
+    float64 for float64 input) and cast back, as the kernels do.
+    """
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
+    pooled = hidden[rows, last_index.to(hidden.device).long()]
+    if normalize:
+        work = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+        pooled = F.normalize(pooled.to(work), dim=-1, eps=NORM_EPS).to(hidden.dtype)
+    return pooled
+
+
+def info_nce_ref(
+    q: torch.Tensor,
+    d: torch.Tensor,
+    positive: torch.Tensor,
+    temperature: float,
+    normalize: bool = True,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Cross-entropy of softmax(q . d^T / temperature) against the absolute positive indices.
+
+    ``positive[i]`` is the column of query i's positive among all Bd documents; every other
+    document is a negative for it. Scores and the loss are computed in float32 (float64 for
+    float64 inputs); the returned loss is float32 (float64).
+    """
+    work = torch.float64 if q.dtype == torch.float64 else torch.float32
+    qf, df = q.to(work), d.to(work)
+    if normalize:
+        qf = F.normalize(qf, dim=-1, eps=NORM_EPS)
+        df = F.normalize(df, dim=-1, eps=NORM_EPS)
+    logits = (qf @ df.T) / temperature
+    return F.cross_entropy(logits, positive.to(q.device).long(), reduction=reduction)
+
+
+def pooled_info_nce_ref(
+    q_hidden: torch.Tensor,
+    d_hidden: torch.Tensor,
+    q_last: torch.Tensor,
+    d_last: torch.Tensor,
+    positive: torch.Tensor,
+    temperature: float,
+    reduction: str = "mean",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pool the last tokens, L2-normalise them, InfoNCE. Returns (loss, q_emb, d_emb)."""
+    q = last_token_pool_ref(q_hidden, q_last, normalize=True)
+    d = last_token_pool_ref(d_hidden, d_last, normalize=True)
+    # q and d are unit rows already; normalising again in fp32 only removes the rounding of
+    # the cast back to the compute dtype, which the kernels also keep.
+    loss = info_nce_ref(q, d, positive, temperature, normalize=False, reduction=reduction)
+    return loss, q, d
