@@ -91,6 +91,7 @@ class FakeOpenAI:
 
     arrivals: list[Arrival] = field(default_factory=list)
     answered: Counter[str] = field(default_factory=Counter)  # rid -> good 200 answers sent
+    answer_times: list[tuple[str, float]] = field(default_factory=list)  # (rid, monotonic time)
     faults_served: Counter[str] = field(default_factory=Counter)
     resent_after_stored: list[str] = field(default_factory=list)
     _seen: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
@@ -208,6 +209,7 @@ class FakeOpenAI:
         }
         if fault != "slow":
             self.answered[rid] += 1
+            self.answer_times.append((rid, time.monotonic()))
         return web.Response(body=json.dumps(payload).encode(), content_type="application/json")
 
 
