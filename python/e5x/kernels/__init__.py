@@ -11,7 +11,7 @@ Public API (contract 1 of the team brief):
   reduction="mean", return_embeddings=False, backend="auto")`` -> loss
   (or ``(loss, q_emb, d_emb)`` with ``return_embeddings=True``)
 
-``backend="auto"`` runs the Triton kernels (``pooled_info_nce.py``) on CUDA tensors when
+``backend="auto"`` runs the Triton kernels (``triton_pooled_info_nce.py``) on CUDA tensors when
 triton imports and the torch reference (``reference.py``) otherwise; ``"triton"`` forces the
 kernels (on CPU only under ``TRITON_INTERPRET=1``), ``"torch"`` the reference. Triton is
 imported only when the Triton path is first used.
@@ -71,7 +71,7 @@ def last_token_pool(
         from .reference import last_token_pool_ref
 
         return last_token_pool_ref(hidden, idx, normalize=normalize)
-    from .pooled_info_nce import last_token_pool_triton
+    from .triton_pooled_info_nce import last_token_pool_triton
 
     return last_token_pool_triton(hidden, idx, normalize=normalize)
 
@@ -110,7 +110,7 @@ def info_nce(
         from .reference import info_nce_ref
 
         return info_nce_ref(q, d, pos, t, normalize=normalize, reduction=reduction)
-    from .pooled_info_nce import info_nce_triton
+    from .triton_pooled_info_nce import info_nce_triton
 
     return info_nce_triton(q, d, pos, t, normalize=normalize, reduction=reduction)
 
@@ -160,7 +160,9 @@ def pooled_info_nce(
 
         loss, q_emb, d_emb = pooled_info_nce_ref(q_hidden, d_hidden, q_idx, d_idx, pos, t, reduction)
     else:
-        from .pooled_info_nce import pooled_info_nce_triton
+        from .triton_pooled_info_nce import pooled_info_nce_triton
 
-        loss, q_emb, d_emb = pooled_info_nce_triton(q_hidden, d_hidden, q_idx, d_idx, pos, t, reduction)
+        loss, q_emb, d_emb = pooled_info_nce_triton(
+            q_hidden, d_hidden, q_idx, d_idx, pos, t, reduction, want_embeddings=return_embeddings
+        )
     return (loss, q_emb, d_emb) if return_embeddings else loss

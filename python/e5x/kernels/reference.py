@@ -1,6 +1,6 @@
 """Torch reference for last-token pooling, L2 normalisation and InfoNCE.
 
-This file is the spec of the op (the Triton kernels in ``pooled_info_nce.py`` must agree
+This file is the spec of the op (the Triton kernels in ``triton_pooled_info_nce.py`` must agree
 with it) and the fallback wherever Triton is unavailable. It materialises the full
 Bq x Bd score matrix, so its memory is O(Bq * Bd); use it on CPU and for checking.
 

@@ -1,0 +1,520 @@
+"""Triton kernels, launchers and autograd Functions for pooled InfoNCE.
+
+Imported only when the Triton path is used (``e5x.kernels`` dispatches here). The math
+and the FLOP/byte floors are in ``kernels/README.md`` of the repository; the spec is
+``reference.py``.
+
+Forward
+  1. ``_pool_norm_fwd``: per row, gather hidden[b, last[b]] and L2-normalise (fp32 norm)
+     into a compact [B, H] buffer in the compute dtype; keep 1/norm (fp32).
+  2. ``_lse_fwd``: flash-style, a (query tile x slice of document tiles) per program; the
+     score tile S = Q D^T / tau is accumulated in fp32 with tl.dot over H and folded into an
+     online (max, sum-exp) per query row. The Bq x Bd matrix never exists; partial results
+     of the SPLIT document slices ([SPLIT, Bq] floats) are merged in torch.
+  3. ``_rowdot``: the positive logit q_i . d_pos(i) in fp32. loss_i = lse_i - s_i,pos(i).
+Backward (per chunk of C query rows, C chosen from a memory budget)
+  4. ``_dscores``: recompute S tiles, P = exp(S - lse), dS = (P - onehot(pos)) * g_i / tau,
+     written in the compute dtype into a [C, Bd] chunk buffer.
+  5. dQ_c = dS_c @ D and dD += dS_c^T @ Q_c: plain GEMMs with fp32 accumulation, left to
+     cuBLAS (an H=4096-wide output tile cannot live in one Triton program, and cuBLAS is the
+     matmul ceiling we are measured against).
+  6. ``_pool_norm_bwd``: dx = (de - e (e . de)) / norm, scattered into a zero-initialised
+     [B, L, H] gradient at the pooled positions only.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+import triton
+import triton.language as tl
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453
+NORM_EPS = 1e-12
+NEG = -1.0e30  # "minus infinity" that keeps (m_old - m_new) finite
+
+# ----------------------------------------------------------------------------- kernels
+
+
+@triton.jit
+def _pool_norm_fwd(
+    X, IDX, RAW, E, RSTD,
+    stride_xb, stride_xl, H,
+    NORMALIZE: tl.constexpr, WRITE_RAW: tl.constexpr, WRITE_E: tl.constexpr,
+    EPS: tl.constexpr, BLOCK_H: tl.constexpr,
+):
+    """Row b: RAW[b] = X[b, IDX[b]] (exact copy), RSTD[b] = 1/max(|x|, eps), E[b] = x * rstd."""
+    b = tl.program_id(0).to(tl.int64)
+    idx = tl.load(IDX + b).to(tl.int64)
+    x_row = X + b * stride_xb + idx * stride_xl
+    rstd = 1.0
+    if NORMALIZE:
+        acc = tl.zeros([BLOCK_H], dtype=tl.float32)
+        for h0 in range(0, H, BLOCK_H):
+            offs = h0 + tl.arange(0, BLOCK_H)
+            x = tl.load(x_row + offs, mask=offs < H, other=0.0).to(tl.float32)
+            acc += x * x
+        rstd = 1.0 / tl.maximum(tl.sqrt(tl.sum(acc, axis=0)), EPS)
+        tl.store(RSTD + b, rstd)
+    if WRITE_RAW or WRITE_E:
+        for h0 in range(0, H, BLOCK_H):
+            offs = h0 + tl.arange(0, BLOCK_H)
+            x = tl.load(x_row + offs, mask=offs < H, other=0.0)
+            if WRITE_RAW:
+                tl.store(RAW + b * H + offs, x, mask=offs < H)
+            if WRITE_E:
+                e = x.to(tl.float32) * rstd
+                tl.store(E + b * H + offs, e.to(E.dtype.element_ty), mask=offs < H)
+
+
+@triton.jit
+def _pool_norm_bwd(
+    X, IDX, RSTD, R, DX,
+    row0, stride_xb, stride_xl, stride_gb, stride_gl, stride_r, H,
+    NORMALIZE: tl.constexpr, BLOCK_H: tl.constexpr,
+):
+    """Scatter dx of row row0 + program_id into DX[b, IDX[b]] (DX is zero elsewhere).
+
+    R is the gradient w.r.t. the raw pooled row through the *unnormalised* dot products
+    (r = rstd, e = x r): R = r * de, and the normalisation backward
+    dx = r (de - e (e . de)) becomes dx = R - x r^2 (x . R).
+    """
+    b_local = tl.program_id(0).to(tl.int64)
+    b = b_local + row0
+    idx = tl.load(IDX + b).to(tl.int64)
+    x_row = X + b * stride_xb + idx * stride_xl
+    g_row = DX + b * stride_gb + idx * stride_gl
+    r_row = R + b_local * stride_r
+    if NORMALIZE:
+        r = tl.load(RSTD + b)
+        acc = tl.zeros([BLOCK_H], dtype=tl.float32)
+        for h0 in range(0, H, BLOCK_H):
+            offs = h0 + tl.arange(0, BLOCK_H)
+            x = tl.load(x_row + offs, mask=offs < H, other=0.0).to(tl.float32)
+            g = tl.load(r_row + offs, mask=offs < H, other=0.0).to(tl.float32)
+            acc += x * g
+        c = tl.sum(acc, axis=0) * r * r
+        for h0 in range(0, H, BLOCK_H):
+            offs = h0 + tl.arange(0, BLOCK_H)
+            x = tl.load(x_row + offs, mask=offs < H, other=0.0).to(tl.float32)
+            g = tl.load(r_row + offs, mask=offs < H, other=0.0).to(tl.float32)
+            tl.store(g_row + offs, (g - x * c).to(DX.dtype.element_ty), mask=offs < H)
+    else:
+        for h0 in range(0, H, BLOCK_H):
+            offs = h0 + tl.arange(0, BLOCK_H)
+            g = tl.load(r_row + offs, mask=offs < H, other=0.0)
+            tl.store(g_row + offs, g.to(DX.dtype.element_ty), mask=offs < H)
+
+
+@triton.jit
+def _rowdot(Q, D, POS, OUT, H, BLOCK_H: tl.constexpr):
+    """OUT[i] = Q[i] . D[POS[i]] in fp32 (the positive's raw dot product)."""
+    i = tl.program_id(0).to(tl.int64)
+    p = tl.load(POS + i).to(tl.int64)
+    acc = tl.zeros([BLOCK_H], dtype=tl.float32)
+    for h0 in range(0, H, BLOCK_H):
+        offs = h0 + tl.arange(0, BLOCK_H)
+        q = tl.load(Q + i * H + offs, mask=offs < H, other=0.0).to(tl.float32)
+        d = tl.load(D + p * H + offs, mask=offs < H, other=0.0).to(tl.float32)
+        acc += q * d
+    tl.store(OUT + i, tl.sum(acc, axis=0))
+
+
+@triton.jit
+def _score_tile(Q, D, offs_m, offs_n, Bq, Bd, H,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """fp32 tile Q[offs_m] . D[offs_n]^T over the full hidden size (Q, D contiguous [*, H])."""
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    m_ok = offs_m < Bq
+    n_ok = offs_n < Bd
+    for k0 in range(0, H, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        k_ok = offs_k < H
+        q = tl.load(Q + offs_m[:, None] * H + offs_k[None, :],
+                    mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        d = tl.load(D + offs_n[None, :] * H + offs_k[:, None],
+                    mask=n_ok[None, :] & k_ok[:, None], other=0.0)
+        if UPCAST:
+            # Triton's interpreter mis-multiplies 16-bit tl.dot operands (triton 3.9); the
+            # products of 16-bit values are exact in fp32, so upcasting changes nothing else.
+            q = q.to(tl.float32)
+            d = d.to(tl.float32)
+        acc = tl.dot(q, d, acc, input_precision=PRECISION)
+    return acc
+
+
+@triton.jit
+def _lse_fwd(
+    Q, D, RQ, RD, M_OUT, L_OUT, Bq, Bd, H, SPLIT, scale2,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    n_tiles = tl.cdiv(Bd, BLOCK_N)
+    per = tl.cdiv(n_tiles, SPLIT)
+    t0 = pid_s * per
+    t1 = tl.minimum(t0 + per, n_tiles)
+    m_i = tl.full([BLOCK_M], NEG, dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    # scores of *raw* rows scaled by 1/|q| 1/|d| in fp32: no rounding of normalised rows
+    rq = tl.load(RQ + offs_m, mask=offs_m < Bq, other=0.0) * scale2
+    for t in range(t0, t1):
+        offs_n = (t * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
+        s = _score_tile(Q, D, offs_m, offs_n, Bq, Bd, H, BLOCK_M, BLOCK_N, BLOCK_K, PRECISION, UPCAST)
+        rd = tl.load(RD + offs_n, mask=offs_n < Bd, other=0.0)
+        s = tl.where((offs_n < Bd)[None, :], s * rq[:, None] * rd[None, :], NEG)  # log2 units
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        l_i = l_i * tl.exp2(m_i - m_new) + tl.sum(tl.exp2(s - m_new[:, None]), axis=1)
+        m_i = m_new
+    out = pid_s * Bq + offs_m
+    tl.store(M_OUT + out, m_i, mask=offs_m < Bq)
+    tl.store(L_OUT + out, l_i, mask=offs_m < Bq)
+
+
+@triton.jit
+def _dscores(
+    Q, D, RQ, RD, LSE2, POS, COEF, DS, row0, n_rows, Bq, Bd, H, stride_ds, scale2,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    local = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    offs_m = row0 + local
+    offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
+    r_ok = local < n_rows
+    s = _score_tile(Q, D, offs_m, offs_n, Bq, Bd, H, BLOCK_M, BLOCK_N, BLOCK_K, PRECISION, UPCAST)
+    lse2 = tl.load(LSE2 + offs_m, mask=r_ok, other=0.0)
+    pos = tl.load(POS + offs_m, mask=r_ok, other=-1)
+    coef = tl.load(COEF + offs_m, mask=r_ok, other=0.0)
+    rq = tl.load(RQ + offs_m, mask=r_ok, other=0.0)
+    rd = tl.load(RD + offs_n, mask=offs_n < Bd, other=0.0)
+    rr = rq[:, None] * rd[None, :]
+    p = tl.exp2(s * rr * scale2 - lse2[:, None])
+    onehot = tl.where(offs_n[None, :] == pos[:, None], 1.0, 0.0)
+    # gradient w.r.t. the raw dot product q . d: (P - Y) * g_i / tau * rq_i * rd_j
+    ds = (p - onehot) * (coef[:, None] * rr)
+    tl.store(DS + local[:, None] * stride_ds + offs_n[None, :], ds.to(DS.dtype.element_ty),
+             mask=r_ok[:, None] & (offs_n < Bd)[None, :])
+
+
+# ----------------------------------------------------------------------------- configs
+
+# Tile configs per compute dtype, for H100/H200-class GPUs. Autotuned over this short list
+# (key: H and the matrix sizes' tile counts) unless E5X_AUTOTUNE=0, which takes the first.
+# See kernels/TUNING.md.
+_GPU_CONFIGS: dict[str, list[dict[str, int]]] = {
+    "16bit": [
+        dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=3),
+        dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=4, num_stages=4),
+        dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, num_warps=8, num_stages=3),
+        dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, num_warps=4, num_stages=4),
+    ],
+    "fp32": [
+        dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=3),
+        dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=32, num_warps=8, num_stages=3),
+    ],
+}
+# The interpreter runs tiles as numpy arrays: small tiles keep tests fast and still cover
+# masking (tl.dot needs every dimension >= 16).
+_INTERPRET_CONFIG = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, num_warps=1, num_stages=1)
+
+
+def _dtype_key(dtype: torch.dtype) -> str:
+    return "fp32" if dtype == torch.float32 else "16bit"
+
+
+def _precision(dtype: torch.dtype) -> str:
+    # fp32 inputs: exact fp32 products ("ieee"); TF32's 10-bit mantissa would move a logit
+    # at tau=0.02 by ~0.05. 16-bit inputs: the products are exact in fp32 anyway.
+    # (Under the interpreter 16-bit tiles are upcast, and then must not drop to tf32.)
+    return "ieee" if dtype == torch.float32 or INTERPRET else "tf32"
+
+
+def _upcast(dtype: torch.dtype) -> bool:
+    return INTERPRET and dtype != torch.float32
+
+
+def _autotune_enabled() -> bool:
+    return not INTERPRET and os.environ.get("E5X_AUTOTUNE", "1") != "0"
+
+
+_TUNED: dict[tuple[str, str], Any] = {}
+
+
+def _launcher(kernel: Any, name: str, dtype: torch.dtype) -> tuple[Any, dict[str, int] | None]:
+    """(callable kernel, fixed meta-params or None when the autotuner picks them)."""
+    if INTERPRET:
+        return kernel, dict(_INTERPRET_CONFIG)
+    key = _dtype_key(dtype)
+    if not _autotune_enabled():
+        return kernel, dict(_GPU_CONFIGS[key][0])
+    if (name, key) not in _TUNED:
+        configs = [
+            triton.Config({k: v for k, v in c.items() if k.startswith("BLOCK")},
+                          num_warps=c["num_warps"], num_stages=c["num_stages"])
+            for c in _GPU_CONFIGS[key]
+        ]
+        _TUNED[(name, key)] = triton.autotune(configs, key=["H", "Bq", "Bd"])(kernel)
+    return _TUNED[(name, key)], None
+
+
+def _block_h(h: int) -> int:
+    return min(triton.next_power_of_2(h), 16 if INTERPRET else 1024)
+
+
+def _row_warps(h: int) -> dict[str, int]:
+    return {} if INTERPRET else {"num_warps": 4 if h <= 1024 else 8}
+
+
+def _num_sms(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 4
+
+
+# ----------------------------------------------------------------------------- launchers
+
+
+def _pool(
+    hidden: torch.Tensor, idx: torch.Tensor, normalize: bool, *, raw: bool, emb: bool,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
+    """(compact raw pooled rows [B, H] or None, normalised rows or None, 1/norm fp32)."""
+    b, _, h = hidden.shape
+    out_raw = torch.empty((b, h), dtype=hidden.dtype, device=hidden.device) if raw else None
+    out_e = torch.empty((b, h), dtype=hidden.dtype, device=hidden.device) if emb else None
+    rstd = torch.ones((b,), dtype=torch.float32, device=hidden.device)
+    dummy = rstd  # never written when the matching WRITE_* flag is off
+    _pool_norm_fwd[(b,)](
+        hidden, idx, out_raw if raw else dummy, out_e if emb else dummy, rstd,
+        hidden.stride(0), hidden.stride(1), h,
+        NORMALIZE=normalize, WRITE_RAW=raw, WRITE_E=emb, EPS=NORM_EPS,
+        BLOCK_H=_block_h(h), **_row_warps(h),
+    )
+    return out_raw, out_e, rstd
+
+
+def _pool_backward(
+    x: torch.Tensor, stride_xb: int, stride_xl: int, idx: torch.Tensor, rstd: torch.Tensor,
+    r: torch.Tensor, grad: torch.Tensor, normalize: bool, row0: int = 0,
+) -> None:
+    """Scatter the gradient of rows [row0, row0 + len(r)) into grad (zero elsewhere).
+
+    x: the pooled rows, either the hidden states (strides of [B, L, H]) or a compact
+    [B, H] copy (stride_xl = 0); r: gradient w.r.t. the raw rows (see _pool_norm_bwd).
+    """
+    r = r if r.stride(-1) == 1 else r.contiguous()
+    n, h = r.shape
+    if n == 0:
+        return
+    _pool_norm_bwd[(n,)](
+        x, idx, rstd, r, grad, row0, stride_xb, stride_xl,
+        grad.stride(0), grad.stride(1), r.stride(0), h,
+        NORMALIZE=normalize, BLOCK_H=_block_h(h), **_row_warps(h),
+    )
+
+
+def _lse2(q: torch.Tensor, d: torch.Tensor, rq: torch.Tensor, rd: torch.Tensor, scale2: float) -> torch.Tensor:
+    """Row log2-sum-exp2 of (q d^T) * rq rd^T * scale2, without materialising q d^T."""
+    bq, h = q.shape
+    bd = d.shape[0]
+    # Split the document axis so that even a few query tiles fill the GPU.
+    q_tiles = triton.cdiv(bq, 64 if not INTERPRET else 16)
+    d_tiles = triton.cdiv(bd, 128 if not INTERPRET else 16)
+    split = max(1, min(d_tiles, triton.cdiv(2 * _num_sms(q.device), q_tiles)))
+    m = torch.empty((split, bq), dtype=torch.float32, device=q.device)
+    s = torch.empty_like(m)
+    kernel, meta = _launcher(_lse_fwd, "lse", q.dtype)
+    args = (q, d, rq, rd, m, s, bq, bd, h, split, scale2)
+    flags = dict(PRECISION=_precision(q.dtype), UPCAST=_upcast(q.dtype))
+    if meta is None:
+        kernel[lambda META: (triton.cdiv(bq, META["BLOCK_M"]), split)](*args, **flags)
+    else:
+        kernel[(triton.cdiv(bq, meta["BLOCK_M"]), split)](*args, **flags, **meta)
+    mx = m.max(dim=0).values
+    return mx + torch.log2((s * torch.exp2(m - mx)).sum(dim=0))
+
+
+def _chunk_rows(bq: int, bd: int, elem: int) -> int:
+    """Query rows per backward chunk: the [C, Bd] dS buffer stays within the budget."""
+    budget = int(float(os.environ.get("E5X_INFONCE_CHUNK_MIB", "512")) * 2**20)
+    rows = max(1, budget // max(1, bd * elem))
+    if rows >= bq:
+        return bq
+    return max(128, rows // 128 * 128)
+
+
+_MM_OUT_DTYPE: bool | None = None  # does torch.mm take out_dtype here (CUDA, torch >= 2.8)?
+
+
+def _mm_f32(a: torch.Tensor, b: torch.Tensor, acc: torch.Tensor | None = None) -> torch.Tensor:
+    """a @ b with fp32 accumulation and fp32 result (added into acc in place if given)."""
+    global _MM_OUT_DTYPE
+    if a.dtype != torch.float32 and a.is_cuda and _MM_OUT_DTYPE is not False:
+        try:
+            if acc is None:
+                out = torch.mm(a, b, out_dtype=torch.float32)
+            else:
+                # in place (beta = 1): no extra [M, N] fp32 temporary
+                out = torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
+            _MM_OUT_DTYPE = True
+            return out
+        except (TypeError, RuntimeError):
+            _MM_OUT_DTYPE = False
+    if a.is_cuda:
+        # cuBLAS accumulates in fp32 and rounds the result once to a's dtype.
+        prod = torch.mm(a, b).float()
+    else:
+        prod = a.float() @ b.float()
+    if acc is None:
+        return prod
+    acc += prod
+    return acc
+
+
+def _infonce_backward(
+    saved: tuple[torch.Tensor, ...], coef: torch.Tensor, temperature: float, normalize: bool,
+    g_q_emb: torch.Tensor | None, g_d_emb: torch.Tensor | None, need_q: bool, need_d: bool,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    q_hidden, d_hidden, q_idx, d_idx, pos, q_raw, d_raw, q_rstd, d_rstd, lse2 = saved
+    bq, h = q_raw.shape
+    bd = d_raw.shape[0]
+    scale2 = LOG2E / temperature
+    grad_q = torch.zeros_like(q_hidden) if need_q else None
+    grad_d = torch.zeros_like(d_hidden) if need_d else None
+    # r_d: gradient w.r.t. the raw pooled document rows, accumulated over query chunks
+    r_d = torch.zeros((bd, h), dtype=torch.float32, device=d_raw.device) if need_d else None
+    if need_d and g_d_emb is not None:  # de -> R = rstd * de (see _pool_norm_bwd)
+        r_d += g_d_emb.float() * d_rstd[:, None]
+    rows = _chunk_rows(bq, bd, q_raw.element_size())
+    ds_buf = torch.empty((rows, bd), dtype=q_raw.dtype, device=q_raw.device)
+    kernel, meta = _launcher(_dscores, "dscores", q_raw.dtype)
+    flags = dict(PRECISION=_precision(q_raw.dtype), UPCAST=_upcast(q_raw.dtype))
+    for r0 in range(0, bq, rows):
+        n = min(rows, bq - r0)
+        ds = ds_buf[:n]
+        args = (q_raw, d_raw, q_rstd, d_rstd, lse2, pos, coef, ds, r0, n, bq, bd, h, ds.stride(0), scale2)
+        if meta is None:
+            grid = lambda META: (triton.cdiv(n, META["BLOCK_M"]), triton.cdiv(bd, META["BLOCK_N"]))  # noqa: E731
+            kernel[grid](*args, **flags)
+        else:
+            kernel[(triton.cdiv(n, meta["BLOCK_M"]), triton.cdiv(bd, meta["BLOCK_N"]))](*args, **flags, **meta)
+        if need_q:
+            r_q = _mm_f32(ds, d_raw)  # [n, H], complete for these rows: finish them now
+            if g_q_emb is not None:
+                r_q += g_q_emb[r0 : r0 + n].float() * q_rstd[r0 : r0 + n, None]
+            _pool_backward(q_raw, h, 0, q_idx, q_rstd, r_q, grad_q, normalize, row0=r0)
+        if need_d:
+            _mm_f32(ds.T, q_raw[r0 : r0 + n], acc=r_d)
+    if need_d:
+        _pool_backward(d_raw, h, 0, d_idx, d_rstd, r_d, grad_d, normalize)
+    return grad_q, grad_d
+
+
+# ----------------------------------------------------------------------------- autograd
+
+
+class _PooledInfoNCE(torch.autograd.Function):
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, q_hidden: torch.Tensor, d_hidden: torch.Tensor, q_idx: torch.Tensor,
+        d_idx: torch.Tensor, pos: torch.Tensor, temperature: float, reduction: str,
+        normalize: bool, want_emb: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        q_raw, q_emb, q_rstd = _pool(q_hidden, q_idx, normalize, raw=True, emb=want_emb)
+        d_raw, d_emb, d_rstd = _pool(d_hidden, d_idx, normalize, raw=True, emb=want_emb)
+        bq, h = q_raw.shape
+        lse2 = _lse2(q_raw, d_raw, q_rstd, d_rstd, LOG2E / temperature)
+        pos_dot = torch.empty((bq,), dtype=torch.float32, device=q_raw.device)
+        _rowdot[(bq,)](q_raw, d_raw, pos, pos_dot, h, BLOCK_H=_block_h(h), **_row_warps(h))
+        pos_logit = pos_dot * q_rstd * d_rstd[pos] / temperature
+        rows = lse2 * LN2 - pos_logit
+        loss = rows if reduction == "none" else (rows.sum() if reduction == "sum" else rows.mean())
+        ctx.save_for_backward(q_hidden, d_hidden, q_idx, d_idx, pos, q_raw, d_raw, q_rstd, d_rstd, lse2)
+        ctx.temperature, ctx.reduction, ctx.normalize = temperature, reduction, normalize
+        ctx.set_materialize_grads(False)
+        if want_emb:
+            return loss, q_emb, d_emb
+        return loss, None, None
+
+    @staticmethod
+    def backward(ctx: Any, g_loss: torch.Tensor | None, g_q: torch.Tensor | None, g_d: torch.Tensor | None):  # type: ignore[override]
+        saved = ctx.saved_tensors
+        q_raw = saved[5]
+        bq = q_raw.shape[0]
+        t = ctx.temperature
+        if g_loss is None:
+            coef = torch.zeros((bq,), dtype=torch.float32, device=q_raw.device)
+        elif ctx.reduction == "none":
+            coef = g_loss.float() / t
+        else:
+            scale = 1.0 / t if ctx.reduction == "sum" else 1.0 / (t * bq)
+            coef = (g_loss.float() * scale).expand(bq)
+        grad_q, grad_d = _infonce_backward(
+            saved, coef.contiguous(), t, ctx.normalize, g_q, g_d,
+            ctx.needs_input_grad[0], ctx.needs_input_grad[1],
+        )
+        return grad_q, grad_d, None, None, None, None, None, None, None
+
+
+class _Pool(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, hidden: torch.Tensor, idx: torch.Tensor, normalize: bool) -> torch.Tensor:  # type: ignore[override]
+        _, emb, rstd = _pool(hidden, idx, normalize, raw=False, emb=True)
+        ctx.save_for_backward(hidden, idx, rstd)
+        ctx.normalize = normalize
+        return emb
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor):  # type: ignore[override]
+        hidden, idx, rstd = ctx.saved_tensors
+        grad = torch.zeros_like(hidden)
+        r = g.float() * rstd[:, None] if ctx.normalize else g
+        _pool_backward(hidden, hidden.stride(0), hidden.stride(1), idx, rstd, r, grad, ctx.normalize)
+        return grad, None, None
+
+
+# ----------------------------------------------------------------------------- entry points
+# Arguments arrive validated from e5x.kernels (shapes, dtypes, indices, temperature).
+
+
+def _ready(x: torch.Tensor) -> torch.Tensor:
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def last_token_pool_triton(hidden: torch.Tensor, idx: torch.Tensor, normalize: bool) -> torch.Tensor:
+    return _Pool.apply(_ready(hidden), idx.contiguous(), normalize)
+
+
+def pooled_info_nce_triton(
+    q_hidden: torch.Tensor, d_hidden: torch.Tensor, q_idx: torch.Tensor, d_idx: torch.Tensor,
+    pos: torch.Tensor, temperature: float, reduction: str, want_embeddings: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    return _PooledInfoNCE.apply(
+        _ready(q_hidden), _ready(d_hidden), q_idx.contiguous(), d_idx.contiguous(),
+        pos.contiguous(), temperature, reduction, True, want_embeddings,
+    )
+
+
+def info_nce_triton(
+    q: torch.Tensor, d: torch.Tensor, pos: torch.Tensor, temperature: float,
+    normalize: bool, reduction: str,
+) -> torch.Tensor:
+    # Embeddings are hidden states of length 1: the same kernels, pooling position 0.
+    zq = torch.zeros((q.shape[0],), dtype=torch.int64, device=q.device)
+    zd = torch.zeros((d.shape[0],), dtype=torch.int64, device=d.device)
+    loss, _, _ = _PooledInfoNCE.apply(
+        _ready(q).unsqueeze(1), _ready(d).unsqueeze(1), zq, zd, pos.contiguous(),
+        temperature, reduction, normalize, False,
+    )
+    return loss
+
+
+__all__ = ["last_token_pool_triton", "pooled_info_nce_triton", "info_nce_triton"]
