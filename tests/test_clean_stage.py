@@ -156,3 +156,40 @@ def test_synth_then_clean_end_to_end(tmp_path: Path, monkeypatch):
     for r in df.filter(pl.col("task_type") == "short_long").to_dicts():
         assert r["instruction"] in pools["short_long"]
     assert set(df.filter(pl.col("task_type") == "sts")["instruction"]) == {"Retrieve semantically similar text."}
+
+
+def test_custom_task_type_through_synth_and_clean(tmp_path: Path, monkeypatch):
+    from fake_openai import FakeOpenAI, default_content, parse_request_id
+
+    from e5x.synth import SynthConfig, synthesize
+
+    types = tmp_path / "types.toml"
+    types.write_text(
+        '[task_types.faq]\n'
+        'brainstorm_prompt = "List {n_tasks} FAQ tasks as JSON {{\\"tasks\\": [..]}}."\n'
+        'prompt = "Task: {task}. Write a {tone} FAQ entry in {language} as JSON with question, answer."\n'
+        'fields = { question = "a question", answer = "its answer" }\n'
+        'mapping = { query = "question", positive = "answer" }\n'
+        '[task_types.faq.placeholders]\ntone = { formal = 3, casual = 1 }\nlanguage = "@languages"\n'
+    )
+
+    def content(rid: str, body: dict) -> str:
+        step, task_type, i = parse_request_id(rid)
+        if step == "brainstorm":
+            return default_content(rid, body)
+        return json.dumps({"question": f"How do I do thing {i}?", "answer": f"Like this, {i}."})
+
+    monkeypatch.setenv("E5X_TEST_FAKE_KEY", "k")
+    with FakeOpenAI(content_fn=content) as server:
+        cfg = SynthConfig(n_examples=8, task_weights={"faq": 1}, task_types_file=str(types), progress=False)
+        cfg.endpoint.base_url, cfg.endpoint.api_key_env = server.base_url, "E5X_TEST_FAKE_KEY"
+        cfg.brainstorm.models = cfg.examples.models = {"m": 1}
+        assert synthesize(cfg, tmp_path / "run")["complete"]
+        prompts = [a.body["messages"][-1]["content"] for a in server.arrivals if a.rid.startswith("examples")]
+    assert all(p.startswith("Task: ") and (" formal FAQ" in p or " casual FAQ" in p) for p in prompts)
+    # clean finds the custom type through the run's config.json.
+    report = clean(CleanConfig(inputs=[str(tmp_path / "run")], out=str(tmp_path / "t.parquet"), chart=""))
+    assert report["kept"] == 8, report["by_reason"]
+    df = pl.read_parquet(tmp_path / "t.parquet")
+    assert set(df["task_type"]) == {"faq"} and df["negative"].null_count() == 8
+    assert df["query"][0].startswith("How do I do thing")

@@ -242,6 +242,14 @@ def test_cost_cap_is_never_exceeded(server: FakeOpenAI, tmp_path: Path):
     assert 0.02 < s["cost_usd"] <= 0.05
 
 
+def test_token_cap_is_never_exceeded(server: FakeOpenAI, tmp_path: Path):
+    cfg = make_cfg(server, max_tokens_total=3000)
+    cfg.brainstorm.max_tokens = cfg.examples.max_tokens = 150
+    s = synthesize(cfg, tmp_path / "run")
+    assert not s["complete"] and "max_tokens_total" in s["stop_reason"]
+    assert 1000 < s["prompt_tokens"] + s["completion_tokens"] <= 3000
+
+
 def test_rpm_limit_paces_requests(server: FakeOpenAI, tmp_path: Path):
     cfg = make_cfg(server, rpm=600, n_examples=25, task_weights={"sts": 1})  # 10/s, 1 s burst
     t0 = time.monotonic()
