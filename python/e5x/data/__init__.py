@@ -1,1 +1,20 @@
-"""e5x.data (under construction)."""
+"""Training data: Parquet triples, source mixing, a resumable batch plan, tokenised batches."""
+
+from __future__ import annotations
+
+from e5x.data.batch import Batch, collate, shard
+from e5x.data.sampler import BatchPlan
+from e5x.data.triples import COLUMNS, DataError, Source, TripleStore, check_source, read_source
+
+__all__ = [
+    "COLUMNS",
+    "Batch",
+    "BatchPlan",
+    "DataError",
+    "Source",
+    "TripleStore",
+    "check_source",
+    "collate",
+    "read_source",
+    "shard",
+]

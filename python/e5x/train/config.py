@@ -1,0 +1,162 @@
+"""``TrainConfig``: the whole recipe as one typed dataclass, loadable from TOML.
+
+Defaults are the paper's (E5-mistral-7b-instruct). Unknown keys are errors that name the
+file, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+from e5x.data.triples import Source
+from e5x.model.loading import LORA_TARGETS, TinyModelConfig
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class ConfigError(ValueError):
+    """A bad training config; raised before any model is loaded."""
+
+
+@dataclass
+class TrainConfig:
+    # --- model
+    model: str = "mistralai/Mistral-7B-v0.1"
+    tokenizer: str | None = None  # defaults to `model`
+    tiny_model: TinyModelConfig | None = None  # build a random model instead of loading one
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.1
+    lora_target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
+    gradient_checkpointing: bool = True
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on GPU
+    # --- data
+    sources: list[Source] = field(default_factory=list)
+    max_length: int = 512
+    padding_side: Literal["left", "right"] = "right"
+    task_homogeneous: bool = False
+    # --- loss and batch
+    batch_size: int = 2048  # global queries per step, across all ranks
+    chunk_size: int = 32  # GradCache chunk (sequences per forward); >= batch disables it
+    temperature: float = 0.02
+    # --- optimisation
+    lr: float = 1e-4
+    weight_decay: float = 0.1
+    warmup_steps: int = 100
+    max_grad_norm: float = 1.0
+    epochs: float = 1.0
+    max_steps: int | None = None  # overrides epochs
+    seed: int = 42
+    # --- distributed (torchrun sets RANK/WORLD_SIZE)
+    distributed: Literal["ddp", "fsdp"] = "ddp"
+    # --- run
+    output_dir: str = "runs/e5x"
+    save_every: int = 100
+    keep_checkpoints: int = 2
+    resume: bool = True  # continue from the latest checkpoint in output_dir if one exists
+    log_every: int = 1
+    progress: bool = True
+    # The sentence-transformers "query" prompt saved with the model.
+    default_instruction: str = (
+        "Given a web search query, retrieve relevant passages that answer the query"
+    )
+
+    def __post_init__(self) -> None:
+        if isinstance(self.tiny_model, dict):
+            self.tiny_model = _build(TinyModelConfig, self.tiny_model, "tiny_model")
+        self.sources = [
+            _build(Source, s, f"sources[{i}]") if isinstance(s, dict) else s
+            for i, s in enumerate(self.sources)
+        ]
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> TrainConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+        try:
+            cfg = cls.from_dict(data)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+        # Relative data paths are relative to the config file's directory... unless they
+        # exist relative to the working directory (how people usually run the CLI).
+        for i, s in enumerate(cfg.sources):
+            if not Path(s.path).is_absolute() and not Path(s.path).exists():
+                alt = path.parent / s.path
+                if alt.exists():
+                    cfg.sources[i] = dataclasses.replace(s, path=str(alt))
+        return cfg
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        return _build(cls, data, None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> None:
+        """Check everything that can be checked without loading a model."""
+        from e5x.data.triples import DataError, check_source
+
+        if not self.sources:
+            raise ConfigError("no data sources: add at least one [[sources]] with a path")
+        positive = {
+            "batch_size": self.batch_size,
+            "chunk_size": self.chunk_size,
+            "max_length": self.max_length,
+            "save_every": self.save_every,
+            "log_every": self.log_every,
+            "lora_r": self.lora_r,
+        }
+        for name, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"{name} must be >= 1, got {value}")
+        if self.max_length < 2:
+            raise ConfigError("max_length must be >= 2 (room for the EOS)")
+        if not 0 <= self.lora_dropout < 1:
+            raise ConfigError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.temperature <= 0:
+            raise ConfigError(f"temperature must be > 0, got {self.temperature}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(f"max_steps must be >= 1, got {self.max_steps}")
+        if self.max_steps is None and self.epochs <= 0:
+            raise ConfigError(f"epochs must be > 0, got {self.epochs}")
+        for key, allowed in (
+            ("precision", ("auto", "bf16", "fp32")),
+            ("padding_side", ("left", "right")),
+            ("distributed", ("ddp", "fsdp")),
+        ):
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"{key} must be one of {allowed}, got {getattr(self, key)!r}")
+        for s in self.sources:
+            try:
+                check_source(s)
+            except DataError as exc:
+                raise ConfigError(str(exc)) from None
+
+
+def _build(cls: type, data: dict[str, Any], where: str | None) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'} must be a table, got {type(data).__name__}")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        prefix = f"[{where}] " if where else ""
+        raise ConfigError(
+            f"{prefix}unknown key(s) {unknown}; known keys are {sorted(known)}"
+        )
+    try:
+        return cls(**data)
+    except TypeError as exc:
+        raise ConfigError(f"{where or 'config'}: {exc}") from None

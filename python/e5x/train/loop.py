@@ -1,0 +1,369 @@
+"""``e5x.train``: the E5-mistral recipe, readable top to bottom in ``train``."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from e5x.train.config import ConfigError, TrainConfig
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or gradient norm became NaN/inf; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    step: int  # steps completed
+    total_steps: int
+    losses: list[float] = field(default_factory=list)  # of the steps run in this call
+    interrupted: bool = False  # stopped by SIGTERM after saving a checkpoint
+    checkpoint: Path | None = None  # latest checkpoint written
+    model_dir: Path | None = None  # final model (when the run finished)
+
+
+def train(
+    config: TrainConfig | dict[str, Any] | str | Path,
+    *,
+    on_step: Callable[[dict[str, Any]], None] | None = None,
+) -> TrainResult:
+    """Train an embedding model: LoRA on a decoder, EOS pooling, InfoNCE, GradCache.
+
+    ``config`` is a ``TrainConfig``, a dict of its fields, or a TOML path. Launch with
+    ``torchrun --nproc-per-node N`` for several GPUs/processes. ``on_step`` receives each
+    step's metrics record (rank 0 and others alike).
+    """
+    import torch
+
+    from e5x.data import BatchPlan, TripleStore, collate, shard
+    from e5x.train import checkpoint
+    from e5x.train.step import World, average_gradients, forward_backward, num_chunks
+
+    # 1. Config and data checks: everything that can fail does so before a model loads.
+    cfg = _as_config(config)
+    cfg.validate()
+    world = _init_distributed()
+    if cfg.batch_size % world.size:
+        raise ConfigError(f"batch_size {cfg.batch_size} is not divisible by {world.size} processes")
+    store = TripleStore(cfg.sources)
+    plan = BatchPlan(
+        store.sizes, [s.ratio for s in cfg.sources], cfg.batch_size, cfg.seed, cfg.task_homogeneous
+    )
+    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * plan.steps_per_epoch))
+    out = Path(cfg.output_dir)
+    ckpt_root = out / "checkpoints"
+    if world.rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=str) + "\n")
+
+    # 2. Model: base decoder (no LM head) + LoRA on every linear layer.
+    device = _device(world)
+    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    autocast = partial(torch.autocast, device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext
+    torch.manual_seed(cfg.seed)  # LoRA init
+    tokenizer, model = _load_model(cfg, device, torch.bfloat16 if use_bf16 and device.type == "cuda" else None)
+    fsdp = cfg.distributed == "fsdp" and world.size > 1
+    if fsdp:
+        _fully_shard(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, partial(_warmup_linear, warmup=cfg.warmup_steps, total=total_steps)
+    )
+
+    # 3. Resume: weights, optimiser, schedule, RNG; the data position is the step.
+    step, last_ckpt = 0, checkpoint.latest(ckpt_root) if cfg.resume else None
+    run_meta = {"batch_size": cfg.batch_size, "seed": cfg.seed, "world_size": world.size,
+                "total_steps": total_steps, "task_homogeneous": cfg.task_homogeneous}
+    if last_ckpt is not None:
+        state = checkpoint.load(last_ckpt, world)
+        changed = {k: (state["meta"].get(k), v) for k, v in run_meta.items() if state["meta"].get(k) != v}
+        if changed:
+            raise ConfigError(
+                f"{last_ckpt}: cannot resume, settings changed since the checkpoint "
+                f"(was, now): {changed}; use a new output_dir or set resume = false"
+            )
+        _load_trainable(model, optimizer, state, fsdp)
+        scheduler.load_state_dict(state["scheduler"])
+        checkpoint.set_rng_state(state["rng"])
+        step = state["step"]
+    metrics_path = out / "metrics.jsonl"
+    if world.rank == 0:
+        _truncate_metrics(metrics_path, step)
+
+    # 4. SIGTERM (preemption, scancel): finish the step, checkpoint, exit cleanly.
+    stop = threading.Event()
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total_steps, initial=step, disable=not cfg.progress or world.rank != 0,
+               desc="train", dynamic_ncols=True)
+    result = TrainResult(out, step, total_steps, checkpoint=last_ckpt)
+    model.train()
+    try:
+        with open(metrics_path, "a") if world.rank == 0 else nullcontext() as metrics:
+            while step < total_steps:
+                t0 = time.perf_counter()
+                # 5. This rank's share of the global batch, tokenised (EOS appended).
+                pairs = shard(plan.batch(step), world.rank, world.size)
+                batch = collate(store, pairs, tokenizer, cfg.max_length, cfg.padding_side).to(device)
+
+                # 6. Forward/backward (GradCache over chunks; documents from every rank).
+                optimizer.zero_grad(set_to_none=True)
+                sync = None
+                if fsdp:
+                    n = torch.tensor([num_chunks(batch, cfg.chunk_size)], device=device)
+                    torch.distributed.all_reduce(n, op=torch.distributed.ReduceOp.MAX)
+                    sync = int(n.item())
+                loss = forward_backward(model, batch, chunk_size=cfg.chunk_size,
+                                        temperature=cfg.temperature, world=world,
+                                        autocast=autocast, sync_chunks=sync)
+                if not fsdp:
+                    average_gradients(params, world)  # FSDP reduce-scatters by itself
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                if hasattr(grad_norm, "full_tensor"):
+                    grad_norm = grad_norm.full_tensor()
+
+                # 7. One all-reduce for the logged loss, token count and the stop flag.
+                stats = torch.tensor([float(loss), float(batch.num_tokens), float(stop.is_set())],
+                                     dtype=torch.float64, device=device)
+                if world.size > 1:
+                    torch.distributed.all_reduce(stats)
+                loss_value = float(stats[0]) / world.size
+                if not (math.isfinite(loss_value) and math.isfinite(float(grad_norm))):
+                    where = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
+                    raise TrainingDiverged(
+                        f"step {step + 1}: loss {loss_value}, grad norm {float(grad_norm)}; "
+                        f"stopping without updating the weights; {where}. Lower lr, check the "
+                        "data for empty/odd rows, or use precision = 'fp32' to find the cause."
+                    )
+
+                # 8. Update, schedule, log.
+                lr = scheduler.get_last_lr()[0]
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                dt = time.perf_counter() - t0
+                record = {"step": step, "loss": loss_value, "lr": lr, "grad_norm": float(grad_norm),
+                          "examples_per_s": cfg.batch_size / dt, "tokens_per_s": float(stats[1]) / dt,
+                          "seconds": dt}
+                result.losses.append(loss_value)
+                if metrics is not None and (step % cfg.log_every == 0 or step == total_steps):
+                    metrics.write(json.dumps(record) + "\n")
+                    metrics.flush()
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}",
+                                ex_s=f"{record['examples_per_s']:.1f}", tok_s=f"{record['tokens_per_s']:.0f}")
+                if on_step is not None:
+                    on_step(record)
+
+                # 9. Checkpoint every save_every steps, at the end, and when asked to stop.
+                stopping = bool(stats[2] > 0) or stop.is_set()
+                if step % cfg.save_every == 0 or step == total_steps or stopping:
+                    trainable, optim_state = _gather_trainable(model, optimizer, fsdp)
+                    last_ckpt = checkpoint.save(ckpt_root, step, trainable, optim_state,
+                                                scheduler.state_dict(), world, run_meta,
+                                                cfg.keep_checkpoints)
+                    result.checkpoint = last_ckpt
+                if stopping and step < total_steps:
+                    result.interrupted = True
+                    break
+    finally:
+        bar.close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    result.step = step
+    if world.rank == 0:
+        _plot_losses(metrics_path, out / "loss.png")
+
+    # 10. Final outputs: adapter, merged model + tokenizer, e5x.json, sentence-transformers.
+    if step >= total_steps and not result.interrupted:
+        result.model_dir = _export(cfg, model, tokenizer, out / "model", world, fsdp)
+    return result
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _as_config(config: TrainConfig | dict[str, Any] | str | Path) -> TrainConfig:
+    if isinstance(config, TrainConfig):
+        return config
+    if isinstance(config, dict):
+        return TrainConfig.from_dict(config)
+    return TrainConfig.from_toml(config)
+
+
+def _warmup_linear(step: int, *, warmup: int, total: int) -> float:
+    """Linear warmup to the peak lr over ``warmup`` steps, then linear decay to 0."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def _init_distributed() -> Any:
+    import torch
+    import torch.distributed as dist
+
+    from e5x.train.step import World
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend)
+    return World.current()
+
+
+def _device(world: Any) -> Any:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) if world.size > 1 else torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _load_model(cfg: TrainConfig, device: Any, dtype: Any) -> tuple[Any, Any]:
+    from e5x.model.loading import (
+        apply_lora,
+        build_byte_tokenizer,
+        build_tiny_model,
+        load_base_model,
+        load_tokenizer,
+    )
+
+    if cfg.tiny_model is not None:
+        tokenizer = build_byte_tokenizer()
+        base = build_tiny_model(cfg.tiny_model, len(tokenizer))
+    else:
+        tokenizer = load_tokenizer(cfg.tokenizer or cfg.model)
+        base = load_base_model(cfg.model, dtype)
+    model = apply_lora(base, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout,
+                       cfg.lora_target_modules, cfg.gradient_checkpointing)
+    return tokenizer, model.to(device)
+
+
+def _fully_shard(model: Any) -> None:
+    """FSDP2 (ZeRO-3): shard each decoder layer, then the rest."""
+    from torch.distributed.fsdp import fully_shard
+
+    layers = model.get_base_model().layers
+    for layer in layers:
+        fully_shard(layer)
+    fully_shard(model)
+
+
+def _gather_trainable(model: Any, optimizer: Any, fsdp: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    if fsdp:
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+        )
+
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        names = {n for n, p in model.named_parameters() if p.requires_grad}
+        sd = {k: v for k, v in get_model_state_dict(model, options=opts).items() if k in names}
+        return sd, get_optimizer_state_dict(model, optimizer, options=opts)
+    sd = {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+    return sd, optimizer.state_dict()
+
+
+def _load_trainable(model: Any, optimizer: Any, state: dict[str, Any], fsdp: bool) -> None:
+    if fsdp:
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        opts = StateDictOptions(full_state_dict=True, strict=False)
+        set_model_state_dict(model, state["trainable"], options=opts)
+        set_optimizer_state_dict(model, optimizer, state["optimizer"], options=opts)
+        return
+    import torch
+
+    params = dict(model.named_parameters())
+    missing = [n for n, p in params.items() if p.requires_grad and n not in state["trainable"]]
+    if missing:
+        raise RuntimeError(f"checkpoint lacks trainable parameters {missing[:3]}... (different LoRA settings?)")
+    with torch.no_grad():
+        for name, value in state["trainable"].items():
+            params[name].copy_(value)
+    optimizer.load_state_dict(state["optimizer"])
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop records after the resumed step so the file is one clean curve."""
+    if not path.is_file():
+        return
+    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in keep))
+
+
+def _plot_losses(metrics_path: Path, png: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # matplotlib is optional at run time
+        return
+    if not metrics_path.is_file():
+        return
+    recs = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    if not recs:
+        return
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([r["step"] for r in recs], [r["loss"] for r in recs])
+    ax.set_xlabel("step")
+    ax.set_ylabel("InfoNCE loss")
+    ax.set_title("e5x training loss")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+
+
+def _export(cfg: TrainConfig, model: Any, tokenizer: Any, directory: Path, world: Any, fsdp: bool) -> Path:
+    from e5x.train.export import query_prompt, save_model
+
+    prompts = {"query": query_prompt(cfg.default_instruction), "document": ""}
+    for s in cfg.sources:
+        if s.instruction:
+            prompts[s.label] = query_prompt(s.instruction)
+    if fsdp:
+        # Gather the adapter to rank 0 and merge into a fresh, unsharded copy there.
+        import torch
+
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        names = {n for n, p in model.named_parameters() if p.requires_grad}
+        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        trainable = {k: v for k, v in full.items() if k in names}
+        if world.rank == 0:
+            _, fresh = _load_model(cfg, torch.device("cpu"), None)
+            fresh.load_state_dict(trainable, strict=False)
+            model = fresh
+    if world.rank == 0:
+        model.eval()
+        save_model(model.to("cpu") if fsdp else model, tokenizer, directory, max_length=cfg.max_length,
+                   padding_side=cfg.padding_side, prompts=prompts)
+    if world.size > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+    return directory
