@@ -316,3 +316,27 @@ def test_cli_dry_run_and_bad_config(server: FakeOpenAI, tmp_path: Path, capsys):
     assert server.arrivals == []
     assert main([*base, "-n", "6", "--task-weight", "sts=1", "--no-progress", "--model", "m", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["complete"] is True
+
+
+def test_config_from_toml_with_nested_tables_and_clear_errors(tmp_path: Path):
+    f = tmp_path / "synth.toml"
+    f.write_text(
+        'n_examples = 12\nseed = 3\nconcurrency = 4\nmax_cost_usd = 5.0\n'
+        '[task_weights]\nsts = 1\nshort_long = 2\n'
+        '[endpoint]\nbase_url = "http://127.0.0.1:1/v1"\napi_key_env = "MY_KEY"\n'
+        '[examples]\nmodels = { "gpt-4o" = 0.75, "gpt-4o-mini" = 0.25 }\nresponse_format = "json_schema"\n'
+        '[prices]\n"gpt-4o" = [2.5, 10.0]\n'
+    )
+    cfg = SynthConfig.from_toml(f)
+    assert cfg.n_examples == 12 and cfg.endpoint.api_key_env == "MY_KEY"
+    assert cfg.examples.models == {"gpt-4o": 0.75, "gpt-4o-mini": 0.25} and cfg.examples.response_format == "json_schema"
+    assert cfg.brainstorm.max_tokens == 1024  # untouched defaults stay
+    assert build_plan(cfg).counts == {"sts": 4, "short_long": 8}
+    # Round trip through the run directory's config.json.
+    assert SynthConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))).to_dict() == cfg.to_dict()
+    f.write_text("n_exmaples = 3\n")
+    with pytest.raises(ValueError, match=r"synth.toml: unknown key\(s\) \['n_exmaples'\]"):
+        SynthConfig.from_toml(f)
+    f.write_text("[endpoint]\nbase_ur = 'x'\n")
+    with pytest.raises(ValueError, match=r"\[endpoint\]: unknown key"):
+        SynthConfig.from_toml(f)

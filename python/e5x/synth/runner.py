@@ -252,16 +252,18 @@ class Runner:
         est_tokens, est_cost = self._estimate(req, step)
         attempt = 0
         while True:
-            if self.stop_reason is not None or not self._budget_ok(est_tokens, est_cost):
+            if self.stop_reason is not None:
                 return  # left unanswered; a resume picks it up
+            await self._wait_turn(est_tokens)
+            # Check, reserve and count with no await in between, so concurrent workers
+            # cannot all pass the check and overshoot a cap together.
+            if self.stop_reason is not None or not self._budget_ok(est_tokens, est_cost):
+                return
             self._reserved_tokens += est_tokens
             self._reserved_cost += est_cost
+            self.stats.calls += 1
+            attempt += 1
             try:
-                await self._wait_turn(est_tokens)
-                if self.stop_reason is not None:
-                    return
-                self.stats.calls += 1
-                attempt += 1
                 kind, detail, retry_after = await self._attempt(req, kwargs, attempt, est_tokens)
             finally:
                 self._reserved_tokens -= est_tokens
