@@ -348,7 +348,8 @@ def _chunk_rows(bq: int, bd: int, elem: int) -> int:
     rows = max(1, budget // max(1, bd * elem))
     if rows >= bq:
         return bq
-    return max(128, rows // 128 * 128)
+    unit = 16 if INTERPRET else 128  # whole query tiles per chunk
+    return max(unit, rows // unit * unit)
 
 
 _MM_OUT_DTYPE: bool | None = None  # does torch.mm take out_dtype here (CUDA, torch >= 2.8)?
