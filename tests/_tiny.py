@@ -31,8 +31,8 @@ def tiny_model(cfg: TinyModelConfig = TINY) -> Any:
     return build_tiny_model(cfg, len(tiny_tokenizer()))
 
 
-def llama_style_tokenizer() -> Any:
-    """A WordLevel model inside LlamaTokenizerFast, like Mistral's (BOS yes, EOS no)."""
+def llama_style_tokenizer(add_eos_token: bool = False) -> Any:
+    """A WordLevel model inside LlamaTokenizerFast, like Mistral's (BOS, EOS only if asked)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import LlamaTokenizerFast
 
@@ -42,7 +42,8 @@ def llama_style_tokenizer() -> Any:
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
     return LlamaTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
-                              unk_token="<unk>", add_bos_token=True, add_eos_token=True)
+                              unk_token="<unk>", add_bos_token=True,
+                              add_eos_token=add_eos_token)
 
 
 def _code(rng: random.Random) -> str:
