@@ -35,7 +35,9 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
 NORM_EPS = 1e-12
-NEG = -1.0e30  # "minus infinity" that keeps (m_old - m_new) finite
+# "minus infinity" that keeps (m_old - m_new) finite; a constexpr so that compiled kernels
+# may read it (Triton refuses plain globals; the interpreter would not notice).
+NEG: tl.constexpr = tl.constexpr(-1.0e30)
 
 # ----------------------------------------------------------------------------- kernels
 
