@@ -77,9 +77,11 @@ def pooled_info_nce_ref(
     reduction: str = "mean",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pool the last tokens, L2-normalise them, InfoNCE. Returns (loss, q_emb, d_emb)."""
+    # The loss sees the pooled rows normalised in fp32 (not rounded back to bf16 first), as
+    # the kernels do; the returned embeddings are in the hidden states' dtype.
+    q_raw = last_token_pool_ref(q_hidden, q_last)
+    d_raw = last_token_pool_ref(d_hidden, d_last)
+    loss = info_nce_ref(q_raw, d_raw, positive, temperature, normalize=True, reduction=reduction)
     q = last_token_pool_ref(q_hidden, q_last, normalize=True)
     d = last_token_pool_ref(d_hidden, d_last, normalize=True)
-    # q and d are unit rows already; normalising again in fp32 only removes the rounding of
-    # the cast back to the compute dtype, which the kernels also keep.
-    loss = info_nce_ref(q, d, positive, temperature, normalize=False, reduction=reduction)
     return loss, q, d
