@@ -57,7 +57,7 @@ def test_sigkill_at_random_points_then_resume_completes_the_plan(tmp_path: Path)
                 proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=err)
             # Kill once some answers (the first time: some brainstorm answers) are stored,
             # plus a random delay, so the kill lands while requests are in flight.
-            target = len(_complete_lines(log)) + (1 if round_ == 0 else rng.randint(3, 40))
+            target = len(_complete_lines(log)) + (1 if round_ == 0 else rng.randint(3, 30))
             deadline = time.monotonic() + 60
             while proc.poll() is None and len(_complete_lines(log)) < target and time.monotonic() < deadline:
                 time.sleep(0.005)
