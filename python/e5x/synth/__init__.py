@@ -164,7 +164,7 @@ def synthesize(
     elif resume:
         raise FileNotFoundError(f"nothing to resume: {plan_path} does not exist")
     if cfg.endpoint.api_key() is None:
-        raise FatalAPIError(f"environment variable {cfg.endpoint.api_key_env} (endpoint.api_key_env) is not set")
+        raise FatalAPIError(f"environment variable {cfg.endpoint.key_env} (endpoint.api_key_env) is not set")
 
     out.mkdir(parents=True, exist_ok=True)
     lock = RunLock(out)

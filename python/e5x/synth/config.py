@@ -38,13 +38,19 @@ class EndpointConfig:
 
     provider: Literal["openai", "azure"] = "openai"
     base_url: str | None = None  # vLLM, llama.cpp server, ... (".../v1")
-    api_key_env: str = "OPENAI_API_KEY"
+    api_key_env: str | None = None  # default: OPENAI_API_KEY, or AZURE_OPENAI_API_KEY for azure
     azure_endpoint: str | None = None
     api_version: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def key_env(self) -> str:
+        if self.api_key_env:
+            return self.api_key_env
+        return "AZURE_OPENAI_API_KEY" if self.provider == "azure" else "OPENAI_API_KEY"
+
     def api_key(self) -> str | None:
-        return os.environ.get(self.api_key_env)
+        return os.environ.get(self.key_env)
 
 
 @dataclass

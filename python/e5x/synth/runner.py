@@ -155,7 +155,7 @@ class Runner:
             ep = self.cfg.endpoint
             key = ep.api_key()
             if key is None:
-                raise FatalAPIError(f"environment variable {ep.api_key_env} (endpoint.api_key_env) is not set")
+                raise FatalAPIError(f"environment variable {ep.key_env} (endpoint.api_key_env) is not set")
             n = self.cfg.concurrency
             # One pooled connection per concurrency slot, all kept alive between requests.
             limits = httpx2.Limits(max_connections=n, max_keepalive_connections=n)
