@@ -239,3 +239,23 @@ def test_packed_forward_requires_enable_packing() -> None:
     model = tiny_model("mistral", layers=1)
     with pytest.raises(RuntimeError, match="enable_packing"):
         embed_packed(model, random_seqs([3]))
+
+
+def test_pack_padded_matches_pack_for_both_padding_sides() -> None:
+    from e5x.model.text import pad
+
+    seqs = random_seqs([3, 1, 8, 5], seed=19)
+    want = pack(seqs)
+    for side in ("left", "right"):
+        ids, mask = pad(seqs, 0, side)  # type: ignore[arg-type]
+        got = packing.pack_padded(ids, mask)
+        for field in ("input_ids", "position_ids", "cu_seqlens", "last_index"):
+            assert torch.equal(getattr(got, field), getattr(want, field)), (side, field)
+        assert got.max_seqlen == want.max_seqlen and got.lengths == want.lengths
+    model = tiny_model("llama", layers=2)
+    enable_packing(model)
+    ids, mask = pad(seqs, 0, "left")
+    with torch.no_grad():
+        torch.testing.assert_close(
+            packing.embed_packed_inputs(model, {"input_ids": ids, "attention_mask": mask}),
+            embed_padded(model, seqs), atol=EMB_ATOL, rtol=0)

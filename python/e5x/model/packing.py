@@ -129,6 +129,38 @@ def pack(
     )
 
 
+def pack_padded(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> PackedBatch:
+    """Pack an already padded batch (left or right padding) on its own device.
+
+    ``input_ids[mask]`` is the packed stream in row order; one host sync reads the lengths.
+    Lets a loop that collates padded tensors switch to packed forwards without re-collating.
+    """
+    import torch
+
+    if input_ids.shape != attention_mask.shape or input_ids.dim() != 2:
+        raise ValueError(
+            f"input_ids {tuple(input_ids.shape)} and attention_mask {tuple(attention_mask.shape)} "
+            "must be the same [batch, seq_len] shape")
+    mask = attention_mask.bool()
+    lengths_t = mask.sum(1)
+    lengths = lengths_t.tolist()
+    if not lengths or min(lengths) == 0:
+        raise ValueError("every row needs at least one token (its EOS) to be packed")
+    stream = input_ids[mask].unsqueeze(0)
+    cu = torch.zeros(len(lengths) + 1, dtype=torch.int32, device=input_ids.device)
+    cu[1:] = torch.cumsum(lengths_t, 0).to(torch.int32)
+    starts = torch.repeat_interleave(cu[:-1].long(), lengths_t, output_size=stream.shape[1])
+    position_ids = (torch.arange(stream.shape[1], device=input_ids.device) - starts).unsqueeze(0)
+    return PackedBatch(
+        input_ids=stream,
+        position_ids=position_ids,
+        cu_seqlens=cu,
+        max_seqlen=max(lengths),
+        last_index=cu[1:].long() - 1,
+        lengths=lengths,
+    )
+
+
 # ----------------------------------------------------------------------------- length grouping
 
 
@@ -274,7 +306,11 @@ def varlen_attention(
         if "enable_gqa" not in params and hq != hkv:
             k = k.repeat_interleave(hq // hkv, dim=1)
             v = v.repeat_interleave(hq // hkv, dim=1)
-        kwargs: dict[str, Any] = {"scale": scale}
+        kwargs: dict[str, Any] = {}
+        if "scale" in params:
+            kwargs["scale"] = scale
+        elif abs(scale * math.sqrt(q.shape[-1]) - 1.0) > 1e-6:
+            q = q * (scale * math.sqrt(q.shape[-1]))  # torch 2.9 has no scale: fold it into q
         if "enable_gqa" in params:
             kwargs["enable_gqa"] = hq != hkv
         if "window_size" in params:
@@ -512,7 +548,9 @@ def packed_hidden_at(
     packed = packed.to(device) if packed.input_ids.device != device else packed
     kw = packed.attention_kwargs(backend)
     dec = decoder_of(model)
-    if dec is None:
+    if dec is None or _fsdp_wrapped(model):
+        # FSDP2 gathers the root's parameters (embeddings, final norm) in the root's forward
+        # hook, which driving the layers by hand would skip: go through the model's forward.
         out = model(input_ids=packed.input_ids, position_ids=packed.position_ids, use_cache=False, **kw)
         hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
         return hidden[0].index_select(0, packed.last_index)
@@ -530,6 +568,18 @@ def packed_hidden_at(
     else:
         pooled = _last_layer_at(layers[-1], h, pos_emb, packed, backend)
     return dec.norm(pooled)
+
+
+def _fsdp_wrapped(model: Any) -> bool:
+    cached = getattr(model, "_e5x_fsdp", None)
+    if cached is None:
+        # fully_shard swaps a module's class for a generated "FSDP<Name>" subclass
+        cached = any(type(m).__name__.startswith("FSDP") for m in model.modules())
+        try:
+            object.__setattr__(model, "_e5x_fsdp", cached)
+        except Exception:
+            pass
+    return bool(cached)
 
 
 def _trimmable(layer: Any) -> bool:
@@ -612,6 +662,19 @@ def embed_packed(
 
         pooled = F.normalize(pooled.float(), dim=-1).to(pooled.dtype)
     return pooled
+
+
+def embed_packed_inputs(
+    model: Any,
+    inputs: dict[str, torch.Tensor],
+    *,
+    backend: str = "auto",
+    trim_last_layer: bool = True,
+) -> torch.Tensor:
+    """``embed_packed`` for a padded ``{"input_ids", "attention_mask"}`` batch (any padding
+    side): the drop-in for ``e5x.train.step.embed`` once ``enable_packing(model)`` ran."""
+    packed = pack_padded(inputs["input_ids"], inputs["attention_mask"])
+    return packed_hidden_at(model, packed, backend=backend, trim_last_layer=trim_last_layer)
 
 
 def _last_token_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,410 @@
+"""Training throughput: the plain HF + peft loop against e5x's packed training step.
+
+One process, one run, the SAME batches for every variant (a seeded generator drawing
+lengths like real data: query tokens lognormal, median 24, clipped 8..64; document tokens
+lognormal, median 180, clipped 16..512; 32 queries + 64 documents = 1 positive + 1 hard
+negative each). Every variant runs on the same model object (weights shared, so peak
+memories compare), with a fresh AdamW over the LoRA parameters:
+
+  plain        AutoModel + peft LoRA r16/a32/dropout 0.1 on all linear layers, gradient
+               checkpointing on every layer, bf16 autocast, SDPA, queries and documents each
+               padded to their longest, last-token pooling + InfoNCE (tau 0.02), AdamW step
+  grouped      the same, but each side's padded forwards go over length-sorted chunks
+               (packing off, same batch; --group-tokens per chunk)
+  packed       one padding-free stream for all 96 sequences, varlen attention, full checkpointing
+  packed+trim  + final norm / last layer's tail only at the pooled rows
+  e5x          + selective checkpointing: the last K layers keep their activations; on GPU K is
+               sized from measured peaks so e5x stays under the plain loop's peak (--keep)
+  e5x+liger    + liger-kernel fused RMSNorm/SwiGLU/RoPE (only when liger_kernel imports, GPU)
+
+Prints useful (non-pad) tokens/s, examples/s (one example = a query with its two
+documents), padding share of computed tokens, peak memory; header with device and versions.
+
+GPU (Mistral-7B shape, random bf16 weights built from MistralConfig, nothing downloaded):
+    python benches/bench_train.py --json benches/results/bench_train-h100.json
+CPU smoke test (tiny shape; its speed says nothing about a GPU):
+    python benches/bench_train.py --device cpu
+On a GPU machine without liger-kernel, carry its wheel (pure Python + Triton) and
+`pip install --no-deps` it first to get the e5x+liger row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "python"))  # run from a checkout without installing
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from e5x.model import packing  # noqa: E402
+from e5x.model.fast import apply_liger, set_checkpointing  # noqa: E402
+
+EOS = 2
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def draw_lengths(rng: np.random.Generator, n: int, median: float, sigma: float, lo: int, hi: int) -> list[int]:
+    return np.clip(np.round(rng.lognormal(math.log(median), sigma, n)), lo, hi).astype(int).tolist()
+
+
+def make_batches(n: int, *, queries: int, docs: int, vocab: int, seed: int,
+                 max_len: int = 512) -> list[tuple[list[list[int]], list[list[int]]]]:
+    """n steps of (query token lists, document token lists), EOS last in every sequence."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        ql = draw_lengths(rng, queries, 24, 0.5, 8, min(64, max_len))
+        dl = draw_lengths(rng, docs, 180, 0.6, 16, max_len)
+
+        def seqs(lengths: list[int]) -> list[list[int]]:
+            return [rng.integers(3, vocab, size=length - 1).tolist() + [EOS] for length in lengths]
+
+        out.append((seqs(ql), seqs(dl)))
+    return out
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def build_model(shape: str, device: torch.device, layers: int | None) -> tuple[Any, dict[str, Any]]:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModel, MistralConfig
+
+    if shape == "mistral-7b":
+        cfg = MistralConfig()  # the defaults are Mistral-7B-v0.1's shape
+        dtype = torch.bfloat16
+    else:
+        cfg = MistralConfig(vocab_size=1000, hidden_size=64, intermediate_size=176, num_hidden_layers=3,
+                            num_attention_heads=4, num_key_value_heads=2, sliding_window=None)
+        dtype = torch.float32
+    if layers:
+        cfg.num_hidden_layers = layers
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = AutoModel.from_config(cfg, dtype=dtype, attn_implementation="sdpa")
+    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.1,
+                                             target_modules="all-linear", bias="none"))
+    model.train()
+    info = {
+        "shape": shape,
+        "layers": cfg.num_hidden_layers,
+        "hidden": cfg.hidden_size,
+        "params_total": sum(p.numel() for p in model.parameters()),
+        "params_trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "weights_dtype": str(dtype).replace("torch.", ""),
+        "vocab": cfg.vocab_size,
+    }
+    return model, info
+
+
+def loss_fn(device: torch.device, hidden: int) -> tuple[Any, str]:
+    """e5x's InfoNCE op (the same one for every variant) when it imports and passes a trial
+    forward/backward here, else a torch reference: the loss is ~0.01% of a step, and a broken
+    kernel must not cost a GPU session its benchmark."""
+    import torch.nn.functional as F
+
+    def ref(q: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        q, d = F.normalize(q.float(), dim=-1), F.normalize(d.float(), dim=-1)
+        target = torch.arange(q.shape[0], device=q.device) * (d.shape[0] // q.shape[0])
+        return F.cross_entropy(q @ d.T / 0.02, target)
+
+    try:
+        from e5x.kernels import info_nce
+
+        def e5x_loss(q: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+            return info_nce(q.float(), d.float(), temperature=0.02)
+
+        q = torch.randn(4, hidden, device=device, requires_grad=True)
+        d = torch.randn(8, hidden, device=device)
+        got = e5x_loss(q, d)
+        got.backward()
+        if not torch.allclose(got.detach(), ref(q, d).detach(), atol=1e-3, rtol=1e-3):
+            raise ValueError(f"e5x info_nce {float(got):.5f} != reference {float(ref(q, d)):.5f}")
+        return e5x_loss, "e5x.kernels.info_nce"
+    except Exception as exc:  # noqa: BLE001 - report and carry on with the reference
+        return ref, f"torch reference InfoNCE (e5x.kernels.info_nce unusable: {type(exc).__name__}: {exc})"
+
+
+# ----------------------------------------------------------------------------- steps
+
+
+def plain_embed(model: Any, seqs: list[list[int]]) -> torch.Tensor:
+    return packing.embed_padded(model, seqs, pad_id=0, padding_side="right")
+
+
+def run_variant(name: str, model: Any, batches: list, *, warmup: int, embed: Any, loss: Any,
+                device: torch.device, computed_tokens: Any) -> dict[str, Any]:
+    """Time len(batches) - warmup steps of forward + backward + AdamW."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.1, **({"fused": True} if device.type == "cuda" else {}))
+    amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else None
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    useful = computed = 0
+    elapsed = 0.0
+    losses = []
+    for i, (qs, ds) in enumerate(batches):
+        _sync(device)
+        t0 = time.perf_counter()
+        if amp is not None:
+            with amp():
+                q, d = embed(model, qs, ds)
+        else:
+            q, d = embed(model, qs, ds)
+        value = loss(q, d)
+        value.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        _sync(device)
+        dt = time.perf_counter() - t0
+        losses.append(float(value.detach()))
+        if i >= warmup:
+            elapsed += dt
+            useful += sum(map(len, qs)) + sum(map(len, ds))
+            computed += computed_tokens(qs, ds)
+    steps = len(batches) - warmup
+    del opt
+    peak = (torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+    return {
+        "variant": name,
+        "steps": steps,
+        "step_s": elapsed / steps,
+        "useful_tokens_per_s": useful / elapsed,
+        "examples_per_s": steps * len(batches[0][0]) / elapsed,
+        "padding_share": 1 - useful / computed,
+        "peak_gib": peak,
+        "loss_first": losses[0],
+        "loss_last": losses[-1],
+        "finite": all(math.isfinite(x) for x in losses),
+    }
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def padded_tokens(qs: list[list[int]], ds: list[list[int]]) -> int:
+    return len(qs) * max(map(len, qs)) + len(ds) * max(map(len, ds))
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def header(device: torch.device, info: dict[str, Any], args: argparse.Namespace, loss_name: str) -> str:
+    import peft
+    import transformers
+
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        dev = f"{props.name}, {props.total_memory / 2**30:.0f} GiB, CUDA {torch.version.cuda}"
+    else:
+        dev = f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+    try:
+        import liger_kernel  # noqa: F401
+        from importlib.metadata import version
+
+        liger = version("liger-kernel")
+    except Exception:
+        liger = "not installed"
+    try:
+        import flash_attn
+
+        fa = flash_attn.__version__
+    except Exception:
+        fa = "not installed"
+    lines = [
+        f"# bench_train  device: {dev}",
+        f"# python {platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}, "
+        f"peft {peft.__version__}, liger-kernel {liger}, flash-attn {fa}",
+        f"# model: {info['shape']} shape, {info['layers']} layers, hidden {info['hidden']}, "
+        f"{info['params_total'] / 1e9:.3f}B params ({info['weights_dtype']} weights), "
+        f"LoRA r16 trainable {info['params_trainable'] / 1e6:.1f}M; loss: {loss_name}",
+        f"# batch: {args.queries} queries + {args.docs} documents per step, seed {args.seed}, "
+        f"{args.warmup} warmup + {args.steps} timed steps per variant; "
+        f"packed attention backend: {packing.resolve_backend(args.attn, device)}",
+    ]
+    return "\n".join(lines)
+
+
+def gpu_check(model: Any, batches: list, device: torch.device, backend: str) -> float:
+    """Packed vs padded embeddings on this GPU's kernels (eval mode: no dropout). Returns
+    the worst cosine similarity between the two; a wrong varlen path gives ~0."""
+    qs, ds = batches[0]
+    seqs = qs[:4] + ds[:4]
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        a = packing.embed_padded(model, seqs).float()
+        b = packing.embed_packed(model, seqs, backend=backend).float()
+    model.train(was_training)
+    return float(torch.nn.functional.cosine_similarity(a, b, dim=-1).min())
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    ap.add_argument("--shape", default="auto", choices=["auto", "tiny", "mistral-7b"],
+                    help="auto: mistral-7b on GPU, tiny on CPU")
+    ap.add_argument("--layers", type=int, default=None, help="override the layer count (quick checks)")
+    ap.add_argument("--steps", type=int, default=None, help="timed steps per variant (GPU 3, CPU 1)")
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--queries", type=int, default=None, help="queries per step (GPU 32; CPU 8)")
+    ap.add_argument("--docs", type=int, default=None, help="documents per step (2 per query)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--attn", default="auto", choices=list(packing.BACKENDS))
+    ap.add_argument("--keep", default="auto",
+                    help="layers left uncheckpointed in the e5x variant: an int, or auto (GPU: "
+                         "sized from measured peaks to stay under the plain loop's; CPU: 1)")
+    ap.add_argument("--group-tokens", type=int, default=8192, help="padded tokens per chunk, grouped variant")
+    ap.add_argument("--variants", default="plain,grouped,packed,packed+trim,e5x,e5x+liger")
+    ap.add_argument("--no-check", action="store_true", help="skip the packed-vs-padded check on GPU")
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args(argv)
+
+    device = torch.device("cuda" if (args.device == "auto" and torch.cuda.is_available()) else
+                          (args.device if args.device != "auto" else "cpu"))
+    shape = args.shape if args.shape != "auto" else ("mistral-7b" if device.type == "cuda" else "tiny")
+    args.steps = args.steps or (3 if device.type == "cuda" else 1)
+    # The CPU run is a smoke test of the code paths: a smaller step keeps it to minutes.
+    args.queries = args.queries or (32 if device.type == "cuda" else 8)
+    args.docs = args.docs or 2 * args.queries
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    model, info = build_model(shape, device, args.layers)
+    loss, loss_name = loss_fn(device, info["hidden"])
+    batches = make_batches(args.warmup + args.steps, queries=args.queries, docs=args.docs,
+                           vocab=info["vocab"], seed=args.seed)
+    print(header(device, info, args, loss_name), flush=True)
+    wanted = [v.strip() for v in args.variants.split(",") if v.strip()]
+    results: list[dict[str, Any]] = []
+    notes: list[str] = []
+
+    def report(r: dict[str, Any]) -> None:
+        results.append(r)
+        base = results[0]["useful_tokens_per_s"]
+        print(f"  done {r['variant']:<12} {r['useful_tokens_per_s']:>10.0f} tok/s  "
+              f"{r['useful_tokens_per_s'] / base:5.2f}x  peak {r['peak_gib']:.2f} GiB", flush=True)
+
+    def both_padded(m: Any, qs: list, ds: list) -> tuple[torch.Tensor, torch.Tensor]:
+        return plain_embed(m, qs), plain_embed(m, ds)
+
+    def grouped(m: Any, qs: list, ds: list) -> tuple[torch.Tensor, torch.Tensor]:
+        return (packing.embed_length_grouped(m, qs, max_tokens=args.group_tokens),
+                packing.embed_length_grouped(m, ds, max_tokens=args.group_tokens))
+
+    def packed_fn(trim: bool) -> Any:
+        def fn(m: Any, qs: list, ds: list) -> tuple[torch.Tensor, torch.Tensor]:
+            pooled = packing.embed_packed(m, qs + ds, backend=args.attn, trim_last_layer=trim)
+            return pooled[: len(qs)], pooled[len(qs):]
+        return fn
+
+    def grouped_tokens(qs: list, ds: list) -> int:
+        total = 0
+        for side in (qs, ds):
+            lengths = [len(s) for s in side]
+            for c in packing.length_grouped_chunks(lengths, args.group_tokens):
+                total += len(c) * max(lengths[i] for i in c)
+        return total
+
+    def packed_tokens(qs: list, ds: list) -> int:
+        return sum(map(len, qs)) + sum(map(len, ds))
+
+    common = dict(warmup=args.warmup, loss=loss, device=device)
+    # 1. plain loop (HF checkpointing on every layer, SDPA, padded)
+    set_checkpointing(model, keep=0)
+    report(run_variant("plain", model, batches, embed=both_padded, computed_tokens=padded_tokens, **common))
+    if "grouped" in wanted:
+        report(run_variant("grouped", model, batches, embed=grouped, computed_tokens=grouped_tokens, **common))
+    packing.enable_packing(model)
+    if device.type == "cuda" and not args.no_check:
+        cos = gpu_check(model, batches, device, args.attn)
+        notes.append(f"GPU check: packed vs padded embeddings, min cosine {cos:.5f} (bf16)")
+        print(f"# {notes[-1]}", flush=True)
+        if cos < 0.99:
+            print("# packed attention disagrees with padded SDPA on this GPU: stopping", flush=True)
+            return 2
+    if "packed" in wanted:
+        report(run_variant("packed", model, batches, embed=packed_fn(False), computed_tokens=packed_tokens, **common))
+    if "packed+trim" in wanted or "e5x" in wanted:
+        report(run_variant("packed+trim", model, batches, embed=packed_fn(True), computed_tokens=packed_tokens, **common))
+    full_ckpt_peak = results[-1]["peak_gib"]
+    if "e5x" in wanted or "e5x+liger" in wanted:
+        n_layers = info["layers"]
+        if args.keep != "auto":
+            keep = int(args.keep)
+        elif device.type != "cuda":
+            keep = 1
+        else:
+            # Measure what one uncheckpointed layer costs at this stream length, then keep as
+            # many as fit under the plain loop's peak with a 10% margin (lengths vary per step).
+            probe = 2
+            set_checkpointing(model, keep=probe)
+            r = run_variant("probe", model, batches[:2], embed=packed_fn(True),
+                            computed_tokens=packed_tokens, warmup=1, loss=loss, device=device)
+            per_layer = max((r["peak_gib"] - full_ckpt_peak) / probe, 1e-3)
+            room = 0.9 * results[0]["peak_gib"] - full_ckpt_peak
+            keep = int(max(0, min(n_layers, room // per_layer)))
+            notes.append(f"selective checkpointing: one uncheckpointed layer costs {per_layer:.2f} GiB; "
+                         f"full-checkpoint packed peak {full_ckpt_peak:.2f} GiB, plain {results[0]['peak_gib']:.2f} GiB "
+                         f"-> keep {keep} of {n_layers} layers")
+            print(f"# {notes[-1]}", flush=True)
+        set_checkpointing(model, keep=keep)
+        if "e5x" in wanted:
+            report(run_variant("e5x", model, batches, embed=packed_fn(True), computed_tokens=packed_tokens, **common))
+        results[-1]["keep"] = keep
+        if "e5x+liger" in wanted:
+            try:
+                applied = apply_liger(model)
+                if applied:
+                    if not args.no_check and device.type == "cuda":
+                        cos = gpu_check(model, batches, device, args.attn)
+                        notes.append(f"GPU check with liger kernels: min cosine {cos:.5f}")
+                    report(run_variant("e5x+liger", model, batches, embed=packed_fn(True),
+                                       computed_tokens=packed_tokens, **common))
+                    results[-1]["keep"] = keep
+                    results[-1]["liger"] = applied
+                else:
+                    notes.append("e5x+liger skipped: liger-kernel not installed, model type unsupported, or no GPU")
+            except Exception as exc:  # noqa: BLE001 - an optional library must not sink the run
+                notes.append(f"e5x+liger failed: {type(exc).__name__}: {exc}")
+
+    base = results[0]
+    mem = "peak GiB" if device.type == "cuda" else "max RSS GiB"
+    print()
+    print(f"| variant | step s | useful tok/s | vs plain | examples/s | padding | {mem} | loss first→last |")
+    print("|---|---:|---:|---:|---:|---:|---:|---|")
+    for r in results:
+        print(f"| {r['variant']} | {r['step_s']:.3f} | {r['useful_tokens_per_s']:.0f} | "
+              f"{r['useful_tokens_per_s'] / base['useful_tokens_per_s']:.2f}x | {r['examples_per_s']:.2f} | "
+              f"{r['padding_share']:.1%} | {r['peak_gib']:.2f} | {r['loss_first']:.3f}→{r['loss_last']:.3f} |")
+    for n in notes:
+        print(f"# {n}")
+    if device.type != "cuda":
+        print("# CPU smoke test: tiny model; max RSS is the process high-water mark so far, not per variant")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"header": header(device, info, args, loss_name), "info": info,
+                                         "results": results, "notes": notes}, indent=2))
+    return 0 if all(r["finite"] for r in results) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
