@@ -57,7 +57,7 @@ def toy_triples(n: int = 256, seed: int = 0, negatives: bool = True, source: str
     for _ in range(n):
         code, other = _code(rng), _code(rng)
         rows.append({
-            "instruction": "Find the sentence that mentions the code",
+            "instruction": "Find the code",
             "query": code,
             "positive": f"the code {code} is here",
             "negative": f"the code {other} is here" if negatives else None,

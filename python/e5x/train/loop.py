@@ -57,9 +57,12 @@ def train(
     if cfg.batch_size % world.size:
         raise ConfigError(f"batch_size {cfg.batch_size} is not divisible by {world.size} processes")
     store = TripleStore(cfg.sources)
-    plan = BatchPlan(
-        store.sizes, [s.ratio for s in cfg.sources], cfg.batch_size, cfg.seed, cfg.task_homogeneous
-    )
+    try:
+        plan = BatchPlan(
+            store.sizes, [s.ratio for s in cfg.sources], cfg.batch_size, cfg.seed, cfg.task_homogeneous
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * plan.steps_per_epoch))
     out = Path(cfg.output_dir)
     ckpt_root = out / "checkpoints"

@@ -1,0 +1,93 @@
+"""TrainConfig from TOML: unknown keys, bad values and bad data fail before a model loads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from _tiny import toy_triples
+from e5x.data import DataError
+from e5x.train import ConfigError, TrainConfig, train
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def no_model_loading(monkeypatch):
+    """Fail the test if anything tries to build or load a model."""
+    import e5x.model.loading as loading
+
+    def boom(*a, **k):
+        raise AssertionError("a model was loaded before the config was checked")
+
+    for name in ("build_tiny_model", "load_base_model", "load_tokenizer", "build_byte_tokenizer"):
+        monkeypatch.setattr(loading, name, boom)
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "cfg.toml"
+    p.write_text(text)
+    return p
+
+
+def test_shipped_recipes_parse() -> None:
+    tiny = TrainConfig.from_toml(REPO / "configs" / "tiny-cpu.toml")
+    tiny.validate()
+    assert tiny.tiny_model is not None and tiny.tiny_model.arch == "mistral"
+    paper = TrainConfig.from_toml(REPO / "configs" / "e5-mistral.toml")
+    assert (paper.batch_size, paper.lr, paper.weight_decay, paper.warmup_steps) == (2048, 1e-4, 0.1, 100)
+    assert (paper.lora_r, paper.lora_alpha, paper.lora_dropout, paper.temperature) == (16, 32, 0.1, 0.02)
+    assert paper.max_length == 512 and len(paper.lora_target_modules) == 7
+    for name in ("tiny-cpu.toml", "e5-mistral.toml"):
+        first = (REPO / "configs" / name).read_text().splitlines()[0]
+        assert first.startswith("# ") and f"train configs/{name}" in first
+
+
+def test_unknown_keys_are_errors(tmp_path, no_model_loading) -> None:
+    with pytest.raises(ConfigError, match=r"cfg\.toml: unknown key\(s\) \['learning_rate'\]"):
+        TrainConfig.from_toml(write(tmp_path, "learning_rate = 1e-4\n"))
+    with pytest.raises(ConfigError, match=r"\[sources\[0\]\] unknown key\(s\) \['weight'\]"):
+        TrainConfig.from_toml(write(tmp_path, '[[sources]]\npath = "x"\nweight = 2\n'))
+    with pytest.raises(ConfigError, match=r"\[tiny_model\] unknown key\(s\) \['layers'\]"):
+        TrainConfig.from_toml(write(tmp_path, "[tiny_model]\nlayers = 2\n"))
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        TrainConfig.from_toml(write(tmp_path, "batch_size = = 3\n"))
+    with pytest.raises(ConfigError, match="config file not found"):
+        TrainConfig.from_toml(tmp_path / "missing.toml")
+
+
+def test_data_errors_before_model_loads(tmp_path, no_model_loading) -> None:
+    out = str(tmp_path / "run")
+    with pytest.raises(ConfigError, match="no data sources"):
+        train(TrainConfig(output_dir=out))
+    with pytest.raises(ConfigError, match=r"nope\.parquet: training data file not found"):
+        train(TrainConfig(sources=[{"path": str(tmp_path / "nope.parquet")}], output_dir=out))
+    toy_triples(2).head(0).write_parquet(tmp_path / "empty.parquet")
+    with pytest.raises(ConfigError, match=r"empty\.parquet: dataset has no rows"):
+        train({"sources": [{"path": str(tmp_path / "empty.parquet")}], "output_dir": out})
+    toy_triples(4).write_parquet(tmp_path / "ok.parquet")
+    ok = [{"path": str(tmp_path / "ok.parquet")}]
+    with pytest.raises(ConfigError, match="lora_dropout"):
+        train(TrainConfig(sources=ok, lora_dropout=1.5, output_dir=out))
+    with pytest.raises(ConfigError, match="padding_side"):
+        train(TrainConfig(sources=ok, padding_side="middle", output_dir=out))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="larger than the data"):
+        train(TrainConfig(sources=ok, batch_size=64, output_dir=out))
+    assert isinstance(DataError("x"), ValueError)
+
+
+def test_relative_source_paths_resolve_beside_the_config(tmp_path) -> None:
+    (tmp_path / "d").mkdir()
+    toy_triples(4).write_parquet(tmp_path / "d" / "t.parquet")
+    cfg = TrainConfig.from_toml(write(tmp_path, '[[sources]]\npath = "d/t.parquet"\nratio = 0.5\n'))
+    cfg.validate()
+    assert Path(cfg.sources[0].path) == tmp_path / "d" / "t.parquet" and cfg.sources[0].ratio == 0.5
+
+
+def test_cli_check_reports_errors(tmp_path, capsys) -> None:
+    from e5x.cli import main
+
+    assert main(["train", str(write(tmp_path, "bogus = 1\n")), "--check"]) == 2
+    assert "unknown key(s) ['bogus']" in capsys.readouterr().err
+    assert main(["train", str(REPO / "configs" / "tiny-cpu.toml"), "--check"]) == 0
