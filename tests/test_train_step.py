@@ -114,7 +114,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world_size: int, port: int, out: str) -> None:
+def _worker(rank: int, world_size: int, port: int, out: str, strategy: str) -> None:
     import torch.distributed as dist
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -125,25 +125,39 @@ def _worker(rank: int, world_size: int, port: int, out: str) -> None:
         per = 8 // world_size
         batch = make_batch(range(rank * per, (rank + 1) * per))
         world = World.current()
-        loss = forward_backward(model, batch, chunk_size=3, temperature=0.02, world=world)
-        average_gradients([p for p in model.parameters() if p.requires_grad], world)
+        if strategy == "fsdp":
+            from e5x.train.loop import _fully_shard
+            from e5x.train.step import num_chunks
+
+            _fully_shard(model)
+            n = torch.tensor([num_chunks(batch, 3)])
+            dist.all_reduce(n, op=dist.ReduceOp.MAX)  # as the loop does
+            loss = forward_backward(model, batch, chunk_size=3, temperature=0.02, world=world,
+                                    sync_chunks=int(n))
+            got = {n: p.grad.full_tensor() for n, p in model.named_parameters() if p.requires_grad}
+        else:
+            loss = forward_backward(model, batch, chunk_size=3, temperature=0.02, world=world)
+            average_gradients([p for p in model.parameters() if p.requires_grad], world)
+            got = grads(model)
         mean_loss = loss.clone()
         dist.all_reduce(mean_loss)
         if rank == 0:
-            torch.save({"loss": mean_loss / world_size, "grads": grads(model)}, out)
+            torch.save({"loss": mean_loss / world_size, "grads": got}, out)
     finally:
         dist.destroy_process_group()
 
 
-def test_two_process_gloo_equals_one_process(tmp_path: Path) -> None:
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_process_gloo_equals_one_process(tmp_path: Path, strategy: str) -> None:
     import torch.multiprocessing as mp
 
     model = lora_model()
     loss = forward_backward(model, make_batch(range(8)), chunk_size=1000, temperature=0.02)
     single = grads(model)
     out = str(tmp_path / "rank0.pt")
-    # Rows 1, 4 and 7 lack a hard negative: the ranks hold different numbers of documents.
-    mp.start_processes(_worker, args=(2, _free_port(), out), nprocs=2, join=True, start_method="fork")
+    # Rows 1, 4 and 7 lack a hard negative: the ranks hold different numbers of documents
+    # (and, for FSDP, run different numbers of chunks). GradCache chunks of 3 on each rank.
+    mp.start_processes(_worker, args=(2, _free_port(), out, strategy), nprocs=2, join=True, start_method="fork")
     got = torch.load(out)
     torch.testing.assert_close(got["loss"], loss, atol=1e-5, rtol=1e-5)
     for name, g in single.items():

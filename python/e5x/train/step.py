@@ -163,6 +163,11 @@ def forward_backward(
                 with autocast():
                     embs.append(embed(model, chunk))
             cached.append(torch.cat(embs).requires_grad_(True))
+        if sync_chunks is not None:
+            # FSDP: every forward all-gathers parameters, so all ranks must run as many.
+            for _ in range(sum(map(len, chunks)), sync_chunks):
+                with autocast():
+                    embed(model, _dummy(batch))
     loss = contrastive_loss(cached[0], cached[1], world, temperature)
     loss.backward()
     done = 0
@@ -176,13 +181,16 @@ def forward_backward(
     if sync_chunks is not None:
         # FSDP: each forward/backward is a collective; ranks with fewer chunks run
         # zero-weighted dummies so nobody waits forever.
-        ids = batch.queries["input_ids"][:1, -1:]
-        dummy = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
         for _ in range(done, sync_chunks):
             with autocast():
-                e = embed(model, dummy)
+                e = embed(model, _dummy(batch))
             (e.sum() * 0.0).backward()
     return loss.detach()
+
+
+def _dummy(batch: Batch) -> dict[str, torch.Tensor]:
+    ids = batch.queries["input_ids"][:1, -1:]
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
 
 def num_chunks(batch: Batch, chunk_size: int) -> int:
