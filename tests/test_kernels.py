@@ -252,9 +252,13 @@ def test_return_embeddings_are_differentiable() -> None:
         assert rel(a, b) <= 1e-4
 
 
-def test_backward_in_several_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A tiny dS budget forces the backward through several query chunks."""
+@pytest.mark.parametrize("fused", ["1", "0"], ids=["grads-in-forward", "recompute-in-backward"])
+def test_backward_in_several_chunks(monkeypatch: pytest.MonkeyPatch, fused: str) -> None:
+    """A tiny chunk budget forces the gradient through several query chunks, in both the
+    fused mode (mean/sum: gradients formed in the forward from stored score tiles, backward
+    scales by the upstream scalar, here 2.5) and the recompute-in-backward mode."""
     monkeypatch.setenv("E5X_INFONCE_CHUNK_MIB", "0.0001")
+    monkeypatch.setenv("E5X_INFONCE_FUSED", fused)
     gen = torch.Generator().manual_seed(6)
     bq = 40 if not GPU else 300
     q = torch.randn(bq, 24, generator=gen)
@@ -264,7 +268,7 @@ def test_backward_in_several_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
         qq = leaf(q, dtype)
         dd = leaf(d, dtype)
         loss = K.info_nce(qq, dd, backend=backend)
-        loss.backward()
+        (2.5 * loss).backward()
         out[backend] = (loss.detach(), qq.grad, dd.grad)
     for a, b in zip(out["triton"], out["torch"]):
         assert rel(a, b) <= 1e-4

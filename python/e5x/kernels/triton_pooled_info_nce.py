@@ -152,9 +152,9 @@ def _score_tile(Q, D, offs_m, offs_n, Bq, Bd, H,
 
 @triton.jit
 def _lse_fwd(
-    Q, D, RQ, RD, M_OUT, L_OUT, Bq, Bd, H, SPLIT, scale2,
+    Q, D, RQ, RD, M_OUT, L_OUT, S_OUT, Bq, Bd, H, SPLIT, stride_s, scale2,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST: tl.constexpr, STORE_S: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_s = tl.program_id(1)
@@ -172,6 +172,9 @@ def _lse_fwd(
         s = _score_tile(Q, D, offs_m, offs_n, Bq, Bd, H, BLOCK_M, BLOCK_N, BLOCK_K, PRECISION, UPCAST)
         rd = tl.load(RD + offs_n, mask=offs_n < Bd, other=0.0)
         s = tl.where((offs_n < Bd)[None, :], s * rq[:, None] * rd[None, :], NEG)  # log2 units
+        if STORE_S:  # fused mode: keep the fp32 tile for the gradient (one chunk of rows)
+            tl.store(S_OUT + offs_m[:, None] * stride_s + offs_n[None, :], s,
+                     mask=(offs_m < Bq)[:, None] & (offs_n < Bd)[None, :])
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         l_i = l_i * tl.exp2(m_i - m_new) + tl.sum(tl.exp2(s - m_new[:, None]), axis=1)
         m_i = m_new
@@ -182,9 +185,9 @@ def _lse_fwd(
 
 @triton.jit
 def _dscores(
-    Q, D, RQ, RD, LSE2, POS, COEF, DS, row0, n_rows, Bq, Bd, H, stride_ds, scale2,
+    Q, D, RQ, RD, LSE2, POS, COEF, DS, S_IN, row0, n_rows, Bq, Bd, H, stride_ds, stride_s, scale2,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST: tl.constexpr, FROM_S: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -192,19 +195,25 @@ def _dscores(
     offs_m = row0 + local
     offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
     r_ok = local < n_rows
-    s = _score_tile(Q, D, offs_m, offs_n, Bq, Bd, H, BLOCK_M, BLOCK_N, BLOCK_K, PRECISION, UPCAST)
+    n_ok = offs_n < Bd
     lse2 = tl.load(LSE2 + offs_m, mask=r_ok, other=0.0)
     pos = tl.load(POS + offs_m, mask=r_ok, other=-1)
     coef = tl.load(COEF + offs_m, mask=r_ok, other=0.0)
     rq = tl.load(RQ + offs_m, mask=r_ok, other=0.0)
-    rd = tl.load(RD + offs_n, mask=offs_n < Bd, other=0.0)
+    rd = tl.load(RD + offs_n, mask=n_ok, other=0.0)
     rr = rq[:, None] * rd[None, :]
-    p = tl.exp2(s * rr * scale2 - lse2[:, None])
+    if FROM_S:  # the forward stored this chunk's scores (log2 units, scaled): no GEMM
+        s2 = tl.load(S_IN + local[:, None] * stride_s + offs_n[None, :],
+                     mask=r_ok[:, None] & n_ok[None, :], other=0.0)
+    else:  # recompute the score tile
+        s = _score_tile(Q, D, offs_m, offs_n, Bq, Bd, H, BLOCK_M, BLOCK_N, BLOCK_K, PRECISION, UPCAST)
+        s2 = s * rr * scale2
+    p = tl.exp2(s2 - lse2[:, None])
     onehot = tl.where(offs_n[None, :] == pos[:, None], 1.0, 0.0)
     # gradient w.r.t. the raw dot product q . d: (P - Y) * g_i / tau * rq_i * rd_j
     ds = (p - onehot) * (coef[:, None] * rr)
     tl.store(DS + local[:, None] * stride_ds + offs_n[None, :], ds.to(DS.dtype.element_ty),
-             mask=r_ok[:, None] & (offs_n < Bd)[None, :])
+             mask=r_ok[:, None] & n_ok[None, :])
 
 
 # ----------------------------------------------------------------------------- configs
@@ -323,8 +332,12 @@ def _pool_backward(
     )
 
 
-def _lse2(q: torch.Tensor, d: torch.Tensor, rq: torch.Tensor, rd: torch.Tensor, scale2: float) -> torch.Tensor:
-    """Row log2-sum-exp2 of (q d^T) * rq rd^T * scale2, without materialising q d^T."""
+def _lse2(
+    q: torch.Tensor, d: torch.Tensor, rq: torch.Tensor, rd: torch.Tensor, scale2: float,
+    s_out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Row log2-sum-exp2 of (q d^T) * rq rd^T * scale2, without materialising q d^T
+    (unless s_out [len(q), Bd] fp32 is given: then those scaled scores are stored there)."""
     bq, h = q.shape
     bd = d.shape[0]
     # Split the document axis so that even a few query tiles fill the GPU.
@@ -334,8 +347,10 @@ def _lse2(q: torch.Tensor, d: torch.Tensor, rq: torch.Tensor, rd: torch.Tensor, 
     m = torch.empty((split, bq), dtype=torch.float32, device=q.device)
     s = torch.empty_like(m)
     kernel, meta = _launcher(_lse_fwd, "lse", q.dtype)
-    args = (q, d, rq, rd, m, s, bq, bd, h, split, scale2)
-    flags = dict(PRECISION=_precision(q.dtype), UPCAST=_upcast(q.dtype))
+    store = s_out is not None
+    args = (q, d, rq, rd, m, s, s_out if store else m, bq, bd, h, split,
+            s_out.stride(0) if store else 0, scale2)
+    flags = dict(PRECISION=_precision(q.dtype), UPCAST=_upcast(q.dtype), STORE_S=store)
     if meta is None:
         kernel[lambda META: (triton.cdiv(bq, META["BLOCK_M"]), split)](*args, **flags)
     else:
@@ -399,11 +414,11 @@ def _infonce_backward(
     rows = _chunk_rows(bq, bd, q_raw.element_size())
     ds_buf = torch.empty((rows, bd), dtype=q_raw.dtype, device=q_raw.device)
     kernel, meta = _launcher(_dscores, "dscores", q_raw.dtype)
-    flags = dict(PRECISION=_precision(q_raw.dtype), UPCAST=_upcast(q_raw.dtype))
+    flags = dict(PRECISION=_precision(q_raw.dtype), UPCAST=_upcast(q_raw.dtype), FROM_S=False)
     for r0 in range(0, bq, rows):
         n = min(rows, bq - r0)
         ds = ds_buf[:n]
-        args = (q_raw, d_raw, q_rstd, d_rstd, lse2, pos, coef, ds, r0, n, bq, bd, h, ds.stride(0), scale2)
+        args = (q_raw, d_raw, q_rstd, d_rstd, lse2, pos, coef, ds, ds, r0, n, bq, bd, h, ds.stride(0), 0, scale2)
         if meta is None:
             grid = lambda META: (triton.cdiv(n, META["BLOCK_M"]), triton.cdiv(bd, META["BLOCK_N"]))  # noqa: E731
             kernel[grid](*args, **flags)
@@ -421,6 +436,64 @@ def _infonce_backward(
     return grad_q, grad_d
 
 
+def _fused_loss_and_grads(
+    q_hidden: torch.Tensor, d_hidden: torch.Tensor, q_idx: torch.Tensor, d_idx: torch.Tensor,
+    pos: torch.Tensor, q_raw: torch.Tensor, d_raw: torch.Tensor, q_rstd: torch.Tensor,
+    d_rstd: torch.Tensor, temperature: float, reduction: str, normalize: bool,
+    need_q: bool, need_d: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Forward that also computes the gradients for an upstream gradient of 1.
+
+    For reduction "mean"/"sum" the upstream gradient is one scalar, so the gradient can be
+    formed while the scores are at hand: per chunk of query rows the fp32 score tiles are
+    stored once ([C, Bd], bounded by the chunk budget), the chunk's log-sum-exp completed,
+    and dS built from the stored scores. That is 3 GEMMs in all (S, dQ, dD) instead of 4
+    (S, recomputed S, dQ, dD); backward then only scales by the upstream scalar.
+    """
+    bq, h = q_raw.shape
+    bd = d_raw.shape[0]
+    scale2 = LOG2E / temperature
+    coef_val = 1.0 / temperature if reduction == "sum" else 1.0 / (temperature * bq)
+    coef = torch.full((bq,), coef_val, dtype=torch.float32, device=q_raw.device)
+    grad_q = torch.zeros_like(q_hidden) if need_q else None
+    grad_d = torch.zeros_like(d_hidden) if need_d else None
+    r_d = torch.zeros((bd, h), dtype=torch.float32, device=d_raw.device) if need_d else None
+    lse2 = torch.empty((bq,), dtype=torch.float32, device=q_raw.device)
+    rows = _chunk_rows(bq, bd, 4 + q_raw.element_size())
+    s_buf = torch.empty((rows, bd), dtype=torch.float32, device=q_raw.device)
+    ds_buf = torch.empty((rows, bd), dtype=q_raw.dtype, device=q_raw.device)
+    kernel, meta = _launcher(_dscores, "dscores", q_raw.dtype)
+    flags = dict(PRECISION=_precision(q_raw.dtype), UPCAST=_upcast(q_raw.dtype), FROM_S=True)
+    for r0 in range(0, bq, rows):
+        n = min(rows, bq - r0)
+        s_c, ds = s_buf[:n], ds_buf[:n]
+        lse2[r0 : r0 + n] = _lse2(q_raw[r0 : r0 + n], d_raw, q_rstd[r0 : r0 + n], d_rstd, scale2, s_out=s_c)
+        args = (q_raw, d_raw, q_rstd, d_rstd, lse2, pos, coef, ds, s_c, r0, n, bq, bd, h,
+                ds.stride(0), s_c.stride(0), scale2)
+        if meta is None:
+            grid = lambda META: (triton.cdiv(n, META["BLOCK_M"]), triton.cdiv(bd, META["BLOCK_N"]))  # noqa: E731
+            kernel[grid](*args, **flags)
+        else:
+            kernel[(triton.cdiv(n, meta["BLOCK_M"]), triton.cdiv(bd, meta["BLOCK_N"]))](*args, **flags, **meta)
+        if need_q:
+            r_q = _mm_f32(ds, d_raw)
+            _pool_backward(q_raw, h, 0, q_idx, q_rstd, r_q, grad_q, normalize, row0=r0)
+        if need_d:
+            _mm_f32(ds.T, q_raw[r0 : r0 + n], acc=r_d)
+    if need_d:
+        _pool_backward(d_raw, h, 0, d_idx, d_rstd, r_d, grad_d, normalize)
+    return lse2, grad_q, grad_d
+
+
+def _use_fused(reduction: str, *tensors: torch.Tensor) -> bool:
+    return (
+        reduction != "none"
+        and torch.is_grad_enabled()
+        and any(t.requires_grad for t in tensors)
+        and os.environ.get("E5X_INFONCE_FUSED", "1") != "0"
+    )
+
+
 # ----------------------------------------------------------------------------- autograd
 
 
@@ -429,18 +502,28 @@ class _PooledInfoNCE(torch.autograd.Function):
     def forward(  # type: ignore[override]
         ctx: Any, q_hidden: torch.Tensor, d_hidden: torch.Tensor, q_idx: torch.Tensor,
         d_idx: torch.Tensor, pos: torch.Tensor, temperature: float, reduction: str,
-        normalize: bool, want_emb: bool,
+        normalize: bool, want_emb: bool, fused: bool,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         q_raw, q_emb, q_rstd = _pool(q_hidden, q_idx, normalize, raw=True, emb=want_emb)
         d_raw, d_emb, d_rstd = _pool(d_hidden, d_idx, normalize, raw=True, emb=want_emb)
         bq, h = q_raw.shape
-        lse2 = _lse2(q_raw, d_raw, q_rstd, d_rstd, LOG2E / temperature)
+        ctx.fused = fused
+        if fused:
+            lse2, ctx.grad_q, ctx.grad_d = _fused_loss_and_grads(
+                q_hidden, d_hidden, q_idx, d_idx, pos, q_raw, d_raw, q_rstd, d_rstd, temperature,
+                reduction, normalize, ctx.needs_input_grad[0], ctx.needs_input_grad[1],
+            )
+        else:
+            lse2 = _lse2(q_raw, d_raw, q_rstd, d_rstd, LOG2E / temperature)
         pos_dot = torch.empty((bq,), dtype=torch.float32, device=q_raw.device)
         _rowdot[(bq,)](q_raw, d_raw, pos, pos_dot, h, BLOCK_H=_block_h(h), **_row_warps(h))
         pos_logit = pos_dot * q_rstd * d_rstd[pos] / temperature
         rows = lse2 * LN2 - pos_logit
         loss = rows if reduction == "none" else (rows.sum() if reduction == "sum" else rows.mean())
-        ctx.save_for_backward(q_hidden, d_hidden, q_idx, d_idx, pos, q_raw, d_raw, q_rstd, d_rstd, lse2)
+        if fused:  # the gradients exist already; keep what the embeddings' gradients need
+            ctx.save_for_backward(q_hidden, d_hidden, q_idx, d_idx, q_rstd, d_rstd)
+        else:
+            ctx.save_for_backward(q_hidden, d_hidden, q_idx, d_idx, pos, q_raw, d_raw, q_rstd, d_rstd, lse2)
         ctx.temperature, ctx.reduction, ctx.normalize = temperature, reduction, normalize
         ctx.set_materialize_grads(False)
         if want_emb:
@@ -449,6 +532,8 @@ class _PooledInfoNCE(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, g_loss: torch.Tensor | None, g_q: torch.Tensor | None, g_d: torch.Tensor | None):  # type: ignore[override]
+        if ctx.fused:
+            return _fused_backward(ctx, g_loss, g_q, g_d)
         saved = ctx.saved_tensors
         q_raw = saved[5]
         bq = q_raw.shape[0]
@@ -464,7 +549,30 @@ class _PooledInfoNCE(torch.autograd.Function):
             saved, coef.contiguous(), t, ctx.normalize, g_q, g_d,
             ctx.needs_input_grad[0], ctx.needs_input_grad[1],
         )
-        return grad_q, grad_d, None, None, None, None, None, None, None
+        return grad_q, grad_d, None, None, None, None, None, None, None, None
+
+
+def _fused_backward(ctx: Any, g_loss: torch.Tensor | None, g_q: torch.Tensor | None, g_d: torch.Tensor | None):
+    q_hidden, d_hidden, q_idx, d_idx, q_rstd, d_rstd = ctx.saved_tensors
+    grads = []
+    for pre, hidden, idx, rstd, g_emb in (
+        (ctx.grad_q, q_hidden, q_idx, q_rstd, g_q),
+        (ctx.grad_d, d_hidden, d_idx, d_rstd, g_d),
+    ):
+        if pre is None:
+            grads.append(None)
+            continue
+        if g_loss is None:
+            pre = torch.zeros_like(pre)
+        elif not bool((g_loss == 1).all()):  # plain loss.backward() needs no pass over pre
+            pre = pre.mul(g_loss)  # fp32 scalar; the result keeps pre's dtype
+        if g_emb is not None:  # gradient through the returned embeddings
+            extra = torch.zeros_like(hidden)
+            r = g_emb.float() * rstd[:, None] if ctx.normalize else g_emb
+            _pool_backward(hidden, hidden.stride(0), hidden.stride(1), idx, rstd, r, extra, ctx.normalize)
+            pre = pre + extra
+        grads.append(pre)
+    return grads[0], grads[1], None, None, None, None, None, None, None, None
 
 
 class _Pool(torch.autograd.Function):
@@ -503,6 +611,7 @@ def pooled_info_nce_triton(
     return _PooledInfoNCE.apply(
         _ready(q_hidden), _ready(d_hidden), q_idx.contiguous(), d_idx.contiguous(),
         pos.contiguous(), temperature, reduction, True, want_embeddings,
+        _use_fused(reduction, q_hidden, d_hidden),
     )
 
 
@@ -515,7 +624,7 @@ def info_nce_triton(
     zd = torch.zeros((d.shape[0],), dtype=torch.int64, device=d.device)
     loss, _, _ = _PooledInfoNCE.apply(
         _ready(q).unsqueeze(1), _ready(d).unsqueeze(1), zq, zd, pos.contiguous(),
-        temperature, reduction, normalize, False,
+        temperature, reduction, normalize, False, _use_fused(reduction, q, d),
     )
     return loss
 
