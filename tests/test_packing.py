@@ -259,3 +259,20 @@ def test_pack_padded_matches_pack_for_both_padding_sides() -> None:
         torch.testing.assert_close(
             packing.embed_packed_inputs(model, {"input_ids": ids, "attention_mask": mask}),
             embed_padded(model, seqs), atol=EMB_ATOL, rtol=0)
+
+
+def test_backend_trial_accepts_exact_and_rejects_broken(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The trial that picks the CUDA backend for 'auto' passes a correct kernel and refuses one
+    that ignores segment boundaries; exercised on CPU by standing in for the flex backend."""
+    real = packing._sdpa_loop
+
+    def leaky(q, k, v, cu_q, cu_k, **kw):  # type: ignore[no-untyped-def]
+        whole = torch.tensor([0, q.shape[0]], dtype=torch.int32)
+        return real(q, k, v, whole, whole, **kw)
+
+    monkeypatch.setattr(packing, "_flex_attention", real)
+    assert packing._trial("flex", "cpu") is None
+    monkeypatch.setattr(packing, "_flex_attention", leaky)
+    assert "differs from the SDPA loop" in (packing._trial("flex", "cpu") or "")
+    with pytest.raises(ValueError, match="unknown packed attention backend"):
+        packing.resolve_backend("nope", torch.device("cpu"))

@@ -233,19 +233,73 @@ def attention_backends() -> list[str]:
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
-    """The backend ``auto`` stands for on ``device``: flash-attn varlen, then torch's own varlen
-    flash kernel, else an exact per-sequence SDPA loop. FlexAttention is only used when asked
-    for: it is fast only under torch.compile, which recompiles as the stream length changes."""
+    """The backend ``auto`` stands for on ``device``: the first of flash-attn varlen and torch's
+    own varlen flash kernel that passes a forward + backward trial against the exact
+    per-sequence SDPA loop here (``_trial``, once per device), else that loop. FlexAttention is
+    only used when asked for: it is fast only under torch.compile, which recompiles as the
+    stream length changes."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown packed attention backend {backend!r}; choose from {BACKENDS}")
     if backend != "auto":
         return backend
-    if device.type == "cuda":
-        if _flash_attn_varlen() is not None:
-            return "flash_attn"
-        if _torch_varlen() is not None:
-            return "torch_varlen"
+    if device.type != "cuda":
+        return "sdpa_loop"
+    return _auto_cuda_backend(str(device))
+
+
+@lru_cache(maxsize=None)
+def _auto_cuda_backend(device: str) -> str:
+    import warnings
+
+    for name, available in (("flash_attn", _flash_attn_varlen()), ("torch_varlen", _torch_varlen())):
+        if available is None:
+            continue
+        problem = _trial(name, device)
+        if problem is None:
+            return name
+        warnings.warn(f"e5x packed attention: backend {name!r} failed its trial on {device} "
+                      f"({problem}); trying the next one", stacklevel=2)
     return "sdpa_loop"
+
+
+def _trial(backend: str, device: str) -> str | None:
+    """None when ``backend`` matches the SDPA loop (values and gradients, bf16, GQA, ragged
+    segments incl. length 1) on ``device``; else what went wrong."""
+    import torch
+
+    try:
+        # Runs at most once per device, from packed_hidden_at before any layer runs; it may be
+        # called under no_grad (GradCache's first pass) or autocast, so set both explicitly.
+        with torch.enable_grad(), torch.autocast("cuda", enabled=False):
+            return _trial_inner(backend, device)
+    except Exception as exc:  # noqa: BLE001 - any failure means: do not use this backend
+        return f"{type(exc).__name__}: {exc}"
+
+
+def _trial_inner(backend: str, device: str) -> str | None:
+    import torch
+
+    g = torch.Generator(device=device).manual_seed(0)
+    lengths = [5, 1, 37, 130]
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device=device)
+    t = sum(lengths)
+
+    def rand(h: int) -> torch.Tensor:
+        return torch.randn(t, h, 64, device=device, generator=g).to(torch.bfloat16)
+
+    q0, k0, v0 = rand(8), rand(2), rand(2)
+    outs = []
+    for name in (backend, "sdpa_loop"):
+        q, k, v = (x.clone().requires_grad_(True) for x in (q0, k0, v0))
+        o = varlen_attention(q, k, v, cu, cu, max(lengths), max(lengths), scale=0.125,
+                             causal=True, backend=name)
+        o.float().square().sum().backward()
+        outs.append([o.float(), q.grad.float(), k.grad.float(), v.grad.float()])  # type: ignore[union-attr]
+    for what, a, b in zip(("out", "dq", "dk", "dv"), *outs):
+        err = float((a - b).abs().max() / b.abs().max().clamp_min(1e-6))
+        if not err < 3e-2:  # bf16 kernels differ by ~1e-2 relative at most
+            return f"{what} differs from the SDPA loop by {err:.3g} (relative)"
+    return None
 
 
 def _low_precision(t: torch.Tensor) -> torch.Tensor:
@@ -291,10 +345,9 @@ def varlen_attention(
             raise RuntimeError("backend 'flash_attn' asked for but flash_attn is not installed")
         dtype = q.dtype
         window = (sliding_window - 1, 0) if use_window else (-1, -1)
-        out = fn(
-            _low_precision(q), _low_precision(k), _low_precision(v), cu_q, cu_k, max_q, max_k,
-            dropout_p=0.0, softmax_scale=scale, causal=causal, window_size=window,
-        )
+        q, k, v = (_low_precision(x).contiguous() for x in (q, k, v))
+        out = fn(q, k, v, cu_q, cu_k, max_q, max_k,
+                 dropout_p=0.0, softmax_scale=scale, causal=causal, window_size=window)
         return out.to(dtype) if not torch.is_autocast_enabled(q.device.type) else out
     if backend == "torch_varlen":
         found = _torch_varlen()
@@ -320,8 +373,8 @@ def varlen_attention(
         else:  # torch 2.9/2.10 signature
             kwargs["is_causal"] = causal
         dtype = q.dtype
-        out = fn(_low_precision(q), _low_precision(k), _low_precision(v),
-                 cu_q.to(torch.int32), cu_k.to(torch.int32), max_q, max_k, **kwargs)
+        q, k, v = (_low_precision(x).contiguous() for x in (q, k, v))
+        out = fn(q, k, v, cu_q.to(torch.int32), cu_k.to(torch.int32), max_q, max_k, **kwargs)
         return out.to(dtype) if not torch.is_autocast_enabled(q.device.type) else out
     if backend == "flex":
         return _flex_attention(q, k, v, cu_q, cu_k, scale=scale, causal=causal,
@@ -546,6 +599,7 @@ def packed_hidden_at(
         raise RuntimeError("call e5x.model.packing.enable_packing(model) before packed forwards")
     device = next(model.parameters()).device
     packed = packed.to(device) if packed.input_ids.device != device else packed
+    backend = resolve_backend(backend, device)  # outside the layers: "auto" may run a trial
     kw = packed.attention_kwargs(backend)
     dec = decoder_of(model)
     if dec is None or _fsdp_wrapped(model):
