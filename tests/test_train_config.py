@@ -51,6 +51,11 @@ def test_unknown_keys_are_errors(tmp_path, no_model_loading) -> None:
         TrainConfig.from_toml(write(tmp_path, '[[sources]]\npath = "x"\nweight = 2\n'))
     with pytest.raises(ConfigError, match=r"\[tiny_model\] unknown key\(s\) \['layers'\]"):
         TrainConfig.from_toml(write(tmp_path, "[tiny_model]\nlayers = 2\n"))
+    with pytest.raises(ConfigError, match="batch_size must be int, got str '32'"):
+        TrainConfig.from_toml(write(tmp_path, 'batch_size = "32"\n'))
+    with pytest.raises(ConfigError, match=r"\[sources\[0\]\] ratio must be float"):
+        TrainConfig.from_toml(write(tmp_path, '[[sources]]\npath = "x"\nratio = "half"\n'))
+    assert TrainConfig.from_dict({"lr": 1}).lr == 1  # an int is a fine float
     with pytest.raises(ConfigError, match="invalid TOML"):
         TrainConfig.from_toml(write(tmp_path, "batch_size = = 3\n"))
     with pytest.raises(ConfigError, match="config file not found"):

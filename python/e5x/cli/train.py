@@ -6,6 +6,7 @@ Several processes/GPUs: ``torchrun --nproc-per-node 8 -m e5x train CONFIG.toml``
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -45,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
     except TrainingDiverged as exc:
         print(f"e5x train: {exc}", file=sys.stderr)
         return 3
+    if int(os.environ.get("RANK", "0")) != 0:  # torchrun: one report, from rank 0
+        return 0
     if result.interrupted:
         print(f"stopped at step {result.step}/{result.total_steps}; checkpoint {result.checkpoint} "
               "(run the same command again to resume)")

@@ -118,6 +118,7 @@ class TrainConfig:
             "save_every": self.save_every,
             "log_every": self.log_every,
             "lora_r": self.lora_r,
+            "keep_checkpoints": self.keep_checkpoints,
         }
         for name, value in positive.items():
             if value < 1:
@@ -146,6 +147,33 @@ class TrainConfig:
                 raise ConfigError(str(exc)) from None
 
 
+def _check_types(obj: Any, where: str | None) -> None:
+    """Scalars must have their default's type (ints are accepted for floats)."""
+    for f in fields(obj):
+        default = f.default
+        if default is dataclasses.MISSING or default is None:
+            continue
+        value = getattr(obj, f.name)
+        if value is None and f.name in ("max_steps", "tokenizer"):
+            continue
+        expected: tuple[type, ...]
+        if isinstance(default, bool):
+            expected = (bool,)
+        elif isinstance(default, int):
+            expected = (int,)
+        elif isinstance(default, float):
+            expected = (int, float)
+        elif isinstance(default, str):
+            expected = (str,)
+        else:
+            continue
+        if not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected):
+            prefix = f"[{where}] " if where else ""
+            raise ConfigError(
+                f"{prefix}{f.name} must be {expected[-1].__name__}, got {type(value).__name__} {value!r}"
+            )
+
+
 def _build(cls: type, data: dict[str, Any], where: str | None) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{where or 'config'} must be a table, got {type(data).__name__}")
@@ -157,6 +185,8 @@ def _build(cls: type, data: dict[str, Any], where: str | None) -> Any:
             f"{prefix}unknown key(s) {unknown}; known keys are {sorted(known)}"
         )
     try:
-        return cls(**data)
+        obj = cls(**data)
     except TypeError as exc:
         raise ConfigError(f"{where or 'config'}: {exc}") from None
+    _check_types(obj, where)
+    return obj
