@@ -116,6 +116,24 @@ def build_method(name: str, dev: torch.device) -> tuple[Callable[..., torch.Tens
             return pooled_info_nce(qh, dh, q_last_index=ql, d_last_index=dl, positive_index=pos,
                                    temperature=TAU)
         return e, label
+    if name.startswith("e5x[") and name.endswith("]"):  # e5x with environment knobs set
+        import os
+
+        base, base_label = build_method("e5x", dev)
+        env = dict(kv.split("=", 1) for kv in name[4:-1].split(",") if kv)
+
+        def v(qh, dh, ql, dl, pos):
+            old = {k: os.environ.get(k) for k in env}
+            os.environ.update(env)
+            try:
+                return base(qh, dh, ql, dl, pos)
+            finally:
+                for k, val in old.items():
+                    if val is None:
+                        os.environ.pop(k, None)
+                    else:
+                        os.environ[k] = val
+        return v, base_label + " " + ",".join(f"{k.replace('E5X_INFONCE_', '').lower()}={x}" for k, x in env.items())
     raise ValueError(name)
 
 
@@ -226,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seq-len", type=int, default=1, help="L of the hidden states (default 1)")
     ap.add_argument("--methods", help=f"comma-separated subset of {ALL_METHODS} (default: all on GPU, "
                     "all but compile on CPU)")
+    ap.add_argument("--e5x-variant", action="append", default=[], metavar="K=V[,K=V]",
+                    help="extra e5x rows with these environment knobs, e.g. "
+                         "E5X_INFONCE_CHUNK_MIB=4096 or E5X_INFONCE_FUSED=0 (repeatable)")
     ap.add_argument("--budget", type=float, default=1.5, help="seconds of timed repetitions per cell")
     ap.add_argument("--max-reps", type=int, default=50)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -241,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     for m in methods:
         if m not in ALL_METHODS:
             ap.error(f"unknown method {m!r}; choose from {ALL_METHODS}")
+    methods += [f"e5x[{v}]" for v in args.e5x_variant]
     dtype = torch.bfloat16
 
     header = dict(device=device_name(dev), **versions(),
@@ -298,14 +320,14 @@ def main(argv: list[str] | None = None) -> int:
             write_json(args.json, header, rows)
 
     print()
-    print(f"| {'Bq':>6} | {'method':<15} | {'impl':<24} | {'ms (median)':>11} | {'TFLOP/s':>7} | "
+    print(f"| {'Bq':>6} | {'method':<15} | {'impl':<30} | {'ms (median)':>11} | {'TFLOP/s':>7} | "
           f"{'% ceil':>6} | {'peak+ GiB':>9} | {'peak GiB':>8} | {'loss':>9} | {'Δ vs fp32':>9} |")
-    print("|" + "|".join("-" * w for w in (8, 17, 26, 13, 9, 8, 11, 10, 11, 11)) + "|")
+    print("|" + "|".join("-" * w for w in (8, 17, 32, 13, 9, 8, 11, 10, 11, 11)) + "|")
     for r in rows:
         if "error" in r:
-            print(f"| {r['bq']:>6} | {r['method']:<15} | {r['impl']:<24} | {r['error']}")
+            print(f"| {r['bq']:>6} | {(r['method'] if not r['method'].startswith('e5x[') else 'e5x (knobs)'):<15} | {r['impl']:<30} | {r['error']}")
             continue
-        print(f"| {r['bq']:>6} | {r['method']:<15} | {r['impl']:<24} | {r['ms']:>11.3f} | {r['tflops']:>7.2f} | "
+        print(f"| {r['bq']:>6} | {(r['method'] if not r['method'].startswith('e5x[') else 'e5x (knobs)'):<15} | {r['impl']:<30} | {r['ms']:>11.3f} | {r['tflops']:>7.2f} | "
               f"{r['ceiling_pct']:>6.1f} | {fmt(r['peak_extra_gib'], '.3f'):>9} | {fmt(r['peak_abs_gib'], '.3f'):>8} | "
               f"{r['loss']:>9.5f} | {fmt(r.get('loss_rel_diff'), '.1e'):>9} |")
     print()

@@ -1,25 +1,37 @@
 """Triton kernels, launchers and autograd Functions for pooled InfoNCE.
 
-Imported only when the Triton path is used (``e5x.kernels`` dispatches here). The math
-and the FLOP/byte floors are in ``kernels/README.md`` of the repository; the spec is
-``reference.py``.
+Imported only when the Triton path is used (``e5x.kernels`` dispatches here). The math,
+FLOP/byte floors and tuning notes are in ``kernels/`` of the repository; the spec is
+``reference.py``. Notation: x = pooled raw row, r = 1/max(|x|, eps), e = x r,
+A = Xq Xd^T (raw dot products), S = A * rq rd^T / tau, P = softmax_rows(S), Y = one-hot
+of the positives, G = dL/dS = (P - Y) * g_i (g = upstream gradient per row).
 
 Forward
-  1. ``_pool_norm_fwd``: per row, gather hidden[b, last[b]] and L2-normalise (fp32 norm)
-     into a compact [B, H] buffer in the compute dtype; keep 1/norm (fp32).
+  1. ``_pool_norm_fwd``: per row, copy hidden[b, last[b]] into a compact [B, H] buffer
+     (exact, compute dtype) and its 1/norm (fp32); optionally e = x r (returned embeddings).
+     Scores use the *raw* rows and scale by rq rd in fp32, so normalised rows are never
+     rounded to bf16 before the dot product (the loss stays fp32-accurate).
   2. ``_lse_fwd``: flash-style, a (query tile x slice of document tiles) per program; the
-     score tile S = Q D^T / tau is accumulated in fp32 with tl.dot over H and folded into an
-     online (max, sum-exp) per query row. The Bq x Bd matrix never exists; partial results
-     of the SPLIT document slices ([SPLIT, Bq] floats) are merged in torch.
-  3. ``_rowdot``: the positive logit q_i . d_pos(i) in fp32. loss_i = lse_i - s_i,pos(i).
-Backward (per chunk of C query rows, C chosen from a memory budget)
-  4. ``_dscores``: recompute S tiles, P = exp(S - lse), dS = (P - onehot(pos)) * g_i / tau,
-     written in the compute dtype into a [C, Bd] chunk buffer.
-  5. dQ_c = dS_c @ D and dD += dS_c^T @ Q_c: plain GEMMs with fp32 accumulation, left to
-     cuBLAS (an H=4096-wide output tile cannot live in one Triton program, and cuBLAS is the
-     matmul ceiling we are measured against).
-  6. ``_pool_norm_bwd``: dx = (de - e (e . de)) / norm, scattered into a zero-initialised
-     [B, L, H] gradient at the pooled positions only.
+     score tile is accumulated in fp32 with tl.dot over H and folded into an online
+     (max, sum-exp) per query row (log2 domain). The Bq x Bd matrix never exists; partial
+     results of the SPLIT document slices ([SPLIT, Bq] floats) are merged in torch.
+  3. ``_rowdot``: the positive's raw dot product in fp32; loss_i = lse_i - S_i,pos(i).
+Gradient, per chunk of C query rows (C from the E5X_INFONCE_CHUNK_MIB budget)
+  4. ``_dscores``: dA = G * rq rd^T / tau in the compute dtype into a [C, Bd] buffer, from
+     recomputed score tiles (backward mode) or from fp32 score tiles stored by ``_lse_fwd``
+     for this chunk (fused mode, see below).
+  5. Rq_c = dA_c @ Xd and Rd += dA_c^T @ Xq_c: plain GEMMs with fp32 accumulation, left to
+     cuBLAS (an H = 4096-wide output row block cannot live in one Triton program, and cuBLAS
+     is the matmul ceiling we are measured against).
+  6. ``_pool_norm_bwd``: dx = R - x r^2 (x . R) (the normalisation backward in terms of
+     R = r de), scattered into a zero-initialised [B, L, H] gradient at the pooled
+     positions only.
+Modes
+  - fused (reduction mean/sum with grad enabled; E5X_INFONCE_FUSED=1, default): the
+    upstream gradient is one scalar, so 4-6 run inside the forward with g = 1 from stored
+    score tiles: 3 GEMMs in all. Backward multiplies by the scalar (skipped when it is 1).
+  - backward (reduction "none", or E5X_INFONCE_FUSED=0): the forward keeps only lse; the
+    backward recomputes the score tiles: 4 GEMMs.
 """
 
 from __future__ import annotations
@@ -361,7 +373,7 @@ def _lse2(
 
 def _chunk_rows(bq: int, bd: int, elem: int) -> int:
     """Query rows per backward chunk: the [C, Bd] dS buffer stays within the budget."""
-    budget = int(float(os.environ.get("E5X_INFONCE_CHUNK_MIB", "512")) * 2**20)
+    budget = int(float(os.environ.get("E5X_INFONCE_CHUNK_MIB", "1024")) * 2**20)
     rows = max(1, budget // max(1, bd * elem))
     if rows >= bq:
         return bq
