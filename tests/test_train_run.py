@@ -100,6 +100,14 @@ def test_saved_model_reloads_with_identical_embeddings(trained) -> None:
     torch.testing.assert_close(prompted[0], ours[1], atol=1e-5, rtol=1e-4)
     assert st.prompts["document"] == ""
 
+    # and through e5x's own inference API
+    from e5x.model.embedder import Embedder
+
+    emb = Embedder.from_pretrained(path, device="cpu", show_progress=False)
+    torch.testing.assert_close(torch.as_tensor(emb.encode(texts)), ours, atol=1e-5, rtol=1e-4)
+    q = emb.encode_queries(["abcd"], instruction="Find the code")
+    torch.testing.assert_close(torch.as_tensor(q)[0], ours[1], atol=1e-5, rtol=1e-4)
+
 
 def test_resume_after_sigterm_has_same_loss_curve(tmp_path) -> None:
     # Dropout on, so exact resumption also needs the RNG state.

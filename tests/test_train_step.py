@@ -52,8 +52,14 @@ def grads(model) -> dict[str, torch.Tensor]:
     return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def test_left_and_right_padding_give_same_embeddings() -> None:
-    model = lora_model().eval()
+@pytest.mark.parametrize("arch", ["mistral", "llama"])
+def test_left_and_right_padding_give_same_embeddings(arch: str) -> None:
+    from dataclasses import replace
+
+    from _tiny import TINY
+
+    torch.manual_seed(0)
+    model = apply_lora(tiny_model(replace(TINY, arch=arch))).eval()
     tok = tiny_tokenizer()
     with torch.no_grad():
         right = embed(model, tokenize(tok, QUERIES + DOCS, 64, "right"))
