@@ -1,1 +1,225 @@
-"""e5x.eval (under construction)."""
+"""Evaluation: BEIR-format retrieval and STS-Benchmark STS, plus an MTEB adapter.
+
+``e5x.evaluate(EvalConfig(model=..., tasks=[...]))`` embeds, searches, scores and returns
+an ``EvalReport`` (printable table, JSON). Tasks are paths: a folder with
+``corpus.jsonl`` is a retrieval task; an STS-B file, or a folder with ``sts-{split}.csv``,
+is an STS task. ``NAME=PATH`` names a task explicitly (the name picks its instruction).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from e5x.eval.data import EvalDataError, load_beir, load_sts
+from e5x.eval.instructions import TASK_INSTRUCTIONS, TYPE_DEFAULTS, canonical_task_name, instruction_for
+
+if TYPE_CHECKING:
+    from e5x.model.embedder import Embedder
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "EvalConfig",
+    "EvalDataError",
+    "EvalReport",
+    "TaskResult",
+    "TASK_INSTRUCTIONS",
+    "TYPE_DEFAULTS",
+    "evaluate",
+    "instruction_for",
+    "resolve_task",
+    "E5xMTEBModel",
+]
+
+
+@dataclass
+class EvalConfig:
+    """What to evaluate and how.
+
+    ``model`` is a path for ``Embedder.from_pretrained`` (or pass ``embedder=`` to
+    ``evaluate``). ``use_instructions=False`` leaves queries bare (for models trained
+    without instructions, e.g. all-MiniLM-L6-v2). ``instructions`` overrides the paper's
+    per-task instruction by task name.
+    """
+
+    model: str | None = None
+    tasks: list[str] = field(default_factory=list)
+    split: str = "test"
+    use_instructions: bool = True
+    instructions: dict[str, str] = field(default_factory=dict)
+    pooling: str | None = None
+    max_length: int | None = None
+    batch_size: int = 32
+    device: str | None = None
+    dtype: str | None = None
+    top_k: int = 100
+    corpus_chunk_size: int = 50_000
+    ignore_identical_ids: bool = False
+    output: str | None = None
+    show_progress: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.tasks, (str, Path)):
+            self.tasks = [str(self.tasks)]
+        self.tasks = [str(t) for t in self.tasks]
+        if self.top_k < 10:
+            raise ValueError(f"top_k must be at least 10 (nDCG@10, MRR@10), got {self.top_k}")
+        if self.corpus_chunk_size < 1:
+            raise ValueError(f"corpus_chunk_size must be >= 1, got {self.corpus_chunk_size}")
+
+
+@dataclass
+class TaskResult:
+    task: str
+    type: str  # "Retrieval" | "STS"
+    split: str
+    path: str
+    instruction: str | None
+    metrics: dict[str, float]
+    main_score: str
+    counts: dict[str, int]
+    seconds: float
+
+    @property
+    def score(self) -> float:
+        return self.metrics[self.main_score]
+
+
+@dataclass
+class EvalReport:
+    model: str
+    results: list[TaskResult]
+    config: dict[str, Any]
+
+    def __getitem__(self, task: str) -> TaskResult:
+        for r in self.results:
+            if r.task == task or r.task.lower() == task.lower():
+                return r
+        raise KeyError(f"no result for task {task!r}; have {[r.task for r in self.results]}")
+
+    def table(self) -> str:
+        cols = ["task", "type", "split", "main", "score", "other metrics", "s"]
+        rows = []
+        for r in self.results:
+            other = ", ".join(f"{k} {v:.2f}" for k, v in r.metrics.items() if k != r.main_score)
+            rows.append([r.task, r.type, r.split, r.main_score, f"{r.score:.2f}", other, f"{r.seconds:.1f}"])
+        widths = [max(len(c), *(len(row[i]) for row in rows)) if rows else len(c) for i, c in enumerate(cols)]
+        line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths)).rstrip()  # noqa: E731
+        out = [f"model: {self.model}", line(cols), line(["-" * w for w in widths])]
+        out += [line(row) for row in rows]
+        return "\n".join(out)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "config": self.config, "results": [asdict(r) for r in self.results]}
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        text = json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n"
+        if path is not None:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_text(text, encoding="utf-8")
+        return text
+
+
+def resolve_task(spec: str, split: str = "test") -> tuple[str, str, Path]:
+    """``[NAME=]PATH`` -> (canonical name, "Retrieval" | "STS", path)."""
+    name: str | None = None
+    if "=" in spec and not Path(spec).exists():
+        name, spec = spec.split("=", 1)
+    path = Path(spec)
+    if not path.exists():
+        raise FileNotFoundError(f"task path {path} does not exist")
+    if path.is_dir() and (path / "corpus.jsonl").is_file():
+        kind = "Retrieval"
+        default_name = path.name
+    elif path.is_file() or (path.is_dir() and (path / f"sts-{split}.csv").is_file()):
+        kind = "STS"
+        default_name = path.parent.name if path.is_file() and path.name.startswith("sts-") else (
+            path.stem if path.is_file() else path.name
+        )
+    else:
+        raise ValueError(
+            f"{path}: not a task: expected a BEIR folder (corpus.jsonl, queries.jsonl, qrels/) "
+            f"or an STS-B file / folder with sts-{split}.csv"
+        )
+    return canonical_task_name(name or default_name), kind, path
+
+
+def evaluate(config: EvalConfig | None = None, *, embedder: Embedder | None = None, **kwargs: Any) -> EvalReport:
+    """Run every task of ``config`` (or of ``EvalConfig(**kwargs)``); print and save results."""
+    from e5x.eval.retrieval import evaluate_retrieval
+    from e5x.eval.sts import evaluate_sts
+
+    if config is None:
+        config = EvalConfig(**kwargs)
+    elif kwargs:
+        raise TypeError("pass either an EvalConfig or keyword arguments, not both")
+    if not config.tasks:
+        raise ValueError("EvalConfig.tasks is empty: give at least one BEIR folder or STS file")
+    tasks = [resolve_task(t, config.split) for t in config.tasks]  # fail fast on bad paths
+    if embedder is None:
+        if not config.model:
+            raise ValueError("EvalConfig.model is not set (or pass embedder=)")
+        from e5x.model.embedder import Embedder
+
+        embedder = Embedder.from_pretrained(
+            config.model,
+            pooling=config.pooling,
+            max_length=config.max_length,
+            device=config.device,
+            dtype=config.dtype,
+            batch_size=config.batch_size,
+            show_progress=config.show_progress,
+        )
+    results: list[TaskResult] = []
+    for name, kind, path in tasks:
+        t0 = time.perf_counter()
+        instruction = instruction_for(name, kind, config.instructions) if config.use_instructions else None
+        if kind == "Retrieval":
+            data = load_beir(path, config.split, name=name)
+            metrics, _ = evaluate_retrieval(
+                embedder,
+                data,
+                instruction=instruction,
+                top_k=config.top_k,
+                corpus_chunk_size=config.corpus_chunk_size,
+                batch_size=config.batch_size,
+                ignore_identical_ids=config.ignore_identical_ids,
+            )
+            counts = dict(data.stats, skipped_queries=data.skipped_queries, missing_docs=data.missing_docs)
+            main = "ndcg_at_10"
+        else:
+            sts = load_sts(path, config.split, name=name)
+            metrics = evaluate_sts(embedder, sts, instruction=instruction, batch_size=config.batch_size)
+            counts = {"pairs": len(sts.scores)}
+            main = "cosine_spearman"
+        results.append(
+            TaskResult(
+                task=name,
+                type=kind,
+                split=config.split,
+                path=str(path),
+                instruction=instruction,
+                metrics=metrics,
+                main_score=main,
+                counts=counts,
+                seconds=time.perf_counter() - t0,
+            )
+        )
+        log.info("%s %s: %s %.2f", name, config.split, main, metrics[main])
+    report = EvalReport(model=str(config.model or embedder.name), results=results, config=asdict(config))
+    if config.output:
+        report.to_json(config.output)
+    return report
+
+
+def __getattr__(name: str) -> Any:
+    if name == "E5xMTEBModel":  # imports mteb; only when asked for
+        from e5x.eval.mteb_adapter import E5xMTEBModel
+
+        return E5xMTEBModel
+    raise AttributeError(f"module 'e5x.eval' has no attribute {name!r}")
