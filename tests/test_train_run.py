@@ -162,3 +162,10 @@ def test_cli_runs_the_tiny_recipe(tmp_path, capsys) -> None:
     assert "model saved to" in capsys.readouterr().out
     assert (tmp_path / "cli" / "model" / "e5x.json").is_file()
     assert (tmp_path / "cli" / "model" / "modules.json").is_file()
+
+
+def test_packed_training_matches_padded(tmp_path) -> None:
+    kw = dict(max_steps=3, batch_size=8, chunk_size=4, lora_dropout=0.0, save_every=100)
+    padded = train(config(tmp_path, "padded", **kw))
+    packed = train(config(tmp_path, "packed", packing=True, **kw))
+    assert packed.losses == pytest.approx(padded.losses, rel=1e-4, abs=1e-5)

@@ -37,6 +37,7 @@ class TrainConfig:
     lora_target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
     gradient_checkpointing: bool = True
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on GPU
+    packing: bool = False  # padding-free packed forwards (e5x.model.packing)
     # --- data
     sources: list[Source] = field(default_factory=list)
     max_length: int = 512

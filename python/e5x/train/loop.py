@@ -76,6 +76,12 @@ def train(
     autocast = partial(torch.autocast, device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext
     torch.manual_seed(cfg.seed)  # LoRA init
     tokenizer, model = _load_model(cfg, device, torch.bfloat16 if use_bf16 and device.type == "cuda" else None)
+    embed_fn = None
+    if cfg.packing:  # padding-free: one packed stream per chunk, attention kept per sequence
+        from e5x.model.packing import embed_packed_inputs, enable_packing
+
+        enable_packing(model)
+        embed_fn = embed_packed_inputs
     fsdp = cfg.distributed == "fsdp" and world.size > 1
     if fsdp:
         _fully_shard(model)
@@ -134,7 +140,7 @@ def train(
                     sync = int(n.item())
                 loss = forward_backward(model, batch, chunk_size=cfg.chunk_size,
                                         temperature=cfg.temperature, world=world,
-                                        autocast=autocast, sync_chunks=sync)
+                                        autocast=autocast, sync_chunks=sync, embed_fn=embed_fn)
                 if not fsdp:
                     average_gradients(params, world)  # FSDP reduce-scatters by itself
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)

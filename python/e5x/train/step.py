@@ -6,7 +6,7 @@ replace it without touching the loss or the loop.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -129,6 +129,7 @@ def forward_backward(
     world: World = World(),
     autocast: Any = None,
     sync_chunks: int | None = None,
+    embed_fn: Callable[[Any, dict[str, torch.Tensor]], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Loss of one step and its gradients accumulated into the parameters' ``.grad``.
 
@@ -139,9 +140,10 @@ def forward_backward(
     chunk's, whatever the batch size; the gradients equal the full-batch ones.
 
     ``sync_chunks`` (FSDP only) pads the number of re-forwards so every rank runs the same
-    number of collectives.
+    number of collectives. ``embed_fn`` replaces ``embed`` (e.g. the packed forward).
     """
     autocast = autocast or nullcontext
+    embed = embed_fn or _embed
     sides = [batch.queries, batch.docs]
     if max(s["input_ids"].shape[0] for s in sides) <= chunk_size and sync_chunks is None:
         with autocast():
@@ -186,6 +188,9 @@ def forward_backward(
                 e = embed(model, _dummy(batch))
             (e.sum() * 0.0).backward()
     return loss.detach()
+
+
+_embed = embed
 
 
 def _dummy(batch: Batch) -> dict[str, torch.Tensor]:
