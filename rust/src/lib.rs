@@ -2,13 +2,668 @@
 //! this file is the only one that knows pyo3 (behind the `python` feature, which
 //! maturin enables), so `cargo test` never needs libpython.
 
+pub mod dedup;
+pub mod render;
+pub mod sample;
+pub mod validate;
+
 #[cfg(feature = "python")]
 mod python {
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    use std::sync::Arc;
+
+    use arrow_array::builder::BooleanBuilder;
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::StringViewType;
+    use arrow_array::{Array, ArrayRef, GenericByteViewArray, Int64Array, RecordBatch};
+    use arrow_buffer::{Buffer, NullBuffer, ScalarBuffer};
+    use arrow_schema::{DataType, Field, Schema as ArrowSchema};
+    use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
     use pyo3::prelude::*;
+    use pyo3_arrow::{PyChunkedArray, PyTable};
+    use rayon::prelude::*;
+
+    use crate::dedup::Dedup;
+    use crate::render::Template;
+    use crate::sample::{self, Alias};
+    use crate::validate::{validate_row, Reason, Rejection, SchemaSet, Scratch, Sink};
+
+    // ---------------------------------------------------------------- input columns
+
+    /// A string/binary column made of Arrow chunks, read by global row index.
+    struct StrCol {
+        chunks: Vec<ArrayRef>,
+        starts: Vec<usize>,
+        len: usize,
+        binary: bool,
+        name: String,
+    }
+
+    impl StrCol {
+        fn new(name: &str, chunks: Vec<ArrayRef>, allow_binary: bool) -> PyResult<StrCol> {
+            let mut starts = Vec::with_capacity(chunks.len());
+            let mut len = 0;
+            let mut binary = false;
+            for c in &chunks {
+                match c.data_type() {
+                    DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Null => {}
+                    DataType::Binary | DataType::LargeBinary | DataType::BinaryView
+                        if allow_binary =>
+                    {
+                        binary = true
+                    }
+                    other => {
+                        return Err(PyTypeError::new_err(format!(
+                            "column '{name}' must hold strings, got Arrow type {other}"
+                        )))
+                    }
+                }
+                starts.push(len);
+                len += c.len();
+            }
+            Ok(StrCol {
+                chunks,
+                starts,
+                len,
+                binary,
+                name: name.to_string(),
+            })
+        }
+
+        fn from_py(name: &str, col: PyChunkedArray, allow_binary: bool) -> PyResult<StrCol> {
+            let (chunks, _) = col.into_inner();
+            StrCol::new(name, chunks, allow_binary)
+        }
+
+        #[inline]
+        fn bytes(&self, row: usize) -> Option<&[u8]> {
+            let k = self.starts.partition_point(|&s| s <= row) - 1;
+            let (c, i) = (&self.chunks[k], row - self.starts[k]);
+            if c.is_null(i) {
+                return None;
+            }
+            Some(match c.data_type() {
+                DataType::Utf8View => c.as_string_view().value(i).as_bytes(),
+                DataType::Utf8 => c.as_string::<i32>().value(i).as_bytes(),
+                DataType::LargeUtf8 => c.as_string::<i64>().value(i).as_bytes(),
+                DataType::BinaryView => c.as_binary_view().value(i),
+                DataType::Binary => c.as_binary::<i32>().value(i),
+                DataType::LargeBinary => c.as_binary::<i64>().value(i),
+                _ => return None, // Null type
+            })
+        }
+
+        /// String value; only valid to call on non-binary columns.
+        #[inline]
+        fn str(&self, row: usize) -> Option<&str> {
+            debug_assert!(!self.binary);
+            // Arrow string arrays hold valid UTF-8 (checked on import).
+            self.bytes(row)
+                .map(|b| std::str::from_utf8(b).unwrap_or_default())
+        }
+    }
+
+    // ---------------------------------------------------------------- output columns
+
+    /// Builds a Utf8View array; buffers are split before any would pass u32 offsets.
+    #[derive(Default)]
+    struct StrBuf {
+        views: Vec<u128>,
+        buffers: Vec<Vec<u8>>,
+        valid: Vec<bool>,
+        any_null: bool,
+    }
+
+    impl StrBuf {
+        #[inline]
+        fn push(&mut self, s: Option<&str>) {
+            let Some(s) = s else {
+                self.views.push(0);
+                self.valid.push(false);
+                self.any_null = true;
+                return;
+            };
+            self.valid.push(true);
+            let b = s.as_bytes();
+            let len = b.len() as u128;
+            if b.len() <= 12 {
+                let mut inline = [0u8; 16];
+                inline[..4].copy_from_slice(&(b.len() as u32).to_le_bytes());
+                inline[4..4 + b.len()].copy_from_slice(b);
+                self.views.push(u128::from_le_bytes(inline));
+                return;
+            }
+            let need_new = match self.buffers.last() {
+                None => true,
+                Some(buf) => buf.len() + b.len() > u32::MAX as usize,
+            };
+            if need_new {
+                self.buffers.push(Vec::with_capacity(b.len().max(1 << 20)));
+            }
+            let idx = self.buffers.len() - 1;
+            let buf = self.buffers.last_mut().expect("just pushed");
+            let off = buf.len();
+            buf.extend_from_slice(b);
+            let prefix = u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as u128;
+            self.views
+                .push(len | (prefix << 32) | ((idx as u128) << 64) | ((off as u128) << 96));
+        }
+
+        fn finish(self) -> ArrayRef {
+            let nulls = self.any_null.then(|| NullBuffer::from(self.valid));
+            let buffers: Vec<Buffer> = self.buffers.into_iter().map(Buffer::from_vec).collect();
+            // SAFETY: views were built above following the Utf8View layout from valid UTF-8.
+            let arr = unsafe {
+                GenericByteViewArray::<StringViewType>::new_unchecked(
+                    ScalarBuffer::from(self.views),
+                    buffers,
+                    nulls,
+                )
+            };
+            Arc::new(arr)
+        }
+    }
+
+    fn bool_array(v: Vec<bool>) -> ArrayRef {
+        let mut b = BooleanBuilder::with_capacity(v.len());
+        b.append_slice(&v);
+        Arc::new(b.finish())
+    }
+
+    fn table(batches: Vec<RecordBatch>, schema: Arc<ArrowSchema>) -> PyResult<PyTable> {
+        PyTable::try_new(batches, schema)
+    }
+
+    fn chunked(chunks: Vec<ArrayRef>, name: &str, dt: DataType) -> PyResult<PyChunkedArray> {
+        let field = Arc::new(Field::new(name, dt, true));
+        PyChunkedArray::try_new(chunks, field)
+    }
+
+    /// Rows per parallel block: enough blocks for load balance, few output chunks.
+    fn block_rows(n: usize) -> usize {
+        let threads = rayon::current_num_threads().max(1);
+        n.div_ceil(threads * 8).max(2048)
+    }
+
+    // ---------------------------------------------------------------- validation
+
+    struct ChunkSink {
+        ok: Vec<bool>,
+        reason: StrBuf,
+        field: StrBuf,
+        message: StrBuf,
+        extracted: Vec<bool>,
+        json: StrBuf,
+        unpack: Option<Vec<StrBuf>>,
+        /// Which unpack column each value of the current row's schema goes to.
+        colmap: Vec<usize>,
+        filled: Vec<bool>,
+    }
+
+    impl ChunkSink {
+        fn new(unpack: Option<usize>) -> Self {
+            ChunkSink {
+                ok: Vec::new(),
+                reason: StrBuf::default(),
+                field: StrBuf::default(),
+                message: StrBuf::default(),
+                extracted: Vec::new(),
+                json: StrBuf::default(),
+                unpack: unpack.map(|k| (0..k).map(|_| StrBuf::default()).collect()),
+                colmap: Vec::new(),
+                filled: Vec::new(),
+            }
+        }
+
+        fn nulls_for_unpack(&mut self) {
+            if let Some(cols) = &mut self.unpack {
+                for c in cols {
+                    c.push(None);
+                }
+            }
+        }
+    }
+
+    impl Sink for ChunkSink {
+        fn accept(&mut self, json: &str, extracted: bool, values: &[Option<&str>]) {
+            self.ok.push(true);
+            self.reason.push(None);
+            self.field.push(None);
+            self.message.push(None);
+            self.extracted.push(extracted);
+            self.json.push(Some(json));
+            if let Some(cols) = &mut self.unpack {
+                self.filled.clear();
+                self.filled.resize(cols.len(), false);
+                for (v, &c) in values.iter().zip(&self.colmap) {
+                    cols[c].push(*v);
+                    self.filled[c] = true;
+                }
+                for (c, f) in cols.iter_mut().zip(&self.filled) {
+                    if !f {
+                        c.push(None);
+                    }
+                }
+            }
+        }
+
+        fn reject(&mut self, rej: Rejection, extracted: bool) {
+            self.ok.push(false);
+            self.reason.push(Some(rej.reason.code()));
+            self.field.push(rej.field.as_deref());
+            self.message.push(Some(&rej.message));
+            self.extracted.push(extracted);
+            self.json.push(None);
+            self.nulls_for_unpack();
+        }
+    }
+
+    /// Task-type schemas compiled once; validate many batches with them.
+    #[pyclass(module = "e5x._native", frozen)]
+    struct Validator {
+        set: SchemaSet,
+        names: Vec<String>,
+    }
+
+    enum Tasks {
+        One(String),
+        PerRow(StrCol),
+    }
+
+    #[pymethods]
+    impl Validator {
+        /// `schemas`: list of (task type, JSON Schema as JSON text).
+        #[new]
+        fn new(schemas: Vec<(String, String)>) -> PyResult<Self> {
+            let set = SchemaSet::compile(&schemas).map_err(PyValueError::new_err)?;
+            Ok(Validator {
+                set,
+                names: schemas.into_iter().map(|s| s.0).collect(),
+            })
+        }
+
+        #[getter]
+        fn task_types(&self) -> Vec<String> {
+            self.names.clone()
+        }
+
+        /// The string fields `validate(..., unpack=True)` adds as columns.
+        #[getter]
+        fn unpack_columns(&self) -> Vec<String> {
+            self.set.unpack_columns.clone()
+        }
+
+        /// Validate `texts` (strings or binary); `task_types` is one name or a column.
+        #[pyo3(signature = (texts, task_types, extract=false, unpack=false))]
+        fn validate(
+            &self,
+            py: Python<'_>,
+            texts: PyChunkedArray,
+            task_types: &Bound<'_, PyAny>,
+            extract: bool,
+            unpack: bool,
+        ) -> PyResult<PyTable> {
+            let texts = StrCol::from_py("texts", texts, true)?;
+            let tasks = if let Ok(s) = task_types.extract::<String>() {
+                Tasks::One(s)
+            } else {
+                let col = StrCol::from_py("task_types", task_types.extract()?, false)?;
+                if col.len != texts.len {
+                    return Err(PyValueError::new_err(format!(
+                        "task_types has {} rows but texts has {}",
+                        col.len, texts.len
+                    )));
+                }
+                Tasks::PerRow(col)
+            };
+            let n = texts.len;
+            let ncols = unpack.then_some(self.set.unpack_columns.len());
+            let block = block_rows(n);
+            let set = &self.set;
+            let colmaps: Vec<(String, Vec<usize>)> = self
+                .names
+                .iter()
+                .filter_map(|t| set.get(t).map(|s| (t.clone(), set.column_map(s))))
+                .collect();
+            let sinks: Vec<ChunkSink> = py.detach(|| {
+                (0..n.div_ceil(block))
+                    .into_par_iter()
+                    .map(|b| {
+                        let mut sink = ChunkSink::new(ncols);
+                        let mut scratch = Scratch::default();
+                        let mut last_task: Option<String> = None;
+                        for row in b * block..((b + 1) * block).min(n) {
+                            let task = match &tasks {
+                                Tasks::One(s) => Some(s.as_str()),
+                                Tasks::PerRow(c) => c.str(row),
+                            };
+                            if ncols.is_some() && task != last_task.as_deref() {
+                                sink.colmap = task
+                                    .and_then(|t| colmaps.iter().find(|c| c.0 == t))
+                                    .map(|c| c.1.clone())
+                                    .unwrap_or_default();
+                                last_task = task.map(str::to_string);
+                            }
+                            let schema = task.and_then(|t| set.get(t));
+                            let before = sink.ok.len();
+                            let res = catch_unwind(AssertUnwindSafe(|| {
+                                validate_row(
+                                    texts.bytes(row),
+                                    schema,
+                                    task,
+                                    extract,
+                                    &mut scratch,
+                                    &mut sink,
+                                )
+                            }));
+                            if res.is_err() && sink.ok.len() == before {
+                                scratch = Scratch::default();
+                                sink.reject(
+                                    Rejection {
+                                        reason: Reason::InternalError,
+                                        field: None,
+                                        message: format!(
+                                            "internal error while validating row {row}"
+                                        ),
+                                    },
+                                    false,
+                                );
+                            }
+                        }
+                        sink
+                    })
+                    .collect()
+            });
+            let mut fields = vec![
+                Field::new("ok", DataType::Boolean, false),
+                Field::new("reason", DataType::Utf8View, true),
+                Field::new("field", DataType::Utf8View, true),
+                Field::new("message", DataType::Utf8View, true),
+                Field::new("extracted", DataType::Boolean, false),
+                Field::new("json", DataType::Utf8View, true),
+            ];
+            if unpack {
+                for c in &self.set.unpack_columns {
+                    fields.push(Field::new(c, DataType::Utf8View, true));
+                }
+            }
+            let schema = Arc::new(ArrowSchema::new(fields));
+            let mut batches = Vec::with_capacity(sinks.len());
+            for s in sinks {
+                let mut cols: Vec<ArrayRef> = vec![
+                    bool_array(s.ok),
+                    s.reason.finish(),
+                    s.field.finish(),
+                    s.message.finish(),
+                    bool_array(s.extracted),
+                    s.json.finish(),
+                ];
+                if let Some(u) = s.unpack {
+                    cols.extend(u.into_iter().map(StrBuf::finish));
+                }
+                batches.push(
+                    RecordBatch::try_new(schema.clone(), cols)
+                        .map_err(|e| PyRuntimeError::new_err(e.to_string()))?,
+                );
+            }
+            table(batches, schema)
+        }
+    }
+
+    // ---------------------------------------------------------------- dedup
+
+    /// Keep-first exact dedup whose state persists across batches.
+    #[pyclass(module = "e5x._native")]
+    struct Deduplicator {
+        inner: Dedup,
+    }
+
+    #[pymethods]
+    impl Deduplicator {
+        #[new]
+        #[pyo3(signature = (casefold=false))]
+        fn new(casefold: bool) -> Self {
+            Deduplicator {
+                inner: Dedup::new(casefold),
+            }
+        }
+
+        #[getter]
+        fn casefold(&self) -> bool {
+            self.inner.casefold
+        }
+
+        /// Rows added so far (all batches).
+        #[getter]
+        fn seen(&self) -> u64 {
+            self.inner.seen
+        }
+
+        /// Distinct keys kept so far.
+        #[getter]
+        fn unique(&self) -> usize {
+            self.inner.unique()
+        }
+
+        /// Add a batch given as string columns (all the same length). Returns an Int64
+        /// column: the global index of the first occurrence for dropped rows, else null.
+        fn add(
+            &mut self,
+            py: Python<'_>,
+            names: Vec<String>,
+            columns: Vec<PyChunkedArray>,
+        ) -> PyResult<PyChunkedArray> {
+            if names.len() != columns.len() || columns.is_empty() {
+                return Err(PyValueError::new_err(
+                    "need one name per column and at least one column",
+                ));
+            }
+            let cols: Vec<StrCol> = names
+                .iter()
+                .zip(columns)
+                .map(|(n, c)| StrCol::from_py(n, c, false))
+                .collect::<PyResult<_>>()?;
+            let n = cols[0].len;
+            if let Some(c) = cols.iter().find(|c| c.len != n) {
+                return Err(PyValueError::new_err(format!(
+                    "column '{}' has {} rows, expected {n}",
+                    c.name, c.len
+                )));
+            }
+            let inner = &mut self.inner;
+            let dup = py.detach(|| {
+                catch_unwind(AssertUnwindSafe(|| {
+                    let hashes = inner.hash_rows(n, cols.len(), |row, out| {
+                        out.extend(cols.iter().map(|c| c.str(row)));
+                    });
+                    inner.insert(&hashes)
+                }))
+            });
+            let dup =
+                dup.map_err(|_| PyRuntimeError::new_err("internal error in Deduplicator.add"))?;
+            let arr: ArrayRef = Arc::new(
+                dup.into_iter()
+                    .map(|d| d.map(|x| x as i64))
+                    .collect::<Int64Array>(),
+            );
+            chunked(vec![arr], "duplicate_of", DataType::Int64)
+        }
+    }
+
+    // ---------------------------------------------------------------- sampling + render
+
+    /// Draw `n` rows of placeholder values. `values[k]` and `weights[k]` belong to
+    /// `names[k]`. Returns a table with one Utf8View column per placeholder.
+    #[pyfunction]
+    fn sample_placeholders(
+        py: Python<'_>,
+        names: Vec<String>,
+        values: Vec<Vec<String>>,
+        weights: Vec<Vec<f64>>,
+        n: usize,
+        seed: u64,
+    ) -> PyResult<PyTable> {
+        if names.len() != values.len() || names.len() != weights.len() {
+            return Err(PyValueError::new_err(
+                "names, values and weights must have the same length",
+            ));
+        }
+        let mut tables = Vec::with_capacity(names.len());
+        for ((name, vals), w) in names.iter().zip(&values).zip(&weights) {
+            if vals.len() != w.len() {
+                return Err(PyValueError::new_err(format!(
+                    "placeholder '{name}': {} values but {} weights",
+                    vals.len(),
+                    w.len()
+                )));
+            }
+            tables.push(
+                Alias::new(w)
+                    .map_err(|e| PyValueError::new_err(format!("placeholder '{name}': {e}")))?,
+            );
+        }
+        let idx = py.detach(|| sample::draw(&tables, n, seed));
+        let mut cols: Vec<ArrayRef> = Vec::with_capacity(names.len());
+        let mut fields = Vec::with_capacity(names.len());
+        for ((name, vals), ix) in names.iter().zip(&values).zip(idx) {
+            // One buffer with every value once; each row's view points into it.
+            let mut data = Vec::new();
+            let mut value_views = Vec::with_capacity(vals.len());
+            for v in vals {
+                let b = v.as_bytes();
+                let view = if b.len() <= 12 {
+                    let mut inline = [0u8; 16];
+                    inline[..4].copy_from_slice(&(b.len() as u32).to_le_bytes());
+                    inline[4..4 + b.len()].copy_from_slice(b);
+                    u128::from_le_bytes(inline)
+                } else {
+                    let off = data.len() as u128;
+                    data.extend_from_slice(b);
+                    let prefix = u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as u128;
+                    (b.len() as u128) | (prefix << 32) | (off << 96)
+                };
+                value_views.push(view);
+            }
+            let views: Vec<u128> =
+                py.detach(|| ix.par_iter().map(|&i| value_views[i as usize]).collect());
+            // SAFETY: views built from valid UTF-8 values following the Utf8View layout.
+            let arr = unsafe {
+                GenericByteViewArray::<StringViewType>::new_unchecked(
+                    ScalarBuffer::from(views),
+                    vec![Buffer::from_vec(data)],
+                    None,
+                )
+            };
+            cols.push(Arc::new(arr));
+            fields.push(Field::new(name, DataType::Utf8View, false));
+        }
+        let schema = Arc::new(ArrowSchema::new(fields));
+        let batch = RecordBatch::try_new_with_options(
+            schema.clone(),
+            cols,
+            &arrow_array::RecordBatchOptions::new().with_row_count(Some(n)),
+        )
+        .map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+        table(vec![batch], schema)
+    }
+
+    /// Placeholder names of a template, in order of first appearance.
+    #[pyfunction]
+    fn template_names(template: &str) -> PyResult<Vec<String>> {
+        Ok(Template::parse(template)
+            .map_err(PyValueError::new_err)?
+            .names)
+    }
+
+    /// Render `template` for every row; `columns[k]` holds the values of `names[k]`.
+    #[pyfunction]
+    fn render(
+        py: Python<'_>,
+        template: &str,
+        names: Vec<String>,
+        columns: Vec<PyChunkedArray>,
+        n: usize,
+    ) -> PyResult<PyChunkedArray> {
+        let tpl = Template::parse(template).map_err(PyValueError::new_err)?;
+        let mut cols = Vec::with_capacity(tpl.names.len());
+        let mut given: Vec<Option<StrCol>> = names.iter().map(|_| None).collect();
+        for (k, c) in columns.into_iter().enumerate() {
+            given[k] = Some(StrCol::from_py(&names[k], c, false)?);
+        }
+        for name in &tpl.names {
+            let Some(k) = names.iter().position(|x| x == name) else {
+                return Err(PyValueError::new_err(format!(
+                    "template placeholder '{{{name}}}' has no column in values (columns: {})",
+                    names.join(", ")
+                )));
+            };
+            let col = given[k]
+                .take()
+                .ok_or_else(|| PyValueError::new_err(format!("column '{name}' given twice")))?;
+            if col.len != n {
+                return Err(PyValueError::new_err(format!(
+                    "column '{name}' has {} rows, expected {n}",
+                    col.len
+                )));
+            }
+            cols.push(col);
+        }
+        let out = py.detach(|| tpl.render(n, sample::BLOCK, |v, row| cols[v].str(row)));
+        let chunks = out.map_err(|(row, v)| {
+            PyValueError::new_err(format!("row {row}: placeholder '{}' is null", tpl.names[v]))
+        })?;
+        // One Utf8View array whose data buffers are the rendered blocks.
+        let mut views = Vec::with_capacity(n);
+        let mut buffers = Vec::with_capacity(chunks.len());
+        for (offsets, data) in chunks {
+            let bi = buffers.len() as u128;
+            for w in offsets.windows(2) {
+                let (s, e) = (w[0] as usize, w[1] as usize);
+                let b = &data[s..e];
+                let view = if b.len() <= 12 {
+                    let mut inline = [0u8; 16];
+                    inline[..4].copy_from_slice(&(b.len() as u32).to_le_bytes());
+                    inline[4..4 + b.len()].copy_from_slice(b);
+                    u128::from_le_bytes(inline)
+                } else {
+                    let prefix = u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as u128;
+                    (b.len() as u128) | (prefix << 32) | (bi << 64) | ((s as u128) << 96)
+                };
+                views.push(view);
+            }
+            if data.len() > u32::MAX as usize {
+                return Err(PyValueError::new_err("rendered block exceeds 4 GiB"));
+            }
+            buffers.push(Buffer::from_vec(data));
+        }
+        // SAFETY: views follow the Utf8View layout over valid UTF-8 rendered text.
+        let arr = unsafe {
+            GenericByteViewArray::<StringViewType>::new_unchecked(
+                ScalarBuffer::from(views),
+                buffers,
+                None,
+            )
+        };
+        chunked(vec![Arc::new(arr)], "rendered", DataType::Utf8View)
+    }
+
+    /// Reason codes `validate` can emit.
+    #[pyfunction]
+    fn reason_codes() -> Vec<&'static str> {
+        Reason::ALL.iter().map(|r| r.code()).collect()
+    }
 
     #[pymodule]
     fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
         m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+        m.add("MAX_DEPTH", crate::validate::MAX_DEPTH)?;
+        m.add("MAX_TEXT_BYTES", crate::validate::MAX_TEXT_BYTES)?;
+        m.add_class::<Validator>()?;
+        m.add_class::<Deduplicator>()?;
+        m.add_function(wrap_pyfunction!(sample_placeholders, m)?)?;
+        m.add_function(wrap_pyfunction!(render, m)?)?;
+        m.add_function(wrap_pyfunction!(template_names, m)?)?;
+        m.add_function(wrap_pyfunction!(reason_codes, m)?)?;
         Ok(())
     }
 }

@@ -1,0 +1,166 @@
+//! Template rendering: `{name}` placeholders, `{{` / `}}` for literal braces.
+//! The template is parsed once; rows are then filled in parallel.
+
+use rayon::prelude::*;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seg {
+    Lit(String),
+    Var(usize),
+}
+
+/// One rendered block of rows: Arrow-style offsets and UTF-8 bytes.
+pub type Block = (Vec<i64>, Vec<u8>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    pub segs: Vec<Seg>,
+    /// Placeholder names in order of first appearance.
+    pub names: Vec<String>,
+}
+
+impl Template {
+    pub fn parse(t: &str) -> Result<Template, String> {
+        let mut segs = Vec::new();
+        let mut names: Vec<String> = Vec::new();
+        let mut lit = String::new();
+        let mut chars = t.char_indices().peekable();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '{' if chars.peek().map(|x| x.1) == Some('{') => {
+                    chars.next();
+                    lit.push('{');
+                }
+                '}' if chars.peek().map(|x| x.1) == Some('}') => {
+                    chars.next();
+                    lit.push('}');
+                }
+                '{' => {
+                    let rest = &t[i + 1..];
+                    let end = rest
+                        .find(['{', '}'])
+                        .filter(|&e| rest.as_bytes()[e] == b'}')
+                        .ok_or_else(|| format!("unclosed '{{' at position {i} of the template"))?;
+                    let name = &rest[..end];
+                    if name.is_empty() {
+                        return Err(format!("empty placeholder '{{}}' at position {i}"));
+                    }
+                    if !lit.is_empty() {
+                        segs.push(Seg::Lit(std::mem::take(&mut lit)));
+                    }
+                    let idx = match names.iter().position(|n| n == name) {
+                        Some(k) => k,
+                        None => {
+                            names.push(name.to_string());
+                            names.len() - 1
+                        }
+                    };
+                    segs.push(Seg::Var(idx));
+                    // Skip the name and the closing brace.
+                    for _ in 0..name.chars().count() + 1 {
+                        chars.next();
+                    }
+                }
+                '}' => return Err(format!("single '}}' at position {i} (write '}}}}')")),
+                _ => lit.push(c),
+            }
+        }
+        if !lit.is_empty() {
+            segs.push(Seg::Lit(lit));
+        }
+        Ok(Template { segs, names })
+    }
+
+    /// Render `n` rows. `get(var, row)` returns the value of placeholder `var` in `row`
+    /// (None = null, an error naming the row). Output: one (offsets, data) chunk per
+    /// block of rows, so large outputs never need one contiguous buffer.
+    pub fn render<'a, F>(
+        &self,
+        n: usize,
+        block: usize,
+        get: F,
+    ) -> Result<Vec<Block>, (usize, usize)>
+    where
+        F: Fn(usize, usize) -> Option<&'a str> + Sync,
+    {
+        let lit_len: usize = self
+            .segs
+            .iter()
+            .map(|s| if let Seg::Lit(l) = s { l.len() } else { 0 })
+            .sum();
+        (0..n.div_ceil(block.max(1)))
+            .into_par_iter()
+            .map(|b| {
+                let (lo, hi) = (b * block, ((b + 1) * block).min(n));
+                let mut offsets = Vec::with_capacity(hi - lo + 1);
+                let mut data = Vec::with_capacity((hi - lo) * (lit_len + 16));
+                offsets.push(0i64);
+                for row in lo..hi {
+                    for s in &self.segs {
+                        match s {
+                            Seg::Lit(l) => data.extend_from_slice(l.as_bytes()),
+                            Seg::Var(v) => match get(*v, row) {
+                                Some(x) => data.extend_from_slice(x.as_bytes()),
+                                None => return Err((row, *v)),
+                            },
+                        }
+                    }
+                    offsets.push(data.len() as i64);
+                }
+                Ok((offsets, data))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn render1(t: &str, vals: &[(&str, &str)]) -> Result<String, String> {
+        let tpl = Template::parse(t)?;
+        let cols: Vec<&str> = tpl
+            .names
+            .iter()
+            .map(|n| vals.iter().find(|v| v.0 == n).map(|v| v.1).unwrap())
+            .collect();
+        let out = tpl
+            .render(1, 16, |v, _| Some(cols[v]))
+            .map_err(|e| format!("{e:?}"))?;
+        Ok(String::from_utf8(out[0].1.clone()).unwrap())
+    }
+
+    #[test]
+    fn fills_and_escapes() {
+        assert_eq!(
+            render1("a {x} b {y} {x}", &[("x", "1"), ("y", "ü")]).unwrap(),
+            "a 1 b ü 1"
+        );
+        assert_eq!(render1("{{x}} {x}}}", &[("x", "2")]).unwrap(), "{x} 2}");
+        assert_eq!(render1("", &[]).unwrap(), "");
+    }
+
+    #[test]
+    fn errors() {
+        assert!(Template::parse("a {x").unwrap_err().contains("unclosed"));
+        assert!(Template::parse("a }").unwrap_err().contains("single"));
+        assert!(Template::parse("{}").unwrap_err().contains("empty"));
+        assert!(Template::parse("{a{b}").is_err());
+        let t = Template::parse("{x}").unwrap();
+        assert_eq!(
+            t.render(3, 2, |_, r| if r == 2 { None } else { Some("v") })
+                .unwrap_err(),
+            (2, 0)
+        );
+    }
+
+    #[test]
+    fn chunks_cover_all_rows() {
+        let t = Template::parse("<{x}>").unwrap();
+        let vals = ["a", "bb", "ccc", "d", "e"];
+        let out = t.render(5, 2, |_, r| Some(vals[r])).unwrap();
+        assert_eq!(out.len(), 3);
+        let joined: Vec<u8> = out.iter().flat_map(|c| c.1.clone()).collect();
+        assert_eq!(String::from_utf8(joined).unwrap(), "<a><bb><ccc><d><e>");
+    }
+}
