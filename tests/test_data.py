@@ -100,3 +100,22 @@ def test_collate_layout_and_shard(tmp_path) -> None:
     assert shard(pairs, 1, 2).tolist() == [[0, 2], [0, 3]]
     with pytest.raises(ValueError, match="not divisible"):
         shard(pairs, 0, 3)
+
+
+def test_mixed_sources_keep_their_own_instructions(tmp_path) -> None:
+    toy_triples(5, seed=1).write_parquet(tmp_path / "a.parquet")
+    toy_triples(5, seed=2).drop("instruction").write_parquet(tmp_path / "b.parquet")
+    store = TripleStore([Source(str(tmp_path / "a.parquet"), instruction="Task A"),
+                         Source(str(tmp_path / "b.parquet"))])  # b: no instruction at all
+    plan = BatchPlan(store.sizes, [1.0, 1.0], batch_size=10, seed=0)
+    pairs = plan.batch(0)
+    rows = store.rows(pairs.tolist())
+    for (source, row), (instruction, query, positive, _neg) in zip(pairs.tolist(), rows):
+        assert instruction == ("Task A" if source == 0 else None)
+        assert query == store.frames[source]["query"][row]
+    tok = tiny_tokenizer()
+    batch = collate(store, pairs, tok, max_length=64)
+    texts = tok.batch_decode(batch.queries["input_ids"], skip_special_tokens=True)
+    for (source, row), text in zip(pairs.tolist(), texts):
+        q = store.frames[source]["query"][row]
+        assert text == (f"Instruct: Task A\nQuery: {q}" if source == 0 else q)  # bare without one

@@ -63,8 +63,7 @@ def collate(
     padding_side: PaddingSide = "right",
 ) -> Batch:
     queries, positives, negatives = [], [], []
-    for source, row in pairs.tolist():
-        instruction, query, positive, negative = store.row(source, row)
+    for instruction, query, positive, negative in store.rows(pairs.tolist()):
         queries.append(format_query(query, instruction))
         positives.append(positive)
         if negative is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,21 +131,29 @@ def read_source(source: Source) -> pl.DataFrame:
 
 
 class TripleStore:
-    """All sources in memory as plain lists: random access by (source, row) is cheap."""
+    """All sources in memory as Arrow-backed polars frames (compact; fast row gathers)."""
 
     def __init__(self, sources: list[Source]) -> None:
         if not sources:
             raise DataError("no training data sources given")
         self.sources = list(sources)
-        self._cols: list[dict[str, list[str | None]]] = []
-        for s in self.sources:
-            df = read_source(s)
-            self._cols.append({c: df[c].to_list() for c in df.columns})
+        self.frames = [read_source(s) for s in self.sources]
 
     @property
     def sizes(self) -> list[int]:
-        return [len(c["query"]) for c in self._cols]
+        return [df.height for df in self.frames]
+
+    def rows(self, pairs: Sequence[Sequence[int]]) -> list[tuple[str | None, str, str, str | None]]:
+        """``(instruction, query, positive, negative)`` of each ``(source, row)``, in order."""
+        out: list[tuple[str | None, str, str, str | None] | None] = [None] * len(pairs)
+        by_source: dict[int, list[int]] = {}
+        for i, (source, _) in enumerate(pairs):
+            by_source.setdefault(int(source), []).append(i)
+        for source, positions in by_source.items():
+            picked = self.frames[source][[int(pairs[i][1]) for i in positions]]
+            for i, row in zip(positions, picked.iter_rows()):
+                out[i] = row  # type: ignore[assignment]
+        return out  # type: ignore[return-value]
 
     def row(self, source: int, index: int) -> tuple[str | None, str, str, str | None]:
-        c = self._cols[source]
-        return c["instruction"][index], c["query"][index], c["positive"][index], c["negative"][index]  # type: ignore[return-value]
+        return self.rows([(source, index)])[0]
