@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{fn.__name__:16s} ok  shared={row['shared']}  {row['consts']}  warps={num_warps} stages={num_stages}")
 
     for dt, key in (("bf16", "16bit"), ("fp16", "16bit"), ("fp32", "fp32")):
-        prec = "ieee" if dt == "fp32" else "tf32"
+        prec = "tf32x3" if dt == "fp32" else "tf32"  # what _precision() picks on a GPU
         configs = T._GPU_CONFIGS[key] if args.all_configs else T._GPU_CONFIGS[key][:1]
         for cfg in configs:
             tiles = {k: v for k, v in cfg.items() if k.startswith("BLOCK")}
