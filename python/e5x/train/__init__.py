@@ -1,4 +1,18 @@
-"""Training: ``e5x.train(config)`` runs the E5-mistral recipe (see ``e5x.train.loop``)."""
+"""Training: the E5-mistral recipe (LoRA, EOS pooling, InfoNCE, GradCache, DDP/FSDP2).
+
+From Python::
+
+    import e5x
+    result = e5x.train("configs/tiny-cpu.toml")          # or a TrainConfig / dict
+    result.model_dir   # merged HF model + tokenizer, adapter/, e5x.json, sentence-transformers
+
+From a shell: ``e5x train configs/e5-mistral.toml`` (several GPUs:
+``torchrun --nproc-per-node 8 -m e5x train configs/e5-mistral.toml``). Rerunning the same
+command after an interruption resumes from the latest checkpoint in ``output_dir``.
+
+Layout: ``config`` (TrainConfig), ``step`` (``embed``, the document all-gather, GradCache),
+``loop`` (``train``, one function top to bottom), ``checkpoint``, ``export``.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +24,8 @@ __all__ = ["ConfigError", "TrainConfig", "TrainResult", "TrainingDiverged", "tra
 
 
 def __getattr__(name: str) -> Any:
-    # The loop imports torch lazily inside ``train``; the module itself is light, but keep
-    # the names resolvable without importing it at package import.
+    # ``e5x.train.loop`` is light too (torch is imported inside ``train``), but resolving
+    # these lazily keeps ``import e5x.train`` to the config alone.
     if name in ("train", "TrainResult", "TrainingDiverged"):
         from e5x.train import loop
 
