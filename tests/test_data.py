@@ -110,7 +110,7 @@ def test_mixed_sources_keep_their_own_instructions(tmp_path) -> None:
     plan = BatchPlan(store.sizes, [1.0, 1.0], batch_size=10, seed=0)
     pairs = plan.batch(0)
     rows = store.rows(pairs.tolist())
-    for (source, row), (instruction, query, positive, _neg) in zip(pairs.tolist(), rows):
+    for (source, row), (instruction, query, _pos, _neg) in zip(pairs.tolist(), rows):
         assert instruction == ("Task A" if source == 0 else None)
         assert query == store.frames[source]["query"][row]
     tok = tiny_tokenizer()

@@ -43,6 +43,9 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         result = train(cfg)
+    except (ConfigError, DataError) as exc:  # e.g. an empty row found while loading the data
+        print(f"e5x train: error: {exc}", file=sys.stderr)
+        return 2
     except TrainingDiverged as exc:
         print(f"e5x train: {exc}", file=sys.stderr)
         return 3

@@ -48,7 +48,7 @@ def train(
 
     from e5x.data import BatchPlan, TripleStore, collate, shard
     from e5x.train import checkpoint
-    from e5x.train.step import World, average_gradients, forward_backward, num_chunks
+    from e5x.train.step import average_gradients, forward_backward, num_chunks
 
     # 1. Config and data checks: everything that can fail does so before a model loads.
     cfg = _as_config(config)
