@@ -66,7 +66,7 @@ def last_token_pool(
     hidden's dtype.
     """
     C.check_hidden("hidden", hidden)
-    idx = C.resolve_last_index("hidden", hidden, attention_mask, last_index)
+    idx = C.resolve_last_index("hidden", hidden, attention_mask, last_index)  # syncs once
     if C.pick_backend(backend, hidden) == "torch":
         from .reference import last_token_pool_ref
 
@@ -150,11 +150,14 @@ def pooled_info_nce(
         raise ValueError(f"q_hidden and d_hidden are on different devices: {q_hidden.device} vs {d_hidden.device}")
     t = C.check_temperature(temperature)
     C.check_reduction(reduction)
-    q_idx = C.resolve_last_index("q", q_hidden, q_mask, q_last_index)
-    d_idx = C.resolve_last_index("d", d_hidden, d_mask, d_last_index)
+    pending: C.Pending = []  # value checks of all three, read back with one sync
+    q_idx = C.resolve_last_index("q", q_hidden, q_mask, q_last_index, pending)
+    d_idx = C.resolve_last_index("d", d_hidden, d_mask, d_last_index, pending)
     pos = C.resolve_positive(
-        q_hidden.shape[0], d_hidden.shape[0], q_hidden.device, positive_index, positive_offset, group_size
+        q_hidden.shape[0], d_hidden.shape[0], q_hidden.device, positive_index, positive_offset,
+        group_size, pending,
     )
+    C.flush(pending)
     if C.pick_backend(backend, q_hidden) == "torch":
         from .reference import pooled_info_nce_ref
 

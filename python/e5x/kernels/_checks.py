@@ -1,8 +1,10 @@
 """Argument checks shared by both backends: bad input fails here with a clear message.
 
-Checks on tensor *values* (all-zero mask rows, out-of-range indices) read one boolean back
-from the device: one host sync per call, a few microseconds, worth a clear error instead of
-a silent wrong loss or an illegal memory access inside a kernel.
+Checks on tensor *values* (all-zero mask rows, out-of-range indices) need the device's
+answer. Each resolve_* function takes an optional ``pending`` list; the entry points collect
+every value check there and ``flush`` reads them back with a single host sync per call
+(a few microseconds), worth a clear error instead of a silent wrong loss or an illegal
+memory access inside a kernel. Without ``pending`` a check syncs on its own.
 """
 
 from __future__ import annotations
@@ -12,7 +14,30 @@ import os
 
 import torch
 
+from typing import Callable
+
 from .reference import last_token_index
+
+# (device boolean tensor "row is bad", builds the exception from it)
+Pending = list[tuple[torch.Tensor, Callable[[torch.Tensor], Exception]]]
+
+
+def _check(pending: Pending | None, bad: torch.Tensor, error: Callable[[torch.Tensor], Exception]) -> None:
+    if pending is None:
+        if bool(bad.any()):
+            raise error(bad)
+    else:
+        pending.append((bad, error))
+
+
+def flush(pending: Pending) -> None:
+    """Run the collected value checks with one device->host transfer; raise the first failure."""
+    if not pending:
+        return
+    flags = torch.stack([bad.any() for bad, _ in pending]).cpu()
+    for ok_flag, (bad, error) in zip(flags.tolist(), pending):
+        if ok_flag:
+            raise error(bad)
 
 BACKENDS = ("auto", "triton", "torch")
 REDUCTIONS = ("mean", "sum", "none")
@@ -67,6 +92,7 @@ def resolve_last_index(
     hidden: torch.Tensor,
     attention_mask: torch.Tensor | None,
     last_index: torch.Tensor | None,
+    pending: Pending | None = None,
 ) -> torch.Tensor:
     """The pooled position of every row as int64 on hidden's device, checked.
 
@@ -84,12 +110,13 @@ def resolve_last_index(
                 f"{name} last_index must have shape [{b}] (one per row), got {tuple(last_index.shape)}"
             )
         idx = last_index.to(device=hidden.device, dtype=torch.int64)
-        bad = (idx < 0) | (idx >= seq)
-        if bool(bad.any()):
+        def out_of_range(bad: torch.Tensor) -> Exception:
             row = int(bad.nonzero()[0, 0])
-            raise ValueError(
+            return ValueError(
                 f"{name} last_index[{row}] = {int(idx[row])} is outside [0, {seq}) (seq_len {seq})"
             )
+
+        _check(pending, (idx < 0) | (idx >= seq), out_of_range)
         return idx
     if attention_mask is None:
         return torch.full((b,), seq - 1, dtype=torch.int64, device=hidden.device)
@@ -101,14 +128,16 @@ def resolve_last_index(
             f"{tuple(hidden.shape)}, got {tuple(attention_mask.shape)}"
         )
     idx = last_token_index(attention_mask.to(hidden.device))
-    empty = idx < 0
-    if bool(empty.any()):
+
+    def all_zero(empty: torch.Tensor) -> Exception:
         rows = empty.nonzero()[:, 0].tolist()
         shown = ", ".join(map(str, rows[:8])) + (" ..." if len(rows) > 8 else "")
-        raise ValueError(
+        return ValueError(
             f"{name} attention_mask has {len(rows)} all-zero row(s) (rows {shown}): "
             "every sequence needs at least one real token to pool"
         )
+
+    _check(pending, idx < 0, all_zero)
     return idx
 
 
@@ -119,6 +148,7 @@ def resolve_positive(
     positive_index: torch.Tensor | None,
     positive_offset: int,
     group_size: int | None,
+    pending: Pending | None = None,
 ) -> torch.Tensor:
     """Absolute column of every query's positive among the Bd documents, checked, int64.
 
@@ -151,7 +181,15 @@ def resolve_positive(
             group_size = bd // bq
         if int(group_size) < 1:
             raise ValueError(f"group_size must be >= 1, got {group_size}")
-        pos = torch.arange(bq, device=device, dtype=torch.int64) * int(group_size)
+        last = (bq - 1) * int(group_size) + positive_offset
+        if last >= bd:  # known on the host: no device check needed
+            row = max(0, (bd - positive_offset + int(group_size) - 1) // int(group_size))
+            raise ValueError(
+                f"positive of query {row} is document {row * int(group_size) + positive_offset} "
+                f"(grouped layout, group_size {group_size}, positive_offset {positive_offset}), "
+                f"outside the {bd} documents"
+            )
+        return torch.arange(bq, device=device, dtype=torch.int64) * int(group_size) + positive_offset
     else:
         if not isinstance(positive_index, torch.Tensor):
             positive_index = torch.as_tensor(positive_index)
@@ -164,13 +202,15 @@ def resolve_positive(
             )
         pos = positive_index.to(device=device, dtype=torch.int64)
     pos = pos + positive_offset
-    bad = (pos < 0) | (pos >= bd)
-    if bool(bad.any()):
+
+    def out_of_range(bad: torch.Tensor) -> Exception:
         row = int(bad.nonzero()[0, 0])
-        raise ValueError(
+        return ValueError(
             f"positive of query {row} is document {int(pos[row])} (positive_index + "
             f"positive_offset {positive_offset}), outside the {bd} documents"
         )
+
+    _check(pending, (pos < 0) | (pos >= bd), out_of_range)
     return pos
 
 
