@@ -315,8 +315,13 @@ def _pool(
     hidden: torch.Tensor, idx: torch.Tensor, normalize: bool, *, raw: bool, emb: bool,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
     """(compact raw pooled rows [B, H] or None, normalised rows or None, 1/norm fp32)."""
-    b, _, h = hidden.shape
-    out_raw = torch.empty((b, h), dtype=hidden.dtype, device=hidden.device) if raw else None
+    b, seq, h = hidden.shape
+    out_raw = None
+    if raw and seq == 1 and hidden.is_contiguous():
+        # embeddings given directly (info_nce, GradCache): the rows are the input, no copy
+        out_raw, raw = hidden.view(b, h), False
+    elif raw:
+        out_raw = torch.empty((b, h), dtype=hidden.dtype, device=hidden.device)
     out_e = torch.empty((b, h), dtype=hidden.dtype, device=hidden.device) if emb else None
     rstd = torch.ones((b,), dtype=torch.float32, device=hidden.device)
     dummy = rstd  # never written when the matching WRITE_* flag is off
