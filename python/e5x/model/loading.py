@@ -6,6 +6,7 @@ from a config, so tests and the tiny CPU recipe never download anything.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -137,7 +138,11 @@ def apply_lora(
         target_modules=list(target_modules),
         bias="none",
     )
-    return get_peft_model(model, config)
+    with warnings.catch_warnings():
+        # peft still calls transformers' deprecated `is_gradient_checkpointing` (a warning
+        # the user can do nothing about).
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, config)
 
 
 def trainable_parameters(model: Any) -> int:
