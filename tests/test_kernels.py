@@ -284,6 +284,23 @@ def test_no_grad_forward_and_reference_agree_on_backend_auto() -> None:
     assert rel(a, b) <= 1e-5
 
 
+def test_caller_autocast_does_not_round_fp32_embeddings() -> None:
+    """The trainer calls info_nce on fp32 embeddings inside bf16 autocast; the op's internal
+    GEMMs must not be autocast to bf16 (that would cost ~3 decimal digits)."""
+    gen = torch.Generator().manual_seed(9)
+    q = torch.randn(5, 32, generator=gen)
+    d = torch.randn(10, 32, generator=gen)
+    out = {}
+    for backend, dtype in (("triton", torch.float32), ("torch", torch.float64)):
+        qq, dd = leaf(q, dtype), leaf(d, dtype)
+        with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
+            loss = K.info_nce(qq, dd, backend=backend)
+        loss.backward()
+        out[backend] = (loss.detach(), qq.grad, dd.grad)
+    for a, b in zip(out["triton"], out["torch"]):
+        assert rel(a, b) <= 1e-4
+
+
 # ----------------------------------------------------------------------------- bad input
 
 

@@ -521,8 +521,22 @@ def _use_fused(reduction: str, *tensors: torch.Tensor) -> bool:
 # ----------------------------------------------------------------------------- autograd
 
 
+def _no_autocast(fn: Any) -> Any:
+    """Run fn with autocast off: its torch.mm calls must see the kernels' dtypes (under a
+    caller's bf16 autocast they would silently round fp32 operands to bf16)."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(ctx: Any, *args: Any) -> Any:
+        with torch.autocast("cuda", enabled=False), torch.autocast("cpu", enabled=False):
+            return fn(ctx, *args)
+
+    return wrapper
+
+
 class _PooledInfoNCE(torch.autograd.Function):
     @staticmethod
+    @_no_autocast
     def forward(  # type: ignore[override]
         ctx: Any, q_hidden: torch.Tensor, d_hidden: torch.Tensor, q_idx: torch.Tensor,
         d_idx: torch.Tensor, pos: torch.Tensor, temperature: float, reduction: str,
@@ -555,6 +569,7 @@ class _PooledInfoNCE(torch.autograd.Function):
         return loss, None, None
 
     @staticmethod
+    @_no_autocast
     def backward(ctx: Any, g_loss: torch.Tensor | None, g_q: torch.Tensor | None, g_d: torch.Tensor | None):  # type: ignore[override]
         if ctx.fused:
             return _fused_backward(ctx, g_loss, g_q, g_d)
