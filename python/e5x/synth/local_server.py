@@ -269,7 +269,10 @@ class LocalLLMServer:
         if self.launcher is not None:
             head = self.launcher
         elif self.openai_schema_compat:
-            head = [self.python, "-m", "e5x.synth.local_server"]
+            # Run this very copy of e5x in the child (a source checkout works too).
+            root = str(Path(__file__).resolve().parents[2])
+            code = f"import sys; sys.path.insert(0, {root!r}); from e5x.synth.local_server import _serve; _serve()"
+            head = [self.python, "-c", code]
         else:
             head = [self.python, "-m", "llama_cpp.server"]
         return [
