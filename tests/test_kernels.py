@@ -291,14 +291,17 @@ def test_caller_autocast_does_not_round_fp32_embeddings() -> None:
     q = torch.randn(5, 32, generator=gen)
     d = torch.randn(10, 32, generator=gen)
     out = {}
-    for backend, dtype in (("triton", torch.float32), ("torch", torch.float64)):
+    for backend, dtype in (("triton", torch.float32), ("torch", torch.float32), ("ref64", torch.float64)):
         qq, dd = leaf(q, dtype), leaf(d, dtype)
-        with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
+        with torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=backend != "ref64"):
+            backend = "torch" if backend == "ref64" else backend
             loss = K.info_nce(qq, dd, backend=backend)
         loss.backward()
-        out[backend] = (loss.detach(), qq.grad, dd.grad)
-    for a, b in zip(out["triton"], out["torch"]):
-        assert rel(a, b) <= 1e-4
+        out[(backend, dtype)] = (loss.detach(), qq.grad, dd.grad)
+    want = out[("torch", torch.float64)]
+    for got in (out[("triton", torch.float32)], out[("torch", torch.float32)]):
+        for a, b in zip(got, want):
+            assert rel(a, b) <= 1e-4
 
 
 # ----------------------------------------------------------------------------- bad input

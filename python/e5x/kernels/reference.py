@@ -10,6 +10,8 @@ points in ``e5x.kernels`` validate before dispatching.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 import torch.nn.functional as F
 
@@ -59,12 +61,15 @@ def info_nce_ref(
     float64 inputs); the returned loss is float32 (float64).
     """
     work = torch.float64 if q.dtype == torch.float64 else torch.float32
-    qf, df = q.to(work), d.to(work)
-    if normalize:
-        qf = F.normalize(qf, dim=-1, eps=NORM_EPS)
-        df = F.normalize(df, dim=-1, eps=NORM_EPS)
-    logits = (qf @ df.T) / temperature
-    return F.cross_entropy(logits, positive.to(q.device).long(), reduction=reduction)
+    # A caller's autocast would run the matmul in bf16: the spec computes in `work`.
+    off = torch.autocast(q.device.type, enabled=False) if q.device.type in ("cuda", "cpu") else nullcontext()
+    with off:
+        qf, df = q.to(work), d.to(work)
+        if normalize:
+            qf = F.normalize(qf, dim=-1, eps=NORM_EPS)
+            df = F.normalize(df, dim=-1, eps=NORM_EPS)
+        logits = (qf @ df.T) / temperature
+        return F.cross_entropy(logits, positive.to(q.device).long(), reduction=reduction)
 
 
 def pooled_info_nce_ref(
