@@ -18,9 +18,9 @@ ROOT=$PWD
 OUT=${OUT:-$ROOT/gpu-out}
 mkdir -p "$OUT"
 PY=${PYTHON:-python3}
-T_SELF=${E5X_T_SELFCHECK:-100}
-T_TEST=${E5X_T_PYTEST:-120}
-T_BENCH=${E5X_T_BENCH:-330}
+T_SELF=${E5X_T_SELFCHECK:-130}
+T_TEST=${E5X_T_PYTEST:-110}
+T_BENCH=${E5X_T_BENCH:-320}
 # Besides the four methods: e5x with a 4 GiB chunk budget, and in recompute-in-backward mode.
 BENCH_ARGS=${E5X_BENCH_ARGS:---e5x-variant E5X_INFONCE_CHUNK_MIB=4096 --e5x-variant E5X_INFONCE_FUSED=0}
 
