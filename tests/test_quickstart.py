@@ -1,0 +1,114 @@
+"""The quickstart main job: its config, its data preparation, and one tiny real run.
+
+The end-to-end test runs every stage for real (llama.cpp server with SmolLM2-135M-Instruct,
+e5x synth, e5x clean, SmolLM2-135M converted from the same GGUF, e5x train, e5x evaluate
+on real STS-B and SciFact files) at a size that fits the test budget: a few requests,
+2 training steps, small seeded evaluation subsets. Quality numbers come from
+benches/quality.py, not from here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from e5x.quickstart import DEFAULTS, load_config, prepare_eval_data, prepare_real_training_data
+from e5x.synth.local_server import llama_cpp_available
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_configs_quickstart_toml_equals_the_embedded_defaults():
+    data = tomllib.loads((REPO / "configs" / "quickstart.toml").read_text())
+    assert load_config(REPO / "configs" / "quickstart.toml") == DEFAULTS
+    assert data.keys() == DEFAULTS.keys()
+
+
+def test_full_recipe_config_loads_and_names_the_paper_settings():
+    cfg = load_config(REPO / "configs" / "quickstart-e5-mistral.toml")
+    t = cfg["train"]
+    assert t["model"] == "mistralai/Mistral-7B-v0.1" and t["batch_size"] == 2048
+    assert (t["lr"], t["warmup_steps"], t["max_length"]) == (1e-4, 100, 512)
+    assert cfg["eval"]["sts_pairs"] == cfg["eval"]["scifact_corpus"] == 0  # the whole test sets
+    from e5x.train import TrainConfig
+
+    TrainConfig.from_dict({**t, "output_dir": "x"})  # every [train] key is a TrainConfig field
+
+
+def test_unknown_keys_are_errors_that_name_the_file(tmp_path):
+    bad = tmp_path / "qs.toml"
+    bad.write_text("[eval]\nsts_pears = 10\n")
+    with pytest.raises(ValueError, match=r"qs\.toml: .*unknown key eval\.'sts_pears'"):
+        load_config(bad)
+    with pytest.raises(ValueError, match="unknown key 'nope'"):
+        load_config(None, {"nope": 1})
+
+
+def test_real_training_pairs_and_eval_subsets(shared_data, tmp_path):
+    import polars as pl
+
+    paths = prepare_real_training_data(shared_data, tmp_path, DEFAULTS["real_data"], seed=0)
+    sts = pl.read_parquet(paths["stsb-train"])
+    sf = pl.read_parquet(paths["scifact-train"])
+    # Every STS-B train pair scored >= 4 (counted independently here), every SciFact train qrel.
+    n_high = sum(
+        1 for line in (shared_data / "sts/stsbenchmark/sts-train.csv").read_text().splitlines()
+        if len(p := line.split("\t")) >= 7 and float(p[4]) >= 4.0
+    )  # fmt: skip
+    assert sts.height == n_high and sf.height == 919
+    assert set(sts["instruction"]) == {"Retrieve semantically similar text."}
+    assert sf["positive"].str.len_chars().min() > 100 and sf["negative"].null_count() == 919
+
+    tasks, sizes = prepare_eval_data(shared_data, tmp_path / "eval", DEFAULTS["eval"], seed=0)
+    assert sizes["STSBenchmark"] == {"pairs": 400}
+    assert sizes["SciFact"]["queries"] == 100 and sizes["SciFact"]["corpus"] == 400
+    qrels = (tmp_path / "eval/SciFact/qrels/test.tsv").read_text().splitlines()[1:]
+    corpus_ids = {json.loads(ln)["_id"] for ln in (tmp_path / "eval/SciFact/corpus.jsonl").read_text().splitlines()}
+    assert all(line.split("\t")[1] in corpus_ids for line in qrels)  # every relevant abstract kept
+    again, _ = prepare_eval_data(shared_data, tmp_path / "eval2", DEFAULTS["eval"], seed=0)
+    assert (tmp_path / "eval/SciFact/queries.jsonl").read_text() == (tmp_path / "eval2/SciFact/queries.jsonl").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not llama_cpp_available()[0], reason=f"real LLM server unavailable: {llama_cpp_available()[1]}")
+def test_quickstart_end_to_end_tiny(shared_data, tmp_path):
+    from e5x.model.embedder import Embedder
+    from e5x.quickstart import format_result, quickstart
+
+    over = {
+        "out_dir": str(tmp_path / "qs"),
+        "data_dir": str(shared_data),
+        "synth": {
+            "n_examples": 3,
+            "task_weights": {"sts": 1.0, "bitext": 1.0, "short_short": 1.0},
+            "brainstorm_requests": {"short_short": 1},
+            "brainstorm": {"max_tokens": 160},
+            "examples": {"max_tokens": 160},
+        },
+        "real_data": {"sts_max_pairs": 64, "scifact_max_pairs": 64},
+        "train": {"max_steps": 2, "batch_size": 4, "max_length": 48, "progress": False, "lr": 1e-4},
+        "eval": {"sts_pairs": 40, "scifact_queries": 8, "scifact_corpus": 40, "max_length": 48},
+    }
+    lines: list[str] = []
+    res = quickstart(overrides=over, echo=lines.append)
+    out = tmp_path / "qs"
+    assert (out / "llm-server.log").read_text().strip()  # the server ran and logged
+    assert (out / "synth" / "responses.jsonl").is_file() and (out / "data" / "synthetic.report.json").is_file()
+    assert res.train_rows["stsb-train"] == 64 and res.train_rows["scifact-train"] == 64
+    keys = {"STSBenchmark (cosine_spearman)", "SciFact (ndcg_at_10)"}
+    assert set(res.before) == set(res.after) == keys
+    assert all(math.isfinite(v) for v in [*res.before.values(), *res.after.values()])
+    summary = json.loads((out / "quickstart.json").read_text())
+    assert len(summary["train_losses"]) == 2 and all(math.isfinite(x) for x in summary["train_losses"])
+    assert summary["eval_sizes"]["SciFact"] == {"queries": 8, "corpus": 40, "qrels": summary["eval_sizes"]["SciFact"]["qrels"]}
+    # The saved model loads and embeds; the table shows both numbers.
+    emb = Embedder.from_pretrained(res.model_dir, show_progress=False)
+    v = emb.encode_documents(["a tiny check"])
+    assert v.shape == (1, 576) and abs(float((v**2).sum()) - 1) < 1e-4
+    table = format_result(res)
+    assert "STSBenchmark (cosine_spearman)" in table and f"{res.before['SciFact (ndcg_at_10)']:.2f}" in table
+    assert any("synthetic examples kept" in s for s in lines)
