@@ -276,3 +276,23 @@ def test_backend_trial_accepts_exact_and_rejects_broken(monkeypatch: pytest.Monk
     assert "differs from the SDPA loop" in (packing._trial("flex", "cpu") or "")
     with pytest.raises(ValueError, match="unknown packed attention backend"):
         packing.resolve_backend("nope", torch.device("cpu"))
+
+
+def test_ddp_wrapped_model_goes_through_its_forward(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Under DDP the packed call must run DDP's forward (its reducer prepares there): the
+    result and LoRA gradients still equal the padded reference."""
+    import torch.distributed as dist
+
+    model = tiny_model("llama", layers=2)
+    queries, docs = random_seqs([1, 9], seed=21), random_seqs([30, 4, 17, 12], seed=22)
+    padded = step(model, queries, docs, packed=False)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
+    try:
+        ddp = torch.nn.parallel.DistributedDataParallel(model)
+        enable_packing(ddp)
+        assert packing.is_packing_enabled(ddp) and packing._is_ddp(ddp)
+        got = step(ddp, queries, docs, packed=True)
+    finally:
+        dist.destroy_process_group()
+    strip = {k.removeprefix("module."): v for k, v in got[2].items()}
+    assert_same((got[0], got[1], strip), padded)

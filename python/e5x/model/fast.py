@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from e5x.model.packing import decoder_of, enable_packing
+from e5x.model.packing import decoder_of, enable_packing, hf_model
 
 
 def set_checkpointing(model: Any, keep: int = 0, *, use_reentrant: bool = False) -> int:
@@ -32,7 +32,7 @@ def set_checkpointing(model: Any, keep: int = 0, *, use_reentrant: bool = False)
     layers = list(dec.layers)
     if keep < 0:
         raise ValueError(f"keep must be >= 0, got {keep}")
-    target = model.get_base_model() if hasattr(model, "get_base_model") else model
+    target = hf_model(model)
     # transformers installs its checkpoint function on every layer; the flag is per layer.
     # transformers >= 5.2x renamed it (the old name warns); older ones only have the old name
     ckpt_kwargs = {"use_reentrant": use_reentrant}
@@ -61,7 +61,7 @@ def apply_liger(model: Any, *, rms_norm: bool = True, swiglu: bool = True, rope:
         import liger_kernel.transformers as lk  # type: ignore[import-not-found]
     except Exception:
         return []
-    target = model.get_base_model() if hasattr(model, "get_base_model") else model
+    target = hf_model(model)
     model_type = getattr(target.config, "model_type", "")
     fn = getattr(lk, f"apply_liger_kernel_to_{model_type}", None)
     if fn is None:

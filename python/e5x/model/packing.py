@@ -537,7 +537,7 @@ def enable_packing(model: Any) -> Any:
     """Switch ``model`` (HF or peft-wrapped) to the packed attention. Padded forwards still
     run (through SDPA); packed ones go through ``embed_packed``. Returns the model."""
     name = register_packed_attention()
-    target = model.get_base_model() if hasattr(model, "get_base_model") else model
+    target = hf_model(model)
     setter = getattr(target, "set_attn_implementation", None)
     if setter is not None:
         try:
@@ -554,17 +554,26 @@ def enable_packing(model: Any) -> Any:
 
 
 def is_packing_enabled(model: Any) -> bool:
-    target = model.get_base_model() if hasattr(model, "get_base_model") else model
+    target = hf_model(model)
     return getattr(target.config, "_attn_implementation", None) == ATTN_IMPLEMENTATION
 
 
 # ----------------------------------------------------------------------------- forward + pooling
 
 
+def hf_model(model: Any) -> Any:
+    """The transformers model inside DDP (``.module``) and peft (``get_base_model``) wrappers."""
+    import torch
+
+    while isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        model = model.module
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def decoder_of(model: Any) -> Any:
     """The bare decoder (``embed_tokens``, ``layers``, ``norm``, ``rotary_emb``) inside an HF or
     peft model, or None when the model does not have that (Llama/Mistral/Qwen2) structure."""
-    m = model.get_base_model() if hasattr(model, "get_base_model") else model
+    m = hf_model(model)
     for _ in range(3):
         if all(hasattr(m, a) for a in ("embed_tokens", "layers", "norm", "rotary_emb")):
             return m
@@ -602,9 +611,10 @@ def packed_hidden_at(
     backend = resolve_backend(backend, device)  # outside the layers: "auto" may run a trial
     kw = packed.attention_kwargs(backend)
     dec = decoder_of(model)
-    if dec is None or _fsdp_wrapped(model):
+    if dec is None or _fsdp_wrapped(model) or _is_ddp(model):
         # FSDP2 gathers the root's parameters (embeddings, final norm) in the root's forward
-        # hook, which driving the layers by hand would skip: go through the model's forward.
+        # hook and DDP prepares its gradient reducer in its forward; driving the layers by
+        # hand would skip both, so wrapped models go through their own forward.
         out = model(input_ids=packed.input_ids, position_ids=packed.position_ids, use_cache=False, **kw)
         hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
         return hidden[0].index_select(0, packed.last_index)
@@ -622,6 +632,12 @@ def packed_hidden_at(
     else:
         pooled = _last_layer_at(layers[-1], h, pos_emb, packed, backend)
     return dec.norm(pooled)
+
+
+def _is_ddp(model: Any) -> bool:
+    import torch
+
+    return isinstance(model, torch.nn.parallel.DistributedDataParallel)
 
 
 def _fsdp_wrapped(model: Any) -> bool:
