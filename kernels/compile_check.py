@@ -27,10 +27,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
     import triton
+    from e5x.kernels import triton_pooled_info_nce as T
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-
-    from e5x.kernels import triton_pooled_info_nce as T
 
     if T.INTERPRET:
         raise SystemExit("TRITON_INTERPRET=1 was set before e5x.kernels was imported; unset it")

@@ -22,10 +22,9 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
+import e5x.kernels as K
 import pytest
 import torch
-
-import e5x.kernels as K
 
 GPU = os.environ.get("E5X_TEST_GPU") == "1"
 DEVICE = torch.device("cuda" if GPU else "cpu")
@@ -384,7 +383,8 @@ else:
     raise SystemExit("backend='triton' ran without triton")
 """
     env = dict(os.environ)
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    res = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, env=env,
+                         timeout=120)
     assert res.returncode == 0, res.stderr
     assert "clear error" in res.stdout
 
@@ -417,7 +417,7 @@ def test_kernels_compile_for_hopper_without_a_gpu() -> None:
     if not os.path.exists(script):
         pytest.skip("kernels/ workbench not present (tests run outside the repository)")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    res = subprocess.run([sys.executable, script, "--arch", "90"], capture_output=True, text=True,
+    res = subprocess.run([sys.executable, script, "--arch", "90"], check=False, capture_output=True, text=True,
                          env=env, timeout=300)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
     assert "kernel variants compiled for sm_90" in res.stdout

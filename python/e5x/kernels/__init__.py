@@ -32,7 +32,7 @@ from . import _checks as C
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["last_token_pool", "info_nce", "pooled_info_nce", "last_token_index"]
+__all__ = ["info_nce", "last_token_index", "last_token_pool", "pooled_info_nce"]
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:

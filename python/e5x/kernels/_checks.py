@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 
 import torch
-
-from typing import Callable
 
 from .reference import last_token_index
 

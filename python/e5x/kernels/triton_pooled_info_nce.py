@@ -444,7 +444,7 @@ def _infonce_backward(
         ds = ds_buf[:n]
         args = (q_raw, d_raw, q_rstd, d_rstd, lse2, pos, coef, ds, ds, r0, n, bq, bd, h, ds.stride(0), 0, scale2)
         if meta is None:
-            grid = lambda META: (triton.cdiv(n, META["BLOCK_M"]), triton.cdiv(bd, META["BLOCK_N"]))  # noqa: E731
+            grid = lambda META, n=n: (triton.cdiv(n, META["BLOCK_M"]), triton.cdiv(bd, META["BLOCK_N"]))  # noqa: E731
             kernel[grid](*args, **flags)
         else:
             kernel[(triton.cdiv(n, meta["BLOCK_M"]), triton.cdiv(bd, meta["BLOCK_N"]))](*args, **flags, **meta)
@@ -495,7 +495,7 @@ def _fused_loss_and_grads(
         args = (q_raw, d_raw, q_rstd, d_rstd, lse2, pos, coef, ds, s_c, r0, n, bq, bd, h,
                 ds.stride(0), s_c.stride(0), scale2)
         if meta is None:
-            grid = lambda META: (triton.cdiv(n, META["BLOCK_M"]), triton.cdiv(bd, META["BLOCK_N"]))  # noqa: E731
+            grid = lambda META, n=n: (triton.cdiv(n, META["BLOCK_M"]), triton.cdiv(bd, META["BLOCK_N"]))  # noqa: E731
             kernel[grid](*args, **flags)
         else:
             kernel[(triton.cdiv(n, meta["BLOCK_M"]), triton.cdiv(bd, meta["BLOCK_N"]))](*args, **flags, **meta)
@@ -668,4 +668,4 @@ def info_nce_triton(
     return loss
 
 
-__all__ = ["last_token_pool_triton", "pooled_info_nce_triton", "info_nce_triton"]
+__all__ = ["info_nce_triton", "last_token_pool_triton", "pooled_info_nce_triton"]
