@@ -21,6 +21,11 @@ Document layout: without ``positive_index`` documents come grouped per query,
 (``group_size`` defaults to ``Bd // Bq``), plus ``positive_offset``. Every document that is
 not a query's positive is a negative for it (in-batch, hard and cross-rank negatives alike).
 The loss is float32 (float64 for float64 inputs).
+
+Environment knobs of the Triton path (see kernels/TUNING.md in the repository):
+``E5X_AUTOTUNE=0`` (first tile config, no tuning pass), ``E5X_INFONCE_FUSED=0`` (recompute
+scores in backward instead of forming mean/sum gradients in the forward),
+``E5X_INFONCE_CHUNK_MIB`` (score-chunk memory budget, default 1024).
 """
 
 from __future__ import annotations
