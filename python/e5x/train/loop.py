@@ -319,7 +319,13 @@ def _truncate_metrics(path: Path, step: int) -> None:
     """Drop records after the resumed step so the file is one clean curve."""
     if not path.is_file():
         return
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                keep.append(line)
+        except (ValueError, KeyError, TypeError):  # a line cut short by a kill
+            continue
     path.write_text("".join(line + "\n" for line in keep))
 
 
