@@ -11,9 +11,35 @@ use rayon::prelude::*;
 use unicode_normalization::UnicodeNormalization;
 use xxhash_rust::xxh3::xxh3_128;
 
+/// ASCII bytes that are Unicode White_Space: \t \n \v \f \r and space.
+#[inline]
+fn ascii_ws(b: u8) -> bool {
+    matches!(b, b'\t'..=b'\r' | b' ')
+}
+
 /// Normalise `s` into `out` (cleared first).
 pub fn normalize_into(s: &str, casefold: bool, out: &mut String) {
     out.clear();
+    if s.is_ascii() {
+        // NFKC is the identity on ASCII and case folding is to-lowercase: work on bytes.
+        let mut buf = std::mem::take(out).into_bytes();
+        buf.reserve(s.len());
+        let mut pending = false;
+        for &b in s.as_bytes() {
+            if ascii_ws(b) {
+                pending = !buf.is_empty();
+            } else {
+                if pending {
+                    buf.push(b' ');
+                    pending = false;
+                }
+                buf.push(if casefold { b.to_ascii_lowercase() } else { b });
+            }
+        }
+        // Only ASCII bytes were pushed.
+        *out = String::from_utf8(buf).unwrap_or_default();
+        return;
+    }
     let mut pending_space = false;
     let mut push = |c: char, out: &mut String| {
         if c.is_whitespace() {
@@ -26,14 +52,7 @@ pub fn normalize_into(s: &str, casefold: bool, out: &mut String) {
             out.push(c);
         }
     };
-    if s.is_ascii() {
-        // NFKC and case folding of ASCII are identity / to-lowercase.
-        out.reserve(s.len());
-        for &b in s.as_bytes() {
-            let c = if casefold { b.to_ascii_lowercase() } else { b } as char;
-            push(c, out);
-        }
-    } else if casefold {
+    if casefold {
         let folded = caseless::default_case_fold_str(&s.nfkc().collect::<String>());
         for c in folded.chars() {
             push(c, out);

@@ -1,0 +1,227 @@
+"""Typed polars wrappers over the Rust data core (``e5x._native``).
+
+Data crosses the boundary as Arrow (the PyCapsule stream interface), never one Python
+object per row; the native calls release the GIL and use every core.
+
+- :func:`validate` — parse raw LLM output and check it against its task type's JSON
+  Schema; one verdict row per input row (reason code + offending field).
+- :class:`Deduplicator` — keep-first exact dedup by xxh3-128 of normalised text
+  (NFKC, whitespace collapsed, optional case folding); state persists across batches.
+- :func:`sample_placeholders` — weighted draws (alias method, ChaCha8, seeded; the same
+  seed gives the same draws on every platform and thread count).
+- :func:`render` — fill ``{name}`` templates from a frame of values.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from functools import lru_cache
+from typing import Any
+
+import polars as pl
+
+from e5x import _native
+
+__all__ = [
+    "REASON_CODES",
+    "Deduplicator",
+    "Validator",
+    "render",
+    "sample_placeholders",
+    "validate",
+]
+
+#: Every reason code :func:`validate` can put in the ``reason`` column.
+REASON_CODES: tuple[str, ...] = tuple(_native.reason_codes())
+
+_TEXT_TYPES = (pl.String, pl.Binary, pl.Null)
+
+
+def _merged_schemas(schemas: Mapping[str, Mapping[str, Any]] | None) -> dict[str, Any]:
+    from e5x.tasks.schemas import SCHEMAS
+
+    merged: dict[str, Any] = dict(SCHEMAS)
+    if schemas:
+        merged.update(schemas)
+    return merged
+
+
+@lru_cache(maxsize=16)
+def _compiled(key: str) -> _native.Validator:
+    named = json.loads(key)
+    return _native.Validator([(name, json.dumps(s)) for name, s in named])
+
+
+class Validator:
+    """Task-type schemas compiled once (built-ins plus ``schemas``, added by name)."""
+
+    def __init__(self, schemas: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+        merged = _merged_schemas(schemas)
+        try:
+            key = json.dumps(sorted(merged.items()), sort_keys=True)
+        except TypeError as e:
+            raise TypeError(f"schemas must be JSON-serialisable dicts: {e}") from None
+        self._native = _compiled(key)
+
+    @property
+    def task_types(self) -> list[str]:
+        return list(self._native.task_types)
+
+    @property
+    def unpack_columns(self) -> list[str]:
+        """String fields that ``validate(..., unpack=True)`` adds as columns."""
+        return list(self._native.unpack_columns)
+
+    def validate(
+        self,
+        texts: pl.Series,
+        task_types: pl.Series | str,
+        *,
+        extract: bool = False,
+        unpack: bool = False,
+    ) -> pl.DataFrame:
+        """See :func:`validate`."""
+        if not isinstance(texts, pl.Series):
+            raise TypeError(f"texts must be a polars Series, got {type(texts).__name__}")
+        if texts.dtype not in _TEXT_TYPES:
+            raise TypeError(f"texts must be String or Binary, got {texts.dtype}")
+        if texts.dtype == pl.Null:  # all-null column: no Arrow buffers to share
+            texts = texts.cast(pl.String)
+        if isinstance(task_types, pl.Series):
+            if len(task_types) != len(texts):
+                raise ValueError(
+                    f"task_types has {len(task_types)} rows but texts has {len(texts)}"
+                )
+            if task_types.dtype != pl.String:
+                task_types = task_types.cast(pl.String)
+        elif not isinstance(task_types, str):
+            raise TypeError("task_types must be a str or a polars Series")
+        table = self._native.validate(texts, task_types, extract, unpack)
+        return pl.DataFrame(table)
+
+
+def validate(
+    texts: pl.Series,
+    task_types: pl.Series | str,
+    *,
+    schemas: Mapping[str, Mapping[str, Any]] | None = None,
+    extract: bool = False,
+    unpack: bool = False,
+) -> pl.DataFrame:
+    """Validate raw LLM outputs against the JSON Schema of their task type.
+
+    Returns one row per input row with columns ``ok`` (bool), ``reason`` (code, see
+    :data:`REASON_CODES`; null when ok), ``field`` (offending field as a JSON pointer
+    without the leading ``/``, e.g. ``user_query``), ``message``, ``extracted`` (the
+    object was pulled out of a fenced block or prose; only with ``extract=True``) and
+    ``json`` (the validated object as compact JSON, keys in input order; null when not
+    ok). ``unpack=True`` appends one String column per string field of the schemas
+    (null where the row failed or its task type lacks the field).
+
+    ``schemas`` adds custom task types (name -> JSON Schema dict) to the built-in
+    :data:`e5x.tasks.schemas.SCHEMAS`. Bad rows never raise: invalid UTF-8 (Binary
+    input), deep nesting, huge rows and nulls are per-row rejections.
+    """
+    return Validator(schemas).validate(texts, task_types, extract=extract, unpack=unpack)
+
+
+class Deduplicator:
+    """Keep-first exact dedup over chosen fields; the state persists across batches.
+
+    Two rows are duplicates when every chosen field is equal after normalisation
+    (Unicode NFKC, runs of whitespace collapsed to one space and trimmed, and with
+    ``casefold=True`` full Unicode case folding). A null field equals only null.
+    """
+
+    def __init__(self, casefold: bool = False) -> None:
+        self._native = _native.Deduplicator(casefold)
+
+    @property
+    def casefold(self) -> bool:
+        return bool(self._native.casefold)
+
+    @property
+    def seen(self) -> int:
+        """Rows added so far, over all batches (the next row's global index)."""
+        return int(self._native.seen)
+
+    @property
+    def unique(self) -> int:
+        """Distinct rows kept so far."""
+        return int(self._native.unique)
+
+    def add(self, df: pl.DataFrame, fields: Sequence[str]) -> pl.DataFrame:
+        """Add a batch. Returns ``keep`` (bool) and ``duplicate_of`` (Int64: the global
+        row index, across all batches so far, of the first occurrence; null if kept)."""
+        if isinstance(fields, str):
+            fields = [fields]
+        fields = list(fields)
+        if not fields:
+            raise ValueError("fields must name at least one column")
+        missing = [f for f in fields if f not in df.columns]
+        if missing:
+            raise ValueError(f"columns {missing} not in frame (columns: {df.columns})")
+        cols = []
+        for f in fields:
+            s = df.get_column(f)
+            if s.dtype not in (pl.String, pl.Null):
+                raise TypeError(f"column '{f}' must be String, got {s.dtype}")
+            cols.append(s.cast(pl.String))
+        dup = pl.Series(self._native.add(fields, cols))
+        return pl.DataFrame({"keep": dup.is_null(), "duplicate_of": dup})
+
+    def __repr__(self) -> str:
+        return f"Deduplicator(casefold={self.casefold}, seen={self.seen}, unique={self.unique})"
+
+
+def sample_placeholders(
+    placeholders: Mapping[str, Mapping[str, float] | Sequence[Any]],
+    n: int,
+    seed: int,
+) -> pl.DataFrame:
+    """Draw ``n`` assignments: one String column per placeholder (in the given order).
+
+    Each placeholder maps value -> weight (weights >= 0, positive sum) or is a list of
+    values drawn uniformly (non-string values are converted with ``str``). The same
+    ``seed`` (0 <= seed < 2**64) gives the same draws on every platform and thread count.
+    """
+    if not isinstance(n, int) or n < 0:
+        raise ValueError(f"n must be a non-negative int, got {n!r}")
+    if not isinstance(seed, int) or not 0 <= seed < 2**64:
+        raise ValueError(f"seed must be an int in [0, 2**64), got {seed!r}")
+    names, values, weights = [], [], []
+    for name, spec in placeholders.items():
+        if isinstance(spec, Mapping):
+            vals = [str(v) for v in spec]
+            ws = [float(w) for w in spec.values()]
+        elif isinstance(spec, (str, bytes)) or not isinstance(spec, Sequence):
+            raise TypeError(f"placeholder '{name}': expected a dict of weights or a list of values")
+        else:
+            vals = [str(v) for v in spec]
+            ws = [1.0] * len(vals)
+        names.append(str(name))
+        values.append(vals)
+        weights.append(ws)
+    return pl.DataFrame(_native.sample_placeholders(names, values, weights, n, seed))
+
+
+def render(template: str, values: pl.DataFrame) -> pl.Series:
+    """Fill ``template``'s ``{name}`` placeholders from the columns of ``values``, one
+    output row per input row (``{{`` / ``}}`` write literal braces). A placeholder with
+    no column is a ValueError naming it; a null value is a ValueError naming the row."""
+    names = list(_native.template_names(template))
+    missing = [n for n in names if n not in values.columns]
+    if missing:
+        raise ValueError(
+            f"template placeholders {['{' + m + '}' for m in missing]} have no column in "
+            f"values (columns: {values.columns})"
+        )
+    cols = []
+    for name in names:
+        s = values.get_column(name)
+        if s.dtype != pl.String:
+            s = s.cast(pl.String)
+        cols.append(s)
+    out = _native.render(template, names, cols, values.height)
+    return pl.Series("rendered", out)
