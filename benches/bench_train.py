@@ -26,6 +26,13 @@ CPU smoke test (tiny shape; its speed says nothing about a GPU):
     python benches/bench_train.py --device cpu
 On a GPU machine without liger-kernel, carry its wheel (pure Python + Triton) and
 `pip install --no-deps` it first to get the e5x+liger row.
+
+One GPU session, everything in one command (~5 min on an H100/H200: the GPU backend tests,
+then the benchmark; the .whl folder holds liger_kernel-*.whl and is git-ignored):
+    set -o pipefail; export PYTHONUNBUFFERED=1 PYTHONPATH=python
+    pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=python:/tmp/site
+    E5X_TEST_GPU=1 timeout 240 python3 -m pytest tests/test_packing.py -q -k cuda 2>&1 | tee $OUT/test_gpu.txt
+    timeout 420 python3 benches/bench_train.py --json $OUT/bench_train.json 2>&1 | tee $OUT/bench_train.txt
 """
 
 from __future__ import annotations
