@@ -66,7 +66,11 @@ def _sentence_transformers_spec(path: Path) -> dict[str, Any]:
 
 
 def _find_spec(path: Path) -> EmbeddingSpec | None:
-    for d in (path, path.parent):
+    """``e5x.json`` of the directory, or of the model directory an ``adapter/`` sits in."""
+    dirs = [path]
+    if (path / "adapter_config.json").is_file():
+        dirs.append(path.parent)
+    for d in dirs:
         if (d / CONFIG_NAME).is_file():
             return EmbeddingSpec.load(d)
     return None
@@ -171,9 +175,11 @@ class Embedder:
                     "pass base_model="
                 )
             model = _load_with_adapter(AutoModel.from_pretrained(base, **load_kw), adapter_dir)
-            tok_src = adapter_dir if (adapter_dir / "tokenizer_config.json").is_file() else Path(base)
-            if not (tok_src / "tokenizer_config.json").is_file() and (path.parent / "tokenizer_config.json").is_file():
-                tok_src = path.parent
+            # The adapter's own tokenizer, else the e5x model dir it was saved in, else the base.
+            tok_src = next(
+                (d for d in (adapter_dir, adapter_dir.parent) if (d / "tokenizer_config.json").is_file()),
+                Path(base),
+            )
         else:
             model = AutoModel.from_pretrained(str(path), **load_kw)
             tok_src = path

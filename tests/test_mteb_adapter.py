@@ -1,0 +1,159 @@
+"""The MTEB adapter runs under ``mteb.evaluate`` on tasks built from local files (no
+download), passes each task's instruction to queries only, and gives e5x's own numbers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+mteb = pytest.importorskip("mteb", reason="pip install mteb (test extra)")
+
+from datasets import Dataset, DatasetDict  # noqa: E402
+from mteb.abstasks.retrieval import AbsTaskRetrieval  # noqa: E402
+from mteb.abstasks.retrieval_dataset_loaders import RetrievalSplitData  # noqa: E402
+from mteb.abstasks.sts import AbsTaskSTS  # noqa: E402
+from mteb.abstasks.task_metadata import TaskMetadata  # noqa: E402
+from mteb.models.models_protocols import EncoderProtocol  # noqa: E402
+
+from _minilm import minilm, minilm_path  # noqa: E402,F401  (fixtures)
+from e5x.eval import EvalConfig, evaluate  # noqa: E402
+from e5x.eval.data import load_beir, load_sts  # noqa: E402
+from e5x.eval.instructions import TASK_INSTRUCTIONS  # noqa: E402
+from e5x.eval.mteb_adapter import E5xMTEBModel  # noqa: E402
+
+_META = dict(
+    description="local files",
+    reference="https://example.org",
+    dataset={"path": "local", "revision": "local"},
+    category="t2t",
+    eval_splits=["test"],
+    eval_langs=["eng-Latn"],
+    date=("2020-01-01", "2020-01-01"),
+    dialect=[],
+    domains=[],
+    task_subtypes=[],
+    license="cc-by-4.0",
+    annotations_creators="derived",
+    modalities=["text"],
+    sample_creation="found",
+    bibtex_citation="",
+)
+
+
+def local_sts_task(path: Path, name: str = "STSBenchmark") -> AbsTaskSTS:
+    sts = load_sts(path)
+
+    class LocalSTS(AbsTaskSTS):
+        metadata = TaskMetadata(type="STS", name=name, main_score="cosine_spearman", **_META)
+        min_score, max_score = 0, 5
+
+        def load_data(self, num_proc: int | None = None, **kwargs: Any) -> None:
+            self.dataset = DatasetDict({"test": Dataset.from_dict(
+                {"sentence1": sts.sentences1, "sentence2": sts.sentences2, "score": sts.scores})})
+            self.data_loaded = True
+
+    return LocalSTS()
+
+
+def local_retrieval_task(folder: Path, name: str) -> AbsTaskRetrieval:
+    data = load_beir(folder)
+
+    class LocalRetrieval(AbsTaskRetrieval):
+        metadata = TaskMetadata(type="Retrieval", name=name, main_score="ndcg_at_10", **_META)
+
+        def load_data(self, num_proc: int | None = None, **kwargs: Any) -> None:
+            corpus = [json.loads(x) for x in (folder / "corpus.jsonl").read_text().splitlines()]
+            split = RetrievalSplitData(
+                queries=Dataset.from_dict({"id": data.query_ids, "text": data.query_texts}),
+                corpus=Dataset.from_dict({"id": [c["_id"] for c in corpus], "title": [c["title"] for c in corpus],
+                                          "text": [c["text"] for c in corpus]}),
+                relevant_docs=data.qrels,
+                top_ranked=None,
+            )
+            self.dataset = {"default": {"test": split}}
+            self.data_loaded = True
+
+    return LocalRetrieval()
+
+
+def _scores(result: Any) -> dict[str, float]:
+    (task_result,) = result.task_results
+    return task_result.scores["test"][0]
+
+
+@pytest.fixture(scope="module")
+def tiny_embedder(tmp_path_factory):
+    from e5x.model.config import EmbeddingSpec
+    from e5x.model.embedder import Embedder
+    from e5x.model.loading import TinyModelConfig, build_byte_tokenizer, build_tiny_model
+
+    tok = build_byte_tokenizer()
+    d = tmp_path_factory.mktemp("tiny")
+    build_tiny_model(TinyModelConfig(hidden_size=32, intermediate_size=64, seed=2), len(tok)).save_pretrained(d)
+    tok.save_pretrained(d)
+    EmbeddingSpec(max_length=64).save(d)
+    return Embedder.from_pretrained(d, show_progress=False)
+
+
+@pytest.fixture(scope="module")
+def small_scifact(shared_data, tmp_path_factory) -> Path:
+    """15 SciFact test claims, their documents and 60 others, in BEIR layout."""
+    src = shared_data / "scifact"
+    lines = (src / "qrels" / "test.tsv").read_text().splitlines()
+    rows = [ln.split("\t") for ln in lines[1:]]
+    qids = list(dict.fromkeys(r[0] for r in rows))[:15]
+    rows = [r for r in rows if r[0] in qids]
+    rel = {r[1] for r in rows}
+    corpus = [json.loads(x) for x in (src / "corpus.jsonl").read_text().splitlines()]
+    docs = [c for c in corpus if c["_id"] in rel] + [c for c in corpus if c["_id"] not in rel][:60]
+    d = tmp_path_factory.mktemp("mteb") / "scifact"
+    (d / "qrels").mkdir(parents=True)
+    (d / "corpus.jsonl").write_text("".join(json.dumps(c) + "\n" for c in docs))
+    (d / "queries.jsonl").write_text("".join(
+        x + "\n" for x in (src / "queries.jsonl").read_text().splitlines() if json.loads(x)["_id"] in qids))
+    (d / "qrels" / "test.tsv").write_text(lines[0] + "\n" + "".join("\t".join(r) + "\n" for r in rows))
+    return d
+
+
+def test_adapter_satisfies_the_mteb_encoder_protocol(tiny_embedder):
+    model = E5xMTEBModel(tiny_embedder)
+    assert isinstance(model, EncoderProtocol)
+    assert model.mteb_model_meta.embed_dim == 32 and model.mteb_model_meta.max_tokens == 64
+
+
+def test_retrieval_under_mteb_passes_instructions_to_queries_only(tiny_embedder, small_scifact):
+    model = E5xMTEBModel(tiny_embedder)
+    result = mteb.evaluate(model, local_retrieval_task(small_scifact, "SciFact"), cache=None,
+                           show_progress_bar=False, encode_kwargs={"batch_size": 8})
+    n_docs = len((small_scifact / "corpus.jsonl").read_text().splitlines())
+    assert sorted(model.calls, key=str) == sorted(
+        [("SciFact", TASK_INSTRUCTIONS["SciFact"], 15), ("SciFact", None, n_docs)], key=str)
+    ours = evaluate(tasks=[str(small_scifact)], embedder=tiny_embedder, show_progress=False)["SciFact"]
+    theirs = _scores(result)
+    assert 100 * theirs["ndcg_at_10"] == pytest.approx(ours.metrics["ndcg_at_10"], abs=0.01)
+    assert 100 * theirs["recall_at_100"] == pytest.approx(ours.metrics["recall_at_100"], abs=0.01)
+    assert 100 * theirs["mrr_at_10"] == pytest.approx(ours.metrics["mrr_at_10"], abs=0.01)
+
+
+def test_unknown_task_falls_back_to_the_type_default_and_overrides_win(tiny_embedder, small_scifact):
+    model = E5xMTEBModel(tiny_embedder, instructions={"MyLocalRetrieval": "Find the abstract"})
+    mteb.evaluate(model, local_retrieval_task(small_scifact, "MyLocalRetrieval"), cache=None, show_progress_bar=False)
+    assert {i for _, i, _ in model.calls} == {"Find the abstract", None}
+    bare = E5xMTEBModel(tiny_embedder, use_instructions=False)
+    mteb.evaluate(bare, local_retrieval_task(small_scifact, "SciFact"), cache=None, show_progress_bar=False)
+    assert {i for _, i, _ in bare.calls} == {None}
+
+
+def test_stsb_under_mteb_reproduces_published_minilm_score(minilm, shared_data):
+    """MiniLM through the adapter under mteb.evaluate: STS-B test Spearman 82.03 (MTEB)."""
+    path = shared_data / "sts" / "stsbenchmark"
+    model = E5xMTEBModel(minilm, use_instructions=False)
+    theirs = _scores(mteb.evaluate(model, local_sts_task(path), cache=None, show_progress_bar=False,
+                                   encode_kwargs={"batch_size": 64}))
+    assert {i for _, i, _ in model.calls} == {None}
+    assert 100 * theirs["cosine_spearman"] == pytest.approx(82.03, abs=0.1)
+    ours = evaluate(EvalConfig(tasks=[str(path)], use_instructions=False, show_progress=False), embedder=minilm)
+    assert ours["STSBenchmark"].score == pytest.approx(100 * theirs["cosine_spearman"], abs=1e-3)
