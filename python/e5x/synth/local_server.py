@@ -394,11 +394,30 @@ class LocalLLMServer:
         return f"LocalLLMServer({str(self.model_path)!r}, {state})"
 
 
+def _fix_string_grammar() -> None:
+    """Keep raw control characters out of grammar-constrained JSON strings.
+
+    llama-cpp-python's JSON-schema grammar lets a string contain any character but ``"``
+    and ``\\``, so a small model happily emits raw newlines inside strings: output that
+    strict JSON parsers (and e5x clean) reject. llama.cpp itself excludes U+0000-U+001F and
+    U+007F there; apply the same rule (escaped forms such as ``\\n`` stay allowed).
+    """
+    from llama_cpp import llama_grammar
+
+    rules = getattr(llama_grammar, "PRIMITIVE_RULES", None)
+    old = rules.get("char") if isinstance(rules, dict) else None
+    if old is None or not str(getattr(old, "content", "")).startswith('[^"\\\\]'):
+        return  # a fixed or different version: leave it alone
+    rules["char"] = type(old)(old.content.replace('[^"\\\\]', '[^"\\\\\\x7F\\x00-\\x1F]', 1), old.deps)
+
+
 def _serve() -> None:
     """``python -m e5x.synth.local_server ARGS``: ``python -m llama_cpp.server ARGS`` with
     OpenAI's json_schema response_format accepted (so any OpenAI client, e5x synth
     included, gets schema-constrained output from llama.cpp)."""
     import llama_cpp.server.__main__ as llama_main
+
+    _fix_string_grammar()
 
     create_app = llama_main.create_app
     llama_main.create_app = lambda *a, **kw: OpenAISchemaCompat(create_app(*a, **kw))  # type: ignore[assignment]
