@@ -13,8 +13,9 @@ memories compare), with a fresh AdamW over the LoRA parameters:
                (packing off, same batch; --group-tokens per chunk)
   packed       one padding-free stream for all 96 sequences, varlen attention, full checkpointing
   packed+trim  + final norm / last layer's tail only at the pooled rows
-  e5x          + selective checkpointing: the last K layers keep their activations; on GPU K is
-               sized from measured peaks so e5x stays under the plain loop's peak (--keep)
+  e5x          + selective checkpointing: the last layers keep their activations or store their
+               big matmul outputs (torch selective activation checkpointing); on GPU the plan
+               is sized from measured peaks to stay under the plain loop's peak (--keep)
   e5x+liger    + liger-kernel fused RMSNorm/SwiGLU/RoPE (only when liger_kernel imports, GPU)
 
 Prints useful (non-pad) tokens/s, examples/s (one example = a query with its two
@@ -274,6 +275,36 @@ def gpu_check(model: Any, batches: list, device: torch.device, backend: str) -> 
     return float(torch.nn.functional.cosine_similarity(a, b, dim=-1).min())
 
 
+def plan_checkpointing(model: Any, batches: list, plain_peak: float, full_peak: float, n_layers: int,
+                       embed: Any, computed_tokens: Any, loss: Any, device: torch.device,
+                       notes: list[str]) -> tuple[int, int]:
+    """Spend the memory the packed stream saves (plain peak - packed full-checkpoint peak, 10%
+    margin for step-to-step length changes) on less recompute. Two one-step probes measure
+    what a kept layer and a matmul-saving layer cost here; whichever saves more recompute for
+    the room wins. Per-layer costs are read conservatively (the peak may grow by k - 1 layers
+    for k kept, as one layer's activations are live during any recompute), so the plan tends
+    to stay under the plain peak rather than fill it.
+    """
+    probes = {}
+    # keep counts the last layer, which trim_last_layer never checkpoints (and is cheap)
+    for name, keep, sac, real in (("keep", 3, 0, 2), ("save_matmuls", 1, 4, 4)):
+        set_checkpointing(model, keep=keep, save_matmuls=sac)
+        r = run_variant(f"probe-{name}", model, batches[:2], embed=embed,
+                        computed_tokens=computed_tokens, warmup=1, loss=loss, device=device)
+        probes[name] = max((r["peak_gib"] - full_peak) / max(real - 1, 1), 1e-3)
+    room = 0.9 * plain_peak - full_peak
+    n_keep = int(max(0, min(n_layers - 1, room // probes["keep"])))
+    n_sac = int(max(0, min(n_layers - 1, room // probes["save_matmuls"])))
+    # a matmul-saving layer still recomputes its elementwise work (~15% of a layer's recompute)
+    keep, sac = (1, n_sac) if 0.85 * n_sac > n_keep else (1 + n_keep, 0)
+    notes.append(
+        f"checkpointing plan: packed full-checkpoint peak {full_peak:.2f} GiB, plain {plain_peak:.2f} GiB; "
+        f"a kept layer costs {probes['keep']:.2f} GiB, a matmul-saving layer {probes['save_matmuls']:.2f} GiB "
+        f"-> keep {keep} (incl. the trimmed last layer), save_matmuls {sac}, of {n_layers} layers")
+    print(f"# {notes[-1]}", flush=True)
+    return keep, sac
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -288,7 +319,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--attn", default="auto", choices=list(packing.BACKENDS))
     ap.add_argument("--keep", default="auto",
                     help="layers left uncheckpointed in the e5x variant: an int, or auto (GPU: "
-                         "sized from measured peaks to stay under the plain loop's; CPU: 1)")
+                         "this and --save-matmuls sized from measured peaks to stay under the "
+                         "plain loop's; CPU: 1 and 1)")
+    ap.add_argument("--save-matmuls", type=int, default=0,
+                    help="with an int --keep: layers checkpointed but storing their big matmul outputs")
     ap.add_argument("--group-tokens", type=int, default=8192, help="padded tokens per chunk, grouped variant")
     ap.add_argument("--variants", default="plain,grouped,packed,packed+trim,e5x,e5x+liger")
     ap.add_argument("--no-check", action="store_true", help="skip the packed-vs-padded check on GPU")
@@ -365,30 +399,17 @@ def main(argv: list[str] | None = None) -> int:
     if "e5x" in wanted or "e5x+liger" in wanted:
         n_layers = info["layers"]
         if args.keep != "auto":
-            keep = int(args.keep)
+            keep, sac = int(args.keep), args.save_matmuls
         elif device.type != "cuda":
-            keep = 1
+            keep, sac = 1, 1  # smoke-test both mechanisms
         else:
-            # Measure what one uncheckpointed layer costs at this stream length, then keep as
-            # many as fit under the plain loop's peak with a 10% margin (lengths vary per step).
-            # With k layers kept the peak is about full_ckpt_peak + (k - 1) * per_layer (one
-            # layer's activations are live during a recompute anyway); k = room // per_layer
-            # leaves that one layer as extra margin.
-            probe = 3
-            set_checkpointing(model, keep=probe)
-            r = run_variant("probe", model, batches[:2], embed=packed_fn(True),
-                            computed_tokens=packed_tokens, warmup=1, loss=loss, device=device)
-            per_layer = max((r["peak_gib"] - full_ckpt_peak) / (probe - 1), 1e-3)
-            room = 0.9 * results[0]["peak_gib"] - full_ckpt_peak
-            keep = int(max(0, min(n_layers, room // per_layer)))
-            notes.append(f"selective checkpointing: one uncheckpointed layer costs {per_layer:.2f} GiB; "
-                         f"full-checkpoint packed peak {full_ckpt_peak:.2f} GiB, plain {results[0]['peak_gib']:.2f} GiB "
-                         f"-> keep {keep} of {n_layers} layers")
-            print(f"# {notes[-1]}", flush=True)
-        set_checkpointing(model, keep=keep)
+            keep, sac = plan_checkpointing(model, batches, results[0]["peak_gib"], full_ckpt_peak,
+                                           n_layers, packed_fn(True), packed_tokens, loss, device, notes)
+        set_checkpointing(model, keep=keep, save_matmuls=sac)
+        plan = {"keep": keep, "save_matmuls": sac}
         if "e5x" in wanted:
             report(run_variant("e5x", model, batches, embed=packed_fn(True), computed_tokens=packed_tokens, **common))
-        results[-1]["keep"] = keep
+            results[-1].update(plan)
         if "e5x+liger" in wanted:
             try:
                 applied = apply_liger(model)
@@ -398,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
                         notes.append(f"GPU check with liger kernels: min cosine {cos:.5f}")
                     report(run_variant("e5x+liger", model, batches, embed=packed_fn(True),
                                        computed_tokens=packed_tokens, **common))
-                    results[-1]["keep"] = keep
+                    results[-1].update(plan)
                     results[-1]["liger"] = applied
                 else:
                     notes.append("e5x+liger skipped: liger-kernel not installed, model type unsupported, or no GPU")

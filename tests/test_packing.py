@@ -323,3 +323,28 @@ def test_cuda_backends_match_padded(backend: str) -> None:
     for name, g in got[2].items():
         r = ref[2][name]
         assert (g - r).abs().max() <= 0.05 * r.abs().max().clamp_min(1e-6), name
+
+
+def test_selective_matmul_checkpointing_same_grads_and_policy() -> None:
+    from torch.utils.checkpoint import CheckpointPolicy
+
+    from e5x.model import fast
+
+    aten = torch.ops.aten
+    big, lora_b = torch.zeros(8, 512), torch.zeros(8, 16)
+    assert fast.save_big_matmuls(None, aten.mm.default, big, torch.zeros(512, 64)) == CheckpointPolicy.MUST_SAVE
+    assert fast.save_big_matmuls(None, aten.mm.default, lora_b, torch.zeros(16, 64)) == CheckpointPolicy.PREFER_RECOMPUTE
+    assert fast.save_big_matmuls(None, aten.silu.default, big) == CheckpointPolicy.PREFER_RECOMPUTE
+
+    model = tiny_model("llama", layers=4)
+    queries, docs = random_seqs([6, 1], seed=23), random_seqs([40, 8, 22, 31], seed=24)
+    enable_packing(model)
+    model.train()
+    reference = step(model, queries, docs, packed=True)  # no checkpointing at all
+    # min_k=32 so the tiny model's projections (K = 64 or 112) count as big, LoRA's (K = 4) not
+    assert set_checkpointing(model, keep=1, save_matmuls=2, min_k=32) == 3
+    layers = packing.decoder_of(model).layers
+    funcs = [getattr(layer._gradient_checkpointing_func, "keywords", {}).get("context_fn") for layer in layers]
+    assert funcs[0] is None and funcs[1] is not None and funcs[2] is not None  # layer 0 full, 1-2 selective
+    assert_same(step(model, queries, docs, packed=True), reference)
+    assert_same(step(model, queries, docs, packed=False), reference)  # HF's own forward too
