@@ -143,6 +143,8 @@ def synthesize(
     say = echo or (lambda s: print(s, file=sys.stderr))
     out = Path(out_dir)
     cfg = _load_config(config, out, resume)
+    if cfg.task_types_file:  # config.json must work from any working directory
+        cfg.task_types_file = str(Path(cfg.task_types_file).resolve())
     types = resolve_types(cfg)
     plan = build_plan(cfg, types)  # every config error surfaces here, before any request
     if dry_run:
