@@ -6,6 +6,7 @@ arrival of a request can be turned into a fault:
 
     "429"        HTTP 429 with ``Retry-After``
     "500"        HTTP 500
+    "401"        HTTP 401 (bad key: not retryable, stops the run)
     "slow"       answer only after ``slow_s`` seconds (past the client's timeout)
     "drop"       close the connection without answering
     "malformed"  HTTP 200 whose body is not JSON
@@ -168,6 +169,10 @@ class FakeOpenAI:
                 {"error": {"message": "Rate limit reached", "type": "requests", "code": "rate_limit_exceeded"}},
                 status=429,
                 headers={"Retry-After": f"{self.retry_after:g}"},
+            )
+        if fault == "401":
+            return web.json_response(
+                {"error": {"message": "Incorrect API key provided", "type": "invalid_request_error"}}, status=401
             )
         if fault == "500":
             return web.json_response({"error": {"message": "internal error", "type": "server_error"}}, status=500)

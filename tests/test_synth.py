@@ -340,3 +340,12 @@ def test_config_from_toml_with_nested_tables_and_clear_errors(tmp_path: Path):
     f.write_text("[endpoint]\nbase_ur = 'x'\n")
     with pytest.raises(ValueError, match=r"\[endpoint\]: unknown key"):
         SynthConfig.from_toml(f)
+
+
+def test_bad_key_stops_the_run_without_retrying(server: FakeOpenAI, tmp_path: Path):
+    server.fault_fn = lambda rid, nth: "401"
+    with pytest.raises(FatalAPIError, match="auth"):
+        synthesize(make_cfg(server), tmp_path / "run")
+    assert len(server.arrivals) <= 8  # at most the requests already in flight
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["fatal"].startswith("auth") and not summary["complete"]

@@ -141,6 +141,9 @@ def run(args: argparse.Namespace) -> int:
     except FatalAPIError as e:
         print(f"e5x synth: fatal API error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"e5x synth: interrupted; every stored answer is kept: e5x synth --out {args.out} --resume", file=sys.stderr)
+        return 130
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
     if args.dry_run:
