@@ -53,11 +53,10 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "python"))  # run from a checkout without installing
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from e5x.model import packing  # noqa: E402
-from e5x.model.fast import apply_liger, set_checkpointing  # noqa: E402
+import numpy as np
+import torch
+from e5x.model import packing
+from e5x.model.fast import apply_liger, set_checkpointing
 
 EOS = 2
 
@@ -235,28 +234,30 @@ def header(device: torch.device, info: dict[str, Any], args: argparse.Namespace,
     else:
         dev = f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
     try:
-        import liger_kernel  # noqa: F401
         from importlib.metadata import version
 
+        import liger_kernel  # noqa: F401
+
         liger = version("liger-kernel")
-    except Exception:
+    except Exception:  # noqa: BLE001 - optional: any import failure means "not usable"
         liger = "not installed"
     try:
         import flash_attn
 
         fa = flash_attn.__version__
-    except Exception:
+    except Exception:  # noqa: BLE001 - optional: any import failure means "not usable"
         fa = "not installed"
     lines = [
         f"# bench_train  device: {dev}",
-        f"# python {platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}, "
-        f"peft {peft.__version__}, liger-kernel {liger}, flash-attn {fa}",
-        f"# model: {info['shape']} shape, {info['layers']} layers, hidden {info['hidden']}, "
-        f"{info['params_total'] / 1e9:.3f}B params ({info['weights_dtype']} weights), "
-        f"LoRA r16 trainable {info['params_trainable'] / 1e6:.1f}M; loss: {loss_name}",
-        f"# batch: {args.queries} queries + {args.docs} documents per step, seed {args.seed}, "
-        f"{args.warmup} warmup + {args.steps} timed steps per variant; "
-        f"packed attention backend: {packing.resolve_backend(args.attn, device)}",
+        (f"# python {platform.python_version()}, torch {torch.__version__}, "
+         f"transformers {transformers.__version__}, peft {peft.__version__}, liger-kernel {liger}, "
+         f"flash-attn {fa}"),
+        (f"# model: {info['shape']} shape, {info['layers']} layers, hidden {info['hidden']}, "
+         f"{info['params_total'] / 1e9:.3f}B params ({info['weights_dtype']} weights), "
+         f"LoRA r16 trainable {info['params_trainable'] / 1e6:.1f}M; loss: {loss_name}"),
+        (f"# batch: {args.queries} queries + {args.docs} documents per step, seed {args.seed}, "
+         f"{args.warmup} warmup + {args.steps} timed steps per variant; "
+         f"packed attention backend: {packing.resolve_backend(args.attn, device)}"),
     ]
     return "\n".join(lines)
 
@@ -377,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     def packed_tokens(qs: list, ds: list) -> int:
         return sum(map(len, qs)) + sum(map(len, ds))
 
-    common = dict(warmup=args.warmup, loss=loss, device=device)
+    common = {"warmup": args.warmup, "loss": loss, "device": device}
     # 1. plain loop (HF checkpointing on every layer, SDPA, padded)
     set_checkpointing(model, keep=0)
     report(run_variant("plain", model, batches, embed=both_padded, computed_tokens=padded_tokens, **common))

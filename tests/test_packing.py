@@ -18,9 +18,9 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 
-from e5x.model import packing  # noqa: E402
-from e5x.model.fast import set_checkpointing  # noqa: E402
-from e5x.model.packing import (  # noqa: E402
+from e5x.model import packing
+from e5x.model.fast import set_checkpointing
+from e5x.model.packing import (
     embed_length_grouped,
     embed_packed,
     embed_padded,
@@ -39,8 +39,9 @@ GRAD_RTOL = 1e-4
 def tiny_model(arch: str = "mistral", *, layers: int = 3, sliding_window: int | None = None,
                seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
-    common = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=112, num_hidden_layers=layers,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+    common = {"vocab_size": VOCAB, "hidden_size": 64, "intermediate_size": 112,
+              "num_hidden_layers": layers, "num_attention_heads": 4, "num_key_value_heads": 2,
+              "max_position_embeddings": 512}
     if arch == "mistral":
         cfg = transformers.MistralConfig(sliding_window=sliding_window, **common)
     else:
@@ -326,9 +327,8 @@ def test_cuda_backends_match_padded(backend: str) -> None:
 
 
 def test_selective_matmul_checkpointing_same_grads_and_policy() -> None:
-    from torch.utils.checkpoint import CheckpointPolicy
-
     from e5x.model import fast
+    from torch.utils.checkpoint import CheckpointPolicy
 
     aten = torch.ops.aten
     big, lora_b = torch.zeros(8, 512), torch.zeros(8, 16)

@@ -107,7 +107,7 @@ def apply_liger(model: Any, *, rms_norm: bool = True, swiglu: bool = True, rope:
         return []
     try:
         import liger_kernel.transformers as lk  # type: ignore[import-not-found]
-    except Exception:
+    except Exception:  # noqa: BLE001 - optional: any import failure means "not usable"
         return []
     target = hf_model(model)
     model_type = getattr(target.config, "model_type", "")

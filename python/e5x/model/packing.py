@@ -26,7 +26,7 @@ import inspect
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -64,13 +64,12 @@ class PackedBatch:
         return sum(self.lengths)
 
     def to(self, device: Any) -> PackedBatch:
-        nb = dict(non_blocking=True)
         return PackedBatch(
-            input_ids=self.input_ids.to(device, **nb),
-            position_ids=self.position_ids.to(device, **nb),
-            cu_seqlens=self.cu_seqlens.to(device, **nb),
+            input_ids=self.input_ids.to(device, non_blocking=True),
+            position_ids=self.position_ids.to(device, non_blocking=True),
+            cu_seqlens=self.cu_seqlens.to(device, non_blocking=True),
             max_seqlen=self.max_seqlen,
-            last_index=self.last_index.to(device, **nb),
+            last_index=self.last_index.to(device, non_blocking=True),
             lengths=self.lengths,
         )
 
@@ -203,7 +202,7 @@ def padding_share(lengths: Sequence[int], groups: Sequence[Sequence[int]] | None
 def _flash_attn_varlen() -> Callable | None:
     try:
         from flash_attn import flash_attn_varlen_func  # type: ignore[import-not-found]
-    except Exception:
+    except Exception:  # noqa: BLE001 - a broken flash-attn install must not break packing
         return None
     return flash_attn_varlen_func
 
@@ -212,7 +211,7 @@ def _flash_attn_varlen() -> Callable | None:
 def _torch_varlen() -> tuple[Callable, frozenset[str]] | None:
     try:
         from torch.nn.attention.varlen import varlen_attn
-    except Exception:
+    except Exception:  # noqa: BLE001 - torch < 2.9 has no varlen module
         return None
     return varlen_attn, frozenset(inspect.signature(varlen_attn).parameters)
 
@@ -247,7 +246,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return _auto_cuda_backend(str(device))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _auto_cuda_backend(device: str) -> str:
     import warnings
 
@@ -432,17 +431,43 @@ def _flex_attention(q, k, v, cu_q, cu_k, *, scale, causal, sliding_window):  # t
     Fast only when compiled (set E5X_FLEX_COMPILE=1 on CUDA); eager is a slow reference."""
     import os
 
-    import torch
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    from torch.nn.attention.flex_attention import flex_attention
 
     tq, tk = q.shape[0], k.shape[0]
+    # One block mask per packed batch, not per layer: the layers (and the backward's
+    # recomputes) pass the same cu_seqlens tensors, held here so their ids stay unique.
+    key = (id(cu_q), id(cu_k), tq, tk, causal, sliding_window)
+    for entry_key, held, mask in _FLEX_MASKS:
+        if entry_key == key and held[0] is cu_q and held[1] is cu_k:
+            block_mask = mask
+            break
+    else:
+        block_mask = _flex_block_mask(q.device, cu_q, cu_k, tq, tk, causal, sliding_window)
+        _FLEX_MASKS.insert(0, (key, (cu_q, cu_k), block_mask))
+        del _FLEX_MASKS[4:]
+    fn = flex_attention
+    if q.is_cuda and os.environ.get("E5X_FLEX_COMPILE", "1") == "1":
+        fn = _compiled_flex()
+    out = fn(
+        q.transpose(0, 1).unsqueeze(0), k.transpose(0, 1).unsqueeze(0), v.transpose(0, 1).unsqueeze(0),
+        block_mask=block_mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1],
+    )
+    return out.squeeze(0).transpose(0, 1)
+
+
+_FLEX_MASKS: list[tuple[Any, Any, Any]] = []
+
+
+def _flex_block_mask(device, cu_q, cu_k, tq, tk, causal, sliding_window):  # type: ignore[no-untyped-def]
+    import torch
+    from torch.nn.attention.flex_attention import create_block_mask
 
     def doc_ids(cu: torch.Tensor, total: int, fill: int) -> torch.Tensor:
         # rows past cu[-1] (a stream tail no segment covers) get a document id of their own
-        ids = torch.full((total,), fill, dtype=torch.long, device=q.device)
+        ids = torch.full((total,), fill, dtype=torch.long, device=device)
         n = int(cu[-1])
         ids[:n] = torch.repeat_interleave(
-            torch.arange(len(cu) - 1, device=q.device), (cu[1:] - cu[:-1]).long(), output_size=n)
+            torch.arange(len(cu) - 1, device=device), (cu[1:] - cu[:-1]).long(), output_size=n)
         return ids
 
     doc_q, doc_k = doc_ids(cu_q, tq, -1), doc_ids(cu_k, tk, -2)
@@ -450,8 +475,8 @@ def _flex_attention(q, k, v, cu_q, cu_k, *, scale, causal, sliding_window):  # t
     len_q = (cu_q[1:] - cu_q[:-1]).long()
     len_k = (cu_k[1:] - cu_k[:-1]).long()
     dq, dk = doc_q.clamp(min=0), doc_k.clamp(min=0)
-    pos_q = torch.arange(tq, device=q.device) - cu_q[:-1].long()[dq] + (len_k - len_q)[dq]
-    pos_k = torch.arange(tk, device=q.device) - cu_k[:-1].long()[dk]
+    pos_q = torch.arange(tq, device=device) - cu_q[:-1].long()[dq] + (len_k - len_q)[dq]
+    pos_k = torch.arange(tk, device=device) - cu_k[:-1].long()[dk]
 
     def mask_mod(b, h, qi, ki):  # type: ignore[no-untyped-def]
         keep = doc_q[qi] == doc_k[ki]
@@ -461,15 +486,7 @@ def _flex_attention(q, k, v, cu_q, cu_k, *, scale, causal, sliding_window):  # t
             keep = keep & (pos_q[qi] - pos_k[ki] < sliding_window)
         return keep
 
-    block_mask = create_block_mask(mask_mod, None, None, tq, tk, device=q.device)
-    fn = flex_attention
-    if q.is_cuda and os.environ.get("E5X_FLEX_COMPILE", "1") == "1":
-        fn = _compiled_flex()
-    out = fn(
-        q.transpose(0, 1).unsqueeze(0), k.transpose(0, 1).unsqueeze(0), v.transpose(0, 1).unsqueeze(0),
-        block_mask=block_mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1],
-    )
-    return out.squeeze(0).transpose(0, 1)
+    return create_block_mask(mask_mod, None, None, tq, tk, device=device)
 
 
 @lru_cache(maxsize=1)
@@ -543,8 +560,8 @@ def enable_packing(model: Any) -> Any:
         try:
             setter(name)
             return model
-        except Exception:  # older transformers refuse names they do not know; set it directly
-            pass
+        except Exception:  # noqa: BLE001, S110 - older transformers refuse unknown names
+            pass  # ... so set the implementation on the config directly below
     config = target.config
     config._attn_implementation = name
     for sub in (getattr(config, "text_config", None),):
@@ -583,8 +600,9 @@ def decoder_of(model: Any) -> Any:
     return None
 
 
-def _checkpointed(layer: Any) -> bool:
-    return bool(getattr(layer, "gradient_checkpointing", False)) and layer.training
+# Decoders whose forward is exactly embed -> layers -> final norm (no embedding scale, no
+# extra norms) with the q/k/v/o + norm + MLP layer of Llama: safe to drive by hand and trim.
+OWN_LOOP_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2"})
 
 
 def packed_hidden_at(
@@ -611,10 +629,12 @@ def packed_hidden_at(
     backend = resolve_backend(backend, device)  # outside the layers: "auto" may run a trial
     kw = packed.attention_kwargs(backend)
     dec = decoder_of(model)
-    if dec is None or _fsdp_wrapped(model) or _is_ddp(model):
-        # FSDP2 gathers the root's parameters (embeddings, final norm) in the root's forward
-        # hook and DDP prepares its gradient reducer in its forward; driving the layers by
-        # hand would skip both, so wrapped models go through their own forward.
+    own_loop = (dec is not None and getattr(dec.config, "model_type", None) in OWN_LOOP_MODEL_TYPES
+                and not _fsdp_wrapped(model) and not _is_ddp(model))
+    if not own_loop:
+        # Other architectures may do more in their forward (Gemma scales embeddings); FSDP2
+        # gathers the root's parameters (embeddings, final norm) in the root's forward hook and
+        # DDP prepares its gradient reducer in its forward. All go through their own forward.
         out = model(input_ids=packed.input_ids, position_ids=packed.position_ids, use_cache=False, **kw)
         hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
         return hidden[0].index_select(0, packed.last_index)
@@ -647,8 +667,8 @@ def _fsdp_wrapped(model: Any) -> bool:
         cached = any(type(m).__name__.startswith("FSDP") for m in model.modules())
         try:
             object.__setattr__(model, "_e5x_fsdp", cached)
-        except Exception:
-            pass
+        except (AttributeError, TypeError):  # a wrapper refusing attributes: recompute next time
+            cached = bool(cached)
     return bool(cached)
 
 
