@@ -44,6 +44,8 @@ def tiny_model(arch: str = "mistral", *, layers: int = 3, sliding_window: int | 
               "max_position_embeddings": 512}
     if arch == "mistral":
         cfg = transformers.MistralConfig(sliding_window=sliding_window, **common)
+    elif arch == "qwen2":  # biased q/k/v projections
+        cfg = transformers.Qwen2Config(**common)
     else:
         cfg = transformers.LlamaConfig(**common)
     model = transformers.AutoModel.from_config(cfg, attn_implementation="sdpa")
@@ -143,7 +145,7 @@ def test_length_grouped_chunks_cover_batch_and_cut_padding() -> None:
 # ------------------------------------------------------------------ numerics
 
 
-@pytest.mark.parametrize("arch", ["mistral", "llama"])
+@pytest.mark.parametrize("arch", ["mistral", "llama", "qwen2"])
 def test_packed_equals_padded_loss_embeddings_and_lora_grads(arch: str) -> None:
     model = tiny_model(arch)
     # 4 queries (one of length 1) + 8 documents (one at max length 96)
