@@ -134,3 +134,30 @@ def test_string_grammar_excludes_raw_control_characters():
         LlamaGrammar.from_string(gbnf, verbose=False)  # llama.cpp accepts it
     finally:
         llama_grammar.PRIMITIVE_RULES["char"] = before
+
+
+def test_server_exits_when_its_starter_is_killed(tmp_path):
+    """kill -9 of the process that started the server leaves no orphaned server behind."""
+    import signal
+    import time
+
+    script = (
+        "import sys, time\n"
+        "from e5x.synth.local_server import LocalLLMServer, packaged_gguf\n"
+        "s = LocalLLMServer(packaged_gguf(), n_ctx=512).start()\n"
+        "print(s.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    starter = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        server_pid = int(starter.stdout.readline())
+        assert Path(f"/proc/{server_pid}").exists()
+        starter.send_signal(signal.SIGKILL)
+        starter.wait(timeout=10)
+        deadline = time.monotonic() + 15
+        while Path(f"/proc/{server_pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not Path(f"/proc/{server_pid}").exists(), "the server outlived its starter"
+    finally:
+        if starter.poll() is None:
+            starter.kill()

@@ -411,6 +411,21 @@ def _fix_string_grammar() -> None:
     rules["char"] = type(old)(old.content.replace('[^"\\\\]', '[^"\\\\\\x7F\\x00-\\x1F]', 1), old.deps)
 
 
+def _exit_with_parent() -> None:
+    """Exit when the process that started us dies (even by SIGKILL, when no cleanup runs)."""
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:  # re-parented: our starter is gone
+                os._exit(0)
+
+    threading.Thread(target=watch, name="e5x-parent-watch", daemon=True).start()
+
+
 def _serve() -> None:
     """``python -m e5x.synth.local_server ARGS``: ``python -m llama_cpp.server ARGS`` with
     OpenAI's json_schema response_format accepted (so any OpenAI client, e5x synth
@@ -418,6 +433,7 @@ def _serve() -> None:
     import llama_cpp.server.__main__ as llama_main
 
     _fix_string_grammar()
+    _exit_with_parent()
 
     create_app = llama_main.create_app
     llama_main.create_app = lambda *a, **kw: OpenAISchemaCompat(create_app(*a, **kw))  # type: ignore[assignment]
