@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib.util
 import json
 import math
 import os
@@ -51,7 +52,9 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "python"))  # run from a checkout without installing
+if importlib.util.find_spec("e5x") is None:
+    # run from a bare checkout (e.g. a GPU machine); an installed e5x is never shadowed
+    sys.path.insert(0, str(REPO / "python"))
 
 import numpy as np
 import torch
