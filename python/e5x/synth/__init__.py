@@ -206,6 +206,7 @@ def _run_locked(plan: Plan, out: Path, say: Callable[[str], None]) -> dict[str, 
         seen.add(rec["id"])
         stats.add_answer(rec, float(rec.get("cost_usd") or 0.0))
     stats.calls = len(seen) + n_err_lines
+    records = [r for r in records if r.get("step") == "brainstorm"]  # the rest is not needed again
     prior = stats.answered
 
     log = AppendLog(log_path, fsync=cfg.fsync, fsync_interval_s=cfg.fsync_interval_s)
@@ -228,9 +229,8 @@ def _run_locked(plan: Plan, out: Path, say: Callable[[str], None]) -> dict[str, 
             if runner.fatal:
                 return
             answered_b: dict[str, list[dict[str, Any]]] = defaultdict(list)
-            for rec in read_log(log_path)[0]:
-                if rec.get("step") == "brainstorm":
-                    answered_b[rec["task_type"]].append(rec)
+            for rec in [*(r for r in records if r.get("step") == "brainstorm"), *runner.brainstorm_records]:
+                answered_b[rec["task_type"]].append(rec)
             planned_b = Counter(r.task_type for r in plan.brainstorm)
             step2: list[Request] = []
             pools: dict[str, list[str]] = {}
@@ -269,7 +269,7 @@ def _run_locked(plan: Plan, out: Path, say: Callable[[str], None]) -> dict[str, 
         errlog.close()
     elapsed = time.monotonic() - t0
 
-    answered_ids = {r["id"] for r in read_log(log_path)[0]}
+    answered_ids = seen | runner.answered_ids
     b_done = sum(r.id in answered_ids for r in plan.brainstorm)
     e_done = sum(i in answered_ids for i in plan.example_ids())
     complete = b_done == len(plan.brainstorm) and e_done == n_examples

@@ -133,6 +133,8 @@ class Runner:
         self.errlog = errlog
         self.stats = stats
         self.stop_reason: str | None = None
+        self.answered_ids: set[str] = set()
+        self.brainstorm_records: list[dict[str, Any]] = []
         self.fatal: str | None = None
         self._pause_until = 0.0
         self._reserved_tokens = 0
@@ -361,6 +363,9 @@ class Runner:
         rec["cost_usd"] = cost
         # Durable first, counted second: a kill between the two loses only the count.
         self.log.append(rec)
+        self.answered_ids.add(req.id)
+        if req.step == "brainstorm":  # step 2 needs them; examples are not kept in memory
+            self.brainstorm_records.append(rec)
         self.stats.add_answer(rec, cost)
         self.stats.answered_now += 1
         self.stats.latency_sum += latency
