@@ -156,6 +156,8 @@ def test_same_seed_same_plan_and_prompts():
         ra, rb = example_requests(a, name, p), example_requests(b, name, p)
         assert [(r.id, r.model, r.messages) for r in ra] == [(r.id, r.model, r.messages) for r in rb]
         assert all("{" not in r.messages[-1]["content"].replace('{"', "") for r in ra)
+        chunks = [x for k in range(0, len(ra), 4) for x in example_requests(a, name, p, k, 4)]
+        assert [(r.id, r.messages, r.meta) for r in chunks] == [(r.id, r.messages, r.meta) for r in ra]
     bitext = example_requests(a, "bitext", None)
     assert all(r.meta["placeholders"]["src_lang"] != r.meta["placeholders"]["tgt_lang"] for r in bitext)
 
@@ -278,7 +280,10 @@ def test_azure_endpoint_uses_deployment_urls(server: FakeOpenAI, tmp_path: Path)
     assert len(server.arrivals) == 4
 
 
-def test_torn_last_line_is_repaired_on_resume(server: FakeOpenAI, tmp_path: Path):
+def test_torn_last_line_is_repaired_on_resume(server: FakeOpenAI, tmp_path: Path, monkeypatch):
+    import e5x.synth
+
+    monkeypatch.setattr(e5x.synth, "RENDER_CHUNK", 3)  # also exercise chunked rendering
     run = tmp_path / "run"
     synthesize(make_cfg(server, max_requests=8), run)
     log = run / "responses.jsonl"

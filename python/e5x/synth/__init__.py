@@ -44,6 +44,7 @@ __all__ = [
 ]
 
 PLAN_VERSION = 1
+RENDER_CHUNK = 20_000  # example prompts rendered (and held in memory) at a time
 
 
 def _load_config(config: SynthConfig | str | Path | dict[str, Any] | None, out: Path, resume: bool) -> SynthConfig:
@@ -232,12 +233,12 @@ def _run_locked(plan: Plan, out: Path, say: Callable[[str], None]) -> dict[str, 
             for rec in [*(r for r in records if r.get("step") == "brainstorm"), *runner.brainstorm_records]:
                 answered_b[rec["task_type"]].append(rec)
             planned_b = Counter(r.task_type for r in plan.brainstorm)
-            step2: list[Request] = []
+            ready: dict[str, list[str] | None] = {}
             pools: dict[str, list[str]] = {}
             for name in plan.skeleton:
                 t = plan.types[name]
                 if t.symmetric:
-                    step2 += example_requests(plan, name, None)
+                    ready[name] = None
                     continue
                 if len(answered_b[name]) < planned_b[name]:
                     waiting.append(name)  # pool must be complete so resumes render the same prompts
@@ -249,14 +250,19 @@ def _run_locked(plan: Plan, out: Path, say: Callable[[str], None]) -> dict[str, 
                     say(f"e5x synth: task type {name!r}: brainstorm gave no usable task; its examples are skipped")
                     waiting.append(name)
                     continue
-                step2 += example_requests(plan, name, pool)
+                ready[name] = pool
             if pools:
                 write_json_atomic(out / "pools.json", {"pools": pools, "stats": pools_info})
-            todo2 = [r for r in step2 if r.id not in seen]
             if runner.stop_reason is None and n_examples:
-                bar = progress_bar(n_examples, len(step2) - len(todo2), "examples", cfg.progress)
+                done = sum(i in seen for i in plan.example_ids())
+                bar = progress_bar(n_examples, done, "examples", cfg.progress)
                 try:
-                    await runner.run(todo2, cfg.examples, bar)
+                    for name, pool in ready.items():
+                        for start in range(0, plan.counts[name], RENDER_CHUNK):
+                            chunk = example_requests(plan, name, pool, start, RENDER_CHUNK)
+                            todo2 = [r for r in chunk if r.id not in seen]
+                            if todo2 and runner.stop_reason is None:
+                                await runner.run(todo2, cfg.examples, bar)
                 finally:
                     bar.close()
         finally:

@@ -260,10 +260,14 @@ def build_pool(records: Iterable[dict[str, Any]]) -> tuple[list[str], dict[str, 
     return pool, stats
 
 
-def example_requests(plan: Plan, name: str, pool: list[str] | None) -> list[Request]:
-    """Render step-2 requests of one task type, given its pool (None for symmetric types)."""
+def example_requests(
+    plan: Plan, name: str, pool: list[str] | None, start: int = 0, length: int | None = None
+) -> list[Request]:
+    """Render step-2 requests of one task type (rows ``start:start+length``), given its
+    pool (None for symmetric types). Rows are independent, so any slicing renders the
+    same prompts; the synth loop renders in chunks to keep memory flat at 500k examples."""
     t = plan.types[name]
-    df = plan.skeleton[name]
+    df = plan.skeleton[name].slice(start, length)
     if t.symmetric:
         tasks = [t.task] * df.height
     else:
