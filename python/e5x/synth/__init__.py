@@ -21,7 +21,7 @@ import json
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -66,28 +66,33 @@ def describe_plan(plan: Plan) -> dict[str, Any]:
     cfg = plan.config
     rows: list[dict[str, Any]] = []
 
-    def add(step: str, name: str, reqs: list[Request], step_cfg: StepConfig, prompt_extra: int = 0) -> None:
-        models = Counter(r.model for r in reqs)
-        pt = sum(r.prompt_tokens_est + prompt_extra for r in reqs)
-        ct_each = reqs[0].expected_completion_tokens if reqs else 0
-        if step_cfg.max_tokens:
-            ct_each = min(ct_each, step_cfg.max_tokens)
+    def add(step: str, name: str, chunks: Iterable[list[Request]], step_cfg: StepConfig) -> None:
+        models: Counter[str] = Counter()
+        n = pt = ct = 0
         cost = 0.0
         priced = True
-        for r in reqs:
-            p = cfg.price(r.model)
-            if p is None:
-                priced = False
-                continue
-            cost += ((r.prompt_tokens_est + prompt_extra) * p[0] + ct_each * p[1]) / 1e6
+        for reqs in chunks:
+            for r in reqs:
+                c = r.expected_completion_tokens
+                if step_cfg.max_tokens:
+                    c = min(c, step_cfg.max_tokens)
+                models[r.model] += 1
+                n += 1
+                pt += r.prompt_tokens_est
+                ct += c
+                p = cfg.price(r.model)
+                if p is None:
+                    priced = False
+                else:
+                    cost += (r.prompt_tokens_est * p[0] + c * p[1]) / 1e6
         rows.append(
             {
                 "step": step,
                 "task_type": name,
-                "requests": len(reqs),
+                "requests": n,
                 "models": dict(models),
                 "prompt_tokens": pt,
-                "completion_tokens": ct_each * len(reqs),
+                "completion_tokens": ct,
                 "cost_usd": round(cost, 4) if priced else None,
             }
         )
@@ -96,12 +101,14 @@ def describe_plan(plan: Plan) -> dict[str, Any]:
     for r in plan.brainstorm:
         by_type[r.task_type].append(r)
     for name, reqs in by_type.items():
-        add("brainstorm", name, reqs, cfg.brainstorm)
+        add("brainstorm", name, [reqs], cfg.brainstorm)
     for name in plan.skeleton:
-        t = plan.types[name]
         # Task text is unknown before the brainstorm: assume a ~25-token definition.
-        reqs = example_requests(plan, name, None if t.symmetric else ["x" * 100])
-        add("examples", name, reqs, cfg.examples)
+        pool = None if plan.types[name].symmetric else ["x" * 100]
+        chunks = (
+            example_requests(plan, name, pool, k, RENDER_CHUNK) for k in range(0, plan.counts[name], RENDER_CHUNK)
+        )
+        add("examples", name, chunks, cfg.examples)
     total = {
         "requests": sum(r["requests"] for r in rows),
         "prompt_tokens": sum(r["prompt_tokens"] for r in rows),
