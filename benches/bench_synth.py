@@ -66,7 +66,7 @@ async def raw_openai(url: str, conc: int, n: int, prompt: str) -> None:
                 messages=[{"role": "user", "content": prompt}],
                 extra_headers={"X-E5X-Request-Id": f"examples-sts-{i:06d}"},
             )
-            r.http_response.content
+            _ = r.http_response.content  # read the body, as a real client would
 
     await asyncio.gather(*(worker() for _ in range(conc)))
     await client.close()

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from fake_openai import FakeOpenAI
 
-from e5x.synth import FatalAPIError, SynthConfig, build_plan, describe_plan, synthesize
+from e5x.synth import FatalAPIError, SynthConfig, build_plan, synthesize
 from e5x.synth.plan import example_requests
 
 KEY_ENV = "E5X_TEST_FAKE_KEY"

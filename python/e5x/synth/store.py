@@ -42,7 +42,7 @@ def read_log(path: Path, *, repair: bool = False) -> tuple[list[dict[str, Any]],
     end = data.rfind(b"\n") + 1  # bytes after the last newline are a torn line
     records: list[dict[str, Any]] = []
     bad = 0
-    for lineno, line in enumerate(data[:end].splitlines(), 1):
+    for line in data[:end].splitlines():
         if not line.strip():
             continue
         try:
