@@ -3,6 +3,31 @@
 API keys are never part of the config: an endpoint names the environment variable that
 holds its key (``api_key_env``), so config snapshots written into a run directory are
 safe to share.
+
+A TOML config (``e5x synth --config synth.toml --out runs/synth``) sets any field; nested
+tables map to the nested configs::
+
+    n_examples = 500000          # the paper's scale
+    seed = 0
+    concurrency = 64
+    rpm = 10000
+    tpm = 2000000
+    max_cost_usd = 2500
+    [task_weights]               # default: the published mix
+    short_long = 167
+    long_short = 122
+    [language_weights]           # default: en 43%, 13 high-resource 3% each, rest 18%
+    en = 0.5
+    de = 0.5
+    [endpoint]                   # or provider = "azure", azure_endpoint, api_version
+    base_url = "http://127.0.0.1:8000/v1"
+    api_key_env = "VLLM_KEY"
+    [examples]
+    models = { "gpt-4o" = 0.75, "gpt-4o-mini" = 0.25 }
+    response_format = "json_schema"
+    [prices]                     # USD per 1M tokens (input, output)
+    "my-model" = [0.2, 0.6]
+    [task_types.my_type]         # custom task types may live in the same file
 """
 
 from __future__ import annotations
