@@ -339,6 +339,13 @@ def test_config_from_toml_with_nested_tables_and_clear_errors(tmp_path: Path):
     assert build_plan(cfg).counts == {"sts": 4, "short_long": 8}
     # Round trip through the run directory's config.json.
     assert SynthConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))).to_dict() == cfg.to_dict()
+    # Custom task types in the same file are picked up.
+    f.write_text(
+        'n_examples = 4\n[task_weights]\nqa = 1\n'
+        '[task_types.qa]\ntask = "Answer it."\nprompt = "{task}"\n'
+        'fields = { q = "q", a = "a" }\nmapping = { query = "q", positive = "a" }\n'
+    )
+    assert build_plan(SynthConfig.from_toml(f)).counts == {"qa": 4}
     f.write_text("n_exmaples = 3\n")
     with pytest.raises(ValueError, match=r"synth.toml: unknown key\(s\) \['n_exmaples'\]"):
         SynthConfig.from_toml(f)

@@ -187,8 +187,10 @@ class SynthConfig:
 
         path = Path(path)
         data = dict(_read_toml(path))
-        data.pop("task_types", None)  # custom task types may live in the same file
+        inline_types = data.pop("task_types", None)  # custom task types may live in the same file
         cfg = cls.from_dict(data, where=str(path))
+        if inline_types and cfg.task_types_file is None:
+            cfg.task_types_file = str(path.resolve())
         if cfg.task_types_file is not None and not Path(cfg.task_types_file).is_absolute():
             cfg.task_types_file = str(path.parent / cfg.task_types_file)
         return cfg
