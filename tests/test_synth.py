@@ -361,3 +361,40 @@ def test_bad_key_stops_the_run_without_retrying(server: FakeOpenAI, tmp_path: Pa
     assert len(server.arrivals) <= 8  # at most the requests already in flight
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["fatal"].startswith("auth") and not summary["complete"]
+
+
+def test_token_bucket_paces_and_lets_oversized_requests_through():
+    import asyncio
+
+    from e5x.synth.runner import TokenBucket
+
+    async def scenario() -> list[float]:
+        b = TokenBucket(per_minute=6000)  # 100 tokens/s, 1 s of burst
+        t0 = time.monotonic()
+        marks = []
+        await b.acquire(100)  # the burst: immediate
+        marks.append(time.monotonic() - t0)
+        await b.acquire(50)  # must wait ~0.5 s for refill
+        marks.append(time.monotonic() - t0)
+        await b.acquire(150)  # larger than the bucket: passes once it is full, leaves debt
+        marks.append(time.monotonic() - t0)
+        await b.acquire(1)  # pays the debt first (~0.5 s)
+        marks.append(time.monotonic() - t0)
+        return marks
+
+    m = asyncio.run(scenario())
+    assert m[0] < 0.05
+    assert 0.4 < m[1] < 0.9
+    assert 0.4 < m[2] - m[1] < 1.3
+    assert 0.4 < m[3] - m[2] < 1.0
+
+
+def test_retry_after_parsing():
+    from email.utils import formatdate
+
+    from e5x.synth.runner import retry_after_seconds
+
+    assert retry_after_seconds({"retry-after": "2"}) == 2.0
+    assert retry_after_seconds({"retry-after-ms": "250", "retry-after": "9"}) == 0.25
+    assert 8 <= retry_after_seconds({"retry-after": formatdate(time.time() + 10, usegmt=True)}) <= 10
+    assert retry_after_seconds({"retry-after": "soon"}) is None and retry_after_seconds({}) is None
