@@ -221,3 +221,26 @@ def test_many_rows_parallel_and_chunked() -> None:
     assert got.height == 13001
     assert got["ok"].sum() == 8001
     assert got["ok"][:10].to_list() == [True, False] * 5
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.text(min_size=1, max_size=60), st.text(min_size=1, max_size=60), st.text(min_size=1, max_size=60)),
+        min_size=1,
+        max_size=40,
+    ),
+    st.integers(1, 4),
+)
+def test_unpacked_values_long_and_multichunk(rows: list, nchunks: int) -> None:
+    # Long values become zero-copy views into the input buffers; check them across
+    # several input chunks, with escapes (copied) and without (shared).
+    texts = [json.dumps({"S1": a, "S2": b, "S3": c}, ensure_ascii=bool(len(a) % 2)) for a, b, c in rows]
+    step = -(-len(texts) // nchunks)
+    series = pl.concat([pl.Series(texts[i : i + step], dtype=pl.String) for i in range(0, len(texts), step)], rechunk=False)
+    got = core.validate(series, "sts", unpack=True)
+    want = validate_ref(texts, "sts", ALL)
+    for i, (g, w) in enumerate(zip(got.iter_rows(named=True), want)):
+        assert (g["ok"], g["reason"]) == (w["ok"], w["reason"]), (texts[i], g, w)
+        if w["ok"]:
+            assert [g["S1"], g["S2"], g["S3"]] == w["values"] == list(rows[i])

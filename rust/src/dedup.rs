@@ -4,63 +4,187 @@
 //! one space and trimmed. ASCII text skips NFKC (it is a no-op there). The state (hash ->
 //! first global row index) lives in [`Dedup`] so batches can stream through.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
 use rayon::prelude::*;
-use unicode_normalization::UnicodeNormalization;
-use xxhash_rust::xxh3::xxh3_128;
+use unicode_normalization::{is_nfkc_quick, IsNormalized, UnicodeNormalization};
+use xxhash_rust::xxh3::Xxh3Default;
 
-/// ASCII bytes that are Unicode White_Space: \t \n \v \f \r and space.
+/// Starters (combining class 0) with NFKC_Quick_Check = Yes in common scripts: Latin-1
+/// letters, basic Cyrillic, kana, CJK unified ideographs, Hangul syllables. They reset
+/// the quick-check state just like ASCII, so no table lookup is needed for them.
 #[inline]
-fn ascii_ws(b: u8) -> bool {
-    matches!(b, b'\t'..=b'\r' | b' ')
+fn nfkc_starter(c: char) -> bool {
+    matches!(c,
+        '\u{C0}'..='\u{FF}'
+        | '\u{400}'..='\u{45F}'
+        | '\u{3041}'..='\u{3096}'
+        | '\u{30A1}'..='\u{30FA}'
+        | '\u{4E00}'..='\u{9FFF}'
+        | '\u{AC00}'..='\u{D7A3}')
+}
+
+/// Is `s` in NFKC? The Unicode quick check, run only on the stretches between ASCII
+/// and common starters (which cannot change the answer), so typical text costs
+/// little more than `is_ascii`.
+fn is_nfkc(s: &str) -> bool {
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i..].iter().position(|&c| c >= 0x80) {
+            None => return true,
+            Some(p) => i += p,
+        }
+        let end = b[i..]
+            .iter()
+            .position(|&c| c < 0x80)
+            .map_or(b.len(), |p| i + p);
+        // i and end sit on char boundaries (ASCII bytes or the ends).
+        let run = &s[i..end];
+        let mut seg = 0;
+        for (j, c) in run.char_indices() {
+            if nfkc_starter(c) {
+                if seg < j && is_nfkc_quick(run[seg..j].chars()) != IsNormalized::Yes {
+                    return false;
+                }
+                seg = j + c.len_utf8();
+            }
+        }
+        if seg < run.len() && is_nfkc_quick(run[seg..].chars()) != IsNormalized::Yes {
+            return false;
+        }
+        i = end;
+    }
+    true
+}
+
+/// True when collapsing whitespace would not change `s`: no control whitespace, no
+/// non-ASCII whitespace, no double space, no space at either end.
+fn already_collapsed(s: &str) -> bool {
+    let b = s.as_bytes();
+    if b.first() == Some(&b' ') || b.last() == Some(&b' ') {
+        return false;
+    }
+    // Branch-free pass the compiler vectorises: \t \n \v \f \r.
+    let ctrl = b.chunks(64).any(|c| {
+        c.iter()
+            .fold(false, |acc, &x| acc | (x.wrapping_sub(0x09) < 5))
+    });
+    if ctrl || memchr::memmem::find(b, b"  ").is_some() {
+        return false;
+    }
+    // Non-ASCII White_Space: U+0085 U+00A0 (C2 ..), U+1680 (E1 ..), U+2000..U+205F
+    // (E2 ..), U+3000 (E3 80 80). Look only at those lead bytes.
+    let hit = |i: usize| -> bool {
+        s.get(i..)
+            .and_then(|t| t.chars().next())
+            .is_some_and(char::is_whitespace)
+    };
+    memchr::memchr3_iter(0xC2, 0xE1, 0xE2, b).all(|i| !hit(i))
+        && memchr::memchr_iter(0xE3, b).all(|i| !(b.get(i + 1) == Some(&0x80) && hit(i)))
+}
+
+/// The normalised form of `s`: borrowed when `s` is already normal (the common case),
+/// else built in `out`.
+pub fn normalized<'a>(s: &'a str, casefold: bool, out: &'a mut String) -> &'a str {
+    let ascii = s.is_ascii();
+    let nfkc = ascii || is_nfkc(s);
+    if nfkc && (!casefold || (ascii && !s.bytes().any(|c| c.is_ascii_uppercase()))) {
+        if already_collapsed(s) {
+            return s;
+        }
+        collapse_ws(s, out);
+        return out;
+    }
+    normalize_into(s, casefold, out);
+    out
 }
 
 /// Normalise `s` into `out` (cleared first).
 pub fn normalize_into(s: &str, casefold: bool, out: &mut String) {
-    out.clear();
-    if s.is_ascii() {
-        // NFKC is the identity on ASCII and case folding is to-lowercase: work on bytes.
-        let mut buf = std::mem::take(out).into_bytes();
-        buf.reserve(s.len());
-        let mut pending = false;
-        for &b in s.as_bytes() {
-            if ascii_ws(b) {
-                pending = !buf.is_empty();
-            } else {
-                if pending {
-                    buf.push(b' ');
-                    pending = false;
-                }
-                buf.push(if casefold { b.to_ascii_lowercase() } else { b });
-            }
-        }
-        // Only ASCII bytes were pushed.
-        *out = String::from_utf8(buf).unwrap_or_default();
-        return;
-    }
-    let mut pending_space = false;
-    let mut push = |c: char, out: &mut String| {
-        if c.is_whitespace() {
-            pending_space = !out.is_empty();
-        } else {
-            if pending_space {
-                out.push(' ');
-                pending_space = false;
-            }
-            out.push(c);
-        }
-    };
-    if casefold {
-        let folded = caseless::default_case_fold_str(&s.nfkc().collect::<String>());
-        for c in folded.chars() {
-            push(c, out);
-        }
+    // NFKC only when the quick check cannot prove the text is already NFKC (ASCII and
+    // most real text pass without building a copy).
+    let nfkc: Cow<str> = if s.is_ascii() || is_nfkc(s) {
+        Cow::Borrowed(s)
     } else {
-        for c in s.nfkc() {
-            push(c, out);
+        Cow::Owned(s.nfkc().collect())
+    };
+    let folded: Cow<str> = match (casefold, nfkc.is_ascii()) {
+        (false, _) => nfkc,
+        (true, true) => Cow::Owned(nfkc.to_ascii_lowercase()),
+        (true, false) => Cow::Owned(caseless::default_case_fold_str(&nfkc)),
+    };
+    collapse_ws(&folded, out);
+}
+
+/// Bytes that may start whitespace: ASCII \t..\r and space, and the lead bytes of the
+/// non-ASCII White_Space characters (U+0085/U+00A0: C2, U+1680: E1, U+2000..: E2,
+/// U+3000: E3).
+const MAY_WS: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0x09;
+    while i <= 0x0D {
+        t[i] = true;
+        i += 1;
+    }
+    t[0x20] = true;
+    t[0xC2] = true;
+    t[0xE1] = true;
+    t[0xE2] = true;
+    t[0xE3] = true;
+    t
+};
+
+/// Collapse runs of Unicode White_Space to one space and trim both ends.
+fn collapse_ws(s: &str, out: &mut String) {
+    out.clear();
+    out.reserve(s.len());
+    let b = s.as_bytes();
+    let (mut i, mut pending) = (0, false);
+    while i < b.len() {
+        // Length of the whitespace char at i (0 = not whitespace).
+        let ws_len = |i: usize| -> usize {
+            let x = b[i];
+            if !MAY_WS[x as usize] {
+                0
+            } else if x < 0x80 {
+                1
+            } else {
+                match s[i..].chars().next() {
+                    Some(c) if c.is_whitespace() => c.len_utf8(),
+                    _ => 0,
+                }
+            }
+        };
+        let w = ws_len(i);
+        if w > 0 {
+            pending = !out.is_empty();
+            i += w;
+            continue;
         }
+        // A run of non-whitespace, with single ASCII spaces between words kept inside.
+        let mut j = i + 1;
+        while j < b.len() {
+            let x = b[j];
+            if !MAY_WS[x as usize] {
+                j += 1;
+            } else if x == b' ' && j + 1 < b.len() && ws_len(j + 1) == 0 {
+                j += 2;
+            } else if ws_len(j) == 0 {
+                j += 1;
+            } else {
+                break;
+            }
+        }
+        // j lands on a char boundary: it stops only at whitespace starts or the end.
+        if pending {
+            out.push(' ');
+            pending = false;
+        }
+        out.push_str(&s[i..j]);
+        i = j;
     }
 }
 
@@ -71,26 +195,22 @@ pub fn normalize(s: &str, casefold: bool) -> String {
     out
 }
 
-/// Hash of one row: per field a presence byte, then length (u64 LE) and normalised bytes.
-pub fn row_hash(
-    fields: &[Option<&str>],
-    casefold: bool,
-    norm: &mut String,
-    buf: &mut Vec<u8>,
-) -> u128 {
-    buf.clear();
+/// Hash of one row: per field a presence byte, then length (u64 LE) and normalised
+/// bytes, streamed into xxh3-128 (no concatenated copy).
+pub fn row_hash(fields: &[Option<&str>], casefold: bool, norm: &mut String) -> u128 {
+    let mut h = Xxh3Default::new();
     for f in fields {
         match f {
-            None => buf.push(0),
+            None => h.update(&[0]),
             Some(s) => {
-                normalize_into(s, casefold, norm);
-                buf.push(1);
-                buf.extend_from_slice(&(norm.len() as u64).to_le_bytes());
-                buf.extend_from_slice(norm.as_bytes());
+                let n = normalized(s, casefold, norm);
+                h.update(&[1]);
+                h.update(&(n.len() as u64).to_le_bytes());
+                h.update(n.as_bytes());
             }
         }
     }
-    xxh3_128(buf)
+    h.digest128()
 }
 
 /// The keys are already uniform hashes: fold them instead of hashing again.
@@ -145,11 +265,11 @@ impl Dedup {
             .into_par_iter()
             .with_min_len(1024)
             .map_init(
-                || (Vec::with_capacity(nfields), String::new(), Vec::new()),
-                |(vals, norm, buf), row| {
+                || (Vec::with_capacity(nfields), String::new()),
+                |(vals, norm), row| {
                     vals.clear();
                     get(row, vals);
-                    row_hash(vals, casefold, norm, buf)
+                    row_hash(vals, casefold, norm)
                 },
             )
             .collect()
@@ -190,6 +310,69 @@ mod tests {
     }
 
     #[test]
+    fn borrowed_fast_path_agrees() {
+        let cases = [
+            "plain text here",
+            "two  spaces",
+            " lead",
+            "trail ",
+            "tab\there",
+            "é café",
+            "non\u{a0}breaking",
+            "ﬁ ligature",
+            "日本語 テキスト",
+            "Upper Case",
+            "e\u{301}",
+            "x\u{3000}y",
+            "\u{85}",
+            "",
+            "ẞ",
+        ];
+        for c in cases {
+            for cf in [false, true] {
+                let mut a = String::new();
+                let mut b = String::new();
+                normalize_into(c, cf, &mut a);
+                assert_eq!(normalized(c, cf, &mut b), a, "{c:?} casefold={cf}");
+            }
+        }
+    }
+
+    #[test]
+    fn nfkc_check_matches_full_normalisation() {
+        let cases = [
+            "abc",
+            "é",
+            "e\u{301}",
+            "ﬁ",
+            "日本語",
+            "カ\u{3099}",
+            "\u{3099}",
+            "Å\u{301}\u{323}",
+            "a\u{323}\u{301}",
+            "a\u{301}\u{323}",
+            "Ａ",
+            "ÿ\u{308}",
+            "х\u{306}",
+            "한국어",
+            "\u{1100}\u{1161}",
+            "①",
+            "½",
+            "x\u{e9}\u{316}\u{301}",
+            "\u{e9}\u{301}\u{316}",
+        ];
+        for c in cases {
+            // Same answer as the quick check over the whole string, and never a false yes.
+            assert_eq!(
+                is_nfkc(c),
+                is_nfkc_quick(c.chars()) == IsNormalized::Yes,
+                "{c:?}"
+            );
+            assert!(!is_nfkc(c) || c.nfkc().collect::<String>() == c, "{c:?}");
+        }
+    }
+
+    #[test]
     fn keep_first_across_batches() {
         let mut d = Dedup::new(false);
         let rows1 = [["a", "x"], ["b", "y"], ["a ", " x"]];
@@ -204,16 +387,12 @@ mod tests {
     #[test]
     fn field_boundaries_and_nulls_matter() {
         let mut n = String::new();
-        let mut b = Vec::new();
-        let h = |f: &[Option<&str>], n: &mut String, b: &mut Vec<u8>| row_hash(f, false, n, b);
-        assert_ne!(
-            h(&[Some("ab"), Some("c")], &mut n, &mut b),
-            h(&[Some("a"), Some("bc")], &mut n, &mut b)
-        );
-        assert_ne!(
-            h(&[None, Some("")], &mut n, &mut b),
-            h(&[Some(""), None], &mut n, &mut b)
-        );
-        assert_eq!(h(&[None], &mut n, &mut b), h(&[None], &mut n, &mut b));
+        let mut h = |f: &[Option<&str>]| row_hash(f, false, &mut n);
+        assert_ne!(h(&[Some("ab"), Some("c")]), h(&[Some("a"), Some("bc")]));
+        assert_ne!(h(&[None, Some("")]), h(&[Some(""), None]));
+        assert_eq!(h(&[None]), h(&[None]));
+        // Equal after normalisation => equal hash, whether borrowed or rebuilt.
+        assert_eq!(h(&[Some("a  b\n")]), h(&[Some("a b")]));
+        assert_eq!(h(&[Some("x\u{3000}y")]), h(&[Some("x y")]));
     }
 }

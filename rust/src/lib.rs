@@ -26,7 +26,9 @@ mod python {
     use crate::dedup::Dedup;
     use crate::render::Template;
     use crate::sample::{self, Alias};
-    use crate::validate::{validate_row, Reason, Rejection, SchemaSet, Scratch, Sink};
+    use crate::validate::{
+        validate_row, validate_text_row, Reason, Rejection, SchemaSet, Scratch, Sink,
+    };
 
     // ---------------------------------------------------------------- input columns
 
@@ -35,7 +37,6 @@ mod python {
         chunks: Vec<ArrayRef>,
         starts: Vec<usize>,
         len: usize,
-        binary: bool,
         name: String,
     }
 
@@ -43,15 +44,11 @@ mod python {
         fn new(name: &str, chunks: Vec<ArrayRef>, allow_binary: bool) -> PyResult<StrCol> {
             let mut starts = Vec::with_capacity(chunks.len());
             let mut len = 0;
-            let mut binary = false;
             for c in &chunks {
                 match c.data_type() {
                     DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Null => {}
                     DataType::Binary | DataType::LargeBinary | DataType::BinaryView
-                        if allow_binary =>
-                    {
-                        binary = true
-                    }
+                        if allow_binary => {}
                     other => {
                         return Err(PyTypeError::new_err(format!(
                             "column '{name}' must hold strings, got Arrow type {other}"
@@ -65,7 +62,6 @@ mod python {
                 chunks,
                 starts,
                 len,
-                binary,
                 name: name.to_string(),
             })
         }
@@ -93,13 +89,21 @@ mod python {
             })
         }
 
-        /// String value; only valid to call on non-binary columns.
+        /// String value (None for nulls and for binary columns).
         #[inline]
         fn str(&self, row: usize) -> Option<&str> {
-            debug_assert!(!self.binary);
-            // Arrow string arrays hold valid UTF-8 (checked on import).
-            self.bytes(row)
-                .map(|b| std::str::from_utf8(b).unwrap_or_default())
+            let k = self.starts.partition_point(|&s| s <= row) - 1;
+            let (c, i) = (&self.chunks[k], row - self.starts[k]);
+            if c.is_null(i) {
+                return None;
+            }
+            // Arrow string arrays hold UTF-8 already: no second validation.
+            match c.data_type() {
+                DataType::Utf8View => Some(c.as_string_view().value(i)),
+                DataType::Utf8 => Some(c.as_string::<i32>().value(i)),
+                DataType::LargeUtf8 => Some(c.as_string::<i64>().value(i)),
+                _ => None,
+            }
         }
     }
 
@@ -109,12 +113,42 @@ mod python {
     #[derive(Default)]
     struct StrBuf {
         views: Vec<u128>,
+        /// Buffers of the input shared zero-copy (views may point into them); own
+        /// buffers come after them.
+        foreign: Vec<Buffer>,
         buffers: Vec<Vec<u8>>,
         valid: Vec<bool>,
         any_null: bool,
     }
 
     impl StrBuf {
+        fn with_foreign(foreign: Vec<Buffer>) -> Self {
+            StrBuf {
+                foreign,
+                ..Default::default()
+            }
+        }
+
+        /// Reserve one own buffer up front (untouched capacity costs no RSS), so the
+        /// column is written once instead of grown and copied.
+        fn reserve(mut self, bytes: usize) -> Self {
+            self.buffers
+                .push(Vec::with_capacity(bytes.min(u32::MAX as usize)));
+            self
+        }
+
+        /// A non-inline view into one of the foreign buffers.
+        #[inline]
+        fn push_foreign(&mut self, s: &str, buf: u32, off: u32) {
+            let b = s.as_bytes();
+            debug_assert!(b.len() > 12 && (buf as usize) < self.foreign.len());
+            let prefix = u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as u128;
+            self.valid.push(true);
+            self.views.push(
+                (b.len() as u128) | (prefix << 32) | ((buf as u128) << 64) | ((off as u128) << 96),
+            );
+        }
+
         #[inline]
         fn push(&mut self, s: Option<&str>) {
             let Some(s) = s else {
@@ -140,7 +174,7 @@ mod python {
             if need_new {
                 self.buffers.push(Vec::with_capacity(b.len().max(1 << 20)));
             }
-            let idx = self.buffers.len() - 1;
+            let idx = self.foreign.len() + self.buffers.len() - 1;
             let buf = self.buffers.last_mut().expect("just pushed");
             let off = buf.len();
             buf.extend_from_slice(b);
@@ -151,7 +185,8 @@ mod python {
 
         fn finish(self) -> ArrayRef {
             let nulls = self.any_null.then(|| NullBuffer::from(self.valid));
-            let buffers: Vec<Buffer> = self.buffers.into_iter().map(Buffer::from_vec).collect();
+            let mut buffers = self.foreign;
+            buffers.extend(self.buffers.into_iter().map(Buffer::from_vec));
             // SAFETY: views were built above following the Utf8View layout from valid UTF-8.
             let arr = unsafe {
                 GenericByteViewArray::<StringViewType>::new_unchecked(
@@ -198,20 +233,35 @@ mod python {
         /// Which unpack column each value of the current row's schema goes to.
         colmap: Vec<usize>,
         filled: Vec<bool>,
+        /// Where the current row's text lives in the input's view buffers, if it does.
+        row: Option<RowLoc>,
+    }
+
+    #[derive(Clone, Copy)]
+    struct RowLoc {
+        addr: usize,
+        len: usize,
+        buf: u32,
+        off: u32,
     }
 
     impl ChunkSink {
-        fn new(unpack: Option<usize>) -> Self {
+        fn new(unpack: Option<usize>, foreign: &[Buffer], bytes: usize) -> Self {
             ChunkSink {
                 ok: Vec::new(),
                 reason: StrBuf::default(),
                 field: StrBuf::default(),
                 message: StrBuf::default(),
                 extracted: Vec::new(),
-                json: StrBuf::default(),
-                unpack: unpack.map(|k| (0..k).map(|_| StrBuf::default()).collect()),
+                json: StrBuf::default().reserve(bytes),
+                unpack: unpack.map(|k| {
+                    (0..k)
+                        .map(|_| StrBuf::with_foreign(foreign.to_vec()).reserve(bytes / k.max(1)))
+                        .collect()
+                }),
                 colmap: Vec::new(),
                 filled: Vec::new(),
+                row: None,
             }
         }
 
@@ -236,8 +286,20 @@ mod python {
                 self.filled.clear();
                 self.filled.resize(cols.len(), false);
                 for (v, &c) in values.iter().zip(&self.colmap) {
-                    cols[c].push(*v);
+                    if c >= cols.len() {
+                        continue;
+                    }
                     self.filled[c] = true;
+                    // A value that is a plain slice of the input row becomes a view into
+                    // the input buffer: no copy.
+                    if let (Some(r), Some(x)) = (self.row, v) {
+                        let a = x.as_ptr() as usize;
+                        if x.len() > 12 && a >= r.addr && a + x.len() <= r.addr + r.len {
+                            cols[c].push_foreign(x, r.buf, r.off + (a - r.addr) as u32);
+                            continue;
+                        }
+                    }
+                    cols[c].push(*v);
                 }
                 for (c, f) in cols.iter_mut().zip(&self.filled) {
                     if !f {
@@ -317,22 +379,72 @@ mod python {
                 Tasks::PerRow(col)
             };
             let n = texts.len;
-            let ncols = unpack.then_some(self.set.unpack_columns.len());
-            let block = block_rows(n);
             let set = &self.set;
+            // One task type: unpack just its fields; a column of them: the union.
+            let unpack_names: Vec<String> = match &tasks {
+                Tasks::One(t) => set
+                    .get(t)
+                    .map(|s| s.string_props.clone())
+                    .unwrap_or_default(),
+                Tasks::PerRow(_) => set.unpack_columns.clone(),
+            };
+            let ncols = unpack.then_some(unpack_names.len());
+            let block = block_rows(n);
             let colmaps: Vec<(String, Vec<usize>)> = self
                 .names
                 .iter()
-                .filter_map(|t| set.get(t).map(|s| (t.clone(), set.column_map(s))))
+                .filter_map(|t| {
+                    set.get(t).map(|s| {
+                        let m = s
+                            .string_props
+                            .iter()
+                            .map(|p| {
+                                unpack_names
+                                    .iter()
+                                    .position(|c| c == p)
+                                    .unwrap_or(usize::MAX)
+                            })
+                            .collect();
+                        (t.clone(), m)
+                    })
+                })
                 .collect();
+            // Blocks never straddle two input chunks, so a block's unpacked values can
+            // point into its chunk's view buffers.
+            let mut blocks = Vec::new();
+            for (k, c) in texts.chunks.iter().enumerate() {
+                let start = texts.starts[k];
+                let mut lo = 0;
+                while lo < c.len() {
+                    let hi = (lo + block).min(c.len());
+                    blocks.push((k, start + lo, start + hi));
+                    lo = hi;
+                }
+            }
             let sinks: Vec<ChunkSink> = py.detach(|| {
-                (0..n.div_ceil(block))
-                    .into_par_iter()
-                    .map(|b| {
-                        let mut sink = ChunkSink::new(ncols);
+                blocks
+                    .par_iter()
+                    .map(|&(k, lo, hi)| {
+                        let chunk = &texts.chunks[k];
+                        let views = (chunk.data_type() == &DataType::Utf8View)
+                            .then(|| chunk.as_string_view());
+                        let foreign: Vec<Buffer> =
+                            views.map(|v| v.data_buffers().to_vec()).unwrap_or_default();
+                        let bytes: usize = match views {
+                            Some(v) => v.views()[lo - texts.starts[k]..hi - texts.starts[k]]
+                                .iter()
+                                .map(|&w| w as u32 as usize)
+                                .sum(),
+                            None => 0,
+                        };
+                        let mut sink = ChunkSink::new(ncols, &foreign, bytes);
+                        let text_is_str = matches!(
+                            chunk.data_type(),
+                            DataType::Utf8View | DataType::Utf8 | DataType::LargeUtf8
+                        );
                         let mut scratch = Scratch::default();
                         let mut last_task: Option<String> = None;
-                        for row in b * block..((b + 1) * block).min(n) {
+                        for row in lo..hi {
                             let task = match &tasks {
                                 Tasks::One(s) => Some(s.as_str()),
                                 Tasks::PerRow(c) => c.str(row),
@@ -345,16 +457,42 @@ mod python {
                                 last_task = task.map(str::to_string);
                             }
                             let schema = task.and_then(|t| set.get(t));
+                            let text = texts.bytes(row);
+                            sink.row = match (views, text) {
+                                (Some(v), Some(t)) if t.len() > 12 => {
+                                    let view = v.views()[row - texts.starts[k]];
+                                    Some(RowLoc {
+                                        addr: t.as_ptr() as usize,
+                                        len: t.len(),
+                                        buf: (view >> 64) as u32,
+                                        off: (view >> 96) as u32,
+                                    })
+                                }
+                                _ => None,
+                            };
                             let before = sink.ok.len();
                             let res = catch_unwind(AssertUnwindSafe(|| {
-                                validate_row(
-                                    texts.bytes(row),
-                                    schema,
-                                    task,
-                                    extract,
-                                    &mut scratch,
-                                    &mut sink,
-                                )
+                                if text_is_str {
+                                    // Arrow strings are UTF-8 already: no second check.
+                                    let t = texts.str(row);
+                                    validate_text_row(
+                                        t,
+                                        schema,
+                                        task,
+                                        extract,
+                                        &mut scratch,
+                                        &mut sink,
+                                    )
+                                } else {
+                                    validate_row(
+                                        text,
+                                        schema,
+                                        task,
+                                        extract,
+                                        &mut scratch,
+                                        &mut sink,
+                                    )
+                                }
                             }));
                             if res.is_err() && sink.ok.len() == before {
                                 scratch = Scratch::default();
@@ -383,7 +521,7 @@ mod python {
                 Field::new("json", DataType::Utf8View, true),
             ];
             if unpack {
-                for c in &self.set.unpack_columns {
+                for c in &unpack_names {
                     fields.push(Field::new(c, DataType::Utf8View, true));
                 }
             }

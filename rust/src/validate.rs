@@ -460,7 +460,48 @@ pub struct Scratch {
     values: Vec<String>,
 }
 
-/// Validate one row's text against `schema` and send the verdict to `sink`.
+/// Row-level checks shared by both entry points: null text, unknown task type, size.
+fn precheck<'s>(
+    len: Option<usize>,
+    schema: Option<&'s Schema>,
+    task_type: Option<&str>,
+) -> Result<&'s Schema, Rejection> {
+    let Some(len) = len else {
+        return Err(Rejection::new(Reason::NullText, None, "text is null"));
+    };
+    let Some(schema) = schema else {
+        let msg = match task_type {
+            Some(t) => format!("unknown task type '{t}'"),
+            None => "task type is null".to_string(),
+        };
+        return Err(Rejection::new(Reason::UnknownTaskType, None, msg));
+    };
+    if len > MAX_TEXT_BYTES {
+        return Err(Rejection::new(
+            Reason::TooLarge,
+            None,
+            format!("text is {len} bytes (limit {MAX_TEXT_BYTES})"),
+        ));
+    }
+    Ok(schema)
+}
+
+/// Validate one row of UTF-8 text (a string column) and send the verdict to `sink`.
+pub fn validate_text_row(
+    text: Option<&str>,
+    schema: Option<&Schema>,
+    task_type: Option<&str>,
+    extract: bool,
+    scratch: &mut Scratch,
+    sink: &mut dyn Sink,
+) {
+    match precheck(text.map(str::len), schema, task_type) {
+        Ok(schema) => validate_str(text.unwrap_or_default(), schema, extract, scratch, sink),
+        Err(rej) => sink.reject(rej, false),
+    }
+}
+
+/// Validate one row's raw bytes (UTF-8 checked here) and send the verdict to `sink`.
 pub fn validate_row(
     text: Option<&[u8]>,
     schema: Option<&Schema>,
@@ -469,29 +510,11 @@ pub fn validate_row(
     scratch: &mut Scratch,
     sink: &mut dyn Sink,
 ) {
-    let Some(bytes) = text else {
-        return sink.reject(
-            Rejection::new(Reason::NullText, None, "text is null"),
-            false,
-        );
+    let schema = match precheck(text.map(<[u8]>::len), schema, task_type) {
+        Ok(s) => s,
+        Err(rej) => return sink.reject(rej, false),
     };
-    let Some(schema) = schema else {
-        let msg = match task_type {
-            Some(t) => format!("unknown task type '{t}'"),
-            None => "task type is null".to_string(),
-        };
-        return sink.reject(Rejection::new(Reason::UnknownTaskType, None, msg), false);
-    };
-    if bytes.len() > MAX_TEXT_BYTES {
-        return sink.reject(
-            Rejection::new(
-                Reason::TooLarge,
-                None,
-                format!("text is {} bytes (limit {MAX_TEXT_BYTES})", bytes.len()),
-            ),
-            false,
-        );
-    }
+    let bytes = text.unwrap_or_default();
     let text = match std::str::from_utf8(bytes) {
         Ok(t) => t,
         Err(e) => {
@@ -501,6 +524,17 @@ pub fn validate_row(
             )
         }
     };
+    validate_str(text, schema, extract, scratch, sink)
+}
+
+/// The parse + schema part of validation, for text known to be UTF-8.
+pub fn validate_str(
+    text: &str,
+    schema: &Schema,
+    extract: bool,
+    scratch: &mut Scratch,
+    sink: &mut dyn Sink,
+) {
     if let Some(props) = &schema.fast {
         if fast_scan(text, props, scratch) {
             let vals = unpack_fast(text, &scratch.spans, &mut scratch.values);
@@ -547,11 +581,11 @@ fn skip_ws(b: &[u8], mut i: usize) -> usize {
     i
 }
 
-/// Scan a JSON string body starting after its opening quote. Returns
-/// (end index of closing quote, number of chars after unescaping, has escapes, all-ws)
-/// or None when the string needs the general path (`\u`, `\/`, control chars, bad escapes).
+/// Scan a JSON string body starting after its opening quote. Returns (index of the
+/// closing quote, number of escapes) or None when the string needs the general path
+/// (`\u`, `\/`, control chars, bad escapes).
 #[inline]
-fn scan_string(text: &str, start: usize) -> Option<(usize, u64, bool, bool)> {
+fn scan_string(text: &str, start: usize) -> Option<(usize, u64)> {
     let b = text.as_bytes();
     let mut i = start;
     let mut escapes = 0u64;
@@ -570,48 +604,46 @@ fn scan_string(text: &str, start: usize) -> Option<(usize, u64, bool, bool)> {
         }
     }
     let body = &b[start..i];
-    // One pass: control characters (invalid in JSON strings) and code-point count.
-    let mut ctrl = false;
-    let mut starts = 0u64;
-    for chunk in body.chunks(64) {
-        let mut c = false;
-        let mut n = 0u64;
-        for &x in chunk {
-            c |= x < 0x20;
-            n += ((x as i8) >= -64) as u64;
-        }
-        ctrl |= c;
-        starts += n;
-    }
+    // Control characters are invalid inside JSON strings (vectorised, no early exit).
+    let ctrl = body
+        .chunks(64)
+        .any(|c| c.iter().fold(false, |acc, &x| acc | (x < 0x20)));
     if ctrl {
         return None;
     }
-    let chars = starts - escapes;
-    // Whitespace-only check: the first non-ws byte usually comes at once.
-    let all_ws = {
-        // Both ends sit at ASCII bytes, so this is a char-boundary slice.
-        let s = &text[start..i];
-        let mut all = true;
-        let mut chs = s.chars();
-        while let Some(c) = chs.next() {
-            if c == '\\' {
-                // escaped char: \n \r \t \f are whitespace; \b \" \\ are not.
-                match chs.next() {
-                    Some('n' | 'r' | 't' | 'f') => continue,
-                    _ => {
-                        all = false;
-                        break;
-                    }
-                }
-            }
-            if !is_ws(c) {
-                all = false;
-                break;
+    Some((i, escapes))
+}
+
+/// Code points of a scanned string body (escapes count as one).
+#[inline]
+fn char_count(body: &[u8], escapes: u64) -> u64 {
+    let starts: u64 = body
+        .chunks(64)
+        .map(|c| c.iter().map(|&x| ((x as i8) >= -64) as u64).sum::<u64>())
+        .sum();
+    starts - escapes
+}
+
+/// Is the string body only whitespace (after unescaping)?
+#[inline]
+fn body_all_ws(text: &str, start: usize, end: usize) -> bool {
+    // The first non-ws char usually comes at once. Both ends sit at ASCII quotes, so
+    // this is a char-boundary slice.
+    let s = &text[start..end];
+    let mut chs = s.chars();
+    while let Some(c) = chs.next() {
+        if c == '\\' {
+            // escaped char: \n \r \t \f are whitespace; \b \" \\ are not.
+            match chs.next() {
+                Some('n' | 'r' | 't' | 'f') => continue,
+                _ => return false,
             }
         }
-        all
-    };
-    Some((i, chars, escapes > 0, all_ws))
+        if !is_ws(c) {
+            return false;
+        }
+    }
+    true
 }
 
 /// The fast path: accept a valid closed object of strings and write its compact JSON to
@@ -655,11 +687,21 @@ fn fast_scan(text: &str, props: &[FastProp], scratch: &mut Scratch) -> bool {
         if b.get(i) != Some(&b'"') {
             return false;
         }
-        let Some((send, chars, esc, all_ws)) = scan_string(text, i + 1) else {
+        let Some((send, escapes)) = scan_string(text, i + 1) else {
             return false;
         };
         let p = &props[pi];
-        if chars < p.min || chars > p.max || (p.min >= 1 && all_ws) {
+        let esc = escapes > 0;
+        let body = &b[i + 1..send];
+        // chars <= bytes - escapes <= 4 * chars: count only when the bounds can't decide.
+        let upper = body.len() as u64 - escapes;
+        if upper > p.max || (p.min > 1 && upper < 4 * p.min) {
+            let chars = char_count(body, escapes);
+            if chars < p.min || chars > p.max {
+                return false;
+            }
+        }
+        if p.min >= 1 && (upper == 0 || body_all_ws(text, i + 1, send)) {
             return false;
         }
         if json.len() > 1 {

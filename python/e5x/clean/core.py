@@ -70,7 +70,7 @@ class Validator:
 
     @property
     def unpack_columns(self) -> list[str]:
-        """String fields that ``validate(..., unpack=True)`` adds as columns."""
+        """String fields ``validate(..., unpack=True)`` adds when task types vary per row."""
         return list(self._native.unpack_columns)
 
     def validate(
@@ -116,8 +116,10 @@ def validate(
     without the leading ``/``, e.g. ``user_query``), ``message``, ``extracted`` (the
     object was pulled out of a fenced block or prose; only with ``extract=True``) and
     ``json`` (the validated object as compact JSON, keys in input order; null when not
-    ok). ``unpack=True`` appends one String column per string field of the schemas
-    (null where the row failed or its task type lacks the field).
+    ok). ``unpack=True`` appends one String column per string field (unescaped): the
+    fields of ``task_types`` when it is one name, else the union over all schemas
+    (:attr:`Validator.unpack_columns`), null where the row failed or its task type lacks
+    the field. Unpacked values are zero-copy views into ``texts`` where possible.
 
     ``schemas`` adds custom task types (name -> JSON Schema dict) to the built-in
     :data:`e5x.tasks.schemas.SCHEMAS`. Bad rows never raise: invalid UTF-8 (Binary
