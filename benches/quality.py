@@ -56,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reuse", help="a finished quickstart folder: skip synth+train, run the ablations")
     ap.add_argument("--steps", type=int, help="training steps (default: the quickstart's)")
     ap.add_argument("--batch-size", type=int)
+    ap.add_argument("--train-max-length", type=int)
+    ap.add_argument("--lr", type=float)
+    ap.add_argument("--warmup-steps", type=int)
+    ap.add_argument("--eval-max-length", type=int)
     ap.add_argument("--n-examples", type=int, help="synthetic examples")
     ap.add_argument("--sts-pairs", type=int)
     ap.add_argument("--scifact-queries", type=int)
@@ -87,6 +91,14 @@ def main(argv: list[str] | None = None) -> int:
         over["train"]["max_steps"] = args.steps
     if args.batch_size is not None:
         over["train"]["batch_size"] = args.batch_size
+    if args.lr is not None:
+        over["train"]["lr"] = args.lr
+    if args.warmup_steps is not None:
+        over["train"]["warmup_steps"] = args.warmup_steps
+    if args.train_max_length is not None:
+        over["train"]["max_length"] = args.train_max_length
+    if args.eval_max_length is not None:
+        over["eval"]["max_length"] = args.eval_max_length
     if args.n_examples is not None:
         over["synth"]["n_examples"] = args.n_examples
     for k in ("sts_pairs", "scifact_queries", "scifact_corpus"):
@@ -100,8 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         summary = json.loads((qs_dir / "quickstart.json").read_text())
         trained = Path(summary["model_dir"])
         base = Path(json.loads((qs_dir / "train" / "train_config.json").read_text())["model"])
-        for k, v in over["eval"].items():
-            cfg["eval"][k] = v
+        if over["eval"] or over["train"] or over["synth"]:
+            ap.error("--reuse takes the run's own settings; drop the size/training options")
         tasks, sizes = prepare_eval_data(find_data_dir(cfg["data_dir"] or None), qs_dir / "data" / "eval-bench",
                                          cfg["eval"], cfg["seed"])  # fmt: skip
         out(f"reusing the finished quickstart run in {qs_dir} (train losses {summary.get('train_losses')})")
@@ -131,23 +143,28 @@ def main(argv: list[str] | None = None) -> int:
     out("-" * len(cols))
     ev = cfg["eval"]
     rows: list[dict[str, Any]] = []
+
+    def row(name: str, pool_name: str, instr: bool, sts: float, sf: float, secs: float) -> None:
+        out(f"{name:<9}{pool_name:<12}{'yes' if instr else 'no':<13}{sts:>16.2f}{sf:>17.2f}{secs:>7.0f}")
+        rows.append({"model": name, "pooling": pool_name, "instruction": instr, "sts": sts, "scifact": sf})
+
+    sts_key, sf_key = "STSBenchmark (cosine_spearman)", "SciFact (ndcg_at_10)"
+    secs = summary.get("seconds", {})
+    # The quickstart's own evaluations are the (last-token, instruction) rows.
+    row("base", "last_token", True, summary["before"][sts_key], summary["before"][sf_key],
+        secs.get("evaluate before training", float("nan")))  # fmt: skip
+    row("trained", "last_token", True, summary["after"][sts_key], summary["after"][sf_key],
+        secs.get("evaluate after training", float("nan")))  # fmt: skip
     for name, path, pooling, instr in (
-        ("base", base, "last_token", True),
-        ("base", base, "last_token", False),
         ("base", base, "mean", False),
-        ("trained", trained, None, True),
+        ("base", base, "last_token", False),
         ("trained", trained, None, False),
         ("trained", trained, "mean", True),
     ):
         t1 = time.perf_counter()
         scores = _evaluate(path, tasks, ev, pooling=pooling, use_instructions=instr,
                            out_json=qs_dir / f"bench-{name}-{pooling or 'saved'}-{int(instr)}.json")  # fmt: skip
-        sts = scores["STSBenchmark (cosine_spearman)"]
-        sf = scores["SciFact (ndcg_at_10)"]
-        pool_name = pooling or "last_token"
-        out(f"{name:<9}{pool_name:<12}{'yes' if instr else 'no':<13}{sts:>16.2f}{sf:>17.2f}"
-            f"{time.perf_counter() - t1:>7.0f}")  # fmt: skip
-        rows.append({"model": name, "pooling": pool_name, "instruction": instr, "sts": sts, "scifact": sf})
+        row(name, pooling or "last_token", instr, scores[sts_key], scores[sf_key], time.perf_counter() - t1)
     out()
     out(f"total {time.perf_counter() - t0:.0f}s; quickstart stage seconds {summary.get('seconds')}")
     (result_path.with_suffix(".json")).write_text(json.dumps({"rows": rows, "summary": summary}, indent=2) + "\n")
