@@ -38,6 +38,11 @@ class TrainConfig:
     gradient_checkpointing: bool = True
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on GPU
     packing: bool = False  # padding-free packed forwards (e5x.model.packing)
+    # With packing: the last `checkpoint_keep` layers skip activation checkpointing and the
+    # `checkpoint_save_matmuls` layers before them keep their matmul outputs (e5x.model.fast).
+    checkpoint_keep: int = 0
+    checkpoint_save_matmuls: int = 0
+    liger: bool = False  # liger-kernel's fused RMSNorm/SwiGLU/RoPE (GPU, when installed)
     # --- data
     sources: list[Source] = field(default_factory=list)
     max_length: int = 512

@@ -78,9 +78,15 @@ def train(
     tokenizer, model = _load_model(cfg, device, torch.bfloat16 if use_bf16 and device.type == "cuda" else None)
     embed_fn = None
     if cfg.packing:  # padding-free: one packed stream per chunk, attention kept per sequence
-        from e5x.model.packing import embed_packed_inputs, enable_packing
+        from e5x.model.fast import prepare_for_packed_training
+        from e5x.model.packing import embed_packed_inputs
 
-        enable_packing(model)
+        prepare_for_packed_training(
+            model,
+            checkpoint_keep=cfg.checkpoint_keep if cfg.gradient_checkpointing else None,
+            checkpoint_save_matmuls=cfg.checkpoint_save_matmuls,
+            liger=cfg.liger,
+        )
         embed_fn = embed_packed_inputs
     fsdp = cfg.distributed == "fsdp" and world.size > 1
     if fsdp:
