@@ -82,29 +82,29 @@ def test_quickstart_end_to_end_tiny(shared_data, tmp_path):
     over = {
         "out_dir": str(tmp_path / "qs"),
         "data_dir": str(shared_data),
-        "synth": {
-            "n_examples": 3,
-            "task_weights": {"sts": 1.0, "bitext": 1.0, "short_short": 1.0},
-            "brainstorm_requests": {"short_short": 1},
-            "brainstorm": {"max_tokens": 160},
-            "examples": {"max_tokens": 160},
+        "synth": {  # symmetric types only: 2 requests, no brainstorm
+            "n_examples": 2,
+            "task_weights": {"sts": 1.0, "bitext": 1.0},
+            "brainstorm_requests": {},
+            "examples": {"max_tokens": 120},
         },
-        "real_data": {"sts_max_pairs": 64, "scifact_max_pairs": 64},
-        "train": {"max_steps": 2, "batch_size": 4, "max_length": 48, "progress": False, "lr": 1e-4},
-        "eval": {"sts_pairs": 40, "scifact_queries": 8, "scifact_corpus": 40, "max_length": 48},
+        "real_data": {"sts_max_pairs": 32, "scifact_max_pairs": 32},
+        "train": {"max_steps": 2, "batch_size": 2, "max_length": 32, "progress": False},
+        "eval": {"sts_pairs": 16, "scifact_queries": 4, "scifact_corpus": 12, "max_length": 32},
     }
     lines: list[str] = []
     res = quickstart(overrides=over, echo=lines.append)
     out = tmp_path / "qs"
     assert (out / "llm-server.log").read_text().strip()  # the server ran and logged
     assert (out / "synth" / "responses.jsonl").is_file() and (out / "data" / "synthetic.report.json").is_file()
-    assert res.train_rows["stsb-train"] == 64 and res.train_rows["scifact-train"] == 64
+    assert res.train_rows["stsb-train"] == 32 and res.train_rows["scifact-train"] == 32
     keys = {"STSBenchmark (cosine_spearman)", "SciFact (ndcg_at_10)"}
     assert set(res.before) == set(res.after) == keys
     assert all(math.isfinite(v) for v in [*res.before.values(), *res.after.values()])
     summary = json.loads((out / "quickstart.json").read_text())
     assert len(summary["train_losses"]) == 2 and all(math.isfinite(x) for x in summary["train_losses"])
-    assert summary["eval_sizes"]["SciFact"] == {"queries": 8, "corpus": 40, "qrels": summary["eval_sizes"]["SciFact"]["qrels"]}
+    assert summary["eval_sizes"]["STSBenchmark"] == {"pairs": 16}
+    assert summary["eval_sizes"]["SciFact"]["queries"] == 4 and summary["eval_sizes"]["SciFact"]["corpus"] == 12
     # The saved model loads and embeds; the table shows both numbers.
     emb = Embedder.from_pretrained(res.model_dir, show_progress=False)
     v = emb.encode_documents(["a tiny check"])
