@@ -281,13 +281,15 @@ def main() -> None:
     rows: list[tuple[str, str, float, float, float, str]] = []
 
     def best(fn: Callable[[], Any], k: int) -> tuple[Any, float, float]:
-        res = []
+        best_run: tuple[Any, float, float, float] | None = None
         for _ in range(k):
-            res.append(_peak_rss(fn))
-            res[-1] = (*res[-1], CPU_SECONDS[-1])
-        out, dt, rss, cpu = min(res, key=lambda r: r[1])
-        CPU_SECONDS.append(cpu)
-        return out, dt, rss
+            out, dt, rss = _peak_rss(fn)
+            if best_run is None or dt < best_run[1]:
+                best_run = (out, dt, rss, CPU_SECONDS[-1])
+            del out  # keep one result alive at a time (peak RSS per run)
+        assert best_run is not None
+        CPU_SECONDS.append(best_run[3])
+        return best_run[:3]
 
     def add(pipe: str, stage: str, dt: float, rss: float, note: str = "", size: float = mb, n: int = args.rows) -> None:
         rows.append((pipe, stage, dt, CPU_SECONDS[-1], size / dt if size else float("nan"), n / dt, rss, note))

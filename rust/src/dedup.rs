@@ -77,13 +77,8 @@ fn already_collapsed(s: &str) -> bool {
     }
     // Non-ASCII White_Space: U+0085 U+00A0 (C2 ..), U+1680 (E1 ..), U+2000..U+205F
     // (E2 ..), U+3000 (E3 80 80). Look only at those lead bytes.
-    let hit = |i: usize| -> bool {
-        s.get(i..)
-            .and_then(|t| t.chars().next())
-            .is_some_and(char::is_whitespace)
-    };
-    memchr::memchr3_iter(0xC2, 0xE1, 0xE2, b).all(|i| !hit(i))
-        && memchr::memchr_iter(0xE3, b).all(|i| !(b.get(i + 1) == Some(&0x80) && hit(i)))
+    memchr::memchr3_iter(0xC2, 0xE1, 0xE2, b).all(|i| ws_len_at(b, i) == 0)
+        && memchr::memchr_iter(0xE3, b).all(|i| ws_len_at(b, i) == 0)
 }
 
 /// The normalised form of `s`: borrowed when `s` is already normal (the common case),
@@ -137,6 +132,22 @@ const MAY_WS: [bool; 256] = {
     t
 };
 
+/// Byte length of the White_Space character starting at `b[i]` (0 if it is not one),
+/// decided from the UTF-8 bytes without decoding.
+#[inline]
+fn ws_len_at(b: &[u8], i: usize) -> usize {
+    let at = |k: usize| b.get(i + k).copied().unwrap_or(0);
+    match b[i] {
+        0x09..=0x0D | 0x20 => 1,
+        0xC2 if matches!(at(1), 0x85 | 0xA0) => 2,
+        0xE1 if at(1) == 0x9A && at(2) == 0x80 => 3,
+        0xE2 if at(1) == 0x80 && matches!(at(2), 0x80..=0x8A | 0xA8 | 0xA9 | 0xAF) => 3,
+        0xE2 if at(1) == 0x81 && at(2) == 0x9F => 3,
+        0xE3 if at(1) == 0x80 && at(2) == 0x80 => 3,
+        _ => 0,
+    }
+}
+
 /// Collapse runs of Unicode White_Space to one space and trim both ends.
 fn collapse_ws(s: &str, out: &mut String) {
     out.clear();
@@ -146,16 +157,10 @@ fn collapse_ws(s: &str, out: &mut String) {
     while i < b.len() {
         // Length of the whitespace char at i (0 = not whitespace).
         let ws_len = |i: usize| -> usize {
-            let x = b[i];
-            if !MAY_WS[x as usize] {
-                0
-            } else if x < 0x80 {
-                1
+            if MAY_WS[b[i] as usize] {
+                ws_len_at(b, i)
             } else {
-                match s[i..].chars().next() {
-                    Some(c) if c.is_whitespace() => c.len_utf8(),
-                    _ => 0,
-                }
+                0
             }
         };
         let w = ws_len(i);
@@ -369,6 +374,18 @@ mod tests {
                 "{c:?}"
             );
             assert!(!is_nfkc(c) || c.nfkc().collect::<String>() == c, "{c:?}");
+        }
+    }
+
+    #[test]
+    fn whitespace_bytes_match_char_property() {
+        for cp in 0..0x110000u32 {
+            if let Some(c) = char::from_u32(cp) {
+                let mut buf = [0u8; 4];
+                let b = c.encode_utf8(&mut buf).as_bytes();
+                let want = if c.is_whitespace() { b.len() } else { 0 };
+                assert_eq!(ws_len_at(b, 0), want, "U+{cp:04X}");
+            }
         }
     }
 
