@@ -21,7 +21,8 @@ SUBCOMMANDS: dict[str, str] = {
     "eval": "evaluate a model on BEIR-format retrieval and STS data",
     "encode": "embed texts with a trained model",
     "bench": "run a benchmark from benches/",
-    "demo": "run the main job on its embedded default (the README's first command)",
+    "quickstart": "the whole recipe on embedded defaults: local LLM, synth, clean, train, eval",
+    "demo": "a few-second demo of the Rust data core on a generated sample",
 }
 
 
