@@ -112,3 +112,21 @@ def test_quickstart_end_to_end_tiny(shared_data, tmp_path):
     table = format_result(res)
     assert "STSBenchmark (cosine_spearman)" in table and f"{res.before['SciFact (ndcg_at_10)']:.2f}" in table
     assert any("synthetic examples kept" in s for s in lines)
+
+
+def test_cli_options_become_config_overrides():
+    import argparse
+
+    from e5x.cli import quickstart as cli
+
+    p = argparse.ArgumentParser()
+    cli.configure(p)
+    args = p.parse_args(["--out", "o", "--max-steps", "5", "--set", "train.lr=2e-4",
+                         "--set", "eval.sts_pairs=0", "--set", "llm.model=smol"])  # fmt: skip
+    over = cli.overrides_from_args(args)
+    assert over == {"out_dir": "o", "train": {"max_steps": 5, "lr": 2e-4}, "eval": {"sts_pairs": 0},
+                    "llm": {"model": "smol"}}  # fmt: skip
+    cfg = load_config(None, over)
+    assert cfg["train"]["lr"] == 2e-4 and cfg["train"]["batch_size"] == DEFAULTS["train"]["batch_size"]
+    bad = p.parse_args(["--set", "eval.sts_pears=1"])
+    assert cli.run(bad) == 2  # unknown key: a clear error, exit status 2
