@@ -64,8 +64,9 @@ def test_real_training_pairs_and_eval_subsets(shared_data, tmp_path):
     assert sf["positive"].str.len_chars().min() > 100 and sf["negative"].null_count() == 919
 
     tasks, sizes = prepare_eval_data(shared_data, tmp_path / "eval", DEFAULTS["eval"], seed=0)
-    assert sizes["STSBenchmark"] == {"pairs": 400}
-    assert sizes["SciFact"]["queries"] == 100 and sizes["SciFact"]["corpus"] == 400
+    assert sizes["STSBenchmark"] == {"pairs": DEFAULTS["eval"]["sts_pairs"]}
+    assert sizes["SciFact"]["queries"] == DEFAULTS["eval"]["scifact_queries"]
+    assert sizes["SciFact"]["corpus"] == DEFAULTS["eval"]["scifact_corpus"]
     qrels = (tmp_path / "eval/SciFact/qrels/test.tsv").read_text().splitlines()[1:]
     corpus_ids = {json.loads(ln)["_id"] for ln in (tmp_path / "eval/SciFact/corpus.jsonl").read_text().splitlines()}
     assert all(line.split("\t")[1] in corpus_ids for line in qrels)  # every relevant abstract kept

@@ -74,8 +74,8 @@ DEFAULTS: dict[str, Any] = {
         "model": "",
         "batch_size": 8,
         "chunk_size": 64,
-        "max_steps": 30,
-        "max_length": 128,
+        "max_steps": 20,
+        "max_length": 64,
         "lr": 1e-4,
         "warmup_steps": 3,
         "gradient_checkpointing": False,
@@ -84,10 +84,10 @@ DEFAULTS: dict[str, Any] = {
         "progress": True,
     },
     "eval": {
-        "sts_pairs": 400,  # seeded sample of STS-B test pairs; 0 = all 1,379
-        "scifact_queries": 100,  # seeded sample of SciFact test queries; 0 = all 300
-        "scifact_corpus": 400,  # their relevant abstracts + random others; 0 = all 5,183
-        "max_length": 128,
+        "sts_pairs": 200,  # seeded sample of STS-B test pairs; 0 = all 1,379
+        "scifact_queries": 50,  # seeded sample of SciFact test queries; 0 = all 300
+        "scifact_corpus": 200,  # their relevant abstracts + random others; 0 = all 5,183
+        "max_length": 64,
         "batch_size": 16,
         "pooling": "last_token",
         "use_instructions": True,
