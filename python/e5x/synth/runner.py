@@ -231,7 +231,10 @@ class Runner:
         if req.step == "brainstorm":
             schema: dict[str, Any] = {
                 "type": "object",
-                "properties": {"tasks": {"type": "array", "items": {"type": "string"}}},
+                # Non-empty list of non-empty strings: small models happily answer {"tasks": []}.
+                "properties": {
+                    "tasks": {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1}}
+                },
                 "required": ["tasks"],
                 "additionalProperties": False,
             }
