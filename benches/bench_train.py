@@ -166,8 +166,19 @@ def plain_embed(model: Any, seqs: list[list[int]]) -> torch.Tensor:
 
 
 def run_variant(name: str, model: Any, batches: list, *, warmup: int, embed: Any, loss: Any,
-                device: torch.device, computed_tokens: Any) -> dict[str, Any]:
-    """Time len(batches) - warmup steps of forward + backward + AdamW."""
+                device: torch.device, computed_tokens: Any,
+                initial: dict[str, torch.Tensor] | None = None, seed: int = 0) -> dict[str, Any]:
+    """Time len(batches) - warmup steps of forward + backward + AdamW.
+
+    Every variant starts from the same LoRA weights and RNG state, so the loss columns of
+    the table are comparable (they differ only by numerics and dropout layout).
+    """
+    if initial is not None:
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if n in initial:
+                    p.copy_(initial[n])
+    torch.manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.1, **({"fused": True} if device.type == "cuda" else {}))
     amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else None
@@ -381,7 +392,8 @@ def main(argv: list[str] | None = None) -> int:
     def packed_tokens(qs: list, ds: list) -> int:
         return sum(map(len, qs)) + sum(map(len, ds))
 
-    common = {"warmup": args.warmup, "loss": loss, "device": device}
+    initial = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    common = {"warmup": args.warmup, "loss": loss, "device": device, "initial": initial, "seed": args.seed}
     # 1. plain loop (HF checkpointing on every layer, SDPA, padded)
     set_checkpointing(model, keep=0)
     report(run_variant("plain", model, batches, embed=both_padded, computed_tokens=padded_tokens, **common))
