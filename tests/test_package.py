@@ -36,3 +36,12 @@ def test_cli_help_lists_stages():
         [sys.executable, "-m", "e5x", "--help"], capture_output=True, text=True, check=True
     )
     assert "usage: e5x" in out.stdout
+
+
+def test_every_public_name_resolves():
+    import e5x
+
+    for name in e5x.__all__:
+        assert getattr(e5x, name) is not None, name
+    assert callable(e5x.train) and callable(e5x.evaluate) and callable(e5x.synthesize)
+    assert hasattr(e5x.Embedder, "from_pretrained")
