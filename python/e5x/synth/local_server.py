@@ -232,7 +232,10 @@ class LocalLLMServer:
         self.host = host
         self.port = port
         self.n_ctx = n_ctx
-        self.n_threads = n_threads or os.cpu_count() or 1
+        # Half the cores by default: llama.cpp's threads spin-wait on each other, and when the
+        # machine is oversubscribed (a training job beside it, a busy CI box) decoding with all
+        # cores collapsed ~50x here (11 s -> 600 s for the same requests); one spare core avoids it.
+        self.n_threads = n_threads or max(1, (os.cpu_count() or 2) // 2)
         self.model = model_alias or self.model_path.stem
         self.startup_timeout = startup_timeout
         self.stop_timeout = stop_timeout
