@@ -45,3 +45,25 @@ def test_every_public_name_resolves():
         assert getattr(e5x, name) is not None, name
     assert callable(e5x.train) and callable(e5x.evaluate) and callable(e5x.synthesize)
     assert hasattr(e5x.Embedder, "from_pretrained")
+
+
+def test_stage_functions_stay_callable_after_their_subpackages_are_imported():
+    # Importing e5x.train.loop rebinds the attribute e5x.train to the subpackage.
+    code = (
+        "import e5x.train.loop, e5x.clean.pipeline, e5x\n"
+        "import e5x.train.loop as loop, e5x.clean.pipeline as pipe\n"
+        "assert callable(e5x.train) and callable(e5x.clean)\n"
+        "try:\n"
+        "    e5x.train(None)\n"
+        "except Exception as exc:\n"
+        "    print('train', exc)\n"
+        "try:\n"
+        "    e5x.clean(None)\n"
+        "except Exception as exc:\n"
+        "    print('clean', exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    # Both calls reached the stage functions, which reject a missing config.
+    assert out.stdout.startswith("train ") and "clean " in out.stdout, out.stdout
+    assert "not callable" not in out.stdout, out.stdout

@@ -20,3 +20,8 @@ def __getattr__(name: str) -> Any:
         globals()[name] = value
         return value
     raise AttributeError(f"module 'e5x.clean' has no attribute {name!r}")
+
+
+from e5x._stage import make_module_callable  # noqa: E402
+
+make_module_callable(__name__, "clean")

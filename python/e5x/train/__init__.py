@@ -31,3 +31,8 @@ def __getattr__(name: str) -> Any:
 
         return getattr(loop, name)
     raise AttributeError(f"module 'e5x.train' has no attribute {name!r}")
+
+
+from e5x._stage import make_module_callable  # noqa: E402
+
+make_module_callable(__name__, "train")
