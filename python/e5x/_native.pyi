@@ -20,7 +20,14 @@ class Validator:
     @property
     def unpack_columns(self) -> list[str]: ...
     def validate(
-        self, texts: Any, task_types: Any, extract: bool = False, unpack: bool = False
+        self,
+        texts: Any,
+        task_types: Any,
+        extract: bool = False,
+        unpack: bool = False,
+        json: bool = True,
+        dedup: Deduplicator | None = None,
+        dedup_fields: list[str] | None = None,
     ) -> Any: ...
 
 @final

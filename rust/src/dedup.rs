@@ -7,35 +7,130 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::OnceLock;
 
 use rayon::prelude::*;
+use unicode_normalization::char::canonical_combining_class;
 use unicode_normalization::{is_nfkc_quick, IsNormalized, UnicodeNormalization};
 use xxhash_rust::xxh3::Xxh3Default;
 
-/// Starters (combining class 0) with NFKC_Quick_Check = Yes in common scripts: Latin-1
-/// letters, basic Cyrillic, kana, CJK unified ideographs, Hangul syllables. They reset
-/// the quick-check state just like ASCII, so no table lookup is needed for them.
-#[inline]
-fn nfkc_starter(c: char) -> bool {
-    matches!(c,
-        '\u{C0}'..='\u{FF}'
-        | '\u{400}'..='\u{45F}'
-        | '\u{3041}'..='\u{3096}'
-        | '\u{30A1}'..='\u{30FA}'
-        | '\u{4E00}'..='\u{9FFF}'
-        | '\u{AC00}'..='\u{D7A3}')
+/// Bitset over the Basic Multilingual Plane: starters (combining class 0) whose
+/// NFKC_Quick_Check is Yes. Such a char resets the quick-check state just like ASCII,
+/// so text made of them needs no further lookup. Derived once from the normalisation
+/// tables themselves (65,536 lookups, well under a millisecond).
+fn safe_starters() -> &'static [u64; 1024] {
+    static TABLE: OnceLock<Box<[u64; 1024]>> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut t = Box::new([0u64; 1024]);
+        for cp in 0..0x10000u32 {
+            if let Some(c) = char::from_u32(cp) {
+                if canonical_combining_class(c) == 0
+                    && is_nfkc_quick(std::iter::once(c)) == IsNormalized::Yes
+                {
+                    t[(cp >> 6) as usize] |= 1 << (cp & 63);
+                }
+            }
+        }
+        t
+    })
 }
 
-/// Is `s` in NFKC? The Unicode quick check, run only on the stretches between ASCII
-/// and common starters (which cannot change the answer), so typical text costs
-/// little more than `is_ascii`.
+/// Per UTF-8 lead byte: true when every char it can start is a safe starter (e.g.
+/// C3 = U+00C0..U+00FF, D0/D1 = basic Cyrillic, E4..E9 = CJK ideographs), so the char
+/// needs no decoding. Derived from [`safe_starters`].
+fn safe_leads() -> &'static [bool; 256] {
+    static LEADS: OnceLock<[bool; 256]> = OnceLock::new();
+    LEADS.get_or_init(|| {
+        let table = safe_starters();
+        let mut t = [false; 256];
+        for (lead, safe) in t.iter_mut().enumerate() {
+            // Code points a lead byte starts (4-byte leads: never safe, beyond the BMP).
+            let (lo, hi) = match lead {
+                0xC2..=0xDF => (
+                    (lead as u32 & 0x1F) << 6,
+                    ((lead as u32 & 0x1F) << 6) | 0x3F,
+                ),
+                0xE0..=0xEF => (
+                    (lead as u32 & 0x0F) << 12,
+                    ((lead as u32 & 0x0F) << 12) | 0xFFF,
+                ),
+                _ => continue,
+            };
+            *safe = (lo.max(0x80)..=hi)
+                .all(|cp| char::from_u32(cp).is_some_and(|c| nfkc_starter(table, c)));
+        }
+        t
+    })
+}
+
+#[inline]
+fn nfkc_starter(table: &[u64; 1024], c: char) -> bool {
+    let cp = c as u32;
+    cp < 0x10000 && table[(cp >> 6) as usize] & (1 << (cp & 63)) != 0
+}
+
+/// Index of the first non-ASCII byte at or after `i`, eight bytes per step.
+#[inline]
+fn next_non_ascii(b: &[u8], mut i: usize) -> Option<usize> {
+    while i + 8 <= b.len() {
+        let w = u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+        let high = w & 0x8080_8080_8080_8080;
+        if high != 0 {
+            return Some(i + (high.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    b[i..].iter().position(|&c| c >= 0x80).map(|p| i + p)
+}
+
+/// Is `s` in NFKC? Typical text is ASCII plus non-ASCII starters whose quick check is
+/// Yes; that is proven a block at a time: a branch-free mask of the block's lead bytes,
+/// then one table lookup per non-ASCII char. Any other char sends the whole string to
+/// the exact quick check ([`is_nfkc_exact`]).
 fn is_nfkc(s: &str) -> bool {
+    let table = safe_starters();
+    let safe_lead = safe_leads();
     let b = s.as_bytes();
     let mut i = 0;
     while i < b.len() {
-        match b[i..].iter().position(|&c| c >= 0x80) {
+        let blk = &b[i..(i + BLOCK).min(b.len())];
+        let mut leads = 0u32; // bit k: blk[k] starts a multi-byte char
+        if let Ok(full) = <&[u8; BLOCK]>::try_from(blk) {
+            for (k, &c) in full.iter().enumerate() {
+                leads |= ((c >= 0xC0) as u32) << k;
+            }
+        } else {
+            for (k, &c) in blk.iter().enumerate() {
+                leads |= ((c >= 0xC0) as u32) << k;
+            }
+        }
+        while leads != 0 {
+            let at = i + leads.trailing_zeros() as usize;
+            leads &= leads - 1;
+            if safe_lead[b[at] as usize] {
+                continue;
+            }
+            // `at` holds a lead byte of valid UTF-8: a char boundary.
+            let c = s[at..].chars().next().expect("a lead byte starts a char");
+            if !nfkc_starter(table, c) {
+                return is_nfkc_exact(s);
+            }
+        }
+        i += blk.len();
+    }
+    true
+}
+
+/// The Unicode NFKC quick check, run only on the stretches between ASCII and safe
+/// starters (which reset its state, so they cannot change the answer).
+fn is_nfkc_exact(s: &str) -> bool {
+    let table = safe_starters();
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match next_non_ascii(b, i) {
             None => return true,
-            Some(p) => i += p,
+            Some(p) => i = p,
         }
         let end = b[i..]
             .iter()
@@ -45,7 +140,7 @@ fn is_nfkc(s: &str) -> bool {
         let run = &s[i..end];
         let mut seg = 0;
         for (j, c) in run.char_indices() {
-            if nfkc_starter(c) {
+            if nfkc_starter(table, c) {
                 if seg < j && is_nfkc_quick(run[seg..j].chars()) != IsNormalized::Yes {
                     return false;
                 }
@@ -60,41 +155,120 @@ fn is_nfkc(s: &str) -> bool {
     true
 }
 
-/// True when collapsing whitespace would not change `s`: no control whitespace, no
-/// non-ASCII whitespace, no double space, no space at either end.
-fn already_collapsed(s: &str) -> bool {
-    let b = s.as_bytes();
-    if b.first() == Some(&b' ') || b.last() == Some(&b' ') {
-        return false;
+/// Bytes per block of the whitespace scanner: a block with no whitespace other than
+/// single ASCII spaces is skipped in one branch-free (vectorised) test.
+const BLOCK: usize = 32;
+
+/// True when `b[i..i + BLOCK]` cannot change under whitespace collapsing: no control
+/// whitespace, no first two bytes of a non-ASCII White_Space char (C2 85, C2 A0,
+/// E1 9A, E2 80, E2 81, E3 80: checked loosely, the slow path decides), no space
+/// followed by a space (the byte after the block included). Needs `i + BLOCK < b.len()`.
+#[inline]
+fn block_is_plain(b: &[u8], i: usize) -> bool {
+    let x = &b[i..i + BLOCK];
+    let y = &b[i + 1..i + BLOCK + 1];
+    let mut bad = false;
+    for k in 0..BLOCK {
+        let (c, d) = (x[k], y[k]);
+        bad |= (c.wrapping_sub(0x09) < 5)
+            | ((c == b' ') & (d == b' '))
+            | ((c == 0xC2) & ((d == 0x85) | (d == 0xA0)))
+            | ((c == 0xE1) & (d == 0x9A))
+            | ((c == 0xE2) & ((d & 0xFE) == 0x80))
+            | ((c == 0xE3) & (d == 0x80));
     }
-    // Branch-free pass the compiler vectorises: \t \n \v \f \r.
-    let ctrl = b.chunks(64).any(|c| {
-        c.iter()
-            .fold(false, |acc, &x| acc | (x.wrapping_sub(0x09) < 5))
-    });
-    if ctrl || memchr::memmem::find(b, b"  ").is_some() {
-        return false;
-    }
-    // Non-ASCII White_Space: U+0085 U+00A0 (C2 ..), U+1680 (E1 ..), U+2000..U+205F
-    // (E2 ..), U+3000 (E3 80 80). Look only at those lead bytes.
-    memchr::memchr3_iter(0xC2, 0xE1, 0xE2, b).all(|i| ws_len_at(b, i) == 0)
-        && memchr::memchr_iter(0xE3, b).all(|i| ws_len_at(b, i) == 0)
+    !bad
 }
 
-/// The normalised form of `s`: borrowed when `s` is already normal (the common case),
-/// else built in `out`.
-pub fn normalized<'a>(s: &'a str, casefold: bool, out: &'a mut String) -> &'a str {
-    let ascii = s.is_ascii();
-    let nfkc = ascii || is_nfkc(s);
-    if nfkc && (!casefold || (ascii && !s.bytes().any(|c| c.is_ascii_uppercase()))) {
-        if already_collapsed(s) {
-            return s;
+/// Stream the whitespace-collapsed form of `s` (runs of White_Space -> one space,
+/// trimmed) to `emit` as slices of `s` and single spaces, without building a copy.
+/// Returns its length in bytes. Typical text is a few long unchanged slices.
+fn emit_collapsed(s: &str, emit: &mut impl FnMut(&[u8])) -> u64 {
+    let b = s.as_bytes();
+    let n = b.len();
+    let ws_at = |i: usize| {
+        if MAY_WS[b[i] as usize] {
+            ws_len_at(b, i)
+        } else {
+            0
         }
-        collapse_ws(s, out);
-        return out;
+    };
+    let mut total = 0u64;
+    // Skip leading whitespace.
+    let mut i = 0;
+    while i < n {
+        let w = ws_at(i);
+        if w == 0 {
+            break;
+        }
+        i += w;
     }
-    normalize_into(s, casefold, out);
-    out
+    let mut start = i; // start of the unchanged slice being built
+    while i < n {
+        if i + BLOCK < n && block_is_plain(b, i) {
+            i += BLOCK;
+            continue;
+        }
+        let stop = (i + BLOCK).min(n);
+        while i < stop {
+            let w = ws_at(i);
+            if w == 0 || (w == 1 && b[i] == b' ' && i + 1 < n && ws_at(i + 1) == 0) {
+                i += 1; // not whitespace, or a lone space between words: kept as is
+                continue;
+            }
+            // A run that changes: end the slice (dropping a lone space a skipped block
+            // left at its end), skip the run, and continue after one space.
+            let mut end = i;
+            if end > start && b[end - 1] == b' ' {
+                end -= 1;
+            }
+            emit(&b[start..end]);
+            total += (end - start) as u64;
+            let mut j = i;
+            while j < n {
+                let w = ws_at(j);
+                if w == 0 {
+                    break;
+                }
+                j += w;
+            }
+            if j < n {
+                emit(b" ");
+                total += 1;
+            }
+            start = j;
+            i = j;
+            break; // back to block scanning from the next word
+        }
+    }
+    if start < n {
+        emit(&b[start..n]);
+        total += (n - start) as u64;
+    }
+    total
+}
+
+/// Stream the normalised form of `s` to `emit`; returns its length in bytes. Text that
+/// is already NFKC (all ASCII, or the quick check says so) and needs no case folding is
+/// never copied; the rest is normalised into `scratch` first.
+pub fn emit_normalized(
+    s: &str,
+    casefold: bool,
+    scratch: &mut String,
+    emit: &mut impl FnMut(&[u8]),
+) -> u64 {
+    let ascii = s.is_ascii();
+    let plain = if ascii {
+        !casefold || !s.bytes().any(|c| c.is_ascii_uppercase())
+    } else {
+        !casefold && is_nfkc(s)
+    };
+    if plain {
+        return emit_collapsed(s, emit);
+    }
+    normalize_into(s, casefold, scratch);
+    emit(scratch.as_bytes());
+    scratch.len() as u64
 }
 
 /// Normalise `s` into `out` (cleared first).
@@ -200,20 +374,27 @@ pub fn normalize(s: &str, casefold: bool) -> String {
     out
 }
 
-/// Hash of one row: per field a presence byte, then length (u64 LE) and normalised
-/// bytes, streamed into xxh3-128 (no concatenated copy).
+/// Hash of one row: the normalised fields' bytes streamed into xxh3-128 (no
+/// concatenated copy), then each field's length (u64 LE; u64::MAX for null). The fixed
+/// number of trailing lengths makes the encoding injective: field boundaries and nulls
+/// count.
 pub fn row_hash(fields: &[Option<&str>], casefold: bool, norm: &mut String) -> u128 {
     let mut h = Xxh3Default::new();
-    for f in fields {
-        match f {
-            None => h.update(&[0]),
-            Some(s) => {
-                let n = normalized(s, casefold, norm);
-                h.update(&[1]);
-                h.update(&(n.len() as u64).to_le_bytes());
-                h.update(n.as_bytes());
-            }
+    let mut lens = [0u64; 8];
+    let mut more = Vec::new(); // lengths past the 8th field (rare)
+    for (k, f) in fields.iter().enumerate() {
+        let len = match f {
+            None => u64::MAX,
+            Some(s) => emit_normalized(s, casefold, norm, &mut |b| h.update(b)),
+        };
+        if k < lens.len() {
+            lens[k] = len;
+        } else {
+            more.push(len);
         }
+    }
+    for len in lens.iter().take(fields.len()).chain(&more) {
+        h.update(&len.to_le_bytes());
     }
     h.digest128()
 }
@@ -283,11 +464,28 @@ impl Dedup {
     /// Insert a batch of row hashes in order. Returns, per row, the global index of the
     /// row it duplicates (None = kept).
     pub fn insert(&mut self, hashes: &[u128]) -> Vec<Option<u64>> {
+        self.insert_iter(hashes.iter().map(|&h| Some(h)))
+    }
+
+    /// Like [`Dedup::insert`] where some rows take no part (None: e.g. they failed
+    /// validation): such a row counts as seen, is never kept and matches nothing.
+    pub fn insert_opt(&mut self, hashes: &[Option<u128>]) -> Vec<Option<u64>> {
+        self.insert_iter(hashes.iter().copied())
+    }
+
+    fn insert_iter(
+        &mut self,
+        hashes: impl ExactSizeIterator<Item = Option<u128>>,
+    ) -> Vec<Option<u64>> {
         self.first.reserve(hashes.len());
         let mut out = Vec::with_capacity(hashes.len());
-        for &h in hashes {
+        for h in hashes {
             let idx = self.seen;
             self.seen += 1;
+            let Some(h) = h else {
+                out.push(None);
+                continue;
+            };
             match self.first.entry(h) {
                 std::collections::hash_map::Entry::Occupied(e) => out.push(Some(*e.get())),
                 std::collections::hash_map::Entry::Vacant(e) => {
@@ -314,8 +512,16 @@ mod tests {
         assert_eq!(normalize(" \u{3000} ", false), "");
     }
 
+    fn streamed(s: &str, casefold: bool) -> String {
+        let mut out = Vec::new();
+        let mut scratch = String::new();
+        let n = emit_normalized(s, casefold, &mut scratch, &mut |b| out.extend_from_slice(b));
+        assert_eq!(n as usize, out.len(), "{s:?}");
+        String::from_utf8(out).expect("slices end on char boundaries")
+    }
+
     #[test]
-    fn borrowed_fast_path_agrees() {
+    fn streamed_fast_path_agrees() {
         let cases = [
             "plain text here",
             "two  spaces",
@@ -331,14 +537,74 @@ mod tests {
             "x\u{3000}y",
             "\u{85}",
             "",
+            " ",
             "ẞ",
         ];
         for c in cases {
             for cf in [false, true] {
                 let mut a = String::new();
-                let mut b = String::new();
                 normalize_into(c, cf, &mut a);
-                assert_eq!(normalized(c, cf, &mut b), a, "{c:?} casefold={cf}");
+                assert_eq!(streamed(c, cf), a, "{c:?} casefold={cf}");
+            }
+        }
+        // A lone space as the last byte of a skipped block, whitespace right after it.
+        for k in 28..36 {
+            let s = format!("{} \nb {}\u{a0} c ", "a".repeat(k), "d".repeat(k));
+            let want = format!("{} b {} c", "a".repeat(k), "d".repeat(k));
+            assert_eq!(streamed(&s, false), want, "{s:?}");
+        }
+    }
+
+    /// Random texts long enough to cross the scanner's 32-byte blocks, built from the
+    /// characters each branch cares about, against the plain (copying) normaliser.
+    #[test]
+    fn streamed_matches_copying_normaliser_on_random_text() {
+        let alphabet = [
+            "a",
+            "b",
+            "Z",
+            " ",
+            " ",
+            " ",
+            "  ",
+            "\n",
+            "\t",
+            "\r\n",
+            "\u{a0}",
+            "\u{3000}",
+            "\u{2009}",
+            "\u{85}",
+            "é",
+            "e\u{301}",
+            "ﬁ",
+            "ー",
+            "日",
+            "\u{e2}\u{80}",
+            "ẞ",
+            "x",
+        ];
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |m: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % m as u64) as usize
+        };
+        for _ in 0..4000 {
+            let len = next(120);
+            let mut s = String::new();
+            for _ in 0..len {
+                // Mostly words, so blocks are often plain and get skipped.
+                if next(4) == 0 {
+                    s.push_str(alphabet[next(alphabet.len())]);
+                } else {
+                    s.push_str(["word", "x", "lorem", " "][next(4)]);
+                }
+            }
+            for cf in [false, true] {
+                let mut a = String::new();
+                normalize_into(&s, cf, &mut a);
+                assert_eq!(streamed(&s, cf), a, "{s:?} casefold={cf}");
             }
         }
     }
@@ -373,7 +639,37 @@ mod tests {
                 is_nfkc_quick(c.chars()) == IsNormalized::Yes,
                 "{c:?}"
             );
+            assert_eq!(is_nfkc(c), is_nfkc_exact(c), "{c:?}");
             assert!(!is_nfkc(c) || c.nfkc().collect::<String>() == c, "{c:?}");
+        }
+    }
+
+    /// Never a false "already NFKC" for any BMP char, alone or next to a combining mark.
+    #[test]
+    fn nfkc_check_has_no_false_yes_on_the_bmp() {
+        for cp in 0x80..0x10000u32 {
+            if let Some(c) = char::from_u32(cp) {
+                // The third straddles the scanner's first block boundary.
+                let long = format!("{}{c}{}{c}\u{301}", "é".repeat(15), "a".repeat(31));
+                for s in [format!("a{c}b"), format!("x{c}\u{301}y{c}\u{323}"), long] {
+                    assert!(
+                        !is_nfkc(&s) || s.nfkc().collect::<String>() == s,
+                        "U+{cp:04X}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn safe_leads_cover_the_common_scripts_only() {
+        let t = safe_leads();
+        for lead in [0xC3, 0xD0, 0xD1, 0xE4, 0xE5, 0xE6, 0xE7, 0xE8, 0xE9] {
+            assert!(t[lead], "{lead:02X}");
+        }
+        // C2: NBSP and other compatibility chars; CC: combining marks; E3: U+3099.
+        for lead in [0x00, 0x41, 0x80, 0xC2, 0xCC, 0xE3, 0xEF, 0xF0] {
+            assert!(!t[lead], "{lead:02X}");
         }
     }
 
@@ -399,6 +695,13 @@ mod tests {
         let h2 = d.hash_rows(2, 2, |r, v| v.extend(rows2[r].iter().map(|s| Some(*s))));
         assert_eq!(d.insert(&h2), vec![Some(1), None]);
         assert_eq!((d.seen, d.unique()), (5, 3));
+        // Rows without a hash count as seen, are not kept and match nothing.
+        let h3 = d.hash_rows(1, 2, |_, v| v.extend([Some("c"), Some("z")]));
+        assert_eq!(
+            d.insert_opt(&[None, Some(h3[0]), Some(h1[0])]),
+            vec![None, Some(4), Some(0)]
+        );
+        assert_eq!((d.seen, d.unique()), (8, 3));
     }
 
     #[test]

@@ -23,7 +23,7 @@ mod python {
     use pyo3_arrow::{PyChunkedArray, PyTable};
     use rayon::prelude::*;
 
-    use crate::dedup::Dedup;
+    use crate::dedup::{row_hash, Dedup};
     use crate::render::Template;
     use crate::sample::{self, Alias};
     use crate::validate::{
@@ -109,6 +109,28 @@ mod python {
 
     // ---------------------------------------------------------------- output columns
 
+    /// An empty byte buffer with `cap` bytes of capacity. Big ones ask Linux for
+    /// transparent huge pages (THP "madvise" mode is the common default): writing
+    /// gigabytes of fresh output otherwise costs one page fault per 4 KiB, which
+    /// took ~30% of validation time and serialised threads on the mm lock.
+    fn alloc_bytes(cap: usize) -> Vec<u8> {
+        let v: Vec<u8> = Vec::with_capacity(cap);
+        #[cfg(target_os = "linux")]
+        if cap >= 4 << 20 {
+            const PAGE: usize = 4096;
+            let start = (v.as_ptr() as usize).next_multiple_of(PAGE);
+            let end = (v.as_ptr() as usize + cap) & !(PAGE - 1);
+            if end > start {
+                // SAFETY: advisory only, on whole pages inside this allocation; a
+                // failure (e.g. THP disabled) leaves ordinary pages.
+                unsafe {
+                    libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
+                }
+            }
+        }
+        v
+    }
+
     /// Builds a Utf8View array; buffers are split before any would pass u32 offsets.
     #[derive(Default)]
     struct StrBuf {
@@ -132,8 +154,7 @@ mod python {
         /// Reserve one own buffer up front (untouched capacity costs no RSS), so the
         /// column is written once instead of grown and copied.
         fn reserve(mut self, bytes: usize) -> Self {
-            self.buffers
-                .push(Vec::with_capacity(bytes.min(u32::MAX as usize)));
+            self.buffers.push(alloc_bytes(bytes.min(u32::MAX as usize)));
             self
         }
 
@@ -172,7 +193,7 @@ mod python {
                 Some(buf) => buf.len() + b.len() > u32::MAX as usize,
             };
             if need_new {
-                self.buffers.push(Vec::with_capacity(b.len().max(1 << 20)));
+                self.buffers.push(alloc_bytes(b.len().max(1 << 20)));
             }
             let idx = self.foreign.len() + self.buffers.len() - 1;
             let buf = self.buffers.last_mut().expect("just pushed");
@@ -228,11 +249,15 @@ mod python {
         field: StrBuf,
         message: StrBuf,
         extracted: Vec<bool>,
-        json: StrBuf,
+        /// None when the caller did not ask for the `json` column.
+        json: Option<StrBuf>,
         unpack: Option<Vec<StrBuf>>,
         /// Which unpack column each value of the current row's schema goes to.
         colmap: Vec<usize>,
         filled: Vec<bool>,
+        /// Fused dedup: per accepted row, the hash of these value indices (schema order;
+        /// usize::MAX = the row's task type lacks the field, hashed as null).
+        dedup: Option<FusedDedup>,
         /// Where the current row's text lives in the input's view buffers, if it does.
         row: Option<RowLoc>,
     }
@@ -246,14 +271,14 @@ mod python {
     }
 
     impl ChunkSink {
-        fn new(unpack: Option<usize>, foreign: &[Buffer], bytes: usize) -> Self {
+        fn new(json: bool, unpack: Option<usize>, foreign: &[Buffer], bytes: usize) -> Self {
             ChunkSink {
                 ok: Vec::new(),
                 reason: StrBuf::default(),
                 field: StrBuf::default(),
                 message: StrBuf::default(),
                 extracted: Vec::new(),
-                json: StrBuf::default().reserve(bytes),
+                json: json.then(|| StrBuf::default().reserve(bytes)),
                 unpack: unpack.map(|k| {
                     (0..k)
                         .map(|_| StrBuf::with_foreign(foreign.to_vec()).reserve(bytes / k.max(1)))
@@ -261,6 +286,7 @@ mod python {
                 }),
                 colmap: Vec::new(),
                 filled: Vec::new(),
+                dedup: None,
                 row: None,
             }
         }
@@ -276,12 +302,29 @@ mod python {
 
     impl Sink for ChunkSink {
         fn accept(&mut self, json: &str, extracted: bool, values: &[Option<&str>]) {
+            if let Some(d) = &mut self.dedup {
+                // Hash now, while the row's text is still in cache.
+                let field = |k: usize| values.get(k).copied().flatten();
+                let h = if d.map.len() <= 8 {
+                    let mut buf = [None; 8];
+                    for (b, &k) in buf.iter_mut().zip(&d.map) {
+                        *b = field(k);
+                    }
+                    row_hash(&buf[..d.map.len()], d.casefold, &mut d.norm)
+                } else {
+                    let v: Vec<_> = d.map.iter().map(|&k| field(k)).collect();
+                    row_hash(&v, d.casefold, &mut d.norm)
+                };
+                d.hashes.push(Some(h));
+            }
             self.ok.push(true);
             self.reason.push(None);
             self.field.push(None);
             self.message.push(None);
             self.extracted.push(extracted);
-            self.json.push(Some(json));
+            if let Some(j) = &mut self.json {
+                j.push(Some(json));
+            }
             if let Some(cols) = &mut self.unpack {
                 self.filled.clear();
                 self.filled.resize(cols.len(), false);
@@ -310,14 +353,27 @@ mod python {
         }
 
         fn reject(&mut self, rej: Rejection, extracted: bool) {
+            if let Some(d) = &mut self.dedup {
+                d.hashes.push(None);
+            }
             self.ok.push(false);
             self.reason.push(Some(rej.reason.code()));
             self.field.push(rej.field.as_deref());
             self.message.push(Some(&rej.message));
             self.extracted.push(extracted);
-            self.json.push(None);
+            if let Some(j) = &mut self.json {
+                j.push(None);
+            }
             self.nulls_for_unpack();
         }
+    }
+
+    /// Per-block state of dedup fused into validation.
+    struct FusedDedup {
+        casefold: bool,
+        map: Vec<usize>,
+        norm: String,
+        hashes: Vec<Option<u128>>,
     }
 
     /// Task-type schemas compiled once; validate many batches with them.
@@ -356,7 +412,10 @@ mod python {
         }
 
         /// Validate `texts` (strings or binary); `task_types` is one name or a column.
-        #[pyo3(signature = (texts, task_types, extract=false, unpack=false))]
+        /// With `dedup`, accepted rows are also deduplicated on `dedup_fields` in the
+        /// same pass (every input row counts as seen by the deduplicator).
+        #[pyo3(signature = (texts, task_types, extract=false, unpack=false, json=true, dedup=None, dedup_fields=None))]
+        #[allow(clippy::too_many_arguments)]
         fn validate(
             &self,
             py: Python<'_>,
@@ -364,6 +423,9 @@ mod python {
             task_types: &Bound<'_, PyAny>,
             extract: bool,
             unpack: bool,
+            json: bool,
+            dedup: Option<Bound<'_, Deduplicator>>,
+            dedup_fields: Option<Vec<String>>,
         ) -> PyResult<PyTable> {
             let texts = StrCol::from_py("texts", texts, true)?;
             let tasks = if let Ok(s) = task_types.extract::<String>() {
@@ -389,6 +451,44 @@ mod python {
                 Tasks::PerRow(_) => set.unpack_columns.clone(),
             };
             let ncols = unpack.then_some(unpack_names.len());
+            let dedup_fields = match (&dedup, dedup_fields) {
+                (None, None) => None,
+                (Some(_), Some(f)) if !f.is_empty() => Some(f),
+                _ => {
+                    return Err(PyValueError::new_err(
+                        "dedup and dedup_fields go together (at least one field)",
+                    ))
+                }
+            };
+            // Per task type, where each dedup field sits among its string values.
+            let mut dedup_maps: Vec<(String, Vec<usize>)> = Vec::new();
+            if let Some(fields) = &dedup_fields {
+                let known: &[String] = match &tasks {
+                    Tasks::One(t) => set.get(t).map_or(&[], |s| s.string_props.as_slice()),
+                    Tasks::PerRow(_) => &set.unpack_columns,
+                };
+                if let Some(f) = fields.iter().find(|f| !known.contains(f)) {
+                    return Err(PyValueError::new_err(format!(
+                        "dedup field '{f}' is not a string field of the task type(s) \
+                         (string fields: {known:?})"
+                    )));
+                }
+                for t in &self.names {
+                    if let Some(sc) = set.get(t) {
+                        let m = fields
+                            .iter()
+                            .map(|f| {
+                                sc.string_props
+                                    .iter()
+                                    .position(|p| p == f)
+                                    .unwrap_or(usize::MAX)
+                            })
+                            .collect();
+                        dedup_maps.push((t.clone(), m));
+                    }
+                }
+            }
+            let casefold = dedup.as_ref().map(|d| d.borrow().inner.casefold);
             let block = block_rows(n);
             let colmaps: Vec<(String, Vec<usize>)> = self
                 .names
@@ -421,7 +521,7 @@ mod python {
                     lo = hi;
                 }
             }
-            let sinks: Vec<ChunkSink> = py.detach(|| {
+            let mut sinks: Vec<ChunkSink> = py.detach(|| {
                 blocks
                     .par_iter()
                     .map(|&(k, lo, hi)| {
@@ -437,23 +537,36 @@ mod python {
                                 .sum(),
                             None => 0,
                         };
-                        let mut sink = ChunkSink::new(ncols, &foreign, bytes);
+                        let mut sink = ChunkSink::new(json, ncols, &foreign, bytes);
+                        sink.dedup = casefold.map(|casefold| FusedDedup {
+                            casefold,
+                            map: Vec::new(),
+                            norm: String::new(),
+                            hashes: Vec::with_capacity(hi - lo),
+                        });
                         let text_is_str = matches!(
                             chunk.data_type(),
                             DataType::Utf8View | DataType::Utf8 | DataType::LargeUtf8
                         );
-                        let mut scratch = Scratch::default();
+                        let mut scratch = Scratch::new(!json);
                         let mut last_task: Option<String> = None;
                         for row in lo..hi {
                             let task = match &tasks {
                                 Tasks::One(s) => Some(s.as_str()),
                                 Tasks::PerRow(c) => c.str(row),
                             };
-                            if ncols.is_some() && task != last_task.as_deref() {
-                                sink.colmap = task
-                                    .and_then(|t| colmaps.iter().find(|c| c.0 == t))
-                                    .map(|c| c.1.clone())
-                                    .unwrap_or_default();
+                            if (ncols.is_some() || sink.dedup.is_some())
+                                && (row == lo || task != last_task.as_deref())
+                            {
+                                let find = |maps: &[(String, Vec<usize>)]| {
+                                    task.and_then(|t| maps.iter().find(|c| c.0 == t))
+                                        .map(|c| c.1.clone())
+                                        .unwrap_or_default()
+                                };
+                                sink.colmap = find(&colmaps);
+                                if let Some(d) = &mut sink.dedup {
+                                    d.map = find(&dedup_maps);
+                                }
                                 last_task = task.map(str::to_string);
                             }
                             let schema = task.and_then(|t| set.get(t));
@@ -495,7 +608,7 @@ mod python {
                                 }
                             }));
                             if res.is_err() && sink.ok.len() == before {
-                                scratch = Scratch::default();
+                                scratch = Scratch::new(!json);
                                 sink.reject(
                                     Rejection {
                                         reason: Reason::InternalError,
@@ -518,26 +631,53 @@ mod python {
                 Field::new("field", DataType::Utf8View, true),
                 Field::new("message", DataType::Utf8View, true),
                 Field::new("extracted", DataType::Boolean, false),
-                Field::new("json", DataType::Utf8View, true),
             ];
+            if json {
+                fields.push(Field::new("json", DataType::Utf8View, true));
+            }
             if unpack {
                 for c in &unpack_names {
                     fields.push(Field::new(c, DataType::Utf8View, true));
                 }
             }
+            // Fused dedup: insert the blocks' hashes in row order.
+            let mut dups: Option<std::vec::IntoIter<Option<u64>>> = None;
+            if let Some(d) = &dedup {
+                let hashes: Vec<Option<u128>> = sinks
+                    .iter_mut()
+                    .flat_map(|s| s.dedup.take().map(|d| d.hashes).unwrap_or_default())
+                    .collect();
+                dups = Some(d.borrow_mut().inner.insert_opt(&hashes).into_iter());
+                fields.push(Field::new("keep", DataType::Boolean, false));
+                fields.push(Field::new("duplicate_of", DataType::Int64, true));
+            }
             let schema = Arc::new(ArrowSchema::new(fields));
             let mut batches = Vec::with_capacity(sinks.len());
             for s in sinks {
+                let rows = s.ok.len();
+                let keep_dup = dups.as_mut().map(|it| {
+                    let part: Vec<Option<u64>> = it.by_ref().take(rows).collect();
+                    let keep: Vec<bool> =
+                        s.ok.iter()
+                            .zip(&part)
+                            .map(|(&ok, d)| ok && d.is_none())
+                            .collect();
+                    let dup: Int64Array = part.into_iter().map(|d| d.map(|x| x as i64)).collect();
+                    (bool_array(keep), Arc::new(dup) as ArrayRef)
+                });
                 let mut cols: Vec<ArrayRef> = vec![
                     bool_array(s.ok),
                     s.reason.finish(),
                     s.field.finish(),
                     s.message.finish(),
                     bool_array(s.extracted),
-                    s.json.finish(),
                 ];
+                cols.extend(s.json.map(StrBuf::finish));
                 if let Some(u) = s.unpack {
                     cols.extend(u.into_iter().map(StrBuf::finish));
+                }
+                if let Some((keep, dup)) = keep_dup {
+                    cols.extend([keep, dup]);
                 }
                 batches.push(
                     RecordBatch::try_new(schema.clone(), cols)

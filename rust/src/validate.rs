@@ -455,9 +455,20 @@ pub trait Sink {
 /// Scratch space reused across rows of one chunk.
 #[derive(Default)]
 pub struct Scratch {
+    /// Skip building the compact JSON of accepted rows (the sink gets "").
+    pub skip_json: bool,
     json: String,
     spans: Vec<(usize, usize, bool)>,
     values: Vec<String>,
+}
+
+impl Scratch {
+    pub fn new(skip_json: bool) -> Self {
+        Scratch {
+            skip_json,
+            ..Default::default()
+        }
+    }
 }
 
 /// Row-level checks shared by both entry points: null text, unknown task type, size.
@@ -564,7 +575,11 @@ pub fn validate_str(
     if let Some(rej) = schema.check(&value) {
         return sink.reject(rej, extracted);
     }
-    let json = serde_json::to_string(&value).expect("serialising a Value cannot fail");
+    let json = if scratch.skip_json {
+        String::new()
+    } else {
+        serde_json::to_string(&value).expect("serialising a Value cannot fail")
+    };
     let vals: Vec<Option<String>> = schema
         .string_props
         .iter()
@@ -650,6 +665,7 @@ fn body_all_ws(text: &str, start: usize, end: usize) -> bool {
 /// `scratch.json` (and value spans to `scratch.spans`). False = take the general path.
 fn fast_scan(text: &str, props: &[FastProp], scratch: &mut Scratch) -> bool {
     let b = text.as_bytes();
+    let want_json = !scratch.skip_json;
     let json = &mut scratch.json;
     json.clear();
     scratch.spans.clear();
@@ -660,7 +676,9 @@ fn fast_scan(text: &str, props: &[FastProp], scratch: &mut Scratch) -> bool {
         return false;
     }
     i = skip_ws(b, i + 1);
-    json.push('{');
+    if want_json {
+        json.push('{');
+    }
     loop {
         if b.get(i) != Some(&b'"') {
             return false;
@@ -704,14 +722,16 @@ fn fast_scan(text: &str, props: &[FastProp], scratch: &mut Scratch) -> bool {
         if p.min >= 1 && (upper == 0 || body_all_ws(text, i + 1, send)) {
             return false;
         }
-        if json.len() > 1 {
-            json.push(',');
+        if want_json {
+            if json.len() > 1 {
+                json.push(',');
+            }
+            json.push('"');
+            json.push_str(&p.name);
+            json.push_str("\":\"");
+            json.push_str(&text[i + 1..send]); // between ASCII quotes: char boundaries
+            json.push('"');
         }
-        json.push('"');
-        json.push_str(&p.name);
-        json.push_str("\":\"");
-        json.push_str(&text[i + 1..send]); // between ASCII quotes: char boundaries
-        json.push('"');
         scratch.spans[pi] = (i + 1, send, esc);
         i = skip_ws(b, send + 1);
         match b.get(i) {
@@ -734,7 +754,9 @@ fn fast_scan(text: &str, props: &[FastProp], scratch: &mut Scratch) -> bool {
     if seen & required != required {
         return false;
     }
-    json.push('}');
+    if want_json {
+        json.push('}');
+    }
     // Record which props were seen (span end 0 = absent).
     for (k, s) in scratch.spans.iter_mut().enumerate() {
         if seen & (1 << k) == 0 {

@@ -80,6 +80,9 @@ class Validator:
         *,
         extract: bool = False,
         unpack: bool = False,
+        json: bool = True,
+        dedup: Deduplicator | None = None,
+        dedup_fields: Sequence[str] | None = None,
     ) -> pl.DataFrame:
         """See :func:`validate`."""
         if not isinstance(texts, pl.Series):
@@ -97,7 +100,19 @@ class Validator:
                 task_types = task_types.cast(pl.String)
         elif not isinstance(task_types, str):
             raise TypeError("task_types must be a str or a polars Series")
-        table = self._native.validate(texts, task_types, extract, unpack)
+        if (dedup is None) != (dedup_fields is None):
+            raise ValueError("dedup and dedup_fields go together")
+        if isinstance(dedup_fields, str):
+            dedup_fields = [dedup_fields]
+        table = self._native.validate(
+            texts,
+            task_types,
+            extract,
+            unpack,
+            json,
+            None if dedup is None else dedup._native,
+            None if dedup_fields is None else list(dedup_fields),
+        )
         return pl.DataFrame(table)
 
 
@@ -108,6 +123,9 @@ def validate(
     schemas: Mapping[str, Mapping[str, Any]] | None = None,
     extract: bool = False,
     unpack: bool = False,
+    json: bool = True,
+    dedup: Deduplicator | None = None,
+    dedup_fields: Sequence[str] | None = None,
 ) -> pl.DataFrame:
     """Validate raw LLM outputs against the JSON Schema of their task type.
 
@@ -120,12 +138,24 @@ def validate(
     fields of ``task_types`` when it is one name, else the union over all schemas
     (:attr:`Validator.unpack_columns`), null where the row failed or its task type lacks
     the field. Unpacked values are zero-copy views into ``texts`` where possible.
+    ``json=False`` leaves out the ``json`` column (with ``unpack=True`` it is usually
+    redundant, and building it copies every accepted row once more).
+
+    ``dedup`` (a :class:`Deduplicator`) with ``dedup_fields`` (string fields of the
+    task types) deduplicates the accepted rows in the same pass, while each row's text
+    is still in cache: two more columns, ``keep`` (accepted and first of its kind) and
+    ``duplicate_of`` (global row index of the first occurrence, null unless a
+    duplicate). Every input row counts as seen by the deduplicator, so indices are
+    input row numbers across all batches it was given; a rejected row is never kept
+    and matches nothing. Same decisions as ``dedup.add`` on the accepted rows.
 
     ``schemas`` adds custom task types (name -> JSON Schema dict) to the built-in
     :data:`e5x.tasks.schemas.SCHEMAS`. Bad rows never raise: invalid UTF-8 (Binary
     input), deep nesting, huge rows and nulls are per-row rejections.
     """
-    return Validator(schemas).validate(texts, task_types, extract=extract, unpack=unpack)
+    return Validator(schemas).validate(
+        texts, task_types, extract=extract, unpack=unpack, json=json, dedup=dedup, dedup_fields=dedup_fields
+    )
 
 
 class Deduplicator:
