@@ -83,6 +83,61 @@ fn next_non_ascii(b: &[u8], mut i: usize) -> Option<usize> {
     b[i..].iter().position(|&c| c >= 0x80).map(|p| i + p)
 }
 
+/// Lead bytes whose chars are all safe starters in the scripts most text uses:
+/// Latin-1 letters (C3), basic Cyrillic (D0, D1), CJK ideographs (E4..=E9). A test
+/// checks them against [`safe_leads`], which is derived from the Unicode tables.
+#[inline]
+fn common_safe_lead(c: u8) -> bool {
+    matches!(c, 0xC3 | 0xD0 | 0xD1 | 0xE4..=0xE9)
+}
+
+/// Bit k set when `blk[k]` is a UTF-8 lead byte (0xC0..=0xFF) other than the
+/// [`common_safe_lead`] ones: the chars that still need a look.
+#[inline]
+fn lead_mask(blk: &[u8; BLOCK]) -> u32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SSE2 is part of x86_64: a few compares and a movemask per 16 bytes.
+        use std::arch::x86_64::{
+            __m128i, _mm_and_si128, _mm_andnot_si128, _mm_cmpeq_epi8, _mm_cmpgt_epi8,
+            _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
+        };
+        let half = |k: usize| -> u32 {
+            // SAFETY: reads 16 bytes inside `blk` (k is 0 or 16); SSE2 is always on.
+            unsafe {
+                let x = _mm_loadu_si128(blk.as_ptr().add(k) as *const __m128i);
+                let set = |v: u8| _mm_set1_epi8(v as i8);
+                // As i8, lead bytes are -64..=-1: above -65 and negative.
+                let lead = _mm_and_si128(_mm_cmpgt_epi8(x, _mm_set1_epi8(-65)), x);
+                // E4..=E9 as i8 is -28..=-23.
+                let cjk = _mm_and_si128(
+                    _mm_cmpgt_epi8(x, _mm_set1_epi8(-29)),
+                    _mm_cmpgt_epi8(_mm_set1_epi8(-22), x),
+                );
+                let safe = _mm_or_si128(
+                    _mm_or_si128(_mm_cmpeq_epi8(x, set(0xC3)), cjk),
+                    _mm_or_si128(_mm_cmpeq_epi8(x, set(0xD0)), _mm_cmpeq_epi8(x, set(0xD1))),
+                );
+                (_mm_movemask_epi8(_mm_andnot_si128(safe, lead)) as u32) & 0xFFFF
+            }
+        };
+        half(0) | (half(16) << 16)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        lead_mask_scalar(blk)
+    }
+}
+
+/// The portable definition of [`lead_mask`] (the fallback off x86_64).
+#[cfg_attr(target_arch = "x86_64", allow(dead_code))]
+#[inline]
+fn lead_mask_scalar(blk: &[u8]) -> u32 {
+    blk.iter().enumerate().fold(0u32, |m, (k, &c)| {
+        m | (((c >= 0xC0 && !common_safe_lead(c)) as u32) << k)
+    })
+}
+
 /// Is `s` in NFKC? Typical text is ASCII plus non-ASCII starters whose quick check is
 /// Yes; that is proven a block at a time: a branch-free mask of the block's lead bytes,
 /// then one table lookup per non-ASCII char. Any other char sends the whole string to
@@ -91,21 +146,10 @@ fn is_nfkc(s: &str) -> bool {
     let table = safe_starters();
     let safe_lead = safe_leads();
     let b = s.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        let blk = &b[i..(i + BLOCK).min(b.len())];
-        let mut leads = 0u32; // bit k: blk[k] starts a multi-byte char
-        if let Ok(full) = <&[u8; BLOCK]>::try_from(blk) {
-            for (k, &c) in full.iter().enumerate() {
-                leads |= ((c >= 0xC0) as u32) << k;
-            }
-        } else {
-            for (k, &c) in blk.iter().enumerate() {
-                leads |= ((c >= 0xC0) as u32) << k;
-            }
-        }
+    // `leads` bit k: b[base + k] starts a multi-byte char not known safe from its lead.
+    let all_safe = |mut leads: u32, base: usize| -> bool {
         while leads != 0 {
-            let at = i + leads.trailing_zeros() as usize;
+            let at = base + leads.trailing_zeros() as usize;
             leads &= leads - 1;
             if safe_lead[b[at] as usize] {
                 continue;
@@ -113,10 +157,25 @@ fn is_nfkc(s: &str) -> bool {
             // `at` holds a lead byte of valid UTF-8: a char boundary.
             let c = s[at..].chars().next().expect("a lead byte starts a char");
             if !nfkc_starter(table, c) {
-                return is_nfkc_exact(s);
+                return false;
             }
         }
-        i += blk.len();
+        true
+    };
+    let mut i = 0;
+    while let Some(full) = b.get(i..i + BLOCK) {
+        let full: &[u8; BLOCK] = full.try_into().expect("BLOCK bytes");
+        if !all_safe(lead_mask(full), i) {
+            return is_nfkc_exact(s);
+        }
+        i += BLOCK;
+    }
+    if i < b.len() {
+        let mut pad = [0u8; BLOCK]; // the short tail, padded with ASCII
+        pad[..b.len() - i].copy_from_slice(&b[i..]);
+        if !all_safe(lead_mask(&pad), i) {
+            return is_nfkc_exact(s);
+        }
     }
     true
 }
@@ -180,6 +239,15 @@ fn block_is_plain(b: &[u8], i: usize) -> bool {
     !bad
 }
 
+/// [`block_is_plain`] for the last (at most BLOCK) bytes of a text: padded with a
+/// non-space byte, and a final space (to be trimmed) is not plain.
+#[inline]
+fn tail_is_plain(rest: &[u8]) -> bool {
+    let mut buf = [b'x'; BLOCK + 1];
+    buf[..rest.len()].copy_from_slice(rest);
+    rest.last() != Some(&b' ') && block_is_plain(&buf, 0)
+}
+
 /// Stream the whitespace-collapsed form of `s` (runs of White_Space -> one space,
 /// trimmed) to `emit` as slices of `s` and single spaces, without building a copy.
 /// Returns its length in bytes. Typical text is a few long unchanged slices.
@@ -205,9 +273,13 @@ fn emit_collapsed(s: &str, emit: &mut impl FnMut(&[u8])) -> u64 {
     }
     let mut start = i; // start of the unchanged slice being built
     while i < n {
-        if i + BLOCK < n && block_is_plain(b, i) {
-            i += BLOCK;
-            continue;
+        if i + BLOCK < n {
+            if block_is_plain(b, i) {
+                i += BLOCK;
+                continue;
+            }
+        } else if tail_is_plain(&b[i..]) {
+            break; // the rest is unchanged: emitted below
         }
         let stop = (i + BLOCK).min(n);
         while i < stop {
@@ -662,8 +734,26 @@ mod tests {
     }
 
     #[test]
+    fn lead_mask_marks_exactly_the_lead_bytes() {
+        let mut blk = [0u8; BLOCK];
+        for round in 0..256usize {
+            for (k, b) in blk.iter_mut().enumerate() {
+                *b = ((round * 37 + k * 101) % 256) as u8;
+            }
+            let want = blk.iter().enumerate().fold(0u32, |m, (k, &c)| {
+                m | (((c >= 0xC0 && !common_safe_lead(c)) as u32) << k)
+            });
+            assert_eq!(lead_mask(&blk), want, "{blk:?}");
+            assert_eq!(lead_mask_scalar(&blk), want, "{blk:?}");
+        }
+    }
+
+    #[test]
     fn safe_leads_cover_the_common_scripts_only() {
         let t = safe_leads();
+        for lead in 0..=255u8 {
+            assert!(!common_safe_lead(lead) || t[lead as usize], "{lead:02X}");
+        }
         for lead in [0xC3, 0xD0, 0xD1, 0xE4, 0xE5, 0xE6, 0xE7, 0xE8, 0xE9] {
             assert!(t[lead], "{lead:02X}");
         }

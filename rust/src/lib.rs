@@ -238,7 +238,7 @@ mod python {
     /// Rows per parallel block: enough blocks for load balance, few output chunks.
     fn block_rows(n: usize) -> usize {
         let threads = rayon::current_num_threads().max(1);
-        n.div_ceil(threads * 8).max(2048)
+        n.div_ceil(threads * 8).clamp(2048, 8192)
     }
 
     // ---------------------------------------------------------------- validation

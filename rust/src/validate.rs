@@ -770,7 +770,7 @@ fn fast_scan(text: &str, props: &[FastProp], scratch: &mut Scratch) -> bool {
 pub fn unescape_simple(body: &str, out: &mut String) {
     out.clear();
     let mut rest = body;
-    while let Some(pos) = rest.find('\\') {
+    while let Some(pos) = memchr::memchr(b'\\', rest.as_bytes()) {
         out.push_str(&rest[..pos]);
         let c = rest.as_bytes()[pos + 1];
         out.push(match c {
