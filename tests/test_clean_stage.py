@@ -193,3 +193,53 @@ def test_custom_task_type_through_synth_and_clean(tmp_path: Path, monkeypatch):
     df = pl.read_parquet(tmp_path / "t.parquet")
     assert set(df["task_type"]) == {"faq"} and df["negative"].null_count() == 8
     assert df["query"][0].startswith("How do I do thing")
+
+
+def test_mixed_task_types_keep_log_order_and_mapping(tmp_path: Path):
+    """One batch of every task type, interleaved with rejections: each kept triple must come
+    from its own row through its own type's mapping, in log order. Also pins the rules that
+    follow Python's str semantics (whitespace incl. \\x1c and U+3000, casefold)."""
+    records = [
+        rec(0, "short_long", {"user_query": "sl q", "positive_document": "sl pos", "hard_negative_document": "sl neg"}),
+        rec(1, "sts", {"S1": "shared one", "S2": "shared two", "S3": "sts three"}),
+        # "Straße" casefolds to "strasse": the label leaked (lowercasing would miss it)
+        rec(2, "long_short", {"input_text": "It came late; the strasse quality was poor.", "label": "Straße Quality", "misleading_label": "shipping"}),
+        rec(3, "short_short", {"input": "ss in", "positive_document": "ss pos"}, language="German"),
+        # bitext maps S1/S2 like sts: a duplicate across task types (whitespace-normalised)
+        rec(4, "bitext", {"S1": "shared one", "S2": "shared  two", "S3": "bitext three"}),
+        rec(5, "long_short", {"input_text": "long text about billing", "label": "billing question", "misleading_label": "refund"}),
+        rec(6, "short_short", {"input": "a\x1cb", "positive_document": "a b"}),  # \x1c is whitespace to str.split
+        rec(7, "sts", "\x1c\u3000"),  # whitespace only
+        rec(8, "long_long", {"input": "ll in", "positive_document": "ll pos"}, model="small"),
+        rec(9, "sts", {"S1": "x", "S2": "y", "S3": "y\u2003"}),  # negative equals positive
+        rec(10, "bitext", {"S1": "hello", "S2": "bonjour", "S3": "salut"}, language="English-French"),
+        rec(11, "short_long", {"user_query": "sl q", "positive_document": "sl pos", "hard_negative_document": "other"}),
+        rec(12, "long_short", {"input_text": "Great phone.", "label": "positive", "misleading_label": "negative"}),
+    ]  # fmt: skip
+    run = write_run(tmp_path / "run", records)
+    report = clean(CleanConfig(inputs=[str(run)], out=str(tmp_path / "t.parquet"), chart=""))
+    df = pl.read_parquet(tmp_path / "t.parquet")
+    got = df.select("task_type", "query", "positive", "negative", "instruction", "language", "model").rows()
+    assert got == [
+        ("short_long", "sl q", "sl pos", "sl neg", "task for short_long", "English", "big"),
+        ("sts", "shared one", "shared two", "sts three", "task for sts", "English", "big"),
+        ("short_short", "ss in", "ss pos", None, "task for short_short", "German", "big"),
+        ("long_short", "long text about billing", "billing question", "refund", "task for long_short", "English", "big"),
+        ("long_long", "ll in", "ll pos", None, "task for long_long", "English", "small"),
+        ("bitext", "hello", "bonjour", "salut", "task for bitext", "English-French", "big"),
+        ("long_short", "Great phone.", "positive", "negative", "task for long_short", "English", "big"),
+    ]
+    assert report["by_reason"] == {"duplicate": 2, "label_in_input": 1, "identical_fields": 2, "empty_response": 1}
+    assert report["by_reason_field"] == {
+        "identical_fields:positive_document": 1, "label_in_input:label": 1, "identical_fields:S3": 1,
+    }  # fmt: skip
+    ex = report["examples"]
+    assert [(e["id"], e["message"]) for e in ex["duplicate"]] == [
+        ("examples-bitext-000004", "duplicate of examples-sts-000001"),
+        ("examples-short_long-000011", "duplicate of examples-short_long-000000"),
+    ]
+    assert ex["label_in_input"][0]["message"] == "label 'Straße Quality' appears verbatim in input_text"
+    assert [e["message"] for e in ex["identical_fields"]] == ["positive_document equals input", "S3 equals S2"]
+    assert list(ex) == ["label_in_input", "duplicate", "identical_fields", "empty_response"]
+    assert report["by_task_type"]["long_short"] == {"rejected": 1, "kept": 2}
+    assert report["mix"]["task_type"] == {"long_short": 2, "short_long": 1, "sts": 1, "short_short": 1, "long_long": 1, "bitext": 1}

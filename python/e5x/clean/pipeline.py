@@ -19,8 +19,10 @@ per reason, so "why was this dropped?" always has an answer.
 
 from __future__ import annotations
 
+import io
 import json
-from collections import Counter, defaultdict
+import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,41 +92,211 @@ def _types_for(cfg: CleanConfig, run_dirs: list[Path]) -> dict[str, TaskType]:
     return task_types(extra)
 
 
+_LOG_COLUMNS = ("id", "task_type", "model", "content", "refusal", "finish_reason", "instruction", "language")
+
+# Python's str.isspace() set, which str.split()/str.strip() use. Polars' default (Rust's
+# White_Space) lacks \x1c-\x1f, so the columnar checks name these characters explicitly
+# to give exactly the answers of the per-row Python rules they replace.
+_PY_SPACE = "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680" + "".join(map(chr, range(0x2000, 0x200B))) + "\u2028\u2029\u202f\u205f\u3000"
+_PY_SPACE_RUN = "[" + "".join(f"\\x{{{ord(c):x}}}" for c in _PY_SPACE) + "]+"
+# Whitespace that " ".join(s.split()) rewrites: runs of 2+, or one that is not a plain
+# space. Single spaces are left alone, so most text has no match and is not copied.
+_PY_SPACE_FIX = _PY_SPACE_RUN[:-1] + "{2,}|[" + "".join(f"\\x{{{ord(c):x}}}" for c in _PY_SPACE if c != " ") + "]"
+# Columns validate() adds itself; a schema field of the same name cannot be unpacked.
+_VERDICT_COLUMNS = frozenset({"ok", "reason", "field", "message", "extracted", "json"})
+_LABEL_FIELDS = ("label", "misleading_label")  # the classification label check (long_short)
+
+
+_NDJSON_SCHEMA = {
+    "id": pl.Utf8,
+    "step": pl.Utf8,
+    "task_type": pl.Utf8,
+    "model": pl.Utf8,
+    "content": pl.Utf8,
+    "refusal": pl.Utf8,
+    "finish_reason": pl.Utf8,
+    "meta": pl.Struct({"task": pl.Utf8, "language": pl.Utf8}),
+}
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _lone_surrogate_risk(data: bytes) -> bool:
+    """Whether a JSON string escape of a UTF-16 surrogate (``\\ud800``) occurs, not
+    counting an escaped backslash followed by "ud8..": polars' reader mangles lone ones."""
+    for m in _SURROGATE_ESCAPE.finditer(data):
+        j = m.start()
+        while j > 0 and data[j - 1] == 0x5C:
+            j -= 1
+        if (m.start() - j) % 2 == 0:
+            return True
+    return False
+
+
+def _read_examples(log: Path) -> tuple[pl.DataFrame, int]:
+    """The example answers of one log (``_LOG_COLUMNS``) and the bytes of its torn tail.
+
+    Same records as :func:`read_log`, which parses every line, prompts included, into
+    Python objects; polars' reader keeps only the keys used here (~8x faster). A torn
+    tail is cut off first (what read_log drops). Anything polars refuses (a corrupt line
+    inside the file, a line that is not an object, a ``meta`` that is not an object) or
+    may misread (a lone-surrogate escape) takes the read_log path, so the rules stay
+    read_log's. Logs written by e5x synth hold only strings or nulls in these keys and
+    read the same either way. Hand-edited logs may differ: polars keeps the first of
+    duplicate keys (json the last) and turns an object where text belongs into its JSON
+    text (the record path raises)."""
+    data = log.read_bytes()
+    end = data.rfind(b"\n") + 1  # bytes after the last newline are a torn line
+    if end and not _lone_surrogate_risk(data[:end]):
+        try:
+            raw = pl.read_ndjson(io.BytesIO(memoryview(data)[:end]), schema=_NDJSON_SCHEMA)
+        except (pl.exceptions.PolarsError, ValueError, TypeError):
+            raw = None
+        if raw is not None:
+            meta = pl.col("meta")
+            return raw.filter(pl.col("step") == "examples").select(
+                pl.col("id").fill_null("None"),  # f"{r.get('id')}"
+                "task_type", "model", "content", "refusal", "finish_reason",
+                meta.struct.field("task").alias("instruction"),
+                meta.struct.field("language").alias("language"),
+            ), len(data) - end  # fmt: skip
+    del data
+    records, dropped = read_log(log)
+    cols: dict[str, list[Any]] = {k: [] for k in _LOG_COLUMNS}
+    ids, tts, models, contents = cols["id"], cols["task_type"], cols["model"], cols["content"]
+    refusals, finishes, instrs, langs = cols["refusal"], cols["finish_reason"], cols["instruction"], cols["language"]
+    for r in records:
+        if r.get("step") != "examples":
+            continue
+        meta = r.get("meta") or {}
+        ids.append(f"{r.get('id')}")
+        tts.append(r.get("task_type"))
+        models.append(r.get("model"))
+        contents.append(r.get("content"))
+        refusals.append(r.get("refusal"))
+        finishes.append(r.get("finish_reason"))
+        instrs.append(meta.get("task"))
+        langs.append(meta.get("language"))
+    schema = {k: pl.Utf8 for k in _LOG_COLUMNS}
+    try:
+        return pl.DataFrame(cols, schema=schema), dropped
+    except (TypeError, pl.exceptions.PolarsError):
+        # A non-string value (hand-edited log): row-wise construction converts scalars to
+        # text and rejects nested values, as this stage always has.
+        return pl.DataFrame([dict(zip(_LOG_COLUMNS, row)) for row in zip(*cols.values())], schema=schema), dropped
+
+
 def _load(cfg: CleanConfig) -> tuple[pl.DataFrame, dict[str, TaskType], int]:
     logs = _log_files(cfg.inputs)
     types = _types_for(cfg, [d for _, d in logs if d is not None])
-    rows: list[dict[str, Any]] = []
-    seen: set[str] = set()
+    frames = []
     torn = 0
     for log, _ in logs:
-        records, dropped = read_log(log)
+        frame, dropped = _read_examples(log)
         torn += dropped > 0
-        for r in records:
-            if r.get("step") != "examples":
-                continue
-            key = f"{r.get('id')}"
-            if key in seen:  # the same run given twice
-                continue
-            seen.add(key)
-            meta = r.get("meta") or {}
-            rows.append(
-                {
-                    "id": key,
-                    "task_type": r.get("task_type"),
-                    "model": r.get("model"),
-                    "content": r.get("content"),
-                    "refusal": r.get("refusal"),
-                    "finish_reason": r.get("finish_reason"),
-                    "instruction": meta.get("task"),
-                    "language": meta.get("language"),
-                }
-            )
-    schema = {k: pl.Utf8 for k in ("id", "task_type", "model", "content", "refusal", "finish_reason", "instruction", "language")}
-    return pl.DataFrame(rows, schema=schema), types, torn
+        frames.append(frame)
+    df = pl.concat(frames, how="vertical")
+    # The same run given twice: keep each answer id once, first occurrence.
+    return df.filter(pl.col("id").is_first_distinct()), types, torn
+
+
+def _by_type(tt: pl.Expr, values: dict[str, Any]) -> pl.Expr:
+    """Per-row value chosen by task type: a literal, or ``pl.col(name)`` for an expression."""
+    out: Any = None
+    for name, v in values.items():
+        if v is None:
+            continue
+        out = (pl.when(tt == name) if out is None else out.when(tt == name)).then(v)
+    return pl.lit(None, dtype=pl.Utf8) if out is None else out.otherwise(None)
+
+
+def _norm(e: pl.Expr) -> pl.Expr:
+    """``" ".join(s.split())`` as an expression."""
+    return e.str.replace_all(_PY_SPACE_FIX, " ").str.strip_chars(" ")
+
+
+def _fields_columnar(types: dict[str, TaskType], schemas: dict[str, dict[str, Any]], unpack: list[str]) -> bool:
+    """Whether every field the stage reads can come from ``validate(unpack=True)``: each
+    mapped field (and long_short's labels) must be a string property of its schema."""
+    if _VERDICT_COLUMNS & set(unpack):
+        return False
+    for name, t in types.items():
+        props = schemas[name].get("properties") or {}
+        need = [t.mapping.query, t.mapping.positive] + ([t.mapping.negative] if t.mapping.negative else [])
+        if t.name == "long_short":
+            need += _LABEL_FIELDS
+        if any(not isinstance(props.get(f), dict) or props[f].get("type") != "string" for f in need):
+            return False
+    return True
+
+
+def _map_fields(
+    v: pl.DataFrame, tt: pl.Series, types: dict[str, TaskType], columnar: bool
+) -> pl.DataFrame:
+    """query/positive/negative (and long_short's raw label values) of the validated rows."""
+    if columnar:
+        ttc = pl.col("_tt")
+        present = set(tt.unique().drop_nulls().to_list())
+        sel = {n: t for n, t in types.items() if n in present}
+        ls = [n for n, t in sel.items() if t.name == "long_short"]
+        exprs = [
+            _by_type(ttc, {n: pl.col(t.mapping.query) for n, t in sel.items()}).alias("query"),
+            _by_type(ttc, {n: pl.col(t.mapping.positive) for n, t in sel.items()}).alias("positive"),
+            _by_type(ttc, {n: pl.col(t.mapping.negative) if t.mapping.negative else None for n, t in sel.items()}).alias("negative"),
+        ]
+        for f in _LABEL_FIELDS:  # obj.get(f, "") of a string field
+            exprs.append(_by_type(ttc, {n: pl.col(f).fill_null("") for n in ls}).alias(f"_{f}"))
+        return v.with_columns(tt.alias("_tt")).select(exprs)
+    # Fallback for schemas whose mapped fields are not plain strings: parse the JSON.
+    cols: dict[str, list[Any]] = {"query": [], "positive": [], "negative": [], "_label": [], "_misleading_label": []}
+    for ok, js, name in zip(v["ok"], v["json"], tt):
+        if not ok:
+            for c in cols.values():
+                c.append(None)
+            continue
+        t, obj = types[name], json.loads(js)
+        cols["query"].append(obj[t.mapping.query])
+        cols["positive"].append(obj[t.mapping.positive])
+        cols["negative"].append(obj.get(t.mapping.negative) if t.mapping.negative else None)
+        for f in _LABEL_FIELDS:
+            cols[f"_{f}"].append(str(obj.get(f, "")) if t.name == "long_short" else None)
+    return pl.DataFrame(cols, schema={c: pl.Utf8 for c in cols})
+
+
+def _label_leaks(rows: pl.DataFrame) -> tuple[list[int], list[str]]:
+    """Rows (``_i``) whose classification label appears verbatim in the input, with the field.
+
+    Python over long_short rows only: casefold() has no exact polars equivalent."""
+    hit_i: list[int] = []
+    hit_f: list[str] = []
+    for i, q, lab, mis in rows.select("_i", "query", "_label", "_misleading_label").iter_rows():
+        text = None
+        for f, raw in (("label", lab), ("misleading_label", mis)):
+            label = raw.strip().casefold()
+            # Short labels ("yes", "no") occur in text by chance; only flag labels of 2+ words
+            # or of 12+ characters, where verbatim presence means the label leaked.
+            if label and (len(label.split()) >= 2 or len(label) >= 12):
+                if text is None:
+                    text = q.casefold()
+                if label in text:
+                    hit_i.append(i)
+                    hit_f.append(f)
+                    break
+    return hit_i, hit_f
+
+
+def _counts(frame: pl.DataFrame, key: str) -> dict[Any, int]:
+    """``dict(Counter(frame[key]).most_common())``: count desc, ties in first-seen order."""
+    g = frame.group_by(key).agg(pl.len().alias("_n"), pl.col("_i").min().alias("_first"))
+    g = g.sort(["_n", "_first"], descending=[True, False])
+    return dict(zip(g[key].to_list(), g["_n"].to_list()))
 
 
 def clean(config: CleanConfig | None = None, **overrides: Any) -> dict[str, Any]:
-    """Run the clean stage; returns the report (also written to ``report``)."""
+    """Run the clean stage; returns the report (also written to ``report``).
+
+    Columnar: the log becomes one polars frame and every rule below is an expression over
+    it or a call into the Rust core; Python touches single rows only for the long_short
+    label check and for the handful of report examples."""
     from e5x.clean import core
 
     cfg = config or CleanConfig()
@@ -135,133 +307,144 @@ def clean(config: CleanConfig | None = None, **overrides: Any) -> dict[str, Any]
     out_path, report_path, chart_path = cfg.paths()
     df, types, torn = _load(cfg)
     n = df.height
+    df = df.with_row_index("_i")
+    idx = df.schema["_i"]
+    c = pl.col
 
-    reason: list[str | None] = [None] * n
-    fld: list[str | None] = [None] * n
-    msg: list[str | None] = [None] * n
-    content = df["content"].to_list()
-    refusal = df["refusal"].to_list()
-    finish = df["finish_reason"].to_list()
-    ttype = df["task_type"].to_list()
-    for i in range(n):
-        if refusal[i]:
-            reason[i], msg[i] = "refusal", str(refusal[i])
-        elif finish[i] == "length":
-            reason[i], msg[i] = "truncated", "finish_reason is 'length': the answer was cut off"
-        elif finish[i] == "content_filter":
-            reason[i], msg[i] = "content_filter", "finish_reason is 'content_filter'"
-        elif not content[i] or not str(content[i]).strip():
-            reason[i], msg[i] = "empty_response", "the answer has no content"
-        elif ttype[i] not in types:
-            reason[i], msg[i] = "unknown_task_type", f"task type {ttype[i]!r} is not known here"
+    # Rejections that need no parsing, in this order of precedence.
+    content_empty = c("content").is_null() | (c("content").str.strip_chars(_PY_SPACE) == "")
+    pre = (
+        pl.when(c("refusal").is_not_null() & (c("refusal") != "")).then(pl.lit("refusal"))
+        .when(c("finish_reason") == "length").then(pl.lit("truncated"))
+        .when(c("finish_reason") == "content_filter").then(pl.lit("content_filter"))
+        .when(content_empty).then(pl.lit("empty_response"))
+        .when(c("task_type").is_null() | ~c("task_type").is_in(list(types))).then(pl.lit("unknown_task_type"))
+        .otherwise(None)
+    )  # fmt: skip
+    df = df.with_columns(pre.alias("_pre"))
+    todo = df.filter(c("_pre").is_null()).select("_i", "task_type", "instruction", "id", "language", "model")
 
     # The Rust validator, on everything not already rejected.
-    todo = [i for i in range(n) if reason[i] is None]
-    parsed: dict[int, dict[str, Any]] = {}
+    # Messages are written only for the report's examples (_message), from these columns.
+    rejects = [df.filter(c("_pre").is_not_null()).select("_i", c("_pre").alias("reason"), pl.lit(None, pl.Utf8).alias("field"))]
+    vmsg = pl.DataFrame(schema={"_i": idx, "_vmsg": pl.Utf8, "_val": pl.Boolean})
+    dup_ids = pl.DataFrame(schema={"_i": idx, "_dup": pl.Utf8})
+    acc = None
     extracted = 0
-    if todo:
+    if todo.height:
         schemas = {name: t.schema for name, t in types.items()}
-        v = core.validate(
-            pl.Series("content", [content[i] for i in todo], dtype=pl.Utf8),
-            pl.Series("task_type", [ttype[i] for i in todo], dtype=pl.Utf8),
-            schemas=schemas,
+        validator = core.Validator(schemas)
+        columnar = _fields_columnar(types, schemas, validator.unpack_columns)
+        v = validator.validate(
+            df.filter(c("_pre").is_null())["content"],
+            todo["task_type"],
             extract=cfg.extract,
+            unpack=columnar,
+            json=not columnar,
         )
-        for i, ok, r, f, m, ex, js in zip(
-            todo, v["ok"], v["reason"], v["field"], v["message"], v["extracted"], v["json"]
-        ):
-            if ok:
-                parsed[i] = json.loads(js)
-                extracted += bool(ex)
-            else:
-                reason[i], fld[i], msg[i] = r or "invalid", f, m
+        mapped = _map_fields(v, todo["task_type"], types, columnar)
+        todo = pl.concat([todo, v.select("ok", "reason", "field", "message", "extracted"), mapped], how="horizontal")
+        extracted = int(todo.filter(c("ok") & c("extracted")).height)
+        bad = todo.filter(~c("ok"))
+        rejects.append(bad.select("_i", c("reason").fill_null("invalid"), "field"))
+        vmsg = bad.select("_i", c("message").alias("_vmsg"), pl.lit(True).alias("_val"))
+        acc = todo.filter(c("ok"))
 
-    # Map to triples and apply the recipe's semantic constraints.
-    instr = df["instruction"].to_list()
-    triples: dict[int, tuple[str, str, str | None]] = {}
-    for i, obj in parsed.items():
-        t = types[ttype[i]]
-        q, p = obj[t.mapping.query], obj[t.mapping.positive]
-        neg = obj.get(t.mapping.negative) if t.mapping.negative else None
+    if acc is not None and acc.height:
+        missing = acc.filter(c("query").is_null() | c("positive").is_null())
+        if missing.height:  # only a schema with optional mapped fields can get here
+            row = missing.row(0, named=True)
+            t = types[row["task_type"]]
+            f = t.mapping.query if row["query"] is None else t.mapping.positive
+            raise ValueError(f"answer {row['id']} ({row['task_type']}) has no field {f!r}, which the task type maps to a triple")
+        # Map to triples and apply the recipe's semantic constraints.
+        sem_reason = pl.lit(None, dtype=pl.Utf8)
+        sem_field = pl.lit(None, dtype=pl.Utf8)
         if cfg.semantic_checks:
-            bad = _semantic_problem(t, obj, q, p, neg)
-            if bad is not None:
-                reason[i], fld[i], msg[i] = bad
-                continue
-        if not instr[i]:
-            reason[i], msg[i] = "missing_instruction", "the log has no task definition for this answer"
-            continue
-        triples[i] = (q, p, neg)
+            tt = c("task_type")
+            pn = _norm(c("positive"))
+            same_qp = _norm(c("query")) == pn
+            same_np = c("negative").is_not_null() & (_norm(c("negative")) == pn)
+            ls_names = [n for n, t in types.items() if t.name == "long_short"]
+            acc = acc.with_columns(
+                pl.when(same_qp).then(pl.lit("identical_fields"))
+                .when(same_np).then(pl.lit("identical_fields")).alias("_sem"),
+                pl.when(same_qp).then(_by_type(tt, {n: pl.lit(t.mapping.positive) for n, t in types.items()}))
+                .when(same_np).then(_by_type(tt, {n: pl.lit(t.mapping.negative) if t.mapping.negative else None for n, t in types.items()}))
+                .alias("_semf"),
+            )  # fmt: skip
+            if ls_names:
+                hit_i, hit_f = _label_leaks(acc.filter(c("_sem").is_null() & tt.is_in(ls_names)))
+                if hit_i:
+                    hits = pl.DataFrame({"_i": hit_i, "_lf": hit_f}, schema={"_i": idx, "_lf": pl.Utf8})
+                    acc = acc.join(hits, on="_i", how="left", maintain_order="left").with_columns(
+                        pl.when(c("_lf").is_not_null()).then(pl.lit("label_in_input")).otherwise(c("_sem")).alias("_sem"),
+                        pl.coalesce("_lf", "_semf").alias("_semf"),
+                    )
+            sem_reason, sem_field = c("_sem"), c("_semf")
+        no_instr = c("instruction").is_null() | (c("instruction") == "")
+        acc = acc.with_columns(
+            pl.when(sem_reason.is_not_null()).then(sem_reason)
+            .when(no_instr).then(pl.lit("missing_instruction")).alias("_r"),
+            pl.when(sem_reason.is_not_null()).then(sem_field).alias("_f"),
+        )  # fmt: skip
+        rejects.append(acc.filter(c("_r").is_not_null()).select("_i", c("_r").alias("reason"), c("_f").alias("field")))
+        cand = acc.filter(c("_r").is_null())
 
-    # Exact dedup over kept rows, in log order.
-    kept = sorted(triples)
-    if kept:
-        cols = {"instruction": [instr[i] for i in kept], "query": [triples[i][0] for i in kept]}
-        cols["positive"] = [triples[i][1] for i in kept]
-        cols["negative"] = [triples[i][2] or "" for i in kept]  # "" = no negative, so keys stay non-null
-        bad_fields = [f for f in cfg.dedup_fields if f not in cols]
-        if bad_fields:
-            raise ValueError(f"dedup_fields {bad_fields} not among {sorted(cols)}")
-        d = core.Deduplicator(casefold=cfg.casefold).add(pl.DataFrame(cols), list(cfg.dedup_fields))
-        for i, keep, dup in zip(kept, d["keep"], d["duplicate_of"]):
-            if not keep:
-                reason[i], msg[i] = "duplicate", f"duplicate of {df['id'][kept[dup]]}"
-        kept = [i for i in kept if reason[i] is None]
-
-    ids, models, langs = df["id"].to_list(), df["model"].to_list(), df["language"].to_list()
-    out = pl.DataFrame(
-        {
-            "instruction": [instr[i] for i in kept],
-            "query": [triples[i][0] for i in kept],
-            "positive": [triples[i][1] for i in kept],
-            "negative": [triples[i][2] for i in kept],
-            "task_type": [ttype[i] for i in kept],
-            "language": [langs[i] for i in kept],
-            "model": [models[i] for i in kept],
-            "source": [cfg.source] * len(kept),
-        },
-        schema={c: pl.Utf8 for c in TRIPLE_COLUMNS},
-    )
+        # Exact dedup over kept rows, in log order.
+        if cand.height:
+            dcols = cand.select("instruction", "query", "positive", c("negative").fill_null(""))  # "" = no negative, so keys stay non-null
+            bad_fields = [f for f in cfg.dedup_fields if f not in dcols.columns]
+            if bad_fields:
+                raise ValueError(f"dedup_fields {bad_fields} not among {sorted(dcols.columns)}")
+            d = core.Deduplicator(casefold=cfg.casefold).add(dcols, list(cfg.dedup_fields))
+            cand = pl.concat([cand, d], how="horizontal")
+            dups = cand.filter(~c("keep"))
+            rejects.append(dups.select("_i", pl.lit("duplicate").alias("reason"), pl.lit(None, pl.Utf8).alias("field")))
+            dup_ids = dups.select("_i", cand["id"].gather(dups["duplicate_of"]).alias("_dup"))
+            cand = cand.filter(c("keep"))
+        kept = cand
+    else:
+        kept = pl.DataFrame(schema={k: pl.Utf8 for k in TRIPLE_COLUMNS})
+    out = kept.select(
+        "instruction", "query", "positive", "negative", "task_type", "language", "model",
+        pl.lit(cfg.source, dtype=pl.Utf8).alias("source"),
+    ).cast({k: pl.Utf8 for k in TRIPLE_COLUMNS})  # fmt: skip
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out.write_parquet(out_path)
 
-    # The report.
-    by_reason = Counter(r for r in reason if r is not None)
-    by_reason_field = Counter(f"{r}:{f}" for r, f in zip(reason, fld) if r is not None and f)
-    per_type: dict[str, Counter[str]] = defaultdict(Counter)
-    examples: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for i in range(n):
-        per_type[str(ttype[i])]["kept" if reason[i] is None else "rejected"] += 1
-        r = reason[i]
-        if r is not None and len(examples[r]) < cfg.examples_per_reason:
-            text = content[i] or ""
-            examples[r].append(
-                {
-                    "id": ids[i],
-                    "task_type": ttype[i],
-                    "model": models[i],
-                    "field": fld[i],
-                    "message": msg[i],
-                    "excerpt": text[: cfg.excerpt_chars] + ("…" if len(text) > cfg.excerpt_chars else ""),
-                }
-            )
+    # The report: one verdict per row (reason null = kept).
+    verdict = pl.concat(rejects, how="vertical_relaxed")
+    rows = (
+        df.select("_i", "id", "task_type", "model", "content", "refusal")
+        .join(verdict, on="_i", how="left", maintain_order="left")
+        .join(vmsg, on="_i", how="left", maintain_order="left")
+        .join(dup_ids, on="_i", how="left", maintain_order="left")
+    )
+    if acc is not None and "_label" in acc.columns:
+        rows = rows.join(acc.select("_i", "_label", "_misleading_label"), on="_i", how="left", maintain_order="left")
+    rej = rows.filter(c("reason").is_not_null())
+    by_reason = _counts(rej, "reason")
+    by_reason_field = _counts(
+        rej.filter(c("field").is_not_null() & (c("field") != "")).select("_i", pl.format("{}:{}", "reason", "field").alias("k")), "k"
+    )
+    per_type = _type_counts(rows)
+    examples = _examples(rej, types, cfg)
+    kept_n = out.height
+    lead = pl.int_range(pl.len(), dtype=idx).alias("_i")
     report: dict[str, Any] = {
         "inputs": [str(p) for p in cfg.inputs],
         "output": str(out_path),
         "responses": n,
-        "kept": len(kept),
-        "rejected": n - len(kept),
+        "kept": kept_n,
+        "rejected": n - kept_n,
         "extracted_json": extracted,
         "logs_with_torn_tail": torn,
-        "by_reason": dict(by_reason.most_common()),
-        "by_reason_field": dict(by_reason_field.most_common()),
-        "by_task_type": {k: dict(v) for k, v in sorted(per_type.items())},
-        "mix": {
-            "task_type": dict(Counter(out["task_type"].to_list()).most_common()),
-            "language": dict(Counter(out["language"].to_list()).most_common()),
-            "model": dict(Counter(out["model"].to_list()).most_common()),
-        },
-        "examples": dict(examples),
+        "by_reason": by_reason,
+        "by_reason_field": by_reason_field,
+        "by_task_type": per_type,
+        "mix": {k: _counts(out.select(lead, k), k) for k in ("task_type", "language", "model")},
+        "examples": examples,
         "chart": str(chart_path) if chart_path else None,
     }
     report_path.parent.mkdir(parents=True, exist_ok=True)
@@ -271,23 +454,79 @@ def clean(config: CleanConfig | None = None, **overrides: Any) -> dict[str, Any]
     return report
 
 
-def _semantic_problem(
-    t: TaskType, obj: dict[str, Any], q: str, p: str, neg: str | None
-) -> tuple[str, str | None, str] | None:
-    norm = " ".join
-    if norm(q.split()) == norm(p.split()):
-        return "identical_fields", t.mapping.positive, f"{t.mapping.positive} equals {t.mapping.query}"
-    if neg is not None and norm(neg.split()) == norm(p.split()):
-        return "identical_fields", t.mapping.negative, f"{t.mapping.negative} equals {t.mapping.positive}"
-    if t.name == "long_short":
-        text = q.casefold()
-        for f in ("label", "misleading_label"):
-            label = str(obj.get(f, "")).strip().casefold()
-            # Short labels ("yes", "no") occur in text by chance; only flag labels of 2+ words
-            # or of 12+ characters, where verbatim presence means the label leaked.
-            if label and (len(label.split()) >= 2 or len(label) >= 12) and label in text:
-                return "label_in_input", f, f"{f} {obj[f]!r} appears verbatim in input_text"
-    return None
+def _type_counts(rows: pl.DataFrame) -> dict[str, dict[str, int]]:
+    """Kept/rejected per task type (``str()`` of it, so a missing one is "None"), keys
+    sorted, each type's two counts in the order they first occur."""
+    g = (
+        rows.select(
+            "_i",
+            pl.col("task_type").fill_null("None").alias("tt"),
+            pl.when(pl.col("reason").is_null()).then(pl.lit("kept")).otherwise(pl.lit("rejected")).alias("kr"),
+        )
+        .group_by("tt", "kr")
+        .agg(pl.len().alias("_n"), pl.col("_i").min().alias("_first"))
+        .sort("_first")
+    )
+    out: dict[str, dict[str, int]] = {}
+    for tt, kr, cnt, _ in g.iter_rows():
+        out.setdefault(tt, {})[kr] = cnt
+    return dict(sorted(out.items()))
+
+
+def _examples(
+    rej: pl.DataFrame, types: dict[str, TaskType], cfg: CleanConfig
+) -> dict[str, list[dict[str, Any]]]:
+    """The first ``examples_per_reason`` rows of each reason, with their messages."""
+    # Keys in the order each reason first occurs (as a defaultdict filled in row order).
+    first = rej.group_by("reason").agg(pl.col("_i").min()).sort("_i")["reason"].to_list()
+    examples: dict[str, list[dict[str, Any]]] = {r: [] for r in first}
+    k = cfg.examples_per_reason
+    if k <= 0:
+        return examples
+    pick = rej.filter(pl.int_range(pl.len()).over("reason") < k)
+    for row in pick.iter_rows(named=True):
+        r, tt = row["reason"], row["task_type"]
+        text = row["content"] or ""
+        examples[r].append(
+            {
+                "id": row["id"],
+                "task_type": tt,
+                "model": row["model"],
+                "field": row["field"],
+                "message": _message(row, types),
+                "excerpt": text[: cfg.excerpt_chars] + ("…" if len(text) > cfg.excerpt_chars else ""),
+            }
+        )
+    return examples
+
+
+def _message(row: dict[str, Any], types: dict[str, TaskType]) -> str | None:
+    r = row["reason"]
+    if row["_val"]:
+        return row["_vmsg"]  # the validator's own message
+    if r == "refusal":
+        return str(row["refusal"])
+    if r == "truncated":
+        return "finish_reason is 'length': the answer was cut off"
+    if r == "content_filter":
+        return "finish_reason is 'content_filter'"
+    if r == "empty_response":
+        return "the answer has no content"
+    if r == "unknown_task_type":
+        return f"task type {row['task_type']!r} is not known here"
+    if r == "missing_instruction":
+        return "the log has no task definition for this answer"
+    if r == "duplicate":
+        return f"duplicate of {row['_dup']}"
+    if r == "identical_fields":
+        m = types[row["task_type"]].mapping
+        if row["field"] == m.positive:
+            return f"{m.positive} equals {m.query}"
+        return f"{m.negative} equals {m.positive}"
+    if r == "label_in_input":
+        f = row["field"]
+        return f"{f} {row['_' + f]!r} appears verbatim in input_text"
+    raise AssertionError(f"no message for reason {r!r}")
 
 
 def mix_chart(triples: pl.DataFrame, path: Path, top_languages: int = 20) -> None:
