@@ -147,3 +147,8 @@ def test_fused_dedup_errors_name_the_problem() -> None:
         core.validate(texts, "sts", dedup=core.Deduplicator(), dedup_fields=["user_query"])
     out = core.validate(texts, "sts", dedup=core.Deduplicator(), dedup_fields="S1")
     assert out["keep"].to_list() == [True] and out["duplicate_of"].to_list() == [None]
+    # An unknown task type rejects the rows themselves; no complaint about the fields.
+    d = core.Deduplicator()
+    out = core.validate(texts, "no_such_type", dedup=d, dedup_fields=["S1"])
+    assert out["reason"].to_list() == ["unknown_task_type"] and out["keep"].to_list() == [False]
+    assert (d.seen, d.unique) == (1, 0)

@@ -463,11 +463,13 @@ mod python {
             // Per task type, where each dedup field sits among its string values.
             let mut dedup_maps: Vec<(String, Vec<usize>)> = Vec::new();
             if let Some(fields) = &dedup_fields {
-                let known: &[String] = match &tasks {
-                    Tasks::One(t) => set.get(t).map_or(&[], |s| s.string_props.as_slice()),
-                    Tasks::PerRow(_) => &set.unpack_columns,
+                // (An unknown single task type rejects every row: nothing to check.)
+                let known: Option<&[String]> = match &tasks {
+                    Tasks::One(t) => set.get(t).map(|s| s.string_props.as_slice()),
+                    Tasks::PerRow(_) => Some(&set.unpack_columns),
                 };
-                if let Some(f) = fields.iter().find(|f| !known.contains(f)) {
+                let unknown = known.and_then(|k| fields.iter().find(|f| !k.contains(f)));
+                if let (Some(f), Some(known)) = (unknown, known) {
                     return Err(PyValueError::new_err(format!(
                         "dedup field '{f}' is not a string field of the task type(s) \
                          (string fields: {known:?})"
@@ -488,7 +490,10 @@ mod python {
                     }
                 }
             }
-            let casefold = dedup.as_ref().map(|d| d.borrow().inner.casefold);
+            let casefold = match &dedup {
+                Some(d) => Some(d.try_borrow()?.inner.casefold),
+                None => None,
+            };
             let block = block_rows(n);
             let colmaps: Vec<(String, Vec<usize>)> = self
                 .names
@@ -647,7 +652,7 @@ mod python {
                     .iter_mut()
                     .flat_map(|s| s.dedup.take().map(|d| d.hashes).unwrap_or_default())
                     .collect();
-                dups = Some(d.borrow_mut().inner.insert_opt(&hashes).into_iter());
+                dups = Some(d.try_borrow_mut()?.inner.insert_opt(&hashes).into_iter());
                 fields.push(Field::new("keep", DataType::Boolean, false));
                 fields.push(Field::new("duplicate_of", DataType::Int64, true));
             }
