@@ -14,6 +14,10 @@ use unicode_normalization::char::canonical_combining_class;
 use unicode_normalization::{is_nfkc_quick, IsNormalized, UnicodeNormalization};
 use xxhash_rust::xxh3::Xxh3Default;
 
+/// Bytes per block of the scanners (NFKC lead bytes, whitespace): a block with nothing
+/// to look at is skipped after one branch-free (vectorised) test.
+const BLOCK: usize = 32;
+
 /// Bitset over the Basic Multilingual Plane: starters (combining class 0) whose
 /// NFKC_Quick_Check is Yes. Such a char resets the quick-check state just like ASCII,
 /// so text made of them needs no further lookup. Derived once from the normalisation
@@ -139,9 +143,9 @@ fn lead_mask_scalar(blk: &[u8]) -> u32 {
 }
 
 /// Is `s` in NFKC? Typical text is ASCII plus non-ASCII starters whose quick check is
-/// Yes; that is proven a block at a time: a branch-free mask of the block's lead bytes,
-/// then one table lookup per non-ASCII char. Any other char sends the whole string to
-/// the exact quick check ([`is_nfkc_exact`]).
+/// Yes; that is proven a block at a time: a branch-free mask of the block's lead bytes
+/// (common-script leads left out), then one table lookup per remaining char. Any other
+/// char sends the whole string to the exact quick check ([`is_nfkc_exact`]).
 fn is_nfkc(s: &str) -> bool {
     let table = safe_starters();
     let safe_lead = safe_leads();
@@ -213,10 +217,6 @@ fn is_nfkc_exact(s: &str) -> bool {
     }
     true
 }
-
-/// Bytes per block of the whitespace scanner: a block with no whitespace other than
-/// single ASCII spaces is skipped in one branch-free (vectorised) test.
-const BLOCK: usize = 32;
 
 /// True when `b[i..i + BLOCK]` cannot change under whitespace collapsing: no control
 /// whitespace, no first two bytes of a non-ASCII White_Space char (C2 85, C2 A0,
