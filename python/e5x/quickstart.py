@@ -72,12 +72,15 @@ DEFAULTS: dict[str, Any] = {
     # Fields of e5x.TrainConfig ("model" "" = SmolLM2-135M converted from the GGUF).
     "train": {
         "model": "",
-        "batch_size": 8,
+        # ~1,000 query draws at a LoRA lr above the paper's 1e-4: what it takes to move
+        # this model on 2 CPU cores (20 x 8 at 1e-4 changed nothing; see
+        # benches/results/quickstart-cpu-2core.txt and quality-cpu-2core.txt).
+        "batch_size": 16,
         "chunk_size": 64,
-        "max_steps": 20,
+        "max_steps": 60,
         "max_length": 64,
-        "lr": 1e-4,
-        "warmup_steps": 3,
+        "lr": 3e-4,
+        "warmup_steps": 5,
         "gradient_checkpointing": False,
         "precision": "fp32",
         "save_every": 1000,
