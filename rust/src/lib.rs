@@ -561,7 +561,7 @@ mod python {
                                 Tasks::PerRow(c) => c.str(row),
                             };
                             if (ncols.is_some() || sink.dedup.is_some())
-                                && (row == lo || task != last_task.as_deref())
+                                && task != last_task.as_deref()
                             {
                                 let find = |maps: &[(String, Vec<usize>)]| {
                                     task.and_then(|t| maps.iter().find(|c| c.0 == t))

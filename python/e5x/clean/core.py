@@ -100,8 +100,6 @@ class Validator:
                 task_types = task_types.cast(pl.String)
         elif not isinstance(task_types, str):
             raise TypeError("task_types must be a str or a polars Series")
-        if (dedup is None) != (dedup_fields is None):
-            raise ValueError("dedup and dedup_fields go together")
         if isinstance(dedup_fields, str):
             dedup_fields = [dedup_fields]
         table = self._native.validate(
