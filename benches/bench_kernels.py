@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
                     "all but compile on CPU)")
     ap.add_argument("--e5x-variant", action="append", default=[], metavar="K=V[,K=V]",
                     help="extra e5x rows with these environment knobs, e.g. "
-                         "E5X_INFONCE_CHUNK_MIB=4096 or E5X_INFONCE_FUSED=0 (repeatable)")
+                         "E5X_INFONCE_CHUNK_MIB=4096 or E5X_INFONCE_MODE=lean,E5X_INFONCE_CHUNK_MIB=256 (repeatable)")
     ap.add_argument("--budget", type=float, default=1.5, help="seconds of timed repetitions per cell")
     ap.add_argument("--max-reps", type=int, default=50)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

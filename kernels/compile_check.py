@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
                             dict(consts, STORE_S=fused), cfg["num_warps"], cfg["num_stages"])
                 compile_one(T._dscores, {"Q": f"*{dt}", "D": f"*{dt}", "RQ": "*fp32", "RD": "*fp32",
                                          "LSE2": "*fp32", "POS": "*i64", "COEF": "*fp32", "DS": f"*{dt}",
-                                         "S_IN": "*fp32", "row0": "i32", "n_rows": "i32", "Bq": "i32",
+                                         "S_IN": "*fp32", "row0": "i32", "n_rows": "i32", "col0": "i32",
+                                         "n_cols": "i32", "Bq": "i32",
                                          "Bd": "i32", "H": "i32", "stride_ds": "i32", "stride_s": "i32",
                                          "scale2": "fp32"},
                             dict(consts, FROM_S=fused), cfg["num_warps"], cfg["num_stages"])

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -25,8 +26,24 @@ def rel(a: torch.Tensor, b: torch.Tensor, floor: float = 1e-30) -> float:
     return float((a - b).norm() / b.norm().clamp_min(floor))
 
 
-def case(bq: int, k: int, extra: int, h: int, seq: int, dtype: torch.dtype, seed: int) -> dict:
+def case(bq: int, k: int, extra: int, h: int, seq: int, dtype: torch.dtype, seed: int,
+         env: dict[str, str] | None = None) -> dict:
     import e5x.kernels as K
+
+    env = env or {}
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    try:
+        return _case(K, bq, k, extra, h, seq, dtype, seed) | ({"env": env} if env else {})
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _case(K, bq: int, k: int, extra: int, h: int, seq: int, dtype: torch.dtype, seed: int) -> dict:  # noqa: N803
 
     dev = torch.device("cuda")
     g = torch.Generator(device="cpu").manual_seed(seed)
@@ -87,11 +104,14 @@ def main(argv: list[str] | None = None) -> int:
         (1024, 3, 0, 4096, 2, torch.bfloat16),
         (129, 2, 5, 4096, 3, torch.float32),
         (77, 1, 0, 1000, 6, torch.bfloat16),  # H not a multiple of any block
+        # lean mode in several row and column chunks (4 MiB budget: 3 x 128 rows, 5 x 128 documents)
+        (300, 1, 17, 4096, 5, torch.bfloat16, {"E5X_INFONCE_MODE": "lean", "E5X_INFONCE_CHUNK_MIB": "4"}),
+        (129, 2, 5, 4096, 3, torch.float32, {"E5X_INFONCE_MODE": "lean", "E5X_INFONCE_CHUNK_MIB": "4"}),
     ]
     results, ok = [], True
-    for i, (bq, k, extra, h, seq, dt) in enumerate(plan):
+    for i, (bq, k, extra, h, seq, dt, *env) in enumerate(plan):
         try:
-            r = case(bq, k, extra, h, seq, dt, seed=i)
+            r = case(bq, k, extra, h, seq, dt, seed=i, env=env[0] if env else None)
         except Exception as exc:  # keep going: the other cases and the benchmark still tell a lot
             r = dict(bq=bq, k=k, extra=extra, h=h, dtype=str(dt), ok=False, error=f"{type(exc).__name__}: {exc}"[:2000])
         ok &= bool(r["ok"])

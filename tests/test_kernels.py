@@ -251,17 +251,21 @@ def test_return_embeddings_are_differentiable() -> None:
         assert rel(a, b) <= 1e-4
 
 
-@pytest.mark.parametrize("fused", ["1", "0"], ids=["grads-in-forward", "recompute-in-backward"])
-def test_backward_in_several_chunks(monkeypatch: pytest.MonkeyPatch, fused: str) -> None:
-    """A tiny chunk budget forces the gradient through several query chunks, in both the
-    fused mode (mean/sum: gradients formed in the forward from stored score tiles, backward
-    scales by the upstream scalar, here 2.5) and the recompute-in-backward mode."""
+MODES = ["fused", "lean", "backward"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_backward_in_several_chunks(monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+    """A tiny chunk budget forces the gradient through several chunks, in every mode: fused
+    (mean/sum: gradients formed in the forward from stored score tiles, backward scales by
+    the upstream scalar, here 2.5), lean (query-row chunks, then document-column chunks with
+    recomputed scores and no fp32 document accumulator) and recompute-in-backward."""
     monkeypatch.setenv("E5X_INFONCE_CHUNK_MIB", "0.0001")
-    monkeypatch.setenv("E5X_INFONCE_FUSED", fused)
+    monkeypatch.setenv("E5X_INFONCE_MODE", mode)
     gen = torch.Generator().manual_seed(6)
     bq = 40 if not GPU else 300
     q = torch.randn(bq, 24, generator=gen)
-    d = torch.randn(2 * bq, 24, generator=gen)
+    d = torch.randn(2 * bq + 3, 24, generator=gen)  # + 3: a last column chunk that is not full
     out = {}
     for backend, dtype in (("triton", torch.float32), ("torch", torch.float64)):
         qq = leaf(q, dtype)
@@ -271,6 +275,40 @@ def test_backward_in_several_chunks(monkeypatch: pytest.MonkeyPatch, fused: str)
         out[backend] = (loss.detach(), qq.grad, dd.grad)
     for a, b in zip(out["triton"], out["torch"]):
         assert rel(a, b) <= 1e-4
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("need", ["both", "queries", "documents"])
+def test_lean_mode_pooled_matches_float64(monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype, need: str) -> None:
+    """Lean mode on hidden states with padding, hard and cross-rank negatives, in several
+    row and column chunks, with gradients wanted for both sides or only one (a frozen side
+    skips its pass). Same tolerances as the default mode (see the module docstring)."""
+    monkeypatch.setenv("E5X_INFONCE_CHUNK_MIB", "0.0001")
+    monkeypatch.setenv("E5X_INFONCE_MODE", "lean")
+    case = Case("lean", bq=20, k=1, h=40, seq=3, side="left", extra_before=5, extra_after=6)
+    qh, dh, masks, kwargs, (q_last, d_last) = build(case, dtype, seed=3)
+    got, want = [], []
+    for backend, q, d, out in (("triton", qh, dh, got), ("torch", qh.double(), dh.double(), want)):
+        q = q.detach().clone().requires_grad_(need != "documents")
+        d = d.detach().clone().requires_grad_(need != "queries")
+        loss = K.pooled_info_nce(q, d, **masks, **kwargs, backend=backend)
+        loss.backward()
+        out += [loss.detach(), q.grad, d.grad]
+    loss_tol, grad_tol = TOL[dtype]
+    assert rel(got[0], want[0], floor=1.0) <= loss_tol
+    for g, ref in zip(got[1:], want[1:]):
+        assert (g is None) == (ref is None)
+        if g is not None:
+            assert g.dtype == dtype and rel(g, ref) <= grad_tol
+
+
+def test_unknown_mode_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    if not K._checks.triton_usable(torch.zeros(1, device=DEVICE)):
+        pytest.skip("needs the Triton path")
+    monkeypatch.setenv("E5X_INFONCE_MODE", "fast")
+    q = leaf(torch.randn(2, 16), torch.float32)
+    with pytest.raises(ValueError, match="E5X_INFONCE_MODE must be fused, lean or backward, got 'fast'"):
+        K.info_nce(q, torch.randn(4, 16, device=DEVICE), backend="triton")
 
 
 def test_no_grad_forward_and_reference_agree_on_backend_auto() -> None:
@@ -406,6 +444,32 @@ def test_recipe_size_bf16_on_gpu(bq: int) -> None:
     ref, rq, rd = run(qh.double(), dh.double(), dict(q_mask=qm, d_mask=dm), kwargs, "torch")
     assert rel(loss, ref) <= 1e-3
     assert rel(gq, rq) <= 1e-2 and rel(gd, rd) <= 1e-2
+
+
+@pytest.mark.skipif(not GPU, reason="CUDA memory statistics")
+def test_lean_mode_needs_no_document_accumulator_on_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lean mode's peak above its inputs is the returned gradients plus the chunk budget (plus
+    a few [B] vectors); fused mode also holds an fp32 [Bd, H] accumulator."""
+    bq, bd, h, budget_mib = 1024, 2048, 4096, 16
+    monkeypatch.setenv("E5X_INFONCE_CHUNK_MIB", str(budget_mib))
+    gen = torch.Generator(device="cuda").manual_seed(9)
+    q = torch.randn(bq, h, device=DEVICE, dtype=torch.bfloat16, generator=gen).requires_grad_(True)
+    d = torch.randn(bd, h, device=DEVICE, dtype=torch.bfloat16, generator=gen).requires_grad_(True)
+    grads = (bq + bd) * h * 2
+    extra = {}
+    for mode in ("fused", "lean"):
+        monkeypatch.setenv("E5X_INFONCE_MODE", mode)
+        for _ in range(2):  # the first call compiles, autotunes and creates cuBLAS workspaces
+            q.grad = d.grad = None
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            K.info_nce(q, d, backend="triton").backward()
+            torch.cuda.synchronize()
+            extra[mode] = torch.cuda.max_memory_allocated() - base
+    slack = 4 * 2**20
+    assert extra["lean"] <= grads + budget_mib * 2**20 + slack, extra
+    assert extra["fused"] >= grads + 4 * bd * h, extra  # the measurement sees the accumulator
 
 
 def test_kernels_compile_for_hopper_without_a_gpu() -> None:

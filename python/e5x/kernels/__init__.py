@@ -23,9 +23,11 @@ not a query's positive is a negative for it (in-batch, hard and cross-rank negat
 The loss is float32 (float64 for float64 inputs).
 
 Environment knobs of the Triton path (see kernels/TUNING.md in the repository):
-``E5X_AUTOTUNE=0`` (first tile config, no tuning pass), ``E5X_INFONCE_FUSED=0`` (recompute
-scores in backward instead of forming mean/sum gradients in the forward),
-``E5X_INFONCE_CHUNK_MIB`` (score-chunk memory budget, default 1024).
+``E5X_AUTOTUNE=0`` (first tile config, no tuning pass), ``E5X_INFONCE_MODE`` (``fused``, the
+default: mean/sum gradients formed in the forward, 3 GEMMs; ``lean``: the same without the
+fp32 [Bd, H] document-gradient accumulator, 4 GEMMs, memory = returned gradients + chunk
+budget; ``backward``: recompute scores in backward), ``E5X_INFONCE_CHUNK_MIB`` (memory
+budget of the gradient chunks, default 1024).
 """
 
 from __future__ import annotations

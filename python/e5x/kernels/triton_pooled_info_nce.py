@@ -17,7 +17,8 @@ Forward
      results of the SPLIT document slices ([SPLIT, Bq] floats) are merged in torch.
   3. ``_rowdot``: the positive's raw dot product in fp32; loss_i = lse_i - S_i,pos(i).
 Gradient, per chunk of C query rows (C from the E5X_INFONCE_CHUNK_MIB budget)
-  4. ``_dscores``: dA = G * rq rd^T / tau in the compute dtype into a [C, Bd] buffer, from
+  4. ``_dscores``: dA = G * rq rd^T / tau in the compute dtype into a [C, Bd] buffer (any
+     window of rows x columns), from
      recomputed score tiles (backward mode) or from fp32 score tiles stored by ``_lse_fwd``
      for this chunk (fused mode, see below).
   5. Rq_c = dA_c @ Xd and Rd += dA_c^T @ Xq_c: plain GEMMs with fp32 accumulation, left to
@@ -26,12 +27,16 @@ Gradient, per chunk of C query rows (C from the E5X_INFONCE_CHUNK_MIB budget)
   6. ``_pool_norm_bwd``: dx = R - x r^2 (x . R) (the normalisation backward in terms of
      R = r de), scattered into a zero-initialised [B, L, H] gradient at the pooled
      positions only.
-Modes
-  - fused (reduction mean/sum with grad enabled; E5X_INFONCE_FUSED=1, default): the
-    upstream gradient is one scalar, so 4-6 run inside the forward with g = 1 from stored
-    score tiles: 3 GEMMs in all. Backward multiplies by the scalar (skipped when it is 1).
-  - backward (reduction "none", or E5X_INFONCE_FUSED=0): the forward keeps only lse; the
-    backward recomputes the score tiles: 4 GEMMs.
+Modes (E5X_INFONCE_MODE)
+  - fused (default for reduction mean/sum with grad enabled): the upstream gradient is one
+    scalar, so 4-6 run inside the forward with g = 1 from stored score tiles: 3 GEMMs in
+    all. Backward multiplies by the scalar (skipped when it is 1).
+  - lean (opt-in, same cases as fused): as fused, minus the fp32 [Bd, H] accumulator of
+    Rd: the row chunks finish only the query gradients, then a pass over chunks of document
+    columns recomputes those score tiles (every lse is known by then) and finishes each
+    document's gradient at once: 4 GEMMs, memory = returned gradients + chunk budget.
+  - backward (reduction "none", or E5X_INFONCE_MODE=backward): the forward keeps only lse;
+    the backward recomputes the score tiles: 4 GEMMs.
 """
 
 from __future__ import annotations
@@ -197,17 +202,21 @@ def _lse_fwd(
 
 @triton.jit
 def _dscores(
-    Q, D, RQ, RD, LSE2, POS, COEF, DS, S_IN, row0, n_rows, Bq, Bd, H, stride_ds, stride_s, scale2,
+    Q, D, RQ, RD, LSE2, POS, COEF, DS, S_IN, row0, n_rows, col0, n_cols, Bq, Bd, H,
+    stride_ds, stride_s, scale2,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     PRECISION: tl.constexpr, UPCAST: tl.constexpr, FROM_S: tl.constexpr,
 ):
+    """dA for the window rows [row0, row0 + n_rows) x columns [col0, col0 + n_cols), written
+    at window-local positions of DS; S_IN (FROM_S) holds the window's rows, all columns."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     local = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
     offs_m = row0 + local
-    offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
+    local_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
+    offs_n = col0 + local_n
     r_ok = local < n_rows
-    n_ok = offs_n < Bd
+    n_ok = local_n < n_cols
     lse2 = tl.load(LSE2 + offs_m, mask=r_ok, other=0.0)
     pos = tl.load(POS + offs_m, mask=r_ok, other=-1)
     coef = tl.load(COEF + offs_m, mask=r_ok, other=0.0)
@@ -224,7 +233,7 @@ def _dscores(
     onehot = tl.where(offs_n[None, :] == pos[:, None], 1.0, 0.0)
     # gradient w.r.t. the raw dot product q . d: (P - Y) * g_i / tau * rq_i * rd_j
     ds = (p - onehot) * (coef[:, None] * rr)
-    tl.store(DS + local[:, None] * stride_ds + offs_n[None, :], ds.to(DS.dtype.element_ty),
+    tl.store(DS + local[:, None] * stride_ds + local_n[None, :], ds.to(DS.dtype.element_ty),
              mask=r_ok[:, None] & n_ok[None, :])
 
 
@@ -383,14 +392,18 @@ def _lse2(
     return mx + torch.log2((s * torch.exp2(m - mx)).sum(dim=0))
 
 
-def _chunk_rows(bq: int, bd: int, elem: int) -> int:
-    """Query rows per backward chunk: the [C, Bd] dS buffer stays within the budget."""
-    budget = int(float(os.environ.get("E5X_INFONCE_CHUNK_MIB", "1024")) * 2**20)
-    rows = max(1, budget // max(1, bd * elem))
-    if rows >= bq:
-        return bq
-    unit = 16 if INTERPRET else 128  # whole query tiles per chunk
-    return max(unit, rows // unit * unit)
+def _chunk_budget() -> int:
+    return int(float(os.environ.get("E5X_INFONCE_CHUNK_MIB", "1024")) * 2**20)
+
+
+def _chunk_len(total: int, row_bytes: int) -> int:
+    """Rows (or columns) per gradient chunk when each costs `row_bytes` of chunk buffers:
+    together they stay within the E5X_INFONCE_CHUNK_MIB budget; whole tiles per chunk."""
+    n = max(1, _chunk_budget() // max(1, row_bytes))
+    if n >= total:
+        return total
+    unit = 16 if INTERPRET else 128
+    return max(unit, n // unit * unit)
 
 
 _MM_OUT_DTYPE: bool | None = None  # does torch.mm take out_dtype here (CUDA, torch >= 2.8)?
@@ -421,6 +434,27 @@ def _mm_f32(a: torch.Tensor, b: torch.Tensor, acc: torch.Tensor | None = None) -
     return acc
 
 
+def _dscores_window(
+    q_raw: torch.Tensor, d_raw: torch.Tensor, q_rstd: torch.Tensor, d_rstd: torch.Tensor,
+    lse2: torch.Tensor, pos: torch.Tensor, coef: torch.Tensor, out: torch.Tensor,
+    rows: tuple[int, int], cols: tuple[int, int], scale2: float, s_in: torch.Tensor | None = None,
+) -> None:
+    """out[:n, :m] = dA of query rows [r0, r0 + n) x documents [c0, c0 + m), from the stored
+    fp32 scores s_in (that window's rows, all columns) or from recomputed score tiles."""
+    (r0, n), (c0, m) = rows, cols
+    bq, h = q_raw.shape
+    bd = d_raw.shape[0]
+    kernel, meta = _launcher(_dscores, "dscores", q_raw.dtype)
+    from_s = s_in is not None
+    args = (q_raw, d_raw, q_rstd, d_rstd, lse2, pos, coef, out, s_in if from_s else out,
+            r0, n, c0, m, bq, bd, h, out.stride(0), s_in.stride(0) if from_s else 0, scale2)
+    flags = dict(PRECISION=_precision(q_raw.dtype), UPCAST=_upcast(q_raw.dtype), FROM_S=from_s)
+    if meta is None:
+        kernel[lambda META: (triton.cdiv(n, META["BLOCK_M"]), triton.cdiv(m, META["BLOCK_N"]))](*args, **flags)
+    else:
+        kernel[(triton.cdiv(n, meta["BLOCK_M"]), triton.cdiv(m, meta["BLOCK_N"]))](*args, **flags, **meta)
+
+
 def _infonce_backward(
     saved: tuple[torch.Tensor, ...], coef: torch.Tensor, temperature: float, normalize: bool,
     g_q_emb: torch.Tensor | None, g_d_emb: torch.Tensor | None, need_q: bool, need_d: bool,
@@ -435,19 +469,13 @@ def _infonce_backward(
     r_d = torch.zeros((bd, h), dtype=torch.float32, device=d_raw.device) if need_d else None
     if need_d and g_d_emb is not None:  # de -> R = rstd * de (see _pool_norm_bwd)
         r_d += g_d_emb.float() * d_rstd[:, None]
-    rows = _chunk_rows(bq, bd, q_raw.element_size())
+    # per row: dA [Bd] in the compute dtype + its fp32 Rq row [H]
+    rows = _chunk_len(bq, bd * q_raw.element_size() + 4 * h)
     ds_buf = torch.empty((rows, bd), dtype=q_raw.dtype, device=q_raw.device)
-    kernel, meta = _launcher(_dscores, "dscores", q_raw.dtype)
-    flags = dict(PRECISION=_precision(q_raw.dtype), UPCAST=_upcast(q_raw.dtype), FROM_S=False)
     for r0 in range(0, bq, rows):
         n = min(rows, bq - r0)
         ds = ds_buf[:n]
-        args = (q_raw, d_raw, q_rstd, d_rstd, lse2, pos, coef, ds, ds, r0, n, bq, bd, h, ds.stride(0), 0, scale2)
-        if meta is None:
-            grid = lambda META, n=n: (triton.cdiv(n, META["BLOCK_M"]), triton.cdiv(bd, META["BLOCK_N"]))  # noqa: E731
-            kernel[grid](*args, **flags)
-        else:
-            kernel[(triton.cdiv(n, meta["BLOCK_M"]), triton.cdiv(bd, meta["BLOCK_N"]))](*args, **flags, **meta)
+        _dscores_window(q_raw, d_raw, q_rstd, d_rstd, lse2, pos, coef, ds, (r0, n), (0, bd), scale2)
         if need_q:
             r_q = _mm_f32(ds, d_raw)  # [n, H], complete for these rows: finish them now
             if g_q_emb is not None:
@@ -464,7 +492,7 @@ def _fused_loss_and_grads(
     q_hidden: torch.Tensor, d_hidden: torch.Tensor, q_idx: torch.Tensor, d_idx: torch.Tensor,
     pos: torch.Tensor, q_raw: torch.Tensor, d_raw: torch.Tensor, q_rstd: torch.Tensor,
     d_rstd: torch.Tensor, temperature: float, reduction: str, normalize: bool,
-    need_q: bool, need_d: bool,
+    need_q: bool, need_d: bool, lean: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Forward that also computes the gradients for an upstream gradient of 1.
 
@@ -473,6 +501,12 @@ def _fused_loss_and_grads(
     stored once ([C, Bd], bounded by the chunk budget), the chunk's log-sum-exp completed,
     and dS built from the stored scores. That is 3 GEMMs in all (S, dQ, dD) instead of 4
     (S, recomputed S, dQ, dD); backward then only scales by the upstream scalar.
+
+    The document gradient sums over all query chunks, into an fp32 [Bd, H] accumulator
+    (4 Bd H bytes: 1 GiB at Bd = 65536, H = 4096). ``lean`` has none: the row chunks finish
+    only the query gradients; a second pass over chunks of document columns, with every
+    row's log-sum-exp known by then, recomputes those score tiles and finishes the document
+    gradients (4 GEMMs, memory = the returned gradients + the chunk budget).
     """
     bq, h = q_raw.shape
     bd = d_raw.shape[0]
@@ -481,41 +515,79 @@ def _fused_loss_and_grads(
     coef = torch.full((bq,), coef_val, dtype=torch.float32, device=q_raw.device)
     grad_q = torch.zeros_like(q_hidden) if need_q else None
     grad_d = torch.zeros_like(d_hidden) if need_d else None
-    r_d = torch.zeros((bd, h), dtype=torch.float32, device=d_raw.device) if need_d else None
+    acc_d = need_d and not lean
+    r_d = torch.zeros((bd, h), dtype=torch.float32, device=d_raw.device) if acc_d else None
+    if need_q or acc_d:
+        lse2 = _row_pass(q_raw, d_raw, q_idx, q_rstd, d_rstd, pos, coef, scale2, normalize, grad_q, r_d)
+    else:  # lean, documents only: the log-sum-exp is all the first pass has to give
+        lse2 = _lse2(q_raw, d_raw, q_rstd, d_rstd, scale2)
+    if acc_d:
+        _pool_backward(d_raw, h, 0, d_idx, d_rstd, r_d, grad_d, normalize)
+    elif need_d:
+        _column_pass(q_raw, d_raw, d_idx, q_rstd, d_rstd, lse2, pos, coef, scale2, normalize, grad_d)
+    return lse2, grad_q, grad_d
+
+
+def _row_pass(
+    q_raw: torch.Tensor, d_raw: torch.Tensor, q_idx: torch.Tensor, q_rstd: torch.Tensor,
+    d_rstd: torch.Tensor, pos: torch.Tensor, coef: torch.Tensor, scale2: float, normalize: bool,
+    grad_q: torch.Tensor | None, r_d: torch.Tensor | None,
+) -> torch.Tensor:
+    """Per chunk of query rows: lse from stored fp32 score tiles, dA, then the rows' query
+    gradients into grad_q and dA^T Xq added into r_d (either may be None). Returns lse2.
+    Its buffers are freed on return (the column pass reuses the memory)."""
+    bq, h = q_raw.shape
+    bd = d_raw.shape[0]
     lse2 = torch.empty((bq,), dtype=torch.float32, device=q_raw.device)
-    rows = _chunk_rows(bq, bd, 4 + q_raw.element_size())
+    # per row: fp32 scores + dA [Bd] and the fp32 Rq row [H]
+    rows = _chunk_len(bq, bd * (4 + q_raw.element_size()) + 4 * h)
     s_buf = torch.empty((rows, bd), dtype=torch.float32, device=q_raw.device)
     ds_buf = torch.empty((rows, bd), dtype=q_raw.dtype, device=q_raw.device)
-    kernel, meta = _launcher(_dscores, "dscores", q_raw.dtype)
-    flags = dict(PRECISION=_precision(q_raw.dtype), UPCAST=_upcast(q_raw.dtype), FROM_S=True)
     for r0 in range(0, bq, rows):
         n = min(rows, bq - r0)
         s_c, ds = s_buf[:n], ds_buf[:n]
         lse2[r0 : r0 + n] = _lse2(q_raw[r0 : r0 + n], d_raw, q_rstd[r0 : r0 + n], d_rstd, scale2, s_out=s_c)
-        args = (q_raw, d_raw, q_rstd, d_rstd, lse2, pos, coef, ds, s_c, r0, n, bq, bd, h,
-                ds.stride(0), s_c.stride(0), scale2)
-        if meta is None:
-            grid = lambda META, n=n: (triton.cdiv(n, META["BLOCK_M"]), triton.cdiv(bd, META["BLOCK_N"]))  # noqa: E731
-            kernel[grid](*args, **flags)
-        else:
-            kernel[(triton.cdiv(n, meta["BLOCK_M"]), triton.cdiv(bd, meta["BLOCK_N"]))](*args, **flags, **meta)
-        if need_q:
+        _dscores_window(q_raw, d_raw, q_rstd, d_rstd, lse2, pos, coef, ds, (r0, n), (0, bd), scale2, s_in=s_c)
+        if grad_q is not None:
             r_q = _mm_f32(ds, d_raw)
             _pool_backward(q_raw, h, 0, q_idx, q_rstd, r_q, grad_q, normalize, row0=r0)
-        if need_d:
+            del r_q  # before the next chunk allocates its own
+        if r_d is not None:
             _mm_f32(ds.T, q_raw[r0 : r0 + n], acc=r_d)
-    if need_d:
-        _pool_backward(d_raw, h, 0, d_idx, d_rstd, r_d, grad_d, normalize)
-    return lse2, grad_q, grad_d
+    return lse2
 
 
-def _use_fused(reduction: str, *tensors: torch.Tensor) -> bool:
-    return (
-        reduction != "none"
-        and torch.is_grad_enabled()
-        and any(t.requires_grad for t in tensors)
-        and os.environ.get("E5X_INFONCE_FUSED", "1") != "0"
-    )
+def _column_pass(
+    q_raw: torch.Tensor, d_raw: torch.Tensor, d_idx: torch.Tensor, q_rstd: torch.Tensor,
+    d_rstd: torch.Tensor, lse2: torch.Tensor, pos: torch.Tensor, coef: torch.Tensor,
+    scale2: float, normalize: bool, grad_d: torch.Tensor,
+) -> None:
+    """Lean mode's document gradients, per chunk of document columns: every row's lse is
+    known, so dA of the window comes from recomputed score tiles, and dA^T Xq is complete for
+    those documents (no accumulator over query chunks)."""
+    bq, h = q_raw.shape
+    bd = d_raw.shape[0]
+    # per document: its dA column [Bq] and fp32 Rd row [H]
+    cols = _chunk_len(bd, bq * q_raw.element_size() + 4 * h)
+    dc_buf = torch.empty((bq, cols), dtype=q_raw.dtype, device=q_raw.device)
+    for c0 in range(0, bd, cols):
+        m = min(cols, bd - c0)
+        ds = dc_buf[:, :m]
+        _dscores_window(q_raw, d_raw, q_rstd, d_rstd, lse2, pos, coef, ds, (0, bq), (c0, m), scale2)
+        r_dc = _mm_f32(ds.T, q_raw)  # [m, H]
+        _pool_backward(d_raw, h, 0, d_idx, d_rstd, r_dc, grad_d, normalize, row0=c0)
+        del r_dc
+
+
+def _infonce_mode(reduction: str, *tensors: torch.Tensor) -> str:
+    """"fused" / "lean" (gradients formed in the forward; mean/sum under autograd) or
+    "backward" (forward keeps the log-sum-exp only), from E5X_INFONCE_MODE."""
+    mode = os.environ.get("E5X_INFONCE_MODE", "fused")
+    if mode not in ("fused", "lean", "backward"):
+        raise ValueError(f"E5X_INFONCE_MODE must be fused, lean or backward, got {mode!r}")
+    if reduction == "none" or not torch.is_grad_enabled() or not any(t.requires_grad for t in tensors):
+        return "backward"
+    return mode
 
 
 # ----------------------------------------------------------------------------- autograd
@@ -540,16 +612,17 @@ class _PooledInfoNCE(torch.autograd.Function):
     def forward(  # type: ignore[override]
         ctx: Any, q_hidden: torch.Tensor, d_hidden: torch.Tensor, q_idx: torch.Tensor,
         d_idx: torch.Tensor, pos: torch.Tensor, temperature: float, reduction: str,
-        normalize: bool, want_emb: bool, fused: bool,
+        normalize: bool, want_emb: bool, mode: str,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         q_raw, q_emb, q_rstd = _pool(q_hidden, q_idx, normalize, raw=True, emb=want_emb)
         d_raw, d_emb, d_rstd = _pool(d_hidden, d_idx, normalize, raw=True, emb=want_emb)
         bq, h = q_raw.shape
-        ctx.fused = fused
+        fused = ctx.fused = mode != "backward"
         if fused:
             lse2, ctx.grad_q, ctx.grad_d = _fused_loss_and_grads(
                 q_hidden, d_hidden, q_idx, d_idx, pos, q_raw, d_raw, q_rstd, d_rstd, temperature,
                 reduction, normalize, ctx.needs_input_grad[0], ctx.needs_input_grad[1],
+                lean=mode == "lean",
             )
         else:
             lse2 = _lse2(q_raw, d_raw, q_rstd, d_rstd, LOG2E / temperature)
@@ -650,7 +723,7 @@ def pooled_info_nce_triton(
     return _PooledInfoNCE.apply(
         _ready(q_hidden), _ready(d_hidden), q_idx.contiguous(), d_idx.contiguous(),
         pos.contiguous(), temperature, reduction, True, want_embeddings,
-        _use_fused(reduction, q_hidden, d_hidden),
+        _infonce_mode(reduction, q_hidden, d_hidden),
     )
 
 
@@ -663,7 +736,7 @@ def info_nce_triton(
     zd = torch.zeros((d.shape[0],), dtype=torch.int64, device=d.device)
     loss, _, _ = _PooledInfoNCE.apply(
         _ready(q).unsqueeze(1), _ready(d).unsqueeze(1), zq, zd, pos.contiguous(),
-        temperature, reduction, normalize, False, _use_fused(reduction, q, d),
+        temperature, reduction, normalize, False, _infonce_mode(reduction, q, d),
     )
     return loss
 
