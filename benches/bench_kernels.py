@@ -119,21 +119,16 @@ def build_method(name: str, dev: torch.device) -> tuple[Callable[..., torch.Tens
         return e, label
     if name.startswith("e5x[") and name.endswith("]"):  # e5x with environment knobs set
         import os
+        from unittest.mock import patch
 
         base, base_label = build_method("e5x", dev)
         env = dict(kv.split("=", 1) for kv in name[4:-1].split(",") if kv)
 
         def v(qh, dh, ql, dl, pos):
-            old = {k: os.environ.get(k) for k in env}
-            os.environ.update(env)
-            try:
+            # the knobs are read in the forward (fused and lean modes form the gradients
+            # there; backward mode reads only the chunk budget in backward)
+            with patch.dict(os.environ, env):
                 return base(qh, dh, ql, dl, pos)
-            finally:
-                for k, val in old.items():
-                    if val is None:
-                        os.environ.pop(k, None)
-                    else:
-                        os.environ[k] = val
         return v, base_label + " " + ",".join(f"{k.replace('E5X_INFONCE_', '').lower()}={x}" for k, x in env.items())
     raise ValueError(name)
 

@@ -17,6 +17,7 @@ import json
 import os
 import sys
 import time
+from unittest.mock import patch
 
 import torch
 
@@ -30,17 +31,8 @@ def case(bq: int, k: int, extra: int, h: int, seq: int, dtype: torch.dtype, seed
          env: dict[str, str] | None = None) -> dict:
     import e5x.kernels as K
 
-    env = env or {}
-    saved = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)
-    try:
+    with patch.dict(os.environ, env or {}):
         return _case(K, bq, k, extra, h, seq, dtype, seed) | ({"env": env} if env else {})
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def _case(K, bq: int, k: int, extra: int, h: int, seq: int, dtype: torch.dtype, seed: int) -> dict:  # noqa: N803
