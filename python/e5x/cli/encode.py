@@ -9,7 +9,6 @@ the texts as queries (``Instruct: ...\\nQuery: ...``); otherwise they are docume
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -35,18 +34,13 @@ def read_texts(path: Path, field: str) -> tuple[list[str], object | None]:
     if suffix == ".txt":
         return path.read_text(encoding="utf-8").splitlines(), None
     if suffix == ".jsonl":
+        from e5x.eval.data import read_jsonl_objects
+
         texts = []
-        with path.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-                if not isinstance(obj, dict) or not isinstance(obj.get(field), str):
-                    raise ValueError(f"{path}:{lineno}: no string field {field!r}")
-                texts.append(obj[field])
+        for lineno, obj in read_jsonl_objects(path):
+            if not isinstance(obj.get(field), str):
+                raise ValueError(f"{path}:{lineno}: no string field {field!r}")
+            texts.append(obj[field])
         return texts, None
     if suffix == ".parquet":
         import polars as pl

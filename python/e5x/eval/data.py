@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,10 +42,11 @@ class STSData:
     scores: list[float]
 
 
-def _read_jsonl(path: Path, required: tuple[str, ...]) -> list[tuple[int, dict]]:
+def read_jsonl_objects(path: Path) -> Iterator[tuple[int, dict]]:
+    """(line number, object) per non-blank line of a JSON Lines file; a line that is not a
+    JSON object is an EvalDataError naming the file and line."""
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found")
-    rows: list[tuple[int, dict]] = []
     with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -55,15 +57,21 @@ def _read_jsonl(path: Path, required: tuple[str, ...]) -> list[tuple[int, dict]]
                 raise EvalDataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
             if not isinstance(obj, dict):
                 raise EvalDataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            for key in required:
-                if key not in obj:
-                    raise EvalDataError(f"{path}:{lineno}: missing field {key!r}")
-            for key in ("_id", "title", "text"):
-                if key in obj and obj[key] is not None and not isinstance(obj[key], (str, int)):
-                    raise EvalDataError(
-                        f"{path}:{lineno}: field {key!r} must be a string, got {type(obj[key]).__name__}"
-                    )
-            rows.append((lineno, obj))
+            yield lineno, obj
+
+
+def _read_jsonl(path: Path, required: tuple[str, ...]) -> list[tuple[int, dict]]:
+    rows: list[tuple[int, dict]] = []
+    for lineno, obj in read_jsonl_objects(path):
+        for key in required:
+            if key not in obj:
+                raise EvalDataError(f"{path}:{lineno}: missing field {key!r}")
+        for key in ("_id", "title", "text"):
+            if key in obj and obj[key] is not None and not isinstance(obj[key], (str, int)):
+                raise EvalDataError(
+                    f"{path}:{lineno}: field {key!r} must be a string, got {type(obj[key]).__name__}"
+                )
+        rows.append((lineno, obj))
     return rows
 
 
