@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, str] = {
     "train": "train an embedding model with the E5-mistral recipe",
     "eval": "evaluate a model on BEIR-format retrieval and STS data",
     "encode": "embed texts with a trained model",
+    "mine": "add mined hard negatives to training triples that have none",
     "bench": "run a benchmark from benches/",
     "quickstart": "the whole recipe on embedded defaults: local LLM, synth, clean, train, eval",
     "demo": "a few-second demo of the Rust data core on a generated sample",
