@@ -12,6 +12,9 @@ benches/bench_train.py).
 - ``apply_liger``: fused Triton RMSNorm / SwiGLU / RoPE from liger-kernel when installed (GPU
   only; an optional dependency).
 - ``prepare_for_packed_training``: the above plus ``enable_packing``, in one call.
+- ``fuse_lora_dropout``: LoRA's input dropout and ``lora_A`` as one autograd op that saves
+  the (shared) input and a 1-byte mask instead of two float copies per adapted layer
+  (CPU; applied by ``e5x.model.loading.apply_lora``; identical numbers).
 
 The LM head is never computed: load the model with ``AutoModel`` (the bare decoder) or let
 ``e5x.model.packing.packed_hidden_at`` drive the decoder layers itself, which also applies the
@@ -20,7 +23,7 @@ final norm only to the pooled rows and runs the last layer's tail only for them.
 
 from __future__ import annotations
 
-from functools import partial
+from functools import cache, partial
 from typing import Any
 
 from e5x.model.packing import decoder_of, enable_packing, hf_model
@@ -92,6 +95,107 @@ def save_big_matmuls(ctx: Any, op: Any, *args: Any, min_k: int = 256, **kwargs: 
         if isinstance(a, torch.Tensor) and a.shape[-1] >= min_k:
             return CheckpointPolicy.MUST_SAVE
     return CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def fuse_lora_dropout(model: Any) -> int:
+    """Make every LoRA layer's ``lora_A(dropout(x))`` one op that saves less for backward.
+
+    peft computes ``lora_B(lora_A(dropout(x)))``. On CPU, ``F.dropout`` draws a float32 noise
+    tensor (saved for its backward) and multiplies, and ``lora_A`` saves that product: two
+    float copies of every adapted layer's input per LoRA module, 7 modules per decoder layer
+    (q, k and v each keep their own copies of the same normed input). On SmolLM2-135M at the
+    quickstart's batch that is ~60% of all activation memory. The fused op draws the same
+    noise (same RNG calls, same values, so training is bit-identical), keeps it as a bool
+    mask, saves ``x`` itself (one tensor shared by q/k/v and by gate/up) and recomputes
+    ``x * noise`` in backward (an elementwise op beside a matmul).
+
+    Only CPU inputs take the fused path: CUDA's dropout is a different (fused Philox) kernel,
+    so other devices run peft's exact unfused computation. Returns the number of layers
+    changed; idempotent. The parameter (``lora_A.<adapter>.weight``) stays the same object,
+    so state dicts, checkpoints, merging and optimisers see no difference.
+    """
+    import torch
+
+    n = 0
+    for module in model.modules():
+        drops = getattr(module, "lora_dropout", None)
+        lora_as = getattr(module, "lora_A", None)
+        if not isinstance(drops, torch.nn.ModuleDict) or not isinstance(lora_as, torch.nn.ModuleDict):
+            continue
+        for name, drop in list(drops.items()):
+            a = lora_as[name] if name in lora_as else None
+            # Exactly nn.Linear: other adapters (conv, embedding, variants) keep peft's code.
+            if type(drop) is not torch.nn.Dropout or type(a) is not torch.nn.Linear or a.bias is not None:
+                continue
+            if not 0.0 < drop.p < 1.0 or getattr(module, "lora_variant", {}).get(name) is not None:
+                continue
+            fused = _dropout_linear_class()(drop.p)
+            fused.weight = a.weight
+            fused.in_features, fused.out_features = a.in_features, a.out_features
+            fused.train(a.training)
+            lora_as[name] = fused
+            drops[name] = torch.nn.Identity()
+            n += 1
+    return n
+
+
+@cache
+def _dropout_linear_class() -> type:
+    # Built on first use so that importing this module does not import torch.
+    import torch
+    import torch.nn.functional as F
+
+    class DropoutLinearFn(torch.autograd.Function):
+        """``F.linear(F.dropout(x, p), w)`` on CPU, saving ``x`` and a bool mask."""
+
+        @staticmethod
+        def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, p: float) -> torch.Tensor:  # type: ignore[override]
+            # The same calls as ATen's CPU dropout (_dropout_impl): float noise, bernoulli_,
+            # div_, mul, so the RNG stream and the product are bit-identical to peft's.
+            noise = torch.empty_like(x).bernoulli_(1 - p)
+            mask = noise.bool()
+            noise.div_(1 - p)
+            out = F.linear(x * noise, weight)
+            ctx.p = p
+            ctx.save_for_backward(x, mask, weight)
+            return out
+
+        @staticmethod
+        def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+            x, mask, weight = ctx.saved_tensors
+            noise = mask.to(x.dtype).div_(1 - ctx.p)
+            grad_x = grad_w = None
+            if ctx.needs_input_grad[0]:
+                grad_x = grad.matmul(weight.to(grad.dtype)).to(x.dtype) * noise
+            if ctx.needs_input_grad[1]:
+                xd = (x * noise).to(grad.dtype)
+                grad_w = grad.reshape(-1, grad.shape[-1]).t().matmul(xd.reshape(-1, xd.shape[-1]))
+                grad_w = grad_w.to(weight.dtype)
+            return grad_x, grad_w, None
+
+    class DropoutLinear(torch.nn.Module):
+        """A bias-free ``lora_A`` with its input dropout built in (see ``fuse_lora_dropout``)."""
+
+        def __init__(self, p: float) -> None:
+            super().__init__()
+            self.p = p
+            self.in_features = self.out_features = 0
+            self.register_parameter("weight", None)  # lora_A's own Parameter is put here
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if not self.training:
+                return F.linear(x, self.weight)
+            autocasting = torch.is_autocast_enabled(x.device.type)
+            if x.device.type != "cpu" or autocasting or not torch.is_grad_enabled():
+                # peft's own computation: other devices' dropout kernels differ, and without
+                # a graph nothing is saved anyway (GradCache's first pass).
+                return F.linear(F.dropout(x, self.p, True), self.weight)
+            return DropoutLinearFn.apply(x, self.weight, self.p)
+
+        def extra_repr(self) -> str:
+            return f"in_features={self.in_features}, out_features={self.out_features}, bias=False, dropout={self.p}"
+
+    return DropoutLinear
 
 
 def apply_liger(model: Any, *, rms_norm: bool = True, swiglu: bool = True, rope: bool = True) -> list[str]:
