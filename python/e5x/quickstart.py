@@ -82,6 +82,10 @@ DEFAULTS: dict[str, Any] = {
         "lr": 3e-4,
         "warmup_steps": 5,
         "gradient_checkpointing": False,
+        # Padding-free forwards: ~35% fewer tokens computed on these short texts, so less time
+        # and activation memory (peak RSS 7.5 -> ~4.3 GiB with the fused LoRA dropout; see
+        # benches/results/train-memory-cpu-2core.txt).
+        "packing": True,
         "precision": "fp32",
         "save_every": 1000,
         "progress": True,
