@@ -13,7 +13,6 @@ from dataclasses import replace
 
 import pytest
 import torch
-
 from _tiny import TINY, tiny_model, tiny_tokenizer
 from e5x.data.batch import Batch
 from e5x.model.loading import apply_lora

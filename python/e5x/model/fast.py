@@ -103,11 +103,11 @@ def fuse_lora_dropout(model: Any) -> int:
     peft computes ``lora_B(lora_A(dropout(x)))``. On CPU, ``F.dropout`` draws a float32 noise
     tensor (saved for its backward) and multiplies, and ``lora_A`` saves that product: two
     float copies of every adapted layer's input per LoRA module, 7 modules per decoder layer
-    (q, k and v each keep their own copies of the same normed input). On SmolLM2-135M at the
-    quickstart's batch that is ~60% of all activation memory. The fused op draws the same
+    (q, k and v each keep their own copies of the same normed input). The fused op draws the same
     noise (same RNG calls, same values, so training is bit-identical), keeps it as a bool
     mask, saves ``x`` itself (one tensor shared by q/k/v and by gate/up) and recomputes
-    ``x * noise`` in backward (an elementwise op beside a matmul).
+    ``x * noise`` in backward (an elementwise op beside a matmul). SmolLM2-135M at the
+    quickstart's batch: 3.67 -> 2.46 GiB saved for backward (padded), 2.25 -> 1.55 GiB packed.
 
     Only CPU inputs take the fused path: CUDA's dropout is a different (fused Philox) kernel,
     so other devices run peft's exact unfused computation. Returns the number of layers
@@ -123,7 +123,7 @@ def fuse_lora_dropout(model: Any) -> int:
         if not isinstance(drops, torch.nn.ModuleDict) or not isinstance(lora_as, torch.nn.ModuleDict):
             continue
         for name, drop in list(drops.items()):
-            a = lora_as[name] if name in lora_as else None
+            a = lora_as[name] if name in lora_as else None  # noqa: SIM401 - ModuleDict has no .get
             # Exactly nn.Linear: other adapters (conv, embedding, variants) keep peft's code.
             if type(drop) is not torch.nn.Dropout or type(a) is not torch.nn.Linear or a.bias is not None:
                 continue
