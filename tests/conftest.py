@@ -25,3 +25,15 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.fail(f"real test data not found at {SHARED_DATA} (set E5X_SHARED_DATA)")
     return SHARED_DATA
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test: a loaded 2-core machine makes multi-threaded tiny
+    matmuls ~50x slower (OpenMP threads spin on a core someone else holds)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

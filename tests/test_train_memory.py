@@ -29,12 +29,7 @@ QUERIES = [format_query(f"code {c}", "Find the code") for c in ["abcd", "qzx", "
 DOCS = [f"the code {c} is here" for c in ["abcd", "qzx", "mnopqrst", "ab", "hello there"]]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def lora_model(fuse: bool, dropout: float = 0.1, packing: bool = False):

@@ -18,12 +18,7 @@ TINY = {"arch": "mistral", "hidden_size": 32, "intermediate_size": 64, "num_hidd
         "num_attention_heads": 4, "num_key_value_heads": 2}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def config(tmp: Path, name: str, **overrides) -> TrainConfig:

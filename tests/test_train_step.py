@@ -22,13 +22,7 @@ DOCS = [f"the code {c} is here" for c in
 NEGS = ["the code xyz is here", None, "nothing", "the code ba is not here", None, "x", "y y y", None]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # A loaded 2-core machine makes multi-threaded tiny matmuls 50x slower.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def lora_model(dropout: float = 0.0, checkpointing: bool = True):
