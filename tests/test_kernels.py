@@ -307,8 +307,35 @@ def test_unknown_mode_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
         pytest.skip("needs the Triton path")
     monkeypatch.setenv("E5X_INFONCE_MODE", "fast")
     q = leaf(torch.randn(2, 16), torch.float32)
-    with pytest.raises(ValueError, match="E5X_INFONCE_MODE must be fused, lean or backward, got 'fast'"):
+    with pytest.raises(ValueError, match="E5X_INFONCE_MODE must be auto, fused, lean or backward, got 'fast'"):
         K.info_nce(q, torch.randn(4, 16, device=DEVICE), backend="triton")
+
+
+@pytest.mark.parametrize("available, want", [(float("inf"), "fused"), (2 * 4 * 8 * 16, "fused"),
+                                             (2 * 4 * 8 * 16 - 1, "lean")])
+def test_auto_mode_goes_lean_when_the_accumulator_would_not_fit(monkeypatch: pytest.MonkeyPatch,
+                                                                available: float, want: str) -> None:
+    """auto = fused while its fp32 [Bd, H] accumulator (here 4 * 8 * 16 bytes) takes at most
+    half of the available device memory, else lean; the loss and gradients stay right."""
+    if not K._checks.triton_usable(torch.zeros(1, device=DEVICE)):
+        pytest.skip("needs the Triton path")
+    import e5x.kernels.triton_pooled_info_nce as T
+
+    monkeypatch.delenv("E5X_INFONCE_MODE", raising=False)
+    monkeypatch.setattr(T, "_available_bytes", lambda device: available)
+    taken = []
+    monkeypatch.setattr(T, "_column_pass", lambda *a, _orig=T._column_pass: (taken.append("lean"), _orig(*a))[1])
+    gen = torch.Generator().manual_seed(4)
+    q, d = torch.randn(4, 16, generator=gen), torch.randn(8, 16, generator=gen)
+    out = {}
+    for backend, dtype in (("triton", torch.float32), ("torch", torch.float64)):
+        qq, dd = leaf(q, dtype), leaf(d, dtype)
+        loss = K.info_nce(qq, dd, backend=backend)
+        loss.backward()
+        out[backend] = (loss.detach(), qq.grad, dd.grad)
+    assert (taken == ["lean"]) == (want == "lean")
+    for a, b in zip(out["triton"], out["torch"]):
+        assert rel(a, b) <= 1e-4
 
 
 def test_no_grad_forward_and_reference_agree_on_backend_auto() -> None:

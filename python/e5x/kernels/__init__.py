@@ -23,10 +23,11 @@ not a query's positive is a negative for it (in-batch, hard and cross-rank negat
 The loss is float32 (float64 for float64 inputs).
 
 Environment knobs of the Triton path (see kernels/TUNING.md in the repository):
-``E5X_AUTOTUNE=0`` (first tile config, no tuning pass), ``E5X_INFONCE_MODE`` (``fused``, the
-default: mean/sum gradients formed in the forward, 3 GEMMs; ``lean``: the same without the
-fp32 [Bd, H] document-gradient accumulator, 4 GEMMs, memory = returned gradients + chunk
-budget; ``backward``: recompute scores in backward), ``E5X_INFONCE_CHUNK_MIB`` (memory
+``E5X_AUTOTUNE=0`` (first tile config, no tuning pass), ``E5X_INFONCE_MODE`` (``fused``:
+mean/sum gradients formed in the forward, 3 GEMMs; ``lean``: the same without the fp32
+[Bd, H] document-gradient accumulator, 4 GEMMs, memory = returned gradients + chunk budget;
+``auto``, the default: fused unless its accumulator would take more than half of the
+available device memory, then lean; ``backward``: recompute scores in backward), ``E5X_INFONCE_CHUNK_MIB`` (memory
 budget of the gradient chunks, default 1024).
 """
 

@@ -28,10 +28,12 @@ Gradient, per chunk of C query rows (C from the E5X_INFONCE_CHUNK_MIB budget)
      R = r de), scattered into a zero-initialised [B, L, H] gradient at the pooled
      positions only.
 Modes (E5X_INFONCE_MODE)
-  - fused (default for reduction mean/sum with grad enabled): the upstream gradient is one
-    scalar, so 4-6 run inside the forward with g = 1 from stored score tiles: 3 GEMMs in
-    all. Backward multiplies by the scalar (skipped when it is 1).
-  - lean (opt-in, same cases as fused): as fused, minus the fp32 [Bd, H] accumulator of
+  - fused (reduction mean/sum with grad enabled; chosen by the default "auto" while its
+    accumulator fits): the upstream gradient is one scalar, so 4-6 run inside the forward
+    with g = 1 from stored score tiles: 3 GEMMs in all. Backward multiplies by the scalar
+    (skipped when it is 1).
+  - lean (same cases as fused; "auto" picks it when fused's accumulator would take more
+    than half of the available device memory): as fused, minus the fp32 [Bd, H] accumulator of
     Rd: the row chunks finish only the query gradients, then a pass over chunks of document
     columns recomputes those score tiles (every lse is known by then) and finishes each
     document's gradient at once: 4 GEMMs, memory = returned gradients + chunk budget.
@@ -579,15 +581,29 @@ def _column_pass(
         del r_dc
 
 
-def _infonce_mode(reduction: str, *tensors: torch.Tensor) -> str:
+def _infonce_mode(reduction: str, q: torch.Tensor, d: torch.Tensor) -> str:
     """"fused" / "lean" (gradients formed in the forward; mean/sum under autograd) or
-    "backward" (forward keeps the log-sum-exp only), from E5X_INFONCE_MODE."""
-    mode = os.environ.get("E5X_INFONCE_MODE", "fused")
-    if mode not in ("fused", "lean", "backward"):
-        raise ValueError(f"E5X_INFONCE_MODE must be fused, lean or backward, got {mode!r}")
-    if reduction == "none" or not torch.is_grad_enabled() or not any(t.requires_grad for t in tensors):
+    "backward" (forward keeps the log-sum-exp only), from E5X_INFONCE_MODE. "auto" (the
+    default) is fused unless its fp32 [Bd, H] document accumulator would take more than half
+    of the device memory still available, then lean (slower by one GEMM, but it fits)."""
+    mode = os.environ.get("E5X_INFONCE_MODE", "auto")
+    if mode not in ("auto", "fused", "lean", "backward"):
+        raise ValueError(f"E5X_INFONCE_MODE must be auto, fused, lean or backward, got {mode!r}")
+    if reduction == "none" or not torch.is_grad_enabled() or not (q.requires_grad or d.requires_grad):
         return "backward"
+    if mode == "auto":
+        accumulator = 4 * d.shape[0] * d.shape[-1]
+        return "lean" if d.requires_grad and accumulator > _available_bytes(d.device) / 2 else "fused"
     return mode
+
+
+def _available_bytes(device: torch.device) -> float:
+    """Device memory a new allocation can still get: free in the driver plus what torch's
+    caching allocator holds unused. Unbounded off CUDA (the interpreter's CPU runs)."""
+    if device.type != "cuda":
+        return float("inf")
+    free, _ = torch.cuda.mem_get_info(device)
+    return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
 
 
 # ----------------------------------------------------------------------------- autograd
