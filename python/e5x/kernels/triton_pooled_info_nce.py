@@ -394,14 +394,11 @@ def _lse2(
     return mx + torch.log2((s * torch.exp2(m - mx)).sum(dim=0))
 
 
-def _chunk_budget() -> int:
-    return int(float(os.environ.get("E5X_INFONCE_CHUNK_MIB", "1024")) * 2**20)
-
-
 def _chunk_len(total: int, row_bytes: int) -> int:
     """Rows (or columns) per gradient chunk when each costs `row_bytes` of chunk buffers:
     together they stay within the E5X_INFONCE_CHUNK_MIB budget; whole tiles per chunk."""
-    n = max(1, _chunk_budget() // max(1, row_bytes))
+    budget = int(float(os.environ.get("E5X_INFONCE_CHUNK_MIB", "1024")) * 2**20)
+    n = max(1, budget // max(1, row_bytes))
     if n >= total:
         return total
     unit = 16 if INTERPRET else 128
