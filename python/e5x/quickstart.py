@@ -101,8 +101,6 @@ DEFAULTS: dict[str, Any] = {
     },
 }
 
-STS_INSTRUCTION = "Retrieve semantically similar text."
-
 
 @dataclass
 class QuickstartResult:
@@ -184,22 +182,6 @@ def find_data_dir(configured: str | Path | None = None) -> Path:
 
 
 # ----------------------------------------------------------------------------- real data
-def _write_triples(rows: list[dict[str, str | None]], path: Path) -> int:
-    import polars as pl
-
-    from e5x.data.triples import COLUMNS
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    df = pl.DataFrame({c: [r.get(c) for r in rows] for c in COLUMNS}, schema={c: pl.Utf8 for c in COLUMNS})
-    df.write_parquet(path)
-    return df.height
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    with path.open(encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def _qrels(path: Path) -> list[tuple[str, str, str]]:
     out = []
     with path.open(encoding="utf-8") as f:
@@ -214,40 +196,22 @@ def _qrels(path: Path) -> list[tuple[str, str, str]]:
 
 def prepare_real_training_data(data_dir: Path, out: Path, cfg: dict[str, Any], seed: int) -> dict[str, Path]:
     """STS-B train pairs (score >= sts_min_score) and SciFact train qrels as contract-3 triples."""
-    from e5x.eval.instructions import instruction_for
+    from e5x.data.convert import beir_triples, sts_triples
+    from e5x.data.triples import write_triples
 
     rng = random.Random(seed)
+    sets = {
+        "stsb-train": (sts_triples(data_dir / "sts" / "stsbenchmark", "train", min_score=cfg["sts_min_score"],
+                                   source="stsb-train"), cfg["sts_max_pairs"]),
+        "scifact-train": (beir_triples(data_dir / "scifact", "train", source="scifact-train"),
+                          cfg["scifact_max_pairs"]),
+    }  # fmt: skip
     paths: dict[str, Path] = {}
-    rows: list[dict[str, str | None]] = []
-    sts_train = data_dir / "sts" / "stsbenchmark" / "sts-train.csv"
-    with sts_train.open(encoding="utf-8") as f:
-        for line in f:
-            p = line.rstrip("\r\n").split("\t")
-            if len(p) >= 7 and float(p[4]) >= cfg["sts_min_score"] and p[5].strip() and p[6].strip():
-                rows.append({"instruction": STS_INSTRUCTION, "query": p[5], "positive": p[6],
-                             "negative": None, "task_type": "sts", "language": "en",
-                             "model": None, "source": "stsb-train"})  # fmt: skip
-    if cfg["sts_max_pairs"] and len(rows) > cfg["sts_max_pairs"]:
-        rows = rng.sample(rows, cfg["sts_max_pairs"])
-    paths["stsb-train"] = out / "stsb-train.parquet"
-    _write_triples(rows, paths["stsb-train"])
-
-    scifact = data_dir / "scifact"
-    docs = {d["_id"]: d for d in _read_jsonl(scifact / "corpus.jsonl")}
-    queries = {q["_id"]: q["text"] for q in _read_jsonl(scifact / "queries.jsonl")}
-    instruction = instruction_for("SciFact", "Retrieval")
-    rows = []
-    for qid, did, _ in _qrels(scifact / "qrels" / "train.tsv"):
-        if qid in queries and did in docs:
-            d = docs[did]
-            rows.append({"instruction": instruction, "query": queries[qid],
-                         "positive": f"{d.get('title', '')} {d['text']}".strip(), "negative": None,
-                         "task_type": "short_long", "language": "en", "model": None,
-                         "source": "scifact-train"})  # fmt: skip
-    if cfg["scifact_max_pairs"] and len(rows) > cfg["scifact_max_pairs"]:
-        rows = rng.sample(rows, cfg["scifact_max_pairs"])
-    paths["scifact-train"] = out / "scifact-train.parquet"
-    _write_triples(rows, paths["scifact-train"])
+    for name, (triples, max_pairs) in sets.items():
+        if max_pairs and triples.height > max_pairs:
+            triples = triples[rng.sample(range(triples.height), max_pairs)]
+        paths[name] = out / f"{name}.parquet"
+        write_triples(triples, paths[name])
     return paths
 
 

@@ -17,10 +17,11 @@ from collections.abc import Sequence
 SUBCOMMANDS: dict[str, str] = {
     "synth": "generate synthetic training data with an OpenAI-compatible LLM",
     "clean": "validate, deduplicate and convert LLM responses into training triples",
+    "convert": "turn public datasets (BEIR folders, STS files, tables) into training triples",
+    "mine": "add mined hard negatives to training triples that have none",
     "train": "train an embedding model with the E5-mistral recipe",
     "eval": "evaluate a model on BEIR-format retrieval and STS data",
     "encode": "embed texts with a trained model",
-    "mine": "add mined hard negatives to training triples that have none",
     "bench": "run a benchmark from benches/",
     "quickstart": "the whole recipe on embedded defaults: local LLM, synth, clean, train, eval",
     "demo": "a few-second demo of the Rust data core on a generated sample",

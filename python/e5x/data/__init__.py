@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from e5x.data.batch import Batch, collate, shard
 from e5x.data.sampler import BatchPlan
-from e5x.data.triples import COLUMNS, DataError, Source, TripleStore, check_source, read_source
+from e5x.data.triples import COLUMNS, DataError, Source, TripleStore, check_source, read_source, write_triples
 
 __all__ = [
     "COLUMNS",
@@ -17,4 +17,5 @@ __all__ = [
     "collate",
     "read_source",
     "shard",
+    "write_triples",
 ]

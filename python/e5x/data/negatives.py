@@ -20,7 +20,7 @@ from typing import Any
 
 import polars as pl
 
-from e5x.data.triples import REQUIRED, DataError
+from e5x.data.triples import REQUIRED, DataError, write_triples
 
 
 @dataclass(frozen=True)
@@ -120,7 +120,5 @@ def mine_file(src: str | Path, dst: str | Path, model: Any, **kwargs: Any) -> Mi
         out, report = mine_hard_negatives(triples, model, **kwargs)
     except DataError as exc:
         raise DataError(f"{src}: {exc}") from None
-    tmp = dst.with_name(dst.name + ".tmp")
-    out.write_parquet(tmp)
-    tmp.replace(dst)
+    write_triples(out, dst)
     return report

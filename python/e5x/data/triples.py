@@ -130,6 +130,17 @@ def read_source(source: Source) -> pl.DataFrame:
     return df
 
 
+def write_triples(df: pl.DataFrame, path: str | Path) -> int:
+    """Write triples to ``path`` (.parquet) through a temporary name, so a failure never
+    leaves a partial file; returns the row count."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    df.write_parquet(tmp)
+    tmp.replace(path)
+    return df.height
+
+
 class TripleStore:
     """All sources in memory as Arrow-backed polars frames (compact; fast row gathers)."""
 
