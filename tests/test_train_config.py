@@ -96,3 +96,31 @@ def test_cli_check_reports_errors(tmp_path, capsys) -> None:
     assert main(["train", str(write(tmp_path, "bogus = 1\n")), "--check"]) == 2
     assert "unknown key(s) ['bogus']" in capsys.readouterr().err
     assert main(["train", str(REPO / "configs" / "tiny-cpu.toml"), "--check"]) == 0
+
+
+def test_cli_check_prints_the_data_mix(tmp_path, capsys, no_model_loading) -> None:
+    import polars as pl
+
+    from e5x.cli import main
+
+    toy_triples(300).write_parquet(tmp_path / "synthetic.parquet")  # a negative and an instruction per row
+    pairs = toy_triples(200).with_columns(negative=pl.lit(None, pl.Utf8), instruction=pl.lit(None, pl.Utf8))
+    pairs.with_columns(negative=pl.when(pl.int_range(pl.len()) < 50).then(pl.lit("n")).otherwise(None)).write_parquet(
+        tmp_path / "pairs.parquet"
+    )
+    cfg = write(tmp_path, 'batch_size = 64\nepochs = 2.0\n'
+                '[[sources]]\npath = "synthetic.parquet"\n'
+                '[[sources]]\npath = "pairs.parquet"\nratio = 0.5\n'
+                '[[sources]]\npath = "pairs.parquet"\nname = "pairs-instructed"\nratio = 0.1\ninstruction = "Find it"\n')  # fmt: skip
+    assert main(["train", str(cfg), "--check"]) == 0
+    out = capsys.readouterr().out
+    # per epoch: 300 + round(0.5 * 200) + round(0.1 * 200) = 420 examples = 6 steps of 64
+    assert "| synthetic | 300 | 1 | 300 | 71.4% | 100.0% | per row |" in out
+    assert "| pairs | 200 | 0.5 | 100 | 23.8% | 25.0% | none on 200 rows |" in out
+    assert "| pairs-instructed | 200 | 0.1 | 20 | 4.8% | 25.0% | Find it |" in out
+    assert "one epoch: 420 examples = 6 steps of 64 queries; this run: 12 steps (2.00 epochs)" in out
+    assert "bare queries (pairs)" in out
+
+    too_big = write(tmp_path, 'batch_size = 1024\n[[sources]]\npath = "pairs.parquet"\n')
+    assert main(["train", str(too_big), "--check"]) == 2
+    assert "batch_size 1024 is larger than the data" in capsys.readouterr().err

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import Any
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -16,7 +17,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-steps", type=int, help="override max_steps")
     parser.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
     parser.add_argument("--check", action="store_true",
-                        help="validate the config and data, then exit without loading a model")
+                        help="validate the config and data, print the data mix of an epoch, then exit "
+                             "without loading a model")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -31,12 +33,13 @@ def run(args: argparse.Namespace) -> int:
             cfg.max_steps = args.max_steps
         if args.no_resume:
             cfg.resume = False
-        cfg.validate()
+        stats = cfg.validate()
+        report = data_plan(cfg, stats) if args.check else ""
     except (ConfigError, DataError) as exc:
         print(f"e5x train: error: {exc}", file=sys.stderr)
         return 2
     if args.check:
-        print(f"{args.config}: OK ({len(cfg.sources)} source(s))")
+        print(f"{args.config}: OK\n{report}")
         return 0
 
     from e5x.train.loop import TrainingDiverged, train
@@ -58,3 +61,37 @@ def run(args: argparse.Namespace) -> int:
     if result.model_dir is not None:
         print(f"model saved to {result.model_dir}")
     return 0
+
+
+def data_plan(cfg: Any, stats: list[Any]) -> str:
+    """The data mix one epoch draws (rows, ratios, shares, negatives, instructions) and the
+    run's length, as the training loop will plan them."""
+    from e5x.data import BatchPlan
+    from e5x.train.config import ConfigError
+
+    try:
+        plan = BatchPlan([s.rows for s in stats], [s.ratio for s in cfg.sources], cfg.batch_size, cfg.seed,
+                         cfg.task_homogeneous)  # fmt: skip
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    epoch = sum(plan.counts)
+    lines = ["| source | rows | ratio | per epoch | share | with hard negative | query instruction |",
+             "|---|---:|---:|---:|---:|---:|---|"]  # fmt: skip
+    bare = []
+    for source, st, count in zip(cfg.sources, stats, plan.counts, strict=True):
+        if source.instruction:
+            instruction = source.instruction if len(source.instruction) <= 48 else source.instruction[:45] + "..."
+        elif st.without_instruction:
+            instruction = f"none on {st.without_instruction:,} rows"
+            bare.append(source.label)
+        else:
+            instruction = "per row"
+        lines.append(f"| {source.label} | {st.rows:,} | {source.ratio:g} | {count:,} | {count / epoch:.1%} "
+                     f"| {st.with_negative / st.rows:.1%} | {instruction} |")  # fmt: skip
+    total = plan.total_steps(cfg.epochs, cfg.max_steps)
+    lines.append(f"one epoch: {epoch:,} examples = {plan.steps_per_epoch:,} steps of {cfg.batch_size:,} queries; "
+                 f"this run: {total:,} steps ({total / plan.steps_per_epoch:.2f} epochs)")  # fmt: skip
+    if bare:
+        lines.append(f"note: rows without an instruction train with bare queries ({', '.join(bare)}); "
+                     "set instruction = \"...\" on the source to give them one")  # fmt: skip
+    return "\n".join(lines)

@@ -6,6 +6,7 @@ and every rank of a distributed run computes the same global batch and takes its
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from functools import lru_cache
 
@@ -49,6 +50,10 @@ class BatchPlan:
                 f"{self.counts} rows per source"
                 + (" (task-homogeneous batches need that many rows per source)" if task_homogeneous else "")
             )
+
+    def total_steps(self, epochs: float, max_steps: int | None = None) -> int:
+        """Steps of a run: ``max_steps`` when set, else ``epochs`` epochs (at least one step)."""
+        return max_steps or max(1, math.ceil(epochs * self.steps_per_epoch))
 
     def _draw(self, epoch: int, source: int) -> np.ndarray:
         n, count = self.sizes[source], self.counts[source]

@@ -63,20 +63,38 @@ def _files(path: str) -> list[Path]:
     return files
 
 
-def check_source(source: Source) -> None:
-    """Cheap checks before any model is loaded: files exist, columns, at least one row."""
+@dataclass(frozen=True)
+class SourceStats:
+    rows: int
+    with_negative: int  # rows with a hard negative (non-empty)
+    without_instruction: int  # rows whose queries train bare (no per-source or per-row instruction)
+
+
+def _non_empty(col: str) -> pl.Expr:
+    return (pl.col(col).is_not_null() & (pl.col(col).cast(pl.Utf8).str.strip_chars() != "")).sum()
+
+
+def check_source(source: Source) -> SourceStats:
+    """Cheap checks before any model is loaded: files exist, columns, at least one row.
+    Returns the source's row counts (read from the Parquet columns, no full load)."""
     if not source.ratio > 0:
         raise DataError(f"{source.path}: ratio must be > 0, got {source.ratio}")
-    total = 0
+    rows = negatives = instructed = 0
     for f in _files(source.path):
         try:
             schema = pl.read_parquet_schema(f)
         except Exception as exc:  # noqa: BLE001 - polars raises several types
             raise DataError(f"{f}: not a readable Parquet file ({exc})") from exc
         _check_schema(f, schema)
-        total += pl.scan_parquet(f).select(pl.len()).collect().item()
-    if total == 0:
+        counts = [pl.len().alias("rows")]
+        counts += [_non_empty(c).alias(c) for c in ("negative", "instruction") if c in schema]
+        got = pl.scan_parquet(f).select(counts).collect().row(0, named=True)
+        rows += got["rows"]
+        negatives += got.get("negative", 0)
+        instructed += got.get("instruction", 0)
+    if rows == 0:
         raise DataError(f"{source.path}: dataset has no rows")
+    return SourceStats(rows, negatives, 0 if source.instruction else rows - instructed)
 
 
 def _check_schema(f: Path, schema: dict[str, pl.DataType]) -> None:

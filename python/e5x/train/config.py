@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from e5x.data.triples import Source
+from e5x.data.triples import Source, SourceStats
 from e5x.model.loading import LORA_TARGETS, TinyModelConfig
 
 if sys.version_info >= (3, 11):
@@ -111,8 +111,9 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def validate(self) -> None:
-        """Check everything that can be checked without loading a model."""
+    def validate(self) -> list[SourceStats]:
+        """Check everything that can be checked without loading a model; returns each
+        source's row counts."""
         from e5x.data.triples import DataError, check_source
 
         if not self.sources:
@@ -146,11 +147,10 @@ class TrainConfig:
         ):
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"{key} must be one of {allowed}, got {getattr(self, key)!r}")
-        for s in self.sources:
-            try:
-                check_source(s)
-            except DataError as exc:
-                raise ConfigError(str(exc)) from None
+        try:
+            return [check_source(s) for s in self.sources]
+        except DataError as exc:
+            raise ConfigError(str(exc)) from None
 
 
 def _check_types(obj: Any, where: str | None) -> None:

@@ -64,7 +64,7 @@ def train(
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * plan.steps_per_epoch))
+    total_steps = plan.total_steps(cfg.epochs, cfg.max_steps)
     out = Path(cfg.output_dir)
     ckpt_root = out / "checkpoints"
     if world.rank == 0:
