@@ -151,6 +151,8 @@ def test_cli_convert(shared_data, tmp_path, capsys):
     out2 = tmp_path / "pairs.parquet"
     assert cli(["convert", "table", str(table), "--query", "a", "--positive", "b", "-o", str(out2)]) == 1
     assert "row 1: column 'b' (positive) is empty or null" in capsys.readouterr().err and not out2.exists()
+    assert cli(["convert", "table", str(table), "--query", "a", "--positive", "b", "--drop-empty", "-o", str(out2)]) == 0
+    assert "note: no instruction" in capsys.readouterr().out
     assert cli(["convert", "table", str(table), "--query", "a", "--positive", "b", "--negative", "c",
                 "--instruction", "find it", "--drop-empty", "-o", str(out2)]) == 0  # fmt: skip
     assert "1 triples (1 with a hard negative; dropped 1 rows" in capsys.readouterr().out

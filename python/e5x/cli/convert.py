@@ -69,4 +69,7 @@ def run(args: argparse.Namespace) -> int:
     negatives = triples["negative"].is_not_null().sum()
     print(f"wrote {args.output}: {triples.height} triples ({negatives} with a hard negative"
           + (f"; dropped {dropped} rows with an empty query or positive" if dropped else "") + ")")
+    if triples["instruction"].is_null().all():
+        print("note: no instruction: give the source one in the training config (instruction = \"...\") or "
+              "its queries train bare (--instruction sets one here)")  # fmt: skip
     return 0
