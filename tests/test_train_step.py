@@ -162,3 +162,18 @@ def test_two_process_gloo_equals_one_process(tmp_path: Path, strategy: str) -> N
     torch.testing.assert_close(got["loss"], loss, atol=1e-5, rtol=1e-5)
     for name, g in single.items():
         torch.testing.assert_close(got["grads"][name], g, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_grad_cache_with_matryoshka_dims_equals_full_batch() -> None:
+    batch = make_batch(range(8))
+    model = lora_model()
+    full_loss = forward_backward(model, batch, chunk_size=1000, temperature=0.02, matryoshka_dims=(16, 4))
+    full = grads(model)
+    model.zero_grad(set_to_none=True)
+    cached_loss = forward_backward(model, batch, chunk_size=3, temperature=0.02, matryoshka_dims=(16, 4))
+    torch.testing.assert_close(cached_loss, full_loss, atol=1e-5, rtol=1e-5)
+    for name, g in grads(model).items():
+        torch.testing.assert_close(g, full[name], atol=1e-5, rtol=1e-4, msg=name)
+    model.zero_grad(set_to_none=True)
+    plain = forward_backward(model, batch, chunk_size=1000, temperature=0.02)
+    assert abs(float(plain) - float(full_loss)) > 1e-3  # the prefixes are in the loss

@@ -22,6 +22,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--instruction", help="task instruction for queries")
     parser.add_argument("--pooling", choices=["last_token", "mean", "cls"])
     parser.add_argument("--max-length", type=int)
+    parser.add_argument("--truncate-dim", type=int, help="keep the first N embedding dimensions (Matryoshka)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
@@ -68,10 +69,14 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as e:
         print(f"e5x encode: {e}", file=sys.stderr)
         return 1
-    embedder = Embedder.from_pretrained(
-        args.model, pooling=args.pooling, max_length=args.max_length, device=args.device,
-        dtype=args.dtype, batch_size=args.batch_size, show_progress=not args.quiet,
-    )
+    try:
+        embedder = Embedder.from_pretrained(
+            args.model, pooling=args.pooling, max_length=args.max_length, device=args.device,
+            dtype=args.dtype, batch_size=args.batch_size, show_progress=not args.quiet, truncate_dim=args.truncate_dim,
+        )
+    except (OSError, ValueError) as e:
+        print(f"e5x encode: {e}", file=sys.stderr)
+        return 1
     if args.query:
         emb = embedder.encode_queries(texts, instruction=args.instruction)
     else:

@@ -31,6 +31,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--pooling", choices=["last_token", "mean", "cls"], help="override the model's pooling")
     parser.add_argument("--max-length", type=int, help="truncate texts to this many tokens")
+    parser.add_argument("--truncate-dim", type=int, help="keep the first N embedding dimensions (Matryoshka)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", help="cuda, cpu, cuda:1 ... (default: cuda if available)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default: bf16 on GPU, fp32 on CPU")
@@ -58,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
         instructions=instructions,
         pooling=args.pooling,
         max_length=args.max_length,
+        truncate_dim=args.truncate_dim,
         batch_size=args.batch_size,
         device=args.device,
         dtype=args.dtype,

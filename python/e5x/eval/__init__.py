@@ -54,6 +54,7 @@ class EvalConfig:
     instructions: dict[str, str] = field(default_factory=dict)
     pooling: str | None = None
     max_length: int | None = None
+    truncate_dim: int | None = None  # keep the first N embedding dimensions (Matryoshka)
     batch_size: int = 32
     device: str | None = None
     dtype: str | None = None
@@ -170,6 +171,7 @@ def evaluate(config: EvalConfig | None = None, *, embedder: Embedder | None = No
             config.model,
             pooling=config.pooling,
             max_length=config.max_length,
+            truncate_dim=config.truncate_dim,
             device=config.device,
             dtype=config.dtype,
             batch_size=config.batch_size,

@@ -26,6 +26,9 @@ class EmbeddingSpec:
     max_length: int = 512
     append_eos: bool = True
     padding_side: Literal["left", "right"] = "right"
+    # Leading dimensions trained as embeddings of their own (Matryoshka); any of them is a
+    # valid Embedder(truncate_dim=...). Empty: only the full size was trained.
+    matryoshka_dims: tuple[int, ...] = ()
 
     def save(self, directory: str | Path) -> Path:
         path = Path(directory) / CONFIG_NAME
@@ -40,4 +43,5 @@ class EmbeddingSpec:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"{path}: unknown keys {unknown}; known keys are {sorted(known)}")
+        data["matryoshka_dims"] = tuple(data.get("matryoshka_dims", ()))
         return cls(**data)

@@ -88,12 +88,21 @@ class Embedder:
         batch_size: int = 32,
         show_progress: bool = True,
         name: str | None = None,
+        truncate_dim: int | None = None,
     ) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.spec = spec or EmbeddingSpec()
         if self.spec.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.spec.pooling!r}")
+        hidden = int(model.config.hidden_size)
+        if truncate_dim is not None and not 1 <= truncate_dim <= hidden:
+            raise ValueError(f"truncate_dim must be in 1..{hidden} (the model's hidden size), got {truncate_dim}")
+        if truncate_dim is not None and truncate_dim < hidden and truncate_dim not in self.spec.matryoshka_dims:
+            log.warning("truncate_dim=%d: the model was not trained for it (matryoshka_dims %s); "
+                        "expect lower quality than a trained size", truncate_dim, list(self.spec.matryoshka_dims))
+        # The first truncate_dim dimensions, renormalised: a Matryoshka-trained prefix.
+        self.truncate_dim = truncate_dim
         self.batch_size = batch_size
         self.show_progress = show_progress
         self.name = name or getattr(getattr(model, "config", None), "_name_or_path", None) or "e5x-model"
@@ -116,12 +125,15 @@ class Embedder:
         batch_size: int = 32,
         show_progress: bool = True,
         trust_remote_code: bool = False,
+        truncate_dim: int | None = None,
     ) -> Embedder:
         """Load a saved e5x model, a base model + LoRA adapter, or any HF model.
 
         Keyword arguments left ``None`` come from ``e5x.json`` (or a sentence-transformers
         config), else the e5x defaults (last-token pooling, normalised, EOS appended).
-        ``dtype`` defaults to bfloat16 on GPU and float32 on CPU.
+        ``dtype`` defaults to bfloat16 on GPU and float32 on CPU. ``truncate_dim`` keeps the
+        first dimensions of each embedding (renormalised), for a model trained with
+        ``matryoshka_dims`` (its ``e5x.json`` lists them).
         """
         import torch
         from transformers import AutoModel, AutoTokenizer
@@ -185,7 +197,8 @@ class Embedder:
             tok_src = path
         tokenizer = AutoTokenizer.from_pretrained(str(tok_src), trust_remote_code=trust_remote_code)
         model.to(device)
-        return cls(model, tokenizer, spec, batch_size=batch_size, show_progress=show_progress, name=str(path))
+        return cls(model, tokenizer, spec, batch_size=batch_size, show_progress=show_progress, name=str(path),
+                   truncate_dim=truncate_dim)
 
     # ---------------------------------------------------------------- encoding
     @property
@@ -194,7 +207,7 @@ class Embedder:
 
     @property
     def dim(self) -> int:
-        return int(self.model.config.hidden_size)
+        return self.truncate_dim or int(self.model.config.hidden_size)
 
     def format_query(self, query: str, instruction: str | None) -> str:
         if not instruction:
@@ -279,6 +292,8 @@ class Embedder:
         else:  # cls: the first real token (position 0 under right padding)
             first = mask.argmax(dim=1)
             emb = hidden[torch.arange(hidden.shape[0], device=hidden.device), first].float()
+        if self.truncate_dim is not None:
+            emb = emb[:, : self.truncate_dim]
         if self.spec.normalize:
             emb = torch.nn.functional.normalize(emb, p=2, dim=-1)
         return emb
@@ -287,7 +302,7 @@ class Embedder:
         s = self.spec
         return (
             f"Embedder({self.name!r}, pooling={s.pooling}, normalize={s.normalize}, "
-            f"max_length={s.max_length}, append_eos={s.append_eos}, device={self.device})"
+            f"max_length={s.max_length}, append_eos={s.append_eos}, dim={self.dim}, device={self.device})"
         )
 
 

@@ -52,6 +52,9 @@ class TrainConfig:
     batch_size: int = 2048  # global queries per step, across all ranks
     chunk_size: int = 32  # GradCache chunk (sequences per forward); >= batch disables it
     temperature: float = 0.02
+    # Matryoshka: the loss also trains these leading dimensions as embeddings of their own
+    # (e.g. [1024, 256, 64] for a 4096-wide model); [] = the paper's single full-size loss.
+    matryoshka_dims: list[int] = field(default_factory=list)
     # --- optimisation
     lr: float = 1e-4
     weight_decay: float = 0.1
@@ -136,6 +139,12 @@ class TrainConfig:
             raise ConfigError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
         if self.temperature <= 0:
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
+        dims = self.matryoshka_dims
+        if not isinstance(dims, list) or not all(isinstance(m, int) and not isinstance(m, bool) and m >= 1
+                                                 for m in dims):
+            raise ConfigError(f"matryoshka_dims must be a list of integers >= 1, got {dims!r}")
+        if len(set(dims)) != len(dims):
+            raise ConfigError(f"matryoshka_dims has duplicates: {dims}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"max_steps must be >= 1, got {self.max_steps}")
         if self.max_steps is None and self.epochs <= 0:

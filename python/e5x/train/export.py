@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,7 @@ def save_model(
     max_length: int,
     padding_side: str,
     prompts: dict[str, str],
+    matryoshka_dims: Sequence[int] = (),
 ) -> Path:
     """Write adapter, merged model, tokenizer, e5x.json and sentence-transformers files.
 
@@ -120,6 +122,7 @@ def save_model(
     tok.padding_side = padding_side
     tok.model_max_length = max_length
     tok.save_pretrained(directory)
-    EmbeddingSpec(max_length=max_length, padding_side=padding_side).save(directory)  # type: ignore[arg-type]
+    EmbeddingSpec(max_length=max_length, padding_side=padding_side,  # type: ignore[arg-type]
+                  matryoshka_dims=tuple(matryoshka_dims)).save(directory)
     write_sentence_transformers(directory, merged.config.hidden_size, max_length, prompts)
     return directory

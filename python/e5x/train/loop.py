@@ -77,6 +77,9 @@ def train(
     autocast = partial(torch.autocast, device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext
     torch.manual_seed(cfg.seed)  # LoRA init
     tokenizer, model = _load_model(cfg, device, torch.bfloat16 if use_bf16 and device.type == "cuda" else None)
+    hidden_size = int(model.config.hidden_size)
+    if any(m >= hidden_size for m in cfg.matryoshka_dims):
+        raise ConfigError(f"matryoshka_dims {cfg.matryoshka_dims} must be below the model's hidden size {hidden_size}")
     embed_fn = None
     if cfg.packing:  # padding-free: one packed stream per chunk, attention kept per sequence
         from e5x.model.fast import prepare_for_packed_training
@@ -147,7 +150,8 @@ def train(
                     sync = int(n.item())
                 loss = forward_backward(model, batch, chunk_size=cfg.chunk_size,
                                         temperature=cfg.temperature, world=world,
-                                        autocast=autocast, sync_chunks=sync, embed_fn=embed_fn)
+                                        autocast=autocast, sync_chunks=sync, embed_fn=embed_fn,
+                                        matryoshka_dims=cfg.matryoshka_dims)
                 if not fsdp:
                     average_gradients(params, world)  # FSDP reduce-scatters by itself
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
@@ -401,7 +405,7 @@ def _export(cfg: TrainConfig, model: Any, tokenizer: Any, directory: Path, world
     if world.rank == 0:
         model.eval()
         save_model(model.to("cpu") if fsdp else model, tokenizer, directory, max_length=cfg.max_length,
-                   padding_side=cfg.padding_side, prompts=prompts)
+                   padding_side=cfg.padding_side, prompts=prompts, matryoshka_dims=cfg.matryoshka_dims)
     if world.size > 1:
         import torch.distributed as dist
 

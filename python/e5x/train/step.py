@@ -6,7 +6,7 @@ replace it without touching the loss or the loop.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -77,16 +77,23 @@ def gather_documents(d: torch.Tensor, world: World) -> tuple[torch.Tensor, int]:
 
 
 def contrastive_loss(
-    q: torch.Tensor, d: torch.Tensor, world: World, temperature: float
+    q: torch.Tensor, d: torch.Tensor, world: World, temperature: float, matryoshka_dims: Sequence[int] = ()
 ) -> torch.Tensor:
-    """InfoNCE of this rank's queries against all ranks' documents (positives first)."""
+    """InfoNCE of this rank's queries against all ranks' documents (positives first).
+
+    With ``matryoshka_dims`` (Matryoshka representation learning, Kusupati et al. 2022) the
+    loss is the mean of the InfoNCE of the full embeddings and of their first m dimensions,
+    renormalised, for each m: every prefix becomes an embedding of its own.
+    """
     from e5x.kernels import info_nce
 
     docs, offset = gather_documents(d, world)
     positive_index = torch.arange(q.shape[0], device=q.device)
-    return info_nce(
-        q, docs, positive_index, positive_offset=offset, temperature=temperature, normalize=True
-    )
+    losses = [
+        info_nce(q_m, d_m, positive_index, positive_offset=offset, temperature=temperature, normalize=True)
+        for q_m, d_m in [(q, docs)] + [(q[:, :m].contiguous(), docs[:, :m].contiguous()) for m in matryoshka_dims]
+    ]
+    return losses[0] if len(losses) == 1 else torch.stack(losses).mean()
 
 
 def _chunks(inputs: dict[str, torch.Tensor], size: int) -> list[dict[str, torch.Tensor]]:
@@ -130,6 +137,7 @@ def forward_backward(
     autocast: Any = None,
     sync_chunks: int | None = None,
     embed_fn: Callable[[Any, dict[str, torch.Tensor]], torch.Tensor] | None = None,
+    matryoshka_dims: Sequence[int] = (),
 ) -> torch.Tensor:
     """Loss of one step and its gradients accumulated into the parameters' ``.grad``.
 
@@ -141,6 +149,7 @@ def forward_backward(
 
     ``sync_chunks`` (FSDP only) pads the number of re-forwards so every rank runs the same
     number of collectives. ``embed_fn`` replaces ``embed`` (e.g. the packed forward).
+    ``matryoshka_dims``: see ``contrastive_loss``.
     """
     autocast = autocast or nullcontext
     embed = embed_fn or _embed
@@ -149,7 +158,7 @@ def forward_backward(
         with autocast():
             q = embed(model, batch.queries)
             d = embed(model, batch.docs)
-        loss = contrastive_loss(q, d, world, temperature)
+        loss = contrastive_loss(q, d, world, temperature, matryoshka_dims)
         loss.backward()
         return loss.detach()
 
@@ -170,7 +179,7 @@ def forward_backward(
             for _ in range(sum(map(len, chunks)), sync_chunks):
                 with autocast():
                     embed(model, _dummy(batch))
-    loss = contrastive_loss(cached[0], cached[1], world, temperature)
+    loss = contrastive_loss(cached[0], cached[1], world, temperature, matryoshka_dims)
     loss.backward()
     done = 0
     for s, side_chunks in enumerate(chunks):
