@@ -164,3 +164,34 @@ def test_packed_training_matches_padded(tmp_path) -> None:
     padded = train(config(tmp_path, "padded", **kw))
     packed = train(config(tmp_path, "packed", packing=True, **kw))
     assert packed.losses == pytest.approx(padded.losses, rel=1e-4, abs=1e-5)
+
+
+def test_export_is_all_or_nothing(tmp_path, monkeypatch) -> None:
+    import e5x.train.export as export
+    from _tiny import tiny_model, tiny_tokenizer
+    from e5x.model.loading import apply_lora
+
+    def save(directory: Path) -> Path:
+        return export.save_model(apply_lora(tiny_model()), tiny_tokenizer(), directory, max_length=32,
+                                 padding_side="right", prompts={"query": "q: "})  # fmt: skip
+
+    target = tmp_path / "model"
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    with monkeypatch.context() as m:
+        m.setattr(export, "write_sentence_transformers", fail)
+        with pytest.raises(OSError, match="disk full"):
+            save(target)
+    assert not target.exists()  # nothing that looks like a model
+    assert save(target) == target and (target / "e5x.json").is_file() and (target / "modules.json").is_file()
+    (target / "stale.txt").write_text("from an earlier save")
+    save(target)  # replaces the earlier model whole
+    assert not (target / "stale.txt").exists() and not (tmp_path / "model.partial").exists()
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="holds no e5x model"):
+        save(foreign)
+    assert (foreign / "notes.txt").read_text() == "keep me"

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from e5x.model.config import EmbeddingSpec
+from e5x.model.config import CONFIG_NAME, EmbeddingSpec
 from e5x.model.text import QUERY_TEMPLATE, eos_token_id, format_query
 
 
@@ -109,10 +110,17 @@ def save_model(
 ) -> Path:
     """Write adapter, merged model, tokenizer, e5x.json and sentence-transformers files.
 
-    Merging modifies ``peft_model`` in place; call it once, at the end of training.
+    Everything is written to ``<directory>.partial`` first and renamed into place at the end,
+    so a failure never leaves a directory that looks like a whole model; an earlier model
+    saved there is replaced. Merging modifies ``peft_model`` in place; call it once, at the
+    end of training.
     """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    final = Path(directory)
+    if final.exists() and any(final.iterdir()) and not (final / CONFIG_NAME).is_file():
+        raise FileExistsError(f"{final} exists and holds no e5x model ({CONFIG_NAME}); not replacing it")
+    directory = final.with_name(final.name + ".partial")
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
     peft_model.save_pretrained(directory / "adapter")
     merged = peft_model.merge_and_unload()
     merged.eval()
@@ -125,4 +133,6 @@ def save_model(
     EmbeddingSpec(max_length=max_length, padding_side=padding_side,  # type: ignore[arg-type]
                   matryoshka_dims=tuple(matryoshka_dims)).save(directory)
     write_sentence_transformers(directory, merged.config.hidden_size, max_length, prompts)
-    return directory
+    shutil.rmtree(final, ignore_errors=True)
+    directory.rename(final)
+    return final
