@@ -48,13 +48,17 @@ def results_file(title: str, name: str, args: argparse.Namespace, versions: dict
 
 
 def train_quickstart(args: argparse.Namespace, output_dir: Path, sources: list[dict[str, Any]], **overrides: Any) -> Any:
-    """e5x.train with the quickstart's training settings, --steps steps, seed 0."""
+    """e5x.train with the quickstart's training settings, --steps steps, seed 0. A training
+    stopped by SIGTERM (it checkpoints and returns) ends the benchmark: rerun it to resume."""
     from e5x.quickstart import DEFAULTS
     from e5x.train import TrainConfig, train
 
     fields = dict(DEFAULTS["train"], model=args.model, max_steps=args.steps, output_dir=str(output_dir), seed=0,
                   progress=False, sources=sources, **overrides)  # fmt: skip
-    return train(TrainConfig.from_dict(fields))
+    result = train(TrainConfig.from_dict(fields))
+    if result.interrupted:
+        raise SystemExit(f"{output_dir}: training stopped at step {result.step}; run the benchmark again to resume")
+    return result
 
 
 # The evaluation of every ablation: last-token pooling with instructions, max length 64.
