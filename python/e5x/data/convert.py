@@ -32,8 +32,8 @@ TABLE_SUFFIXES = (".parquet", ".jsonl", ".ndjson", ".csv", ".tsv")
 def _frame(columns: dict[str, list[str | None]], *, instruction: str | None, task_type: str | None,
            language: str | None, source: str | None) -> pl.DataFrame:
     n = len(columns["query"])
-    fixed = {"instruction": instruction, "negative": None, "task_type": task_type, "language": language, "model": None,
-             "source": source}  # fmt: skip
+    fixed = {"instruction": instruction, "negative": None, "task_type": task_type, "language": language,
+             "model": None, "source": source}  # fmt: skip
     data = {c: columns[c] if c in columns else [fixed[c]] * n for c in COLUMNS}
     return pl.DataFrame(data, schema={c: pl.Utf8 for c in COLUMNS})
 
