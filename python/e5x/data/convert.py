@@ -22,20 +22,22 @@ from pathlib import Path
 
 import polars as pl
 
-from e5x.data.triples import COLUMNS, DataError
-from e5x.eval.data import doc_text, load_qrels, load_queries, load_sts, read_jsonl_objects
+from e5x.data.triples import COLUMNS, DataError, blank_negatives_to_null, is_blank
+from e5x.eval.data import doc_text, load_qrels, load_queries, load_sts, qrels_file, read_jsonl_objects
 from e5x.eval.instructions import TYPE_DEFAULTS, instruction_for
 
 TABLE_SUFFIXES = (".parquet", ".jsonl", ".ndjson", ".csv", ".tsv")
 
 
-def _frame(columns: dict[str, list[str | None]], *, instruction: str | None, task_type: str | None,
-           language: str | None, source: str | None) -> pl.DataFrame:
-    n = len(columns["query"])
+def _frame(columns: pl.DataFrame, *, instruction: str | None, task_type: str | None, language: str | None,
+           source: str | None) -> pl.DataFrame:
+    """``columns`` (query, positive and any of negative/instruction) completed to COLUMNS:
+    the missing ones are the given constants."""
     fixed = {"instruction": instruction, "negative": None, "task_type": task_type, "language": language,
              "model": None, "source": source}  # fmt: skip
-    data = {c: columns[c] if c in columns else [fixed[c]] * n for c in COLUMNS}
-    return pl.DataFrame(data, schema={c: pl.Utf8 for c in COLUMNS})
+    return columns.select(
+        pl.col(c).cast(pl.Utf8) if c in columns.columns else pl.lit(fixed[c], dtype=pl.Utf8).alias(c) for c in COLUMNS
+    )
 
 
 def beir_triples(
@@ -56,10 +58,7 @@ def beir_triples(
     missing is an error naming the qrels file and line: a silent skip would change the data.
     """
     folder = Path(folder)
-    qrels_path = folder / "qrels" / f"{split}.tsv"
-    if not qrels_path.is_file():
-        available = sorted(p.stem for p in (folder / "qrels").glob("*.tsv"))
-        raise FileNotFoundError(f"{qrels_path} not found (splits with qrels: {available or 'none'})")
+    qrels_path = qrels_file(folder, split)
     judged = [(q, d) for q, rel in load_qrels(qrels_path).items() for d, score in rel.items() if score >= min_score]
     if not judged:
         raise DataError(f"{qrels_path}: no judgement scored >= {min_score}")
@@ -81,7 +80,7 @@ def beir_triples(
     if instruction is None:
         instruction = instruction_for(folder.name, "Retrieval")
     return _frame(
-        {"query": [queries[q] for q, _ in judged], "positive": [docs[d] for _, d in judged]},
+        pl.DataFrame({"query": [queries[q] for q, _ in judged], "positive": [docs[d] for _, d in judged]}),
         instruction=instruction, task_type="retrieval", language=language, source=source or folder.name,
     )  # fmt: skip
 
@@ -103,7 +102,7 @@ def sts_triples(
     if not keep:
         raise DataError(f"{path}: no pair scored >= {min_score}")
     return _frame(
-        {"query": [data.sentences1[i] for i in keep], "positive": [data.sentences2[i] for i in keep]},
+        pl.DataFrame({"query": [data.sentences1[i] for i in keep], "positive": [data.sentences2[i] for i in keep]}),
         instruction=instruction, task_type="sts", language=language, source=source or f"sts-{split}",
     )  # fmt: skip
 
@@ -126,10 +125,6 @@ def read_table(path: str | Path) -> pl.DataFrame:
     except Exception as exc:  # noqa: BLE001 - polars raises several types for a bad file
         raise DataError(f"{path}: not a readable {suffix[1:]} file ({exc})") from None
     raise DataError(f"{path}: unknown table format {suffix!r} (expected one of {', '.join(TABLE_SUFFIXES)})")
-
-
-def _empty_rows(df: pl.DataFrame, col: str) -> pl.Series:
-    return df.with_row_index("_row").filter(pl.col(col).is_null() | (pl.col(col).str.strip_chars() == ""))["_row"]
 
 
 def table_triples(
@@ -167,19 +162,16 @@ def table_triples(
     df = df.select(pl.col(col).cast(pl.Utf8).alias(name) for name, col in picked.items())
     dropped = 0
     for name in ("query", "positive"):
-        bad = _empty_rows(df, name)
+        bad = df.with_row_index("_row").filter(is_blank(name))["_row"]
         if bad.len() and not drop_empty:
             raise DataError(f"{where}: row {bad[0]}: column {picked[name]!r} ({name}) is empty or null "
                             f"({bad.len()} such rows; drop_empty / --drop-empty skips them)")  # fmt: skip
-        if bad.len():
-            dropped += bad.len()
-            df = df.filter(pl.col(name).is_not_null() & (pl.col(name).str.strip_chars() != ""))
+        dropped += bad.len()
+        df = df.filter(~is_blank(name))
     if df.height == 0:
         raise DataError(f"{where}: no rows left")
     if "negative" in df.columns:
-        df = df.with_columns(pl.when(pl.col("negative").str.strip_chars() == "").then(None)
-                             .otherwise(pl.col("negative")).alias("negative"))  # fmt: skip
+        df = blank_negatives_to_null(df)
     default_source = None if isinstance(table, pl.DataFrame) else Path(table).stem
-    columns: dict[str, list[str | None]] = {name: df[name].to_list() for name in df.columns}
-    return _frame(columns, instruction=instruction, task_type=task_type, language=language,
+    return _frame(df, instruction=instruction, task_type=task_type, language=language,
                   source=source or default_source), dropped  # fmt: skip

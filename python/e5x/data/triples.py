@@ -70,8 +70,14 @@ class SourceStats:
     without_instruction: int  # rows whose queries train bare (no per-source or per-row instruction)
 
 
-def _non_empty(col: str) -> pl.Expr:
-    return (pl.col(col).is_not_null() & (pl.col(col).cast(pl.Utf8).str.strip_chars() != "")).sum()
+def is_blank(col: str) -> pl.Expr:
+    """Null, empty or whitespace: "no value" in every text column of the triples."""
+    return pl.col(col).is_null() | (pl.col(col).cast(pl.Utf8).str.strip_chars() == "")
+
+
+def blank_negatives_to_null(df: pl.DataFrame) -> pl.DataFrame:
+    """An empty negative means "none": in-batch negatives only for that row."""
+    return df.with_columns(pl.when(is_blank("negative")).then(None).otherwise(pl.col("negative")).alias("negative"))
 
 
 def check_source(source: Source) -> SourceStats:
@@ -87,7 +93,7 @@ def check_source(source: Source) -> SourceStats:
             raise DataError(f"{f}: not a readable Parquet file ({exc})") from exc
         _check_schema(f, schema)
         counts = [pl.len().alias("rows")]
-        counts += [_non_empty(c).alias(c) for c in ("negative", "instruction") if c in schema]
+        counts += [(~is_blank(c)).sum().alias(c) for c in ("negative", "instruction") if c in schema]
         got = pl.scan_parquet(f).select(counts).collect().row(0, named=True)
         rows += got["rows"]
         negatives += got.get("negative", 0)
@@ -126,9 +132,7 @@ def read_source(source: Source) -> pl.DataFrame:
             [pl.col(c).cast(pl.Utf8) for c in ("instruction", "query", "positive", "negative")]
         )
         for col in REQUIRED:
-            bad = df.with_row_index("row").filter(
-                pl.col(col).is_null() | (pl.col(col).str.strip_chars() == "")
-            )
+            bad = df.with_row_index("row").filter(is_blank(col))
             if bad.height:
                 row = bad["row"][0]
                 raise DataError(f"{f}: row {row}: field {col!r} is empty or null")
@@ -138,14 +142,7 @@ def read_source(source: Source) -> pl.DataFrame:
         raise DataError(f"{source.path}: dataset has no rows")
     if source.instruction is not None:
         df = df.with_columns(pl.lit(source.instruction, dtype=pl.Utf8).alias("instruction"))
-    # An empty negative means "none": in-batch negatives only for that row.
-    df = df.with_columns(
-        pl.when(pl.col("negative").str.strip_chars() == "")
-        .then(None)
-        .otherwise(pl.col("negative"))
-        .alias("negative")
-    )
-    return df
+    return blank_negatives_to_null(df)
 
 
 def write_triples(df: pl.DataFrame, path: str | Path) -> int:

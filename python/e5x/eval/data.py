@@ -140,13 +140,19 @@ def load_qrels(path: Path) -> dict[str, dict[str, int]]:
     return qrels
 
 
-def load_beir(folder: str | Path, split: str = "test", name: str | None = None) -> RetrievalData:
-    """Load ``corpus.jsonl``, ``queries.jsonl`` and ``qrels/{split}.tsv`` from a BEIR folder."""
-    folder = Path(folder)
+def qrels_file(folder: Path, split: str) -> Path:
+    """``folder/qrels/{split}.tsv``; when missing, the error lists the splits that exist."""
     qrels_path = folder / "qrels" / f"{split}.tsv"
     if not qrels_path.is_file():
         available = sorted(p.stem for p in (folder / "qrels").glob("*.tsv"))
         raise FileNotFoundError(f"{qrels_path} not found (splits with qrels: {available or 'none'})")
+    return qrels_path
+
+
+def load_beir(folder: str | Path, split: str = "test", name: str | None = None) -> RetrievalData:
+    """Load ``corpus.jsonl``, ``queries.jsonl`` and ``qrels/{split}.tsv`` from a BEIR folder."""
+    folder = Path(folder)
+    qrels_path = qrels_file(folder, split)
     corpus_ids, corpus_texts = load_corpus(folder / "corpus.jsonl")
     queries = load_queries(folder / "queries.jsonl")
     qrels = load_qrels(qrels_path)
