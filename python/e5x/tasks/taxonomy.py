@@ -157,145 +157,169 @@ class TaskType:
 
 
 # ---------------------------------------------------------------------------------------
-# The six built-in task types. Prompt wording is ours; the constraints are the recipe's.
+# The six built-in task types. The wording is ours; every guideline of the paper's
+# templates (E5 paper, App. C) is here, one per bullet, so tests/test_tasks.py can check
+# each one. {language} reaches every field the paper writes in it.
 # ---------------------------------------------------------------------------------------
 
-_JSON_ONLY = "Reply with the JSON object only: no markdown fences, no comments, nothing before or after it."
+_JSON_ONLY = (
+    "Reply with the JSON object only: no markdown fences, no comments, no explanation, "
+    "nothing before or after it. Be creative!"
+)
 
-_BRAINSTORM = """Brainstorm {n_tasks} distinct {what}.
+_BRAINSTORM = """Brainstorm a list of {n_tasks} potentially useful {what}.
 
-Each task is one sentence in English that says {shape}. Phrase each as an instruction, for example:
+Here are a few examples for your reference:
 {examples}
 
-Make the list diverse: many domains (science, law, shopping, health, software, hobbies, \
+Guidelines:
+{guidelines}
+- Each task covers a wide range of {inputs} and is not too specific: a task that fits only \
+a handful of {inputs} is useless.
+- Make the list diverse: many domains (science, law, shopping, health, software, hobbies, \
 everyday life, ...), many user intents, and no two tasks that are rewordings of each other.
+- Each element is one distinct task, described in one English sentence.
 
 Return a JSON object of the form {{{{"tasks": ["...", "..."]}}}}. """ + _JSON_ONLY  # .format halves braces
 
 BRAINSTORM_SHORT_LONG = _BRAINSTORM.format(
     n_tasks="{n_tasks}",
-    what="text retrieval tasks that a search system could serve",
-    shape="what a searcher is looking for and what kind of documents should come back; "
-    "queries are short (a few words up to a sentence) and documents are long (a paragraph or more)",
-    examples="- Given a question about a medication, retrieve patient information leaflets that answer it.\n"
-    "- Given a bug description, find forum threads that explain its cause and fix.",
+    what="text retrieval tasks",
+    examples="- Given a scientific claim as the query, retrieve documents that help verify or refute it.\n"
+    "- Search for documents that answer a FAQ-style query about children's nutrition.",
+    guidelines="- Each task says what the query is and what the desired documents are.",
+    inputs="queries",
 )
 BRAINSTORM_LONG_SHORT = _BRAINSTORM.format(
     n_tasks="{n_tasks}",
     what="text classification tasks",
-    shape="what texts are classified and by which property; the input is a longer text and the "
-    "label set is short and fixed",
     examples="- Classify a product review by the aspect the customer complains about most.\n"
     "- Decide whether a news paragraph reports a fact, an opinion or a prediction.",
+    guidelines="- The tasks cover a diverse range of domains and of task types (topic, sentiment, "
+    "intent, style, ...).",
+    inputs="input texts",
 )
 BRAINSTORM_SHORT_SHORT = _BRAINSTORM.format(
     n_tasks="{n_tasks}",
-    what="text matching tasks in which both the input and the matching text are short",
-    shape="what the input is and what counts as its match; both sides are a phrase or a sentence",
-    examples="- Given a movie title, find a one-line plot summary of that movie.\n"
-    "- Given a headline, retrieve another headline about the same event.",
+    what="text matching tasks",
+    examples="- Given a scientific paper title, retrieve the titles of papers that cite it.\n"
+    "- Match a word with its definition.\n"
+    "- Given a notable person's name, identify their occupation or achievement.",
+    guidelines="- In every task both the query and the matching (groundtruth) document are very "
+    "short: one or two sentences, or even a short phrase.",
+    inputs="inputs",
 )
 BRAINSTORM_LONG_LONG = _BRAINSTORM.format(
     n_tasks="{n_tasks}",
-    what="text matching tasks in which both the input and the matching text are long documents",
-    shape="what the input document is and which document counts as its match; both sides are "
-    "several paragraphs long",
-    examples="- Given a research paper abstract and introduction, retrieve the paper it builds on most.\n"
-    "- Given a long legal complaint, find the court decision on a similar dispute.",
+    what="text matching tasks",
+    examples="- Given a document that supports a debatable argument, find another document that "
+    "contains the opposite arguments.\n"
+    "- Given a lengthy business proposal, retrieve competitive business strategies in the same industry.",
+    guidelines="- In every task the queries are long documents (several paragraphs), and so are "
+    "the documents they match.",
+    inputs="inputs",
 )
 
-PROMPT_SHORT_LONG = """You are writing training data for a text retrieval model.
+PROMPT_SHORT_LONG = """You have been assigned a text retrieval task: {task}
 
-Retrieval task: {task}
+Write one text retrieval example for this task as a JSON object with exactly these keys:
+- "user_query": a string, a random user search query specified by the retrieval task.
+- "positive_document": a string, a document relevant to the user query.
+- "hard_negative_document": a string, a hard negative document that only appears relevant \
+to the query.
+
+Guidelines:
+- The user_query is {query_type}, {query_length}, {clarity}, and diverse in topic.
+- All documents are written independently of the query: never copy the query verbatim.
+- Some parts of the positive_document may be off-topic (not topically related to the \
+query); that is acceptable.
+- Every document is at least {num_words} words long.
+- The hard_negative_document carries some useful information, but it is less useful or \
+less comprehensive than the positive_document.
+- The query and all documents are written in {language}.
+- No document explains why it is or is not relevant to the query.
+- The query and the documents require {difficulty} level education to understand.
+
+""" + _JSON_ONLY
+
+PROMPT_LONG_SHORT = """You have been assigned a text classification task: {task}
+
+Write one text classification example for this task as a JSON object with exactly these keys:
+- "input_text": a string, the input text specified by the classification task.
+- "label": a string, the correct label of the input text.
+- "misleading_label": a string, an incorrect label that is related to the task.
+
+Guidelines:
+- The input_text is {num_words} words long and diverse in expression.
+- The misleading_label is a valid label of this task, but less appropriate for the \
+input_text than the label.
+- The values of all fields (input_text, label and misleading_label) are in {language}.
+- Neither the label nor the misleading_label appears inside the input_text (that would \
+make the task too easy).
+- The input_text is {clarity} and requires {difficulty} level education to comprehend.
+
+""" + _JSON_ONLY
+
+PROMPT_SHORT_SHORT = """You have been assigned a text matching task: {task}
 
 Write one example for this task as a JSON object with exactly these keys:
-- "user_query": a string, a query that a real user could send for the task; among such \
-queries it is {query_type}. It is {query_length} long and its intent is {clarity}.
-- "positive_document": a string, a document of about {num_words} words that satisfies the query.
-- "hard_negative_document": a string, a document of about {num_words} words that shares \
-topic and vocabulary with the query but does not satisfy it.
+- "input": a string, a random input specified by the task.
+- "positive_document": a string, a document relevant to the input according to the task.
 
-Rules:
-- Both documents must read as texts that exist on their own, written without knowing the \
-query: do not copy the query's wording into them verbatim.
-- The query does not have to be a question; use whatever form fits the task.
-- Write the documents for a reader at {difficulty} level.
-- Write the query and both documents in {language}.
+Guidelines:
+- The values of all fields are in {language}.
+- Both the input and the positive_document are very short (a sentence or a phrase) and \
+avoid substantial word overlap with each other, otherwise the task would be too easy.
+- The input and the positive_document are written independently of each other.
+
 """ + _JSON_ONLY
 
-PROMPT_LONG_SHORT = """You are writing training data for a text classification model.
-
-Classification task: {task}
+PROMPT_LONG_LONG = """You have been assigned a text matching task: {task}
 
 Write one example for this task as a JSON object with exactly these keys:
-- "input_text": a string of {num_words} words to be classified, {clarity}, written at \
-{difficulty} level.
-- "label": a string, the label the task assigns to input_text.
-- "misleading_label": a string, a different label that is valid for this task but fits \
-input_text less well than "label".
+- "input": a string, a random input specified by the task.
+- "positive_document": a string, a document relevant to the input according to the task.
 
-Rules:
-- Neither label may appear verbatim inside input_text.
-- Write input_text in {language}.
+Guidelines:
+- The values of all fields are in {language}.
+- Both the input and the positive_document are long documents (at least 300 words each) \
+and avoid substantial word overlap with each other, otherwise the task would be too easy.
+- The input and the positive_document are written independently of each other.
+
 """ + _JSON_ONLY
 
-PROMPT_SHORT_SHORT = """You are writing training data for a text matching model.
+PROMPT_STS = """Task: {task}
 
-Matching task: {task}
+Write a {unit} triple with varying semantic similarity scores as a JSON object. Semantic \
+similarity is scored from 1 to 5, where 1 means least similar and 5 most similar.
 
-Write one example for this task as a JSON object with exactly these keys:
-- "input": a string, a short input for the task (a phrase or one sentence).
-- "positive_document": a string, a short text (a phrase or one sentence) that is a correct \
-match for the input under the task.
+Guidelines:
+- The keys are "S1", "S2" and "S3"; their values are strings in {language}; add no other keys.
+- All three {unit}s share some words (word overlap between all three).
+- The similarity score between S1 and S2 is {high_score}.
+- The similarity score between S1 and S3 is {low_score}.
+- The {unit}s require {difficulty} level education to understand, and are diverse in topic \
+and in length.
 
-Rules:
-- The two texts must not copy each other; be concrete and specific.
-- Write both texts in {language}.
 """ + _JSON_ONLY
 
-PROMPT_LONG_LONG = """You are writing training data for a text matching model.
+PROMPT_BITEXT = """Task: {task}
 
-Matching task: {task}
+Write a {unit} triple as a JSON object: one {unit} in {src_lang} and two {unit}s in \
+{tgt_lang} of varying translation quality. Translation quality is scored from 1 to 5; \
+higher is better.
 
-Write one example for this task as a JSON object with exactly these keys:
-- "input": a string, an input document for the task of at least 300 words.
-- "positive_document": a string, a document of at least 300 words that is a correct match \
-for the input under the task.
+Guidelines:
+- The keys are "S1", "S2" and "S3": S1 is a string in {src_lang}; S2 and S3 are strings \
+in {tgt_lang}; add no other keys.
+- S2 and S3 share some words (word overlap between S2 and S3).
+- The translation quality score of S2 with respect to S1 is {high_score}.
+- The translation quality score of S3 with respect to S1 is {low_score}.
+- S3 is grammatical and fluent, but contains some translation errors: wrong keywords or \
+numbers, omitted information, or added (redundant) information.
+- S1 requires {difficulty} level education to understand, and the triples are diverse in \
+topic and in length.
 
-Rules:
-- Write each document as a self-contained text; the match must follow from content, not \
-from copied sentences.
-- Write both documents in {language}.
-""" + _JSON_ONLY
-
-PROMPT_STS = """You are writing training data for a semantic similarity model.
-
-Task: {task}
-
-Write three {unit}s as a JSON object with exactly these keys:
-- "S1": a string, a {unit} written at {difficulty} level.
-- "S2": a string, a {unit} whose meaning is close to S1: on a scale from 1 (unrelated) to \
-5 (same meaning) it scores {high_score}.
-- "S3": a string, a {unit} related to S1 that scores only {low_score} on the same scale.
-
-Rules:
-- Vary wording and structure; S2 must not be S1 with a word or two swapped.
-- Write all three in {language}.
-""" + _JSON_ONLY
-
-PROMPT_BITEXT = """You are writing training data for a translation retrieval model.
-
-Task: {task}
-
-Write three {unit}s as a JSON object with exactly these keys:
-- "S1": a string, a {unit} in {src_lang} written at {difficulty} level.
-- "S2": a string, a translation of S1 into {tgt_lang} whose quality on a scale from 1 \
-(wrong) to 5 (perfect) is {high_score}.
-- "S3": a string, a fluent {unit} in {tgt_lang} that looks like a translation of S1 but \
-contains translation errors, scoring {low_score} on the same scale.
-
-Rules:
-- S3 must read naturally; its errors are in meaning, not in grammar.
 """ + _JSON_ONLY
 
 DIFFICULTY = ["high school", "college", "PhD"]
