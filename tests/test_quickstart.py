@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from e5x.quickstart import DEFAULTS, load_config, prepare_eval_data, prepare_real_training_data
+from e5x.quickstart import DEFAULTS, load_config, prepare_eval_data, prepare_real_training_data, real_data
 from e5x.synth.local_server import llama_cpp_available
 
 REPO = Path(__file__).resolve().parent.parent
@@ -48,10 +48,18 @@ def test_unknown_keys_are_errors_that_name_the_file(tmp_path):
         load_config(None, {"nope": 1})
 
 
-def test_real_training_pairs_and_eval_subsets(shared_data, tmp_path):
+@pytest.fixture
+def real(shared_data, tmp_path, monkeypatch):
+    """SciFact and STS-B through the dataset registry, with the shared data as the mirror."""
+    monkeypatch.setenv("E5X_CACHE_DIR", str(tmp_path / "cache"))
+    return real_data(str(shared_data))
+
+
+def test_real_training_pairs_and_eval_subsets(shared_data, real, tmp_path):
     import polars as pl
 
-    paths = prepare_real_training_data(shared_data, tmp_path, DEFAULTS["real_data"], seed=0)
+    assert real == {"scifact": shared_data / "scifact", "stsb": shared_data / "sts" / "stsbenchmark"}
+    paths = prepare_real_training_data(real, tmp_path, DEFAULTS["real_data"], seed=0)
     sts = pl.read_parquet(paths["stsb-train"])
     sf = pl.read_parquet(paths["scifact-train"])
     # Every STS-B train pair scored >= 4 (counted independently here), every SciFact train qrel.
@@ -63,26 +71,28 @@ def test_real_training_pairs_and_eval_subsets(shared_data, tmp_path):
     assert set(sts["instruction"]) == {"Retrieve semantically similar text."}
     assert sf["positive"].str.len_chars().min() > 100 and sf["negative"].null_count() == 919
 
-    tasks, sizes = prepare_eval_data(shared_data, tmp_path / "eval", DEFAULTS["eval"], seed=0)
+    tasks, sizes = prepare_eval_data(real, tmp_path / "eval", DEFAULTS["eval"], seed=0)
     assert sizes["STSBenchmark"] == {"pairs": DEFAULTS["eval"]["sts_pairs"]}
     assert sizes["SciFact"]["queries"] == DEFAULTS["eval"]["scifact_queries"]
     assert sizes["SciFact"]["corpus"] == DEFAULTS["eval"]["scifact_corpus"]
     qrels = (tmp_path / "eval/SciFact/qrels/test.tsv").read_text().splitlines()[1:]
     corpus_ids = {json.loads(ln)["_id"] for ln in (tmp_path / "eval/SciFact/corpus.jsonl").read_text().splitlines()}
     assert all(line.split("\t")[1] in corpus_ids for line in qrels)  # every relevant abstract kept
-    again, _ = prepare_eval_data(shared_data, tmp_path / "eval2", DEFAULTS["eval"], seed=0)
+    again, _ = prepare_eval_data(real, tmp_path / "eval2", DEFAULTS["eval"], seed=0)
     assert (tmp_path / "eval/SciFact/queries.jsonl").read_text() == (tmp_path / "eval2/SciFact/queries.jsonl").read_text()
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not llama_cpp_available()[0], reason=f"real LLM server unavailable: {llama_cpp_available()[1]}")
-def test_quickstart_end_to_end_tiny(shared_data, tmp_path):
+def test_quickstart_end_to_end_tiny(shared_data, tmp_path, monkeypatch):
     from e5x.model.embedder import Embedder
     from e5x.quickstart import format_result, quickstart
 
+    # Nothing beside the clone is searched: the real data comes through the mirror variable.
+    monkeypatch.setenv("E5X_DATA_MIRROR", str(shared_data))
+    monkeypatch.setenv("E5X_CACHE_DIR", str(tmp_path / "cache"))
     over = {
         "out_dir": str(tmp_path / "qs"),
-        "data_dir": str(shared_data),
         "synth": {  # symmetric types only: 2 requests, no brainstorm
             "n_examples": 2,
             "task_weights": {"sts": 1.0, "bitext": 1.0},
@@ -131,3 +141,20 @@ def test_cli_options_become_config_overrides():
     assert cfg["train"]["lr"] == 2e-4 and cfg["train"]["batch_size"] == DEFAULTS["train"]["batch_size"]
     bad = p.parse_args(["--set", "eval.sts_pears=1"])
     assert cli.run(bad) == 2  # unknown key: a clear error, exit status 2
+
+
+def test_quickstart_without_data_or_network_fails_in_seconds_naming_what_to_do(tmp_path, monkeypatch, capsys):
+    import time
+
+    from e5x.cli import main
+
+    monkeypatch.delenv("E5X_DATA_MIRROR", raising=False)
+    monkeypatch.setenv("E5X_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no network, no mirror
+    monkeypatch.chdir(tmp_path)
+    t = time.monotonic()
+    assert main(["quickstart", "--out", str(tmp_path / "qs")]) == 2
+    assert time.monotonic() - t < 10
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "dataset 'scifact' could not be fetched" in err
+    assert "scifact.zip" in err and "E5X_DATA_MIRROR" in err and "network was not tried" in err

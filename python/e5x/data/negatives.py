@@ -44,6 +44,8 @@ def mine_hard_negatives(
     batch_size: int = 64,
     seed: int = 0,
     show_progress: bool = False,
+    query_prompt: str = "",
+    passage_prompt: str = "",
 ) -> tuple[pl.DataFrame, MiningReport]:
     """Fill the ``negative`` column of training triples with mined hard negatives.
 
@@ -54,6 +56,8 @@ def mine_hard_negatives(
     ``range_max`` by similarity that pass the margin, one is taken (``sampling="random"``,
     seeded, or ``"top"``). Rows that already have a negative keep it unless ``overwrite``;
     rows for which no candidate passes keep a null negative (counted in the report).
+    ``query_prompt`` / ``passage_prompt`` go before queries / candidates when embedding
+    (E5 miners need ``"query: "`` / ``"passage: "``; the texts written out stay bare).
     Returns the triples in their input order with their columns, and a MiningReport.
     """
     missing = [c for c in REQUIRED if c not in triples.columns]
@@ -83,6 +87,7 @@ def mine_hard_negatives(
     pairs = df.select("query", "positive").unique(maintain_order=True)
     asking = set(todo["query"].to_list())
     pairs = pairs.filter(pl.col("query").is_in(list(asking)))
+    prompts = {k: v for k, v in (("query_prompt", query_prompt), ("corpus_prompt", passage_prompt)) if v}
     state = random.getstate()
     random.seed(seed)  # sentence-transformers samples with the `random` module
     try:
@@ -91,7 +96,7 @@ def mine_hard_negatives(
             st, anchor_column_name="query", positive_column_name="positive", corpus=candidates,
             range_min=range_min, range_max=min(range_max, len(candidates)), relative_margin=relative_margin,
             num_negatives=1, sampling_strategy=sampling, output_format="triplet",
-            batch_size=batch_size, verbose=show_progress,
+            batch_size=batch_size, verbose=show_progress, **prompts,
         )
     finally:
         random.setstate(state)

@@ -35,16 +35,24 @@ class Source:
     ``ratio`` scales how many of its rows one epoch draws (0.1 = a random 10%, 2.0 = every
     row twice), as the paper's per-dataset sampling ratios. ``instruction``, when set,
     replaces the per-row ``instruction`` column (public datasets have one instruction each).
+    ``dataset`` names a registered training set (``e5x data list``); ``path`` is then its
+    prepared triples (``e5x data prepare``).
     """
 
-    path: str
+    path: str = ""
     ratio: float = 1.0
     instruction: str | None = None
     name: str | None = None
+    dataset: str | None = None
 
     @property
     def label(self) -> str:
-        return self.name or Path(self.path).stem
+        return self.name or self.dataset or Path(self.path).stem
+
+    @property
+    def unprepared(self) -> bool:
+        """A registered dataset whose triples have not been prepared yet."""
+        return bool(self.dataset) and not Path(self.path).is_file()
 
 
 def _files(path: str) -> list[Path]:
@@ -84,7 +92,10 @@ def check_source(source: Source) -> SourceStats:
     """Cheap checks before any model is loaded: files exist, columns, at least one row.
     Returns the source's row counts (read from the Parquet columns, no full load)."""
     if not source.ratio > 0:
-        raise DataError(f"{source.path}: ratio must be > 0, got {source.ratio}")
+        raise DataError(f"{source.path or source.label}: ratio must be > 0, got {source.ratio}")
+    if source.unprepared:
+        raise DataError(f"source {source.label!r}: dataset {source.dataset!r} is not prepared yet "
+                        f"(e5x data prepare {source.dataset})")  # fmt: skip
     rows = negatives = instructed = 0
     for f in _files(source.path):
         try:

@@ -3,7 +3,8 @@
 ``e5x.evaluate(EvalConfig(model=..., tasks=[...]))`` embeds, searches, scores and returns
 an ``EvalReport`` (printable table, JSON). Tasks are paths: a folder with
 ``corpus.jsonl`` is a retrieval task; an STS-B file, or a folder with ``sts-{split}.csv``,
-is an STS task. ``NAME=PATH`` names a task explicitly (the name picks its instruction).
+is an STS task. ``NAME=PATH`` names a task explicitly (the name picks its instruction). A
+registered evaluation set's name (``scifact``, ``stsb``: ``e5x data list``) is fetched.
 """
 
 from __future__ import annotations
@@ -126,12 +127,29 @@ class EvalReport:
         return text
 
 
+def _registered_eval_set(spec: str) -> Path | None:
+    """The fetched folder of the registered evaluation set called ``spec``, else None."""
+    from e5x.data.registry import UnknownDataset, get
+
+    try:
+        ds = get(spec)
+    except UnknownDataset:
+        return None
+    if ds.kind != "eval":
+        return None
+    from e5x.data.download import fetch
+
+    return fetch(ds.name)
+
+
 def resolve_task(spec: str, split: str = "test") -> tuple[str, str, Path]:
     """``[NAME=]PATH`` -> (canonical name, "Retrieval" | "STS", path)."""
     name: str | None = None
     if "=" in spec and not Path(spec).exists():
         name, spec = spec.split("=", 1)
     path = Path(spec)
+    if not path.exists() and name is None:
+        path = _registered_eval_set(spec) or path
     if not path.exists():
         raise FileNotFoundError(f"task path {path} does not exist")
     if path.is_dir() and (path / "corpus.jsonl").is_file():

@@ -81,7 +81,7 @@ class TrainConfig:
         if isinstance(self.tiny_model, dict):
             self.tiny_model = _build(TinyModelConfig, self.tiny_model, "tiny_model")
         self.sources = [
-            _build(Source, s, f"sources[{i}]") if isinstance(s, dict) else s
+            _build(Source, _registered(s, f"sources[{i}]"), f"sources[{i}]") if isinstance(s, dict) else s
             for i, s in enumerate(self.sources)
         ]
 
@@ -114,13 +114,21 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def validate(self) -> list[SourceStats]:
+    def validate(self, *, allow_unprepared: bool = False) -> list[SourceStats | None]:
         """Check everything that can be checked without loading a model; returns each
-        source's row counts."""
+        source's row counts (None for a registered dataset not prepared yet, which is an
+        error naming every such source unless ``allow_unprepared``)."""
         from e5x.data.triples import DataError, check_source
 
         if not self.sources:
-            raise ConfigError("no data sources: add at least one [[sources]] with a path")
+            raise ConfigError("no data sources: add at least one [[sources]] with a path or a dataset")
+        for i, s in enumerate(self.sources):
+            if not s.path:
+                raise ConfigError(f"[sources[{i}]] needs a path (training triples) or a dataset (e5x data list)")
+        unprepared = [s.dataset for s in self.sources if s.unprepared]
+        if unprepared and not allow_unprepared:
+            raise ConfigError(f"{len(unprepared)} dataset source(s) not prepared yet: {', '.join(unprepared)} "
+                              f"(e5x data prepare CONFIG.toml fetches and converts them)")  # fmt: skip
         positive = {
             "batch_size": self.batch_size,
             "chunk_size": self.chunk_size,
@@ -157,9 +165,30 @@ class TrainConfig:
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"{key} must be one of {allowed}, got {getattr(self, key)!r}")
         try:
-            return [check_source(s) for s in self.sources]
+            return [None if s.unprepared else check_source(s) for s in self.sources]
         except DataError as exc:
             raise ConfigError(str(exc)) from None
+
+
+def _registered(source: dict[str, Any], where: str) -> dict[str, Any]:
+    """A source naming a registered training set trains on its prepared triples, with the
+    registry's ratio unless the config gives one (its rows carry the instruction)."""
+    if "dataset" not in source:
+        return source
+    from e5x.data.public import prepared_path
+    from e5x.data.registry import UnknownDataset, get
+
+    if not isinstance(source["dataset"], str):
+        raise ConfigError(f"[{where}] dataset must be a string, got {source['dataset']!r}")
+    if source.get("path"):
+        raise ConfigError(f"[{where}] give a path or a dataset, not both")
+    try:
+        ds = get(source["dataset"])
+    except UnknownDataset as exc:
+        raise ConfigError(f"[{where}] {exc}") from None
+    if ds.kind != "train":
+        raise ConfigError(f"[{where}] {ds.name} is an evaluation set, not a training set")
+    return {"ratio": ds.ratio, "name": ds.name, **source, "dataset": ds.name, "path": str(prepared_path(ds.name))}
 
 
 def _check_types(obj: Any, where: str | None) -> None:
