@@ -167,7 +167,9 @@ def test_the_paper_recipe_names_all_13_sets(tmp_path, monkeypatch, capsys) -> No
     out, err = capsys.readouterr()
     rows = [line for line in out.splitlines() if line.startswith("| ") and "not prepared" in line]
     assert len(rows) == 14 and {r.split(" | ")[0][2:] for r in rows} == set(RECIPE)
-    assert "e5x data prepare" in err and "msmarco_passage" in err
+    assert "| synthetic | not found |" in out  # the synthetic data comes from e5x synth + e5x clean
+    assert "e5x data prepare" in err and "msmarco_passage" in err and "no data at: synthetic" in err
+    assert err.count("\n") == 1
 
 
 def test_cli_data_list_and_errors(tmp_path, monkeypatch, capsys, shared_data) -> None:

@@ -10,7 +10,7 @@ pub mod validate;
 #[cfg(feature = "python")]
 mod python {
     use std::panic::{catch_unwind, AssertUnwindSafe};
-    use std::sync::Arc;
+    use std::sync::{Arc, Mutex, MutexGuard};
 
     use arrow_array::builder::BooleanBuilder;
     use arrow_array::cast::AsArray;
@@ -24,7 +24,7 @@ mod python {
     use rayon::prelude::*;
 
     use crate::dedup::{row_hash, Dedup};
-    use crate::render::Template;
+    use crate::render::{RenderError, Template};
     use crate::sample::{self, Alias};
     use crate::validate::{
         validate_row, validate_text_row, Reason, Rejection, SchemaSet, Scratch, Sink,
@@ -217,6 +217,42 @@ mod python {
                 )
             };
             Arc::new(arr)
+        }
+    }
+
+    /// This machine's physical memory in bytes (None where unknown). Sizes are checked
+    /// against it before allocating: a failed allocation aborts the whole interpreter.
+    fn physical_memory() -> Option<usize> {
+        #[cfg(target_os = "linux")]
+        {
+            // SAFETY: sysconf has no preconditions.
+            let (pages, size) = unsafe {
+                (
+                    libc::sysconf(libc::_SC_PHYS_PAGES),
+                    libc::sysconf(libc::_SC_PAGESIZE),
+                )
+            };
+            if pages > 0 && size > 0 {
+                return (pages as usize).checked_mul(size as usize);
+            }
+        }
+        None
+    }
+
+    /// A ValueError when `bytes` (None: overflowed) cannot fit in memory.
+    fn check_fits(bytes: Option<usize>, what: impl Fn() -> String) -> PyResult<()> {
+        let limit = physical_memory().unwrap_or(usize::MAX);
+        match bytes {
+            Some(b) if b <= limit => Ok(()),
+            _ => Err(PyValueError::new_err(format!(
+                "{} would need {}, more than this machine's {:.1} GiB of memory",
+                what(),
+                bytes.map_or(
+                    "more bytes than an address space holds".to_string(),
+                    |b| format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64)
+                ),
+                limit as f64 / (1u64 << 30) as f64
+            ))),
         }
     }
 
@@ -490,10 +526,7 @@ mod python {
                     }
                 }
             }
-            let casefold = match &dedup {
-                Some(d) => Some(d.try_borrow()?.inner.casefold),
-                None => None,
-            };
+            let casefold = dedup.as_ref().map(|d| d.get().casefold);
             let block = block_rows(n);
             let colmaps: Vec<(String, Vec<usize>)> = self
                 .names
@@ -652,7 +685,7 @@ mod python {
                     .iter_mut()
                     .flat_map(|s| s.dedup.take().map(|d| d.hashes).unwrap_or_default())
                     .collect();
-                dups = Some(d.try_borrow_mut()?.inner.insert_opt(&hashes).into_iter());
+                dups = Some(d.get().lock()?.insert_opt(&hashes).into_iter());
                 fields.push(Field::new("keep", DataType::Boolean, false));
                 fields.push(Field::new("duplicate_of", DataType::Int64, true));
             }
@@ -695,10 +728,22 @@ mod python {
 
     // ---------------------------------------------------------------- dedup
 
-    /// Keep-first exact dedup whose state persists across batches.
-    #[pyclass(module = "e5x._native")]
+    /// Keep-first exact dedup whose state persists across batches. Safe to share between
+    /// threads: calls take turns on a mutex, waiting without the GIL.
+    #[pyclass(module = "e5x._native", frozen)]
     struct Deduplicator {
-        inner: Dedup,
+        casefold: bool,
+        inner: Mutex<Dedup>,
+    }
+
+    impl Deduplicator {
+        fn lock(&self) -> PyResult<MutexGuard<'_, Dedup>> {
+            self.inner.lock().map_err(|_| {
+                PyRuntimeError::new_err(
+                    "this Deduplicator is unusable: an internal error interrupted an earlier add",
+                )
+            })
+        }
     }
 
     #[pymethods]
@@ -707,31 +752,32 @@ mod python {
         #[pyo3(signature = (casefold=false))]
         fn new(casefold: bool) -> Self {
             Deduplicator {
-                inner: Dedup::new(casefold),
+                casefold,
+                inner: Mutex::new(Dedup::new(casefold)),
             }
         }
 
         #[getter]
         fn casefold(&self) -> bool {
-            self.inner.casefold
+            self.casefold
         }
 
         /// Rows added so far (all batches).
         #[getter]
-        fn seen(&self) -> u64 {
-            self.inner.seen
+        fn seen(&self, py: Python<'_>) -> PyResult<u64> {
+            py.detach(|| Ok(self.lock()?.seen))
         }
 
         /// Distinct keys kept so far.
         #[getter]
-        fn unique(&self) -> usize {
-            self.inner.unique()
+        fn unique(&self, py: Python<'_>) -> PyResult<usize> {
+            py.detach(|| Ok(self.lock()?.unique()))
         }
 
         /// Add a batch given as string columns (all the same length). Returns an Int64
         /// column: the global index of the first occurrence for dropped rows, else null.
         fn add(
-            &mut self,
+            &self,
             py: Python<'_>,
             names: Vec<String>,
             columns: Vec<PyChunkedArray>,
@@ -753,17 +799,18 @@ mod python {
                     c.name, c.len
                 )));
             }
-            let inner = &mut self.inner;
+            // The lock is taken without the GIL, so a thread waiting for it never blocks
+            // the one holding it.
             let dup = py.detach(|| {
+                let mut inner = self.lock()?;
                 catch_unwind(AssertUnwindSafe(|| {
                     let hashes = inner.hash_rows(n, cols.len(), |row, out| {
                         out.extend(cols.iter().map(|c| c.str(row)));
                     });
                     inner.insert(&hashes)
                 }))
-            });
-            let dup =
-                dup.map_err(|_| PyRuntimeError::new_err("internal error in Deduplicator.add"))?;
+                .map_err(|_| PyRuntimeError::new_err("internal error in Deduplicator.add"))
+            })?;
             let arr: ArrayRef = Arc::new(
                 dup.into_iter()
                     .map(|d| d.map(|x| x as i64))
@@ -805,6 +852,9 @@ mod python {
                     .map_err(|e| PyValueError::new_err(format!("placeholder '{name}': {e}")))?,
             );
         }
+        check_fits(sample::peak_bytes(n, names.len()), || {
+            format!("drawing n={n} rows of {} placeholder(s)", names.len())
+        })?;
         let idx = py.detach(|| sample::draw(&tables, n, seed));
         let mut cols: Vec<ArrayRef> = Vec::with_capacity(names.len());
         let mut fields = Vec::with_capacity(names.len());
@@ -891,9 +941,32 @@ mod python {
             }
             cols.push(col);
         }
-        let out = py.detach(|| tpl.render(n, sample::BLOCK, |v, row| cols[v].str(row)));
-        let chunks = out.map_err(|(row, v)| {
-            PyValueError::new_err(format!("row {row}: placeholder '{}' is null", tpl.names[v]))
+        // Measured first: a block's text must fit the u32 offsets of a string view, and
+        // the whole output (plus a 16-byte view per row) must fit in memory.
+        let limit = physical_memory().unwrap_or(usize::MAX);
+        let out = py.detach(|| {
+            tpl.render_within(
+                n,
+                sample::BLOCK,
+                u32::MAX as usize,
+                limit.saturating_sub(n.saturating_mul(16)),
+                |v, row| cols[v].str(row),
+            )
+        });
+        let chunks = out.map_err(|e| match e {
+            RenderError::Null { row, var } => PyValueError::new_err(format!(
+                "row {row}: placeholder '{}' is null",
+                tpl.names[var]
+            )),
+            RenderError::BlockTooLarge { lo, hi, bytes } => PyValueError::new_err(format!(
+                "rows {lo}..{hi} render to {bytes} bytes; one block of rendered rows holds at \
+                 most 4 GiB (render fewer or shorter rows at a time)"
+            )),
+            RenderError::TotalTooLarge { bytes } => PyValueError::new_err(format!(
+                "rendering {n} rows would need {:.1} GiB, more than this machine's {:.1} GiB of memory",
+                bytes as f64 / (1u64 << 30) as f64,
+                limit as f64 / (1u64 << 30) as f64
+            )),
         })?;
         // One Utf8View array whose data buffers are the rendered blocks.
         let mut views = Vec::with_capacity(n);
@@ -913,9 +986,6 @@ mod python {
                     (b.len() as u128) | (prefix << 32) | (bi << 64) | ((s as u128) << 96)
                 };
                 views.push(view);
-            }
-            if data.len() > u32::MAX as usize {
-                return Err(PyValueError::new_err("rendered block exceeds 4 GiB"));
             }
             buffers.push(Buffer::from_vec(data));
         }

@@ -71,29 +71,80 @@ impl Template {
         Ok(Template { segs, names })
     }
 
-    /// Render `n` rows. `get(var, row)` returns the value of placeholder `var` in `row`
-    /// (None = null, an error naming the row). Output: one (offsets, data) chunk per
-    /// block of rows, so large outputs never need one contiguous buffer.
-    pub fn render<'a, F>(
-        &self,
-        n: usize,
-        block: usize,
-        get: F,
-    ) -> Result<Vec<Block>, (usize, usize)>
+    /// Bytes each block of `block` rows renders to (saturating), without rendering.
+    /// `get(var, row)` is as in [`Template::render`]; a null is an error naming it.
+    pub fn measure<'a, F>(&self, n: usize, block: usize, get: &F) -> Result<Vec<usize>, RenderError>
     where
         F: Fn(usize, usize) -> Option<&'a str> + Sync,
     {
+        let block = block.max(1);
         let lit_len: usize = self
             .segs
             .iter()
             .map(|s| if let Seg::Lit(l) = s { l.len() } else { 0 })
             .sum();
-        (0..n.div_ceil(block.max(1)))
+        (0..n.div_ceil(block))
             .into_par_iter()
             .map(|b| {
                 let (lo, hi) = (b * block, ((b + 1) * block).min(n));
+                let mut bytes = lit_len.saturating_mul(hi - lo);
+                for row in lo..hi {
+                    for s in &self.segs {
+                        if let Seg::Var(v) = s {
+                            let x = get(*v, row).ok_or(RenderError::Null { row, var: *v })?;
+                            bytes = bytes.saturating_add(x.len());
+                        }
+                    }
+                }
+                Ok(bytes)
+            })
+            .collect()
+    }
+
+    /// Render `n` rows. `get(var, row)` returns the value of placeholder `var` in `row`
+    /// (None = null, an error naming the row). Output: one (offsets, data) chunk per
+    /// block of rows, so large outputs never need one contiguous buffer.
+    pub fn render<'a, F>(&self, n: usize, block: usize, get: F) -> Result<Vec<Block>, RenderError>
+    where
+        F: Fn(usize, usize) -> Option<&'a str> + Sync,
+    {
+        self.render_within(n, block, usize::MAX, usize::MAX, get)
+    }
+
+    /// [`Template::render`], but first measured: a block over `max_block` bytes or an
+    /// output over `max_total` bytes (text plus 8 bytes of offset per row) is an error
+    /// before anything is built, and every block is allocated once at its exact size.
+    pub fn render_within<'a, F>(
+        &self,
+        n: usize,
+        block: usize,
+        max_block: usize,
+        max_total: usize,
+        get: F,
+    ) -> Result<Vec<Block>, RenderError>
+    where
+        F: Fn(usize, usize) -> Option<&'a str> + Sync,
+    {
+        let block = block.max(1);
+        let sizes = self.measure(n, block, &get)?;
+        let mut total = n.saturating_mul(8);
+        for (b, &bytes) in sizes.iter().enumerate() {
+            if bytes > max_block {
+                let (lo, hi) = (b * block, ((b + 1) * block).min(n));
+                return Err(RenderError::BlockTooLarge { lo, hi, bytes });
+            }
+            total = total.saturating_add(bytes);
+        }
+        if total > max_total {
+            return Err(RenderError::TotalTooLarge { bytes: total });
+        }
+        sizes
+            .par_iter()
+            .enumerate()
+            .map(|(b, &bytes)| {
+                let (lo, hi) = (b * block, ((b + 1) * block).min(n));
                 let mut offsets = Vec::with_capacity(hi - lo + 1);
-                let mut data = Vec::with_capacity((hi - lo) * (lit_len + 16));
+                let mut data = Vec::with_capacity(bytes);
                 offsets.push(0i64);
                 for row in lo..hi {
                     for s in &self.segs {
@@ -101,7 +152,7 @@ impl Template {
                             Seg::Lit(l) => data.extend_from_slice(l.as_bytes()),
                             Seg::Var(v) => match get(*v, row) {
                                 Some(x) => data.extend_from_slice(x.as_bytes()),
-                                None => return Err((row, *v)),
+                                None => return Err(RenderError::Null { row, var: *v }),
                             },
                         }
                     }
@@ -111,6 +162,17 @@ impl Template {
             })
             .collect()
     }
+}
+
+/// Why rendering stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RenderError {
+    /// Placeholder `var` (index into `names`) is null in `row`.
+    Null { row: usize, var: usize },
+    /// Rows `lo..hi` render to `bytes`, more than one block may hold.
+    BlockTooLarge { lo: usize, hi: usize, bytes: usize },
+    /// The whole output would take `bytes`, more than allowed.
+    TotalTooLarge { bytes: usize },
 }
 
 #[cfg(test)]
@@ -150,7 +212,34 @@ mod tests {
         assert_eq!(
             t.render(3, 2, |_, r| if r == 2 { None } else { Some("v") })
                 .unwrap_err(),
-            (2, 0)
+            RenderError::Null { row: 2, var: 0 }
+        );
+    }
+
+    #[test]
+    fn sizes_are_checked_before_building() {
+        let t = Template::parse("ab{x}{x}").unwrap();
+        let vals = ["", "c", "dddd", "ee", "f"];
+        let get = |_: usize, r: usize| Some(vals[r]);
+        assert_eq!(t.measure(5, 2, &get).unwrap(), vec![6, 16, 4]);
+        // Text 26 bytes + 8 bytes of offset per row.
+        let out = t.render_within(5, 2, 16, 26 + 40, get).unwrap();
+        assert_eq!(
+            out.iter().map(|b| b.1.len()).collect::<Vec<_>>(),
+            vec![6, 16, 4]
+        );
+        assert!(out.iter().all(|b| b.1.capacity() == b.1.len()));
+        assert_eq!(
+            t.render_within(5, 2, 15, usize::MAX, get).unwrap_err(),
+            RenderError::BlockTooLarge {
+                lo: 2,
+                hi: 4,
+                bytes: 16
+            }
+        );
+        assert_eq!(
+            t.render_within(5, 2, 16, 26 + 39, get).unwrap_err(),
+            RenderError::TotalTooLarge { bytes: 26 + 40 }
         );
     }
 

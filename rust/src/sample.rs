@@ -105,6 +105,14 @@ fn rng_for_block(seed: u64, block: u64) -> ChaCha8Rng {
     rng
 }
 
+/// Bytes `draw` and the Arrow views built from it hold at the peak for `n` rows of `k`
+/// placeholders (4-byte draws twice: blocks, then columns; a 16-byte view per cell), or
+/// None when that overflows. Callers check it before drawing: an allocation failure
+/// would abort the process.
+pub fn peak_bytes(n: usize, k: usize) -> Option<usize> {
+    n.checked_mul(k)?.checked_mul(24)
+}
+
 /// Draw `n` rows; returns one index vector per table (placeholder).
 pub fn draw(tables: &[Alias], n: usize, seed: u64) -> Vec<Vec<u32>> {
     let k = tables.len();
@@ -172,6 +180,13 @@ mod tests {
             .build()
             .unwrap();
         assert_eq!(pool.install(|| draw(&t, 10_000, 42)), a);
+    }
+
+    #[test]
+    fn peak_bytes_counts_and_overflows() {
+        assert_eq!(peak_bytes(1000, 3), Some(72_000));
+        assert_eq!(peak_bytes(1 << 50, 1), Some(24 << 50));
+        assert_eq!(peak_bytes(usize::MAX / 2, 3), None);
     }
 
     #[test]

@@ -33,17 +33,23 @@ def run(args: argparse.Namespace) -> int:
             cfg.max_steps = args.max_steps
         if args.no_resume:
             cfg.resume = False
-        stats = cfg.validate(allow_unprepared=args.check)
+        stats = cfg.validate(allow_missing=args.check)
         report = data_plan(cfg, stats) if args.check else ""
     except (ConfigError, DataError) as exc:
         print(f"e5x train: error: {exc}", file=sys.stderr)
         return 2
     if args.check:
         unprepared = [s.dataset for s in cfg.sources if s.unprepared]
-        if unprepared:
+        absent = [f"{s.label} ({s.path})" for s in cfg.sources if s.missing and not s.dataset]
+        if unprepared or absent:
             print(report)
-            print(f"e5x train: {len(unprepared)} dataset source(s) not prepared yet: {', '.join(unprepared)}; "
-                  f"prepare them with: e5x data prepare {args.config}", file=sys.stderr)  # fmt: skip
+            problems = []
+            if unprepared:
+                problems.append(f"{len(unprepared)} dataset source(s) not prepared yet: {', '.join(unprepared)}; "
+                                f"prepare them with: e5x data prepare {args.config}")  # fmt: skip
+            if absent:
+                problems.append(f"no data at: {', '.join(absent)}")
+            print(f"e5x train: {'; '.join(problems)}", file=sys.stderr)
             return 2
         print(f"{args.config}: OK\n{report}")
         return 0
@@ -95,13 +101,16 @@ def data_plan(cfg: Any, stats: list[Any]) -> str:
             instruction = source.instruction if len(source.instruction) <= 48 else source.instruction[:45] + "..."
         elif source.dataset:
             instruction = _registry_instructions(source)
-        elif st is not None and st.without_instruction:
+        elif st is None:
+            instruction = "per row"
+        elif st.without_instruction:
             instruction = f"none on {st.without_instruction:,} rows"
             bare.append(source.label)
         else:
             instruction = "per row"
         if st is None:
-            lines.append(f"| {source.label} | not prepared | {source.ratio:g} | | | | {instruction} |")
+            state = "not prepared" if source.dataset else "not found"
+            lines.append(f"| {source.label} | {state} | {source.ratio:g} | | | | {instruction} |")
             continue
         lines.append(f"| {source.label} | {st.rows:,} | {source.ratio:g} | {counts[i]:,} | {counts[i] / epoch:.1%} "
                      f"| {st.with_negative / st.rows:.1%} | {instruction} |")  # fmt: skip

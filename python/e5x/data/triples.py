@@ -54,6 +54,17 @@ class Source:
         """A registered dataset whose triples have not been prepared yet."""
         return bool(self.dataset) and not Path(self.path).is_file()
 
+    @property
+    def missing(self) -> bool:
+        """No data yet: a registered dataset not prepared, or no Parquet file at ``path``."""
+        if self.dataset:
+            return self.unprepared
+        try:
+            _files(self.path)
+        except DataError:
+            return True
+        return False
+
 
 def _files(path: str) -> list[Path]:
     p = Path(path)

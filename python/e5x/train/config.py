@@ -114,10 +114,11 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def validate(self, *, allow_unprepared: bool = False) -> list[SourceStats | None]:
+    def validate(self, *, allow_missing: bool = False) -> list[SourceStats | None]:
         """Check everything that can be checked without loading a model; returns each
-        source's row counts (None for a registered dataset not prepared yet, which is an
-        error naming every such source unless ``allow_unprepared``)."""
+        source's row counts. A source without data yet (a registered dataset not prepared,
+        or no file at its path) is an error, naming every unprepared dataset and how to
+        prepare them, unless ``allow_missing`` (its stats are then None)."""
         from e5x.data.triples import DataError, check_source
 
         if not self.sources:
