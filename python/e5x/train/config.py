@@ -127,7 +127,7 @@ class TrainConfig:
             if not s.path:
                 raise ConfigError(f"[sources[{i}]] needs a path (training triples) or a dataset (e5x data list)")
         unprepared = [s.dataset for s in self.sources if s.unprepared]
-        if unprepared and not allow_unprepared:
+        if unprepared and not allow_missing:
             raise ConfigError(f"{len(unprepared)} dataset source(s) not prepared yet: {', '.join(unprepared)} "
                               f"(e5x data prepare CONFIG.toml fetches and converts them)")  # fmt: skip
         positive = {
@@ -166,7 +166,7 @@ class TrainConfig:
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"{key} must be one of {allowed}, got {getattr(self, key)!r}")
         try:
-            return [None if s.unprepared else check_source(s) for s in self.sources]
+            return [None if allow_missing and s.missing else check_source(s) for s in self.sources]
         except DataError as exc:
             raise ConfigError(str(exc)) from None
 
