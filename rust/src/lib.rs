@@ -3,6 +3,7 @@
 //! maturin enables), so `cargo test` never needs libpython.
 
 pub mod dedup;
+pub mod quality;
 pub mod render;
 pub mod sample;
 pub mod validate;
@@ -14,7 +15,7 @@ mod python {
 
     use arrow_array::builder::BooleanBuilder;
     use arrow_array::cast::AsArray;
-    use arrow_array::types::StringViewType;
+    use arrow_array::types::{Int64Type, StringViewType};
     use arrow_array::{Array, ArrayRef, GenericByteViewArray, Int64Array, RecordBatch};
     use arrow_buffer::{Buffer, NullBuffer, ScalarBuffer};
     use arrow_schema::{DataType, Field, Schema as ArrowSchema};
@@ -24,6 +25,7 @@ mod python {
     use rayon::prelude::*;
 
     use crate::dedup::{row_hash, Dedup};
+    use crate::quality::{self, FieldPlan, GateScratch, QualityConfig, RowCtx, TypePlan};
     use crate::render::{RenderError, Template};
     use crate::sample::{self, Alias};
     use crate::validate::{
@@ -412,6 +414,142 @@ mod python {
         hashes: Vec<Option<u128>>,
     }
 
+    // ---------------------------------------------------------------- quality gate
+
+    /// (task type, prompt template, [(field, language part or -1)]).
+    type TypeSpec = (String, String, Vec<(String, i64)>);
+
+    /// Checks and per-task-type plans of the quality gate (crate::quality).
+    #[pyclass(module = "e5x._native", frozen)]
+    struct QualityGate {
+        cfg: QualityConfig,
+        plans: Vec<(String, Vec<String>, TypePlan)>,
+    }
+
+    #[pymethods]
+    impl QualityGate {
+        /// `checks`: (name, threshold; NaN = default) of the checks to run. `types`: per
+        /// task type (name, prompt template, [(field, language part or -1)]).
+        #[new]
+        fn new(checks: Vec<(String, f64)>, types: Vec<TypeSpec>) -> PyResult<Self> {
+            let cfg = QualityConfig::from_pairs(&checks).map_err(PyValueError::new_err)?;
+            let plans = types
+                .into_iter()
+                .map(|(name, template, fields)| {
+                    let names: Vec<String> = fields.iter().map(|f| f.0.clone()).collect();
+                    let fp = fields
+                        .iter()
+                        .map(|f| FieldPlan {
+                            lang_part: usize::try_from(f.1).ok(),
+                        })
+                        .collect();
+                    (name, names, TypePlan::new(&template, fp, &cfg))
+                })
+                .collect();
+            Ok(QualityGate { cfg, plans })
+        }
+
+        /// The checks that run, with their thresholds.
+        #[getter]
+        fn checks(&self) -> Vec<(&'static str, f64)> {
+            let c = &self.cfg;
+            let all = [
+                ("format_residue", c.format_residue),
+                ("degenerate", c.degenerate),
+                ("prompt_echo", c.prompt_echo.map(|n| n as f64)),
+                ("too_few_words", c.too_few_words),
+                ("wrong_language", c.wrong_language),
+            ];
+            all.into_iter()
+                .filter_map(|(n, v)| v.map(|v| (n, v)))
+                .collect()
+        }
+    }
+
+    /// Why each task definition is not one (None = it is), see quality::task_problem.
+    #[pyfunction]
+    #[pyo3(signature = (tasks, min_words=4))]
+    fn task_problems(tasks: Vec<String>, min_words: usize) -> Vec<Option<String>> {
+        tasks
+            .iter()
+            .map(|t| quality::task_problem(t, min_words))
+            .collect()
+    }
+
+    /// A nullable Int64 column read by global row index.
+    struct IntCol {
+        chunks: Vec<ArrayRef>,
+        starts: Vec<usize>,
+        len: usize,
+    }
+
+    impl IntCol {
+        fn from_py(name: &str, col: PyChunkedArray) -> PyResult<IntCol> {
+            let (chunks, _) = col.into_inner();
+            let mut starts = Vec::with_capacity(chunks.len());
+            let mut len = 0;
+            for c in &chunks {
+                if !matches!(c.data_type(), DataType::Int64 | DataType::Null) {
+                    return Err(PyTypeError::new_err(format!(
+                        "column '{name}' must hold Int64, got Arrow type {}",
+                        c.data_type()
+                    )));
+                }
+                starts.push(len);
+                len += c.len();
+            }
+            Ok(IntCol {
+                chunks,
+                starts,
+                len,
+            })
+        }
+
+        #[inline]
+        fn get(&self, row: usize) -> Option<u32> {
+            let k = self.starts.partition_point(|&s| s <= row) - 1;
+            let (c, i) = (&self.chunks[k], row - self.starts[k]);
+            if c.is_null(i) || c.data_type() == &DataType::Null {
+                return None;
+            }
+            let v = c.as_primitive::<Int64Type>().value(i);
+            Some(v.clamp(0, u32::MAX as i64) as u32)
+        }
+    }
+
+    /// Runs the quality gate on rows the validator accepts, then hands them on.
+    struct GateSink<'a> {
+        inner: &'a mut ChunkSink,
+        cfg: &'a QualityConfig,
+        plan: Option<&'a (String, Vec<String>, TypePlan)>,
+        min_words: &'a [Option<u32>],
+        ctx: RowCtx<'a>,
+        scratch: &'a mut GateScratch,
+    }
+
+    impl Sink for GateSink<'_> {
+        fn accept(&mut self, json: &str, extracted: bool, values: &[Option<&str>]) {
+            if let Some((_, names, plan)) = self.plan {
+                if let Some(r) = quality::check_row(
+                    self.cfg,
+                    plan,
+                    names,
+                    values,
+                    self.min_words,
+                    self.ctx,
+                    self.scratch,
+                ) {
+                    return self.inner.reject(r, extracted);
+                }
+            }
+            self.inner.accept(json, extracted, values)
+        }
+
+        fn reject(&mut self, rej: Rejection, extracted: bool) {
+            self.inner.reject(rej, extracted)
+        }
+    }
+
     /// Task-type schemas compiled once; validate many batches with them.
     #[pyclass(module = "e5x._native", frozen)]
     struct Validator {
@@ -449,8 +587,11 @@ mod python {
 
         /// Validate `texts` (strings or binary); `task_types` is one name or a column.
         /// With `dedup`, accepted rows are also deduplicated on `dedup_fields` in the
-        /// same pass (every input row counts as seen by the deduplicator).
-        #[pyo3(signature = (texts, task_types, extract=false, unpack=false, json=true, dedup=None, dedup_fields=None))]
+        /// same pass (every input row counts as seen by the deduplicator). With `gate`,
+        /// accepted rows also pass the quality gate, given per row the task definition
+        /// (`gate_tasks`), the requested language(s) (`gate_languages`) and per field the
+        /// words the request asked for (`gate_min_words`: (field, Int64 column)).
+        #[pyo3(signature = (texts, task_types, extract=false, unpack=false, json=true, dedup=None, dedup_fields=None, gate=None, gate_tasks=None, gate_languages=None, gate_min_words=None))]
         #[allow(clippy::too_many_arguments)]
         fn validate(
             &self,
@@ -462,8 +603,37 @@ mod python {
             json: bool,
             dedup: Option<Bound<'_, Deduplicator>>,
             dedup_fields: Option<Vec<String>>,
+            gate: Option<Bound<'_, QualityGate>>,
+            gate_tasks: Option<PyChunkedArray>,
+            gate_languages: Option<PyChunkedArray>,
+            gate_min_words: Option<Vec<(String, PyChunkedArray)>>,
         ) -> PyResult<PyTable> {
             let texts = StrCol::from_py("texts", texts, true)?;
+            let gate = gate.as_ref().map(|g| g.get());
+            let gate_tasks = gate_tasks
+                .map(|c| StrCol::from_py("gate_tasks", c, false))
+                .transpose()?;
+            let gate_langs = gate_languages
+                .map(|c| StrCol::from_py("gate_languages", c, false))
+                .transpose()?;
+            let mut gate_min: Vec<(String, IntCol)> = Vec::new();
+            for (f, c) in gate_min_words.unwrap_or_default() {
+                let col = IntCol::from_py(&format!("gate_min_words[{f}]"), c)?;
+                gate_min.push((f, col));
+            }
+            for (name, len) in gate_tasks
+                .iter()
+                .map(|c| ("gate_tasks", c.len))
+                .chain(gate_langs.iter().map(|c| ("gate_languages", c.len)))
+                .chain(gate_min.iter().map(|(_, c)| ("gate_min_words", c.len)))
+            {
+                if len != texts.len {
+                    return Err(PyValueError::new_err(format!(
+                        "{name} has {len} rows but texts has {}",
+                        texts.len
+                    )));
+                }
+            }
             let tasks = if let Ok(s) = task_types.extract::<String>() {
                 Tasks::One(s)
             } else {
@@ -587,7 +757,13 @@ mod python {
                             DataType::Utf8View | DataType::Utf8 | DataType::LargeUtf8
                         );
                         let mut scratch = Scratch::new(!json);
+                        let mut gate_scratch = GateScratch::default();
                         let mut last_task: Option<String> = None;
+                        let mut gate_plan = None;
+                        // Per field of the row's schema: the column of its minimum words.
+                        let mut min_cols: Vec<Option<usize>> = Vec::new();
+                        let mut min_words: Vec<Option<u32>> = Vec::new();
+                        let mut last_gate_task: Option<String> = None;
                         for row in lo..hi {
                             let task = match &tasks {
                                 Tasks::One(s) => Some(s.as_str()),
@@ -608,6 +784,26 @@ mod python {
                                 last_task = task.map(str::to_string);
                             }
                             let schema = task.and_then(|t| set.get(t));
+                            if let Some(g) = gate {
+                                if task != last_gate_task.as_deref() {
+                                    gate_plan =
+                                        task.and_then(|t| g.plans.iter().find(|p| p.0 == t));
+                                    min_cols = gate_plan
+                                        .map(|p| {
+                                            p.1.iter()
+                                                .map(|f| gate_min.iter().position(|m| &m.0 == f))
+                                                .collect()
+                                        })
+                                        .unwrap_or_default();
+                                    last_gate_task = task.map(str::to_string);
+                                }
+                                min_words.clear();
+                                min_words.extend(
+                                    min_cols
+                                        .iter()
+                                        .map(|c| c.and_then(|c| gate_min[c].1.get(row))),
+                                );
+                            }
                             let text = texts.bytes(row);
                             sink.row = match (views, text) {
                                 (Some(v), Some(t)) if t.len() > 12 => {
@@ -623,30 +819,37 @@ mod python {
                             };
                             let before = sink.ok.len();
                             let res = catch_unwind(AssertUnwindSafe(|| {
+                                let mut gated;
+                                let sink: &mut dyn Sink = match gate {
+                                    Some(g) => {
+                                        gated = GateSink {
+                                            inner: &mut sink,
+                                            cfg: &g.cfg,
+                                            plan: gate_plan,
+                                            min_words: &min_words,
+                                            ctx: RowCtx {
+                                                task: gate_tasks.as_ref().and_then(|c| c.str(row)),
+                                                language: gate_langs
+                                                    .as_ref()
+                                                    .and_then(|c| c.str(row)),
+                                            },
+                                            scratch: &mut gate_scratch,
+                                        };
+                                        &mut gated
+                                    }
+                                    None => &mut sink,
+                                };
                                 if text_is_str {
                                     // Arrow strings are UTF-8 already: no second check.
                                     let t = texts.str(row);
-                                    validate_text_row(
-                                        t,
-                                        schema,
-                                        task,
-                                        extract,
-                                        &mut scratch,
-                                        &mut sink,
-                                    )
+                                    validate_text_row(t, schema, task, extract, &mut scratch, sink)
                                 } else {
-                                    validate_row(
-                                        text,
-                                        schema,
-                                        task,
-                                        extract,
-                                        &mut scratch,
-                                        &mut sink,
-                                    )
+                                    validate_row(text, schema, task, extract, &mut scratch, sink)
                                 }
                             }));
                             if res.is_err() && sink.ok.len() == before {
                                 scratch = Scratch::new(!json);
+                                gate_scratch = GateScratch::default();
                                 sink.reject(
                                     Rejection {
                                         reason: Reason::InternalError,
@@ -1013,6 +1216,8 @@ mod python {
         m.add("MAX_TEXT_BYTES", crate::validate::MAX_TEXT_BYTES)?;
         m.add_class::<Validator>()?;
         m.add_class::<Deduplicator>()?;
+        m.add_class::<QualityGate>()?;
+        m.add_function(wrap_pyfunction!(task_problems, m)?)?;
         m.add_function(wrap_pyfunction!(sample_placeholders, m)?)?;
         m.add_function(wrap_pyfunction!(render, m)?)?;
         m.add_function(wrap_pyfunction!(template_names, m)?)?;

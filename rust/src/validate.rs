@@ -40,6 +40,13 @@ pub enum Reason {
     NotJson,
     UnknownTaskType,
     InternalError,
+    // Quality gate (crate::quality), in its precedence order; only valid rows get them.
+    FormatResidue,
+    Degenerate,
+    PromptEcho,
+    TooFewWords,
+    WrongLanguage,
+    NotATask,
 }
 
 impl Reason {
@@ -64,10 +71,16 @@ impl Reason {
             Reason::NotJson => "not_json",
             Reason::UnknownTaskType => "unknown_task_type",
             Reason::InternalError => "internal_error",
+            Reason::FormatResidue => "format_residue",
+            Reason::Degenerate => "degenerate",
+            Reason::PromptEcho => "prompt_echo",
+            Reason::TooFewWords => "too_few_words",
+            Reason::WrongLanguage => "wrong_language",
+            Reason::NotATask => "not_a_task",
         }
     }
 
-    pub const ALL: [Reason; 19] = [
+    pub const ALL: [Reason; 25] = [
         Reason::NotAnObject,
         Reason::UnexpectedField,
         Reason::MissingField,
@@ -87,6 +100,12 @@ impl Reason {
         Reason::NotJson,
         Reason::UnknownTaskType,
         Reason::InternalError,
+        Reason::FormatResidue,
+        Reason::Degenerate,
+        Reason::PromptEcho,
+        Reason::TooFewWords,
+        Reason::WrongLanguage,
+        Reason::NotATask,
     ];
 }
 

@@ -1,0 +1,1065 @@
+//! The quality gate: checks that an answer which is valid JSON of the right shape is also
+//! usable training text. It runs inside the fused validate pass on the unpacked values of
+//! each accepted row, so an answer is read once.
+//!
+//! Checks, in precedence order (the first that fires is the row's reason):
+//!
+//! | code             | knob (default)           | fires when                                        |
+//! |------------------|--------------------------|---------------------------------------------------|
+//! | `format_residue` | symbol share (0.5)       | an unfilled/invented placeholder (`{language}`,   |
+//! |                  |                          | `[X]`, `%s`, `{{`), a JSON fragment (`"key":`,    |
+//! |                  |                          | a bare `{...}`), a stand-in value ("string",      |
+//! |                  |                          | "N/A", lorem ipsum), or more than the knob's      |
+//! |                  |                          | share of the field's characters are ASCII digits  |
+//! |                  |                          | or punctuation                                    |
+//! | `degenerate`     | top-word share (0.5)     | one word is more than the knob's share of the     |
+//! |                  |                          | field's words, distinct words are fewer than      |
+//! |                  |                          | (1 - knob) of them, or fewer than 4 distinct      |
+//! |                  |                          | characters make up 10+ characters                 |
+//! | `prompt_echo`    | span in words (8)        | the field shares a span of that many words with   |
+//! |                  |                          | the task type's template or the row's task, or    |
+//! |                  |                          | the whole field (4+ words) occurs in either       |
+//! | `too_few_words`  | ratio (0.5)              | fewer words than ratio x the words the request    |
+//! |                  |                          | asked for (per-row minimum, given by the caller)  |
+//! | `wrong_language` | min confidence (0.5)     | whatlang names another language than requested    |
+//! |                  |                          | with at least that confidence (it abstains below, |
+//! |                  |                          | on short text and on languages it does not know)  |
+//!
+//! Words are runs of alphanumeric characters (and `_`), compared with ASCII case folded.
+//! Per-word checks (echo spans, word shares) read a bounded window of each field (its
+//! first [`WINDOW_WORDS`] words) and whole-field counts (word count, symbol share,
+//! placeholders) read all of it: this keeps the gate's cost flat in document length.
+//!
+//! [`task_problem`] is the `not_a_task` check of brainstormed task definitions.
+
+use std::collections::HashSet;
+
+use crate::validate::{Reason, Rejection};
+
+/// Words per field read by the per-word checks.
+pub const WINDOW_WORDS: usize = 48;
+/// Bytes per field (char-aligned) handed to language identification.
+pub const LANG_WINDOW_BYTES: usize = 160;
+/// Letters a language part needs before language identification is trusted.
+pub const LANG_MIN_LETTERS: usize = 24;
+/// Shortest field (in words) that counts as echoed when it occurs whole in the prompt.
+pub const ECHO_MIN_WHOLE: usize = 4;
+
+/// Which checks run, with their thresholds (`None` = off).
+#[derive(Clone, Debug, PartialEq)]
+pub struct QualityConfig {
+    /// Reject a shared span of at least this many words (>= ECHO_MIN_WHOLE; smaller = stricter).
+    pub prompt_echo: Option<usize>,
+    /// Max share of ASCII digits + punctuation among non-space characters (smaller = stricter).
+    pub format_residue: Option<f64>,
+    /// Minimum share of the requested words (larger = stricter).
+    pub too_few_words: Option<f64>,
+    /// Max share of the most frequent word (in [0.25, 1]; smaller = stricter).
+    pub degenerate: Option<f64>,
+    /// Confidence at which a detected language counts (smaller = stricter).
+    pub wrong_language: Option<f64>,
+}
+
+impl Default for QualityConfig {
+    fn default() -> Self {
+        QualityConfig {
+            prompt_echo: Some(8),
+            format_residue: Some(0.5),
+            too_few_words: Some(0.5),
+            degenerate: Some(0.5),
+            wrong_language: Some(0.5),
+        }
+    }
+}
+
+/// Names of the checks as `QualityConfig::from_pairs` takes them (precedence order).
+pub const CHECKS: [&str; 5] = [
+    "format_residue",
+    "degenerate",
+    "prompt_echo",
+    "too_few_words",
+    "wrong_language",
+];
+
+impl QualityConfig {
+    /// All checks off.
+    pub fn off() -> Self {
+        QualityConfig {
+            prompt_echo: None,
+            format_residue: None,
+            too_few_words: None,
+            degenerate: None,
+            wrong_language: None,
+        }
+    }
+
+    /// Checks given as (name, threshold); a NaN threshold means "on, default threshold".
+    /// Checks not named are off. Errors name the bad entry.
+    pub fn from_pairs(pairs: &[(String, f64)]) -> Result<Self, String> {
+        let d = QualityConfig::default();
+        let mut c = QualityConfig::off();
+        for (name, v) in pairs {
+            let v = *v;
+            let given = !v.is_nan();
+            let range = |lo: f64, hi: f64| -> Result<f64, String> {
+                if !(lo..=hi).contains(&v) {
+                    Err(format!(
+                        "quality check {name}: threshold {v} is outside [{lo}, {hi}]"
+                    ))
+                } else {
+                    Ok(v)
+                }
+            };
+            match name.as_str() {
+                "prompt_echo" => {
+                    c.prompt_echo = if given {
+                        if v.fract() != 0.0 {
+                            return Err(format!(
+                                "quality check prompt_echo: threshold {v} must be a whole number of words"
+                            ));
+                        }
+                        Some(range(ECHO_MIN_WHOLE as f64, 64.0)? as usize)
+                    } else {
+                        d.prompt_echo
+                    }
+                }
+                "format_residue" => {
+                    c.format_residue = if given {
+                        Some(range(0.0, 1.0)?)
+                    } else {
+                        d.format_residue
+                    }
+                }
+                "too_few_words" => {
+                    c.too_few_words = if given {
+                        Some(range(0.0, 1.0)?)
+                    } else {
+                        d.too_few_words
+                    }
+                }
+                "degenerate" => {
+                    c.degenerate = if given {
+                        Some(range(0.25, 1.0)?)
+                    } else {
+                        d.degenerate
+                    }
+                }
+                "wrong_language" => {
+                    c.wrong_language = if given {
+                        Some(range(0.0, 1.0)?)
+                    } else {
+                        d.wrong_language
+                    }
+                }
+                other => {
+                    return Err(format!(
+                        "unknown quality check '{other}' (known: {})",
+                        CHECKS.join(", ")
+                    ))
+                }
+            }
+        }
+        Ok(c)
+    }
+
+    pub fn any(&self) -> bool {
+        self.prompt_echo.is_some()
+            || self.format_residue.is_some()
+            || self.too_few_words.is_some()
+            || self.degenerate.is_some()
+            || self.wrong_language.is_some()
+    }
+}
+
+// ------------------------------------------------------------------------------ words
+
+#[inline]
+fn is_word_char(c: char) -> bool {
+    c.is_alphanumeric() || c == '_'
+}
+
+/// FNV-1a over the word's chars, ASCII case folded.
+#[inline]
+fn word_hash(w: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in w.bytes() {
+        h ^= b.to_ascii_lowercase() as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    // Never 0: 0 marks an empty slot in WordCounts.
+    h | 1
+}
+
+/// Hashes of the words of `text`, at most `limit`; returns whether the text had more.
+fn words_into(text: &str, limit: usize, out: &mut Vec<u64>) -> bool {
+    out.clear();
+    let mut start: Option<usize> = None;
+    for (i, c) in text.char_indices() {
+        if is_word_char(c) {
+            if start.is_none() {
+                start = Some(i);
+            }
+        } else if let Some(s) = start.take() {
+            if out.len() == limit {
+                return true;
+            }
+            out.push(word_hash(&text[s..i]));
+        }
+    }
+    if let Some(s) = start {
+        if out.len() == limit {
+            return true;
+        }
+        out.push(word_hash(&text[s..]));
+    }
+    false
+}
+
+/// Hash of a word sequence (order-sensitive), with its length mixed in.
+#[inline]
+fn span_hash(words: &[u64]) -> u64 {
+    let mut h = words.len() as u64;
+    for &w in words {
+        h = (h.rotate_left(23) ^ w).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+    h
+}
+
+/// Word spans of a prompt: every span of exactly `n` words, and (for the whole-field
+/// rule) every span of ECHO_MIN_WHOLE..n words.
+#[derive(Default, Debug, Clone)]
+pub struct SpanSet {
+    set: HashSet<u64>,
+}
+
+impl SpanSet {
+    fn add_text(&mut self, text: &str, n: usize, buf: &mut Vec<u64>) {
+        words_into(text, usize::MAX, buf);
+        for k in ECHO_MIN_WHOLE..=n {
+            for w in buf.windows(k) {
+                self.set.insert(span_hash(w));
+            }
+        }
+    }
+
+    /// The literal text of a `{name}` template: placeholders split it into segments (a
+    /// span never crosses one: its words depend on the row), `{{`/`}}` are braces.
+    pub fn from_template(template: &str, n: usize) -> SpanSet {
+        let mut s = SpanSet::default();
+        let mut buf = Vec::new();
+        let mut seg = String::new();
+        let mut rest = template;
+        while let Some(i) = rest.find(['{', '}']) {
+            seg.push_str(&rest[..i]);
+            let r = &rest[i..];
+            if r.starts_with("{{") || r.starts_with("}}") {
+                seg.push(' ');
+                rest = &r[2..];
+            } else if r.starts_with('{') {
+                s.add_text(&seg, n, &mut buf);
+                seg.clear();
+                rest = match r.find('}') {
+                    Some(j) => &r[j + 1..],
+                    None => "",
+                };
+            } else {
+                seg.push(' ');
+                rest = &r[1..];
+            }
+        }
+        seg.push_str(rest);
+        s.add_text(&seg, n, &mut buf);
+        s
+    }
+
+    pub fn from_text(text: &str, n: usize) -> SpanSet {
+        let mut s = SpanSet::default();
+        s.add_text(text, n, &mut Vec::new());
+        s
+    }
+
+    #[inline]
+    fn has(&self, h: u64) -> bool {
+        self.set.contains(&h)
+    }
+
+    pub fn len(&self) -> usize {
+        self.set.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty()
+    }
+}
+
+// ------------------------------------------------------------------------------ field stats
+
+/// Whole-field counts from one branch-free pass over the bytes.
+#[derive(Default, Debug, Clone, Copy)]
+struct ByteStats {
+    /// Whitespace-separated tokens.
+    tokens: usize,
+    /// Non-space characters (ASCII non-space bytes + UTF-8 lead bytes).
+    nonspace: usize,
+    /// ASCII digits and punctuation.
+    symbols: usize,
+    /// Lead bytes of 3-byte UTF-8 sequences (CJK, kana, Thai, Indic, ...).
+    lead3: usize,
+}
+
+#[inline]
+fn byte_stats(b: &[u8]) -> ByteStats {
+    let (mut tokens, mut nonspace, mut symbols, mut lead3) = (0usize, 0usize, 0usize, 0usize);
+    let mut prev_space = 1usize;
+    for chunk in b.chunks(64) {
+        let (mut t, mut n, mut s, mut l) = (0u32, 0u32, 0u32, 0u32);
+        for &x in chunk {
+            let space = (x <= b' ') as u32;
+            let ascii = (x < 0x80) as u32;
+            let lead = (x >= 0xC0) as u32;
+            let digit = x.is_ascii_digit() as u32;
+            let punct = x.is_ascii_punctuation() as u32;
+            t += (prev_space as u32) & (1 - space);
+            prev_space = space as usize;
+            n += (ascii & (1 - space)) | lead;
+            s += digit | punct;
+            l += ((x & 0xF0) == 0xE0) as u32;
+        }
+        tokens += t as usize;
+        nonspace += n as usize;
+        symbols += s as usize;
+        lead3 += l as usize;
+    }
+    ByteStats {
+        tokens,
+        nonspace,
+        symbols,
+        lead3,
+    }
+}
+
+impl ByteStats {
+    /// Words as the too_few_words check counts them: whitespace tokens, or half the
+    /// characters of unspaced scripts (CJK, Thai), whichever is more.
+    fn words(&self) -> usize {
+        self.tokens.max(self.lead3 / 2)
+    }
+}
+
+/// A char-aligned prefix of at most `max` bytes.
+#[inline]
+fn prefix(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+// ------------------------------------------------------------------------------ residue
+
+const STAND_INS: [&str; 17] = [
+    "string",
+    "a string",
+    "text",
+    "null",
+    "none",
+    "n/a",
+    "na",
+    "undefined",
+    "todo",
+    "tbd",
+    "...",
+    "…",
+    "example",
+    "placeholder",
+    "your text here",
+    "insert text here",
+    "lorem ipsum",
+];
+
+fn is_ident(s: &str) -> bool {
+    let mut cs = s.chars();
+    matches!(cs.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && cs.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// A placeholder or template/format fragment in `s`, described.
+pub fn residue(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let t = s.trim();
+    if t.len() <= 24 {
+        let low = t
+            .trim_matches(|c: char| c == '.' || c == '"' || c == '\'')
+            .to_lowercase();
+        let low = if low.is_empty() { t.to_string() } else { low };
+        if STAND_INS.contains(&low.as_str()) {
+            return Some(format!("stand-in value {t:?}"));
+        }
+    }
+    if (t.starts_with('{') && t.ends_with('}')) || (t.starts_with('[') && t.ends_with(']')) {
+        return Some(format!("bare JSON/template fragment {:?}", prefix(t, 40)));
+    }
+    for i in memchr::memchr3_iter(b'{', b'[', b'%', b) {
+        let rest = &s[i + 1..];
+        match b[i] {
+            b'{' => {
+                if rest.starts_with('{') {
+                    return Some("template brace '{{'".into());
+                }
+                if let Some(j) = rest.find('}') {
+                    let inner = &rest[..j];
+                    if j <= 40
+                        && (inner.is_empty()
+                            || inner.bytes().all(|c| c.is_ascii_digit())
+                            || is_ident(inner))
+                    {
+                        return Some(format!("unfilled placeholder {{{inner}}}"));
+                    }
+                }
+            }
+            b'[' => {
+                if let Some(j) = rest.find(']') {
+                    let inner = rest[..j].trim();
+                    let low = inner.to_ascii_lowercase();
+                    let caps = !inner.is_empty()
+                        && inner.len() <= 3
+                        && inner.bytes().all(|c| c.is_ascii_uppercase());
+                    let dots = inner.is_empty() || inner == "..." || inner == "…";
+                    let words = j <= 60
+                        && [
+                            "insert",
+                            "your ",
+                            "enter ",
+                            "add ",
+                            "placeholder",
+                            "name of",
+                        ]
+                        .iter()
+                        .any(|p| low.starts_with(p));
+                    if caps || dots || words {
+                        return Some(format!("template placeholder [{inner}]"));
+                    }
+                }
+            }
+            _ => {
+                let next = rest.as_bytes().first().copied();
+                if matches!(next, Some(b's' | b'd' | b'i' | b'f' | b'r' | b'x' | b'('))
+                    && !rest
+                        .as_bytes()
+                        .get(1)
+                        .is_some_and(|c| c.is_ascii_alphabetic())
+                {
+                    return Some(format!("format specifier %{}", next.unwrap() as char));
+                }
+            }
+        }
+    }
+    if let Some(i) = memchr::memmem::find(b, b"\":") {
+        // `"key":` with an identifier key: a JSON object spilled into the text.
+        let head = &s[..i];
+        if let Some(q) = head.rfind('"') {
+            if is_ident(&head[q + 1..]) {
+                return Some(format!("JSON fragment \"{}\":", &head[q + 1..]));
+            }
+        }
+    }
+    let head = prefix(s, 96).to_ascii_lowercase();
+    if head.contains("lorem ipsum") {
+        return Some("lorem ipsum filler".into());
+    }
+    None
+}
+
+// ------------------------------------------------------------------------------ languages
+
+/// whatlang's language for an e5x language name (English name), if it knows it.
+pub fn lang_of_name(name: &str) -> Option<whatlang::Lang> {
+    use whatlang::Lang;
+    let alias = match name {
+        "Chinese" => Some(Lang::Cmn),
+        "Slovenian" => Some(Lang::Slv),
+        "Norwegian" => Some(Lang::Nob),
+        "Sinhala" => Some(Lang::Sin),
+        "Persian" | "Farsi" => Some(Lang::Pes),
+        "Odia" => Some(Lang::Ori),
+        _ => None,
+    };
+    alias.or_else(|| {
+        Lang::all()
+            .iter()
+            .copied()
+            .find(|l| l.eng_name().eq_ignore_ascii_case(name))
+    })
+}
+
+/// Languages whatlang cannot reliably tell apart: detecting one when another of the same
+/// group was asked for is not evidence of a wrong language.
+fn same_group(a: whatlang::Lang, b: whatlang::Lang) -> bool {
+    use whatlang::Lang::*;
+    const GROUPS: [&[whatlang::Lang]; 6] = [
+        &[Dan, Nob, Swe],
+        &[Hrv, Srp, Slv, Mkd, Bul],
+        &[Ces, Slk],
+        &[Hin, Mar, Nep],
+        &[Ind, Jav],
+        &[Rus, Ukr, Bel],
+    ];
+    a == b || GROUPS.iter().any(|g| g.contains(&a) && g.contains(&b))
+}
+
+/// Languages outside whatlang's set that it mistakes for one inside it.
+fn unknown_lookalike(name: &str, got: whatlang::Lang) -> bool {
+    use whatlang::Lang::*;
+    match name {
+        "Malay" => got == Ind,
+        "Galician" => matches!(got, Por | Spa),
+        "Bosnian" => matches!(got, Hrv | Srp | Slv),
+        "Western Frisian" => got == Nld,
+        _ => false,
+    }
+}
+
+// ------------------------------------------------------------------------------ the gate
+
+/// What the gate knows about one field of a task type.
+#[derive(Clone, Debug)]
+pub struct FieldPlan {
+    /// Index into the row's language parts ("English-French" -> 0 English, 1 French);
+    /// None = the prompt does not fix this field's language.
+    pub lang_part: Option<usize>,
+}
+
+/// One task type's plan: a field plan per schema string property, and its template spans.
+#[derive(Clone, Debug)]
+pub struct TypePlan {
+    pub fields: Vec<FieldPlan>,
+    pub template: SpanSet,
+}
+
+impl TypePlan {
+    pub fn new(template: &str, fields: Vec<FieldPlan>, cfg: &QualityConfig) -> TypePlan {
+        TypePlan {
+            fields,
+            template: match cfg.prompt_echo {
+                Some(n) => SpanSet::from_template(template, n),
+                None => SpanSet::default(),
+            },
+        }
+    }
+}
+
+/// Per-row inputs of the gate besides the values.
+#[derive(Default, Clone, Copy)]
+pub struct RowCtx<'a> {
+    /// The task definition the row answered (echo check).
+    pub task: Option<&'a str>,
+    /// Requested language(s), parts joined with '-' (bitext: "English-French").
+    pub language: Option<&'a str>,
+}
+
+/// Reusable buffers of one thread.
+#[derive(Default)]
+pub struct GateScratch {
+    words: Vec<u64>,
+    counts: Vec<(u64, u32)>,
+    task_key: String,
+    task_spans: SpanSet,
+    lang_buf: String,
+}
+
+/// An open-addressing count table for a window's word hashes.
+fn count_words(words: &[u64], table: &mut Vec<(u64, u32)>) -> (usize, u32) {
+    let cap = (words.len() * 2).next_power_of_two().max(8);
+    table.clear();
+    table.resize(cap, (0, 0));
+    let (mut distinct, mut top) = (0usize, 0u32);
+    for &w in words {
+        let mut i = (w as usize) & (cap - 1);
+        loop {
+            let slot = &mut table[i];
+            if slot.0 == 0 {
+                *slot = (w, 1);
+                distinct += 1;
+                top = top.max(1);
+                break;
+            }
+            if slot.0 == w {
+                slot.1 += 1;
+                top = top.max(slot.1);
+                break;
+            }
+            i = (i + 1) & (cap - 1);
+        }
+    }
+    (distinct, top)
+}
+
+/// Distinct characters among the first `limit` non-space chars (stops counting at 4).
+fn few_distinct_chars(s: &str) -> bool {
+    let mut seen: [char; 4] = ['\0'; 4];
+    let (mut k, mut n) = (0usize, 0usize);
+    for c in s.chars().filter(|c| !c.is_whitespace()).take(64) {
+        n += 1;
+        if !seen[..k].contains(&c) {
+            if k == 4 {
+                return false;
+            }
+            seen[k] = c;
+            k += 1;
+        }
+    }
+    n >= 10
+}
+
+fn rej(reason: Reason, field: &str, message: String) -> Option<Rejection> {
+    Some(Rejection {
+        reason,
+        field: Some(field.replace('~', "~0").replace('/', "~1")),
+        message,
+    })
+}
+
+/// Run the gate on one accepted row. `names[k]`, `values[k]` and `min_words[k]` belong
+/// to the k-th string property of the row's schema. None = keep.
+pub fn check_row(
+    cfg: &QualityConfig,
+    plan: &TypePlan,
+    names: &[String],
+    values: &[Option<&str>],
+    min_words: &[Option<u32>],
+    ctx: RowCtx<'_>,
+    sc: &mut GateScratch,
+) -> Option<Rejection> {
+    let present = || {
+        names
+            .iter()
+            .zip(values)
+            .enumerate()
+            .filter_map(|(k, (n, v))| v.map(|v| (k, n.as_str(), v)))
+    };
+    let mut stats: [ByteStats; 16] = [ByteStats::default(); 16];
+    for (k, _, v) in present() {
+        if k < stats.len() {
+            stats[k] = byte_stats(v.as_bytes());
+        }
+    }
+    let st = |k: usize| {
+        stats
+            .get(k)
+            .copied()
+            .unwrap_or_else(|| byte_stats(values[k].unwrap_or_default().as_bytes()))
+    };
+    if let Some(max_share) = cfg.format_residue {
+        for (k, name, v) in present() {
+            if let Some(what) = residue(v) {
+                return rej(Reason::FormatResidue, name, format!("{name}: {what}"));
+            }
+            let s = st(k);
+            if s.nonspace >= 4 && s.symbols as f64 > max_share * s.nonspace as f64 {
+                return rej(
+                    Reason::FormatResidue,
+                    name,
+                    format!(
+                        "{name}: {} of {} characters are digits or punctuation",
+                        s.symbols, s.nonspace
+                    ),
+                );
+            }
+        }
+    }
+    if let Some(top_share) = cfg.degenerate {
+        for (_, name, v) in present() {
+            if few_distinct_chars(v) {
+                return rej(
+                    Reason::Degenerate,
+                    name,
+                    format!("{name}: fewer than 4 distinct characters"),
+                );
+            }
+            words_into(v, WINDOW_WORDS, &mut sc.words);
+            let n = sc.words.len();
+            if n >= 4 {
+                let (distinct, top) = count_words(&sc.words, &mut sc.counts);
+                if top as f64 > top_share * n as f64 {
+                    return rej(
+                        Reason::Degenerate,
+                        name,
+                        format!("{name}: one word is {top} of its {n} words"),
+                    );
+                }
+                if n >= 12 && (distinct as f64) < (1.0 - top_share) * n as f64 {
+                    return rej(
+                        Reason::Degenerate,
+                        name,
+                        format!("{name}: only {distinct} distinct words in {n}"),
+                    );
+                }
+            }
+        }
+    }
+    if let (Some(n), Some(task)) = (cfg.prompt_echo, ctx.task) {
+        if sc.task_key != task || sc.task_spans.is_empty() {
+            sc.task_spans = SpanSet::from_text(task, n);
+            sc.task_key.clear();
+            sc.task_key.push_str(task);
+        }
+    }
+    if let Some(n) = cfg.prompt_echo {
+        let task_spans = ctx.task.map(|_| &sc.task_spans);
+        for (_, name, v) in present() {
+            let more = words_into(v, WINDOW_WORDS, &mut sc.words);
+            let w = &sc.words;
+            let hit = |h: u64| plan.template.has(h) || task_spans.is_some_and(|t| t.has(h));
+            let whole = !more && w.len() >= ECHO_MIN_WHOLE && w.len() < n && hit(span_hash(w));
+            let span = w.windows(n).any(|s| hit(span_hash(s)));
+            if whole || span {
+                let what = if whole {
+                    "the whole field".to_string()
+                } else {
+                    format!("a span of {n}+ words")
+                };
+                return rej(
+                    Reason::PromptEcho,
+                    name,
+                    format!("{name}: {what} is copied from the prompt (template or task)"),
+                );
+            }
+        }
+    }
+    if let Some(ratio) = cfg.too_few_words {
+        for (k, name, _) in present() {
+            if let Some(Some(asked)) = min_words.get(k) {
+                let got = st(k).words();
+                if (got as f64) < ratio * *asked as f64 {
+                    return rej(
+                        Reason::TooFewWords,
+                        name,
+                        format!("{name}: {got} words where the request asked for {asked}"),
+                    );
+                }
+            }
+        }
+    }
+    if let (Some(conf), Some(lang)) = (cfg.wrong_language, ctx.language) {
+        for (part, want) in lang.split('-').enumerate() {
+            let want = want.trim();
+            let buf = &mut sc.lang_buf;
+            buf.clear();
+            let mut first: Option<&str> = None;
+            for (k, name, v) in present() {
+                if plan.fields.get(k).and_then(|f| f.lang_part) == Some(part) {
+                    first.get_or_insert(name);
+                    buf.push_str(prefix(v, LANG_WINDOW_BYTES));
+                    buf.push('\n');
+                }
+            }
+            let Some(field) = first else { continue };
+            if buf.chars().filter(|c| c.is_alphabetic()).count() < LANG_MIN_LETTERS {
+                continue;
+            }
+            let Some(info) = whatlang::detect(buf) else {
+                continue;
+            };
+            if info.confidence() < conf {
+                continue;
+            }
+            let got = info.lang();
+            let wrong = match lang_of_name(want) {
+                Some(w) => !same_group(w, got),
+                // Languages whatlang does not know: only a confident English is evidence
+                // (the usual drift of a model that ignores the request).
+                None => got == whatlang::Lang::Eng && !unknown_lookalike(want, got),
+            };
+            if wrong {
+                return rej(
+                    Reason::WrongLanguage,
+                    field,
+                    format!(
+                        "{field}: written in {} (confidence {:.2}), {want} was requested",
+                        got.eng_name(),
+                        info.confidence()
+                    ),
+                );
+            }
+        }
+    }
+    None
+}
+
+/// Why `task` is not a usable task definition (None = it is one). `min_words` words of
+/// letters are needed; identifier-style tokens (snake_case, camelCase, a mix of letters
+/// and digits) must be fewer than half of the tokens; no template or format residue.
+pub fn task_problem(task: &str, min_words: usize) -> Option<String> {
+    let mut tokens = 0usize;
+    let mut idents = 0usize;
+    let mut letter_words = 0usize;
+    for tok in task
+        .split(|c: char| c.is_whitespace())
+        .map(|t| t.trim_matches(|c: char| !is_word_char(c)))
+        .filter(|t| !t.is_empty())
+    {
+        tokens += 1;
+        let has_alpha = tok.chars().any(char::is_alphabetic);
+        if has_alpha {
+            letter_words += 1;
+        }
+        let inner_underscore = tok.trim_matches('_').contains('_');
+        let camel = tok
+            .as_bytes()
+            .windows(2)
+            .any(|w| w[0].is_ascii_lowercase() && w[1].is_ascii_uppercase());
+        let mixed = has_alpha
+            && tok.chars().any(|c| c.is_ascii_digit())
+            && tok.chars().all(|c| c.is_ascii_alphanumeric());
+        if inner_underscore || camel || mixed {
+            idents += 1;
+        }
+    }
+    if letter_words < min_words {
+        return Some(format!(
+            "{letter_words} word(s); a task definition is a sentence of at least {min_words}"
+        ));
+    }
+    if idents * 2 >= tokens {
+        return Some(format!(
+            "{idents} of its {tokens} tokens are identifiers (snake_case, camelCase, ...)"
+        ));
+    }
+    residue(task).map(|what| format!("format residue: {what}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(n: &[&str]) -> Vec<String> {
+        n.iter().map(|s| s.to_string()).collect()
+    }
+
+    const TEMPLATE: &str =
+        "Write one example for this task as a JSON object with exactly these keys:\n\
+        - \"q\": a string, a query that a real user could send for the task; it is {len} long.\n\
+        - \"d\": a document.\nRules:\n- Write the query and both documents in {language}.";
+
+    fn plan(cfg: &QualityConfig) -> TypePlan {
+        TypePlan::new(
+            TEMPLATE,
+            vec![
+                FieldPlan { lang_part: Some(0) },
+                FieldPlan { lang_part: Some(0) },
+            ],
+            cfg,
+        )
+    }
+
+    fn check(
+        cfg: &QualityConfig,
+        q: &str,
+        d: &str,
+        min: [Option<u32>; 2],
+        ctx: RowCtx<'_>,
+    ) -> Option<(Reason, String)> {
+        let p = plan(cfg);
+        check_row(
+            cfg,
+            &p,
+            &names(&["q", "d"]),
+            &[Some(q), Some(d)],
+            &min,
+            ctx,
+            &mut GateScratch::default(),
+        )
+        .map(|r| (r.reason, r.field.unwrap()))
+    }
+
+    const DOC: &str = "Photosynthesis converts light energy into chemical energy stored in \
+        glucose. Plants absorb sunlight through chlorophyll in their leaves, take in carbon \
+        dioxide from the air and water from the soil, and release oxygen as a by-product.";
+
+    fn en() -> RowCtx<'static> {
+        RowCtx {
+            task: Some("Given a biology question, retrieve passages that explain the answer."),
+            language: Some("English"),
+        }
+    }
+
+    #[test]
+    fn good_row_is_kept() {
+        let c = QualityConfig::default();
+        assert_eq!(
+            check(
+                &c,
+                "how do plants make sugar",
+                DOC,
+                [Some(5), Some(30)],
+                en()
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn each_check_fires() {
+        let c = QualityConfig::default();
+        let r = |q: &str, d: &str| check(&c, q, d, [None, None], en()).map(|x| x.0);
+        assert_eq!(
+            r("query about {language}", DOC),
+            Some(Reason::FormatResidue)
+        );
+        assert_eq!(r("what is [X]", DOC), Some(Reason::FormatResidue));
+        assert_eq!(r("find %s now", DOC), Some(Reason::FormatResidue));
+        assert_eq!(r("string", DOC), Some(Reason::FormatResidue));
+        assert_eq!(
+            r("12.5 / 3.1 = 4.03 (±0.2)", DOC),
+            Some(Reason::FormatResidue)
+        );
+        assert_eq!(
+            r("plants", "{\"d\": \"a document\"}"),
+            Some(Reason::FormatResidue)
+        );
+        assert_eq!(
+            r("spam spam spam spam spam eggs", DOC),
+            Some(Reason::Degenerate)
+        );
+        assert_eq!(r("aaaaaaaaaaaaaaaaaa", DOC), Some(Reason::Degenerate));
+        assert_eq!(
+            r(
+                "photosynthesis",
+                "a query that a real user could send for the task and more"
+            ),
+            Some(Reason::PromptEcho)
+        );
+        // whole short field found in the task
+        assert_eq!(
+            r("retrieve passages that explain the answer", DOC),
+            Some(Reason::PromptEcho)
+        );
+        let short = check(&c, "plants", "Plants make sugar.", [None, Some(50)], en());
+        assert_eq!(short, Some((Reason::TooFewWords, "d".into())));
+        let de = "Die Photosynthese wandelt Lichtenergie in chemische Energie um, die in \
+                  Glukose gespeichert wird. Pflanzen nehmen Sonnenlicht über das Chlorophyll auf.";
+        assert_eq!(
+            check(&c, "wie machen Pflanzen Zucker", de, [None, None], en()),
+            Some((Reason::WrongLanguage, "q".into()))
+        );
+        let ger = RowCtx {
+            language: Some("German"),
+            ..en()
+        };
+        assert_eq!(
+            check(&c, "wie machen Pflanzen Zucker", de, [None, None], ger),
+            None
+        );
+    }
+
+    #[test]
+    fn off_and_thresholds() {
+        let off = QualityConfig::off();
+        assert_eq!(check(&off, "{x}", "[X]", [Some(9), Some(9)], en()), None);
+        let mut c = QualityConfig::off();
+        c.too_few_words = Some(1.0);
+        assert!(check(&c, "a b c d", DOC, [Some(5), None], en()).is_some());
+        c.too_few_words = Some(0.8);
+        assert!(check(&c, "a b c d", DOC, [Some(5), None], en()).is_none());
+    }
+
+    #[test]
+    fn bitext_checks_each_side() {
+        // whatlang's confidence on one sentence is low (0.1 for this French one).
+        let c = QualityConfig {
+            wrong_language: Some(0.05),
+            ..QualityConfig::default()
+        };
+        let p = TypePlan::new(
+            "{x}",
+            vec![
+                FieldPlan { lang_part: Some(0) },
+                FieldPlan { lang_part: Some(1) },
+            ],
+            &c,
+        );
+        let en = "The committee approved the new budget after a long debate on Tuesday.";
+        let fr = "Le comité a approuvé le nouveau budget après un long débat mardi dernier.";
+        let run = |a: &str, b: &str| {
+            check_row(
+                &c,
+                &p,
+                &names(&["S1", "S2"]),
+                &[Some(a), Some(b)],
+                &[None, None],
+                RowCtx {
+                    task: None,
+                    language: Some("English-French"),
+                },
+                &mut GateScratch::default(),
+            )
+            .map(|r| r.field.unwrap())
+        };
+        assert_eq!(run(en, fr), None);
+        assert_eq!(run(en, en).as_deref(), Some("S2"));
+        assert_eq!(run(fr, fr).as_deref(), Some("S1"));
+    }
+
+    #[test]
+    fn language_names_map() {
+        for n in [
+            "English",
+            "Chinese",
+            "Persian",
+            "Norwegian",
+            "Japanese",
+            "Swahili",
+        ] {
+            let got = lang_of_name(n);
+            assert_eq!(got.is_some(), n != "Swahili", "{n}");
+        }
+    }
+
+    #[test]
+    fn tasks() {
+        assert!(task_problem("Retrieve scientific papers that support a claim.", 4).is_none());
+        assert!(task_problem("semantic_search_task", 4).is_some());
+        assert!(task_problem("retrieval", 4).is_some());
+        assert!(task_problem("textRetrieval dataRetrieval for query", 4).is_some());
+        assert!(task_problem("Classify {input} into categories by topic", 4).is_some());
+        // one identifier in a real sentence is fine
+        assert!(task_problem(
+            "Given a Python name like parse_args, find its documentation",
+            4
+        )
+        .is_none());
+    }
+
+    #[test]
+    fn template_spans_do_not_cross_placeholders() {
+        let s = SpanSet::from_template("one two three {x} four five six seven", 4);
+        assert!(s.has(span_hash(&["four", "five", "six", "seven"].map(word_hash))));
+        assert!(!s.has(span_hash(&["two", "three", "four", "five"].map(word_hash))));
+    }
+
+    #[test]
+    fn never_panics_on_odd_text() {
+        let c = QualityConfig::default();
+        for t in [
+            "",
+            " ",
+            "{",
+            "[",
+            "%",
+            "\"",
+            "\":",
+            "é{",
+            "[é",
+            "%é",
+            "{{}}",
+            "日本語の文章です",
+        ] {
+            let _ = check(&c, t, t, [Some(3), Some(u32::MAX)], en());
+            let _ = task_problem(t, 4);
+        }
+    }
+}
