@@ -91,6 +91,8 @@ class Validator:
             raise TypeError(f"texts must be String or Binary, got {texts.dtype}")
         if texts.dtype == pl.Null:  # all-null column: no Arrow buffers to share
             texts = texts.cast(pl.String)
+        # Arrow export of a name holding a NUL byte aborts the process; the name is unused.
+        texts = texts.alias("texts")
         if isinstance(task_types, pl.Series):
             if len(task_types) != len(texts):
                 raise ValueError(
@@ -98,6 +100,7 @@ class Validator:
                 )
             if task_types.dtype != pl.String:
                 task_types = task_types.cast(pl.String)
+            task_types = task_types.alias("task_types")
         elif not isinstance(task_types, str):
             raise TypeError("task_types must be a str or a polars Series")
         if isinstance(dedup_fields, str):
@@ -197,7 +200,7 @@ class Deduplicator:
             s = df.get_column(f)
             if s.dtype not in (pl.String, pl.Null):
                 raise TypeError(f"column '{f}' must be String, got {s.dtype}")
-            cols.append(s.cast(pl.String))
+            cols.append(s.cast(pl.String).alias(f"c{len(cols)}"))  # a NUL in a name aborts Arrow export
         dup = pl.Series(self._native.add(fields, cols))
         return pl.DataFrame({"keep": dup.is_null(), "duplicate_of": dup})
 
@@ -252,6 +255,6 @@ def render(template: str, values: pl.DataFrame) -> pl.Series:
         s = values.get_column(name)
         if s.dtype != pl.String:
             s = s.cast(pl.String)
-        cols.append(s)
+        cols.append(s.alias(f"c{len(cols)}"))  # a NUL in a name aborts Arrow export
     out = _native.render(template, names, cols, values.height)
     return pl.Series("rendered", out)
