@@ -157,3 +157,99 @@ def test_stsb_under_mteb_reproduces_published_minilm_score(minilm, shared_data):
     assert 100 * theirs["cosine_spearman"] == pytest.approx(82.03, abs=0.1)
     ours = evaluate(EvalConfig(tasks=[str(path)], use_instructions=False, show_progress=False), embedder=minilm)
     assert ours["STSBenchmark"].score == pytest.approx(100 * theirs["cosine_spearman"], abs=1e-3)
+
+
+def local_classification_task(name: str = "Banking77Classification") -> Any:
+    """Two intents, phrased with varying numbers; train and test splits."""
+    from mteb.abstasks.classification import AbsTaskClassification
+
+    def split(n: int, seed: int) -> dict[str, list[Any]]:
+        texts, labels = [], []
+        for i in range(n):
+            k = seed * 100 + i
+            if i % 2:
+                texts.append(f"my card {k} was lost, please block it")
+            else:
+                texts.append(f"what is the exchange rate for {k} euros")
+            labels.append(i % 2)
+        return {"text": texts, "label": labels}
+
+    class LocalClassification(AbsTaskClassification):
+        metadata = TaskMetadata(type="Classification", name=name, main_score="accuracy",
+                                **{**_META, "eval_splits": ["test"]})
+
+        def load_data(self, num_proc: int | None = None, **kwargs: Any) -> None:
+            self.dataset = DatasetDict({"train": Dataset.from_dict(split(24, 1)), "test": Dataset.from_dict(split(12, 2))})
+            self.data_loaded = True
+
+    return LocalClassification()
+
+
+def _spy_norms(model: E5xMTEBModel) -> list[tuple[str, Any]]:
+    """Record the row norms of every array the adapter hands to mteb."""
+    import numpy as np
+
+    seen: list[tuple[str, Any]] = []
+    encode = model.encode
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        out = encode(*args, **kwargs)
+        seen.append((kwargs["task_metadata"].type, np.linalg.norm(out, axis=1)))
+        return out
+
+    model.encode = spy  # type: ignore[method-assign]
+    return seen
+
+
+def test_classification_under_mteb_is_instructed_and_not_normalised(tiny_embedder):
+    import numpy as np
+
+    model = E5xMTEBModel(tiny_embedder)
+    norms = _spy_norms(model)
+    result = mteb.evaluate(model, local_classification_task(), cache=None, show_progress_bar=False)
+    assert 0.0 <= _scores(result)["accuracy"] <= 1.0
+    # Both splits are encoded as queries with the paper's instruction for the task.
+    assert {(t, i) for t, i, _ in model.calls} == {
+        ("Banking77Classification", TASK_INSTRUCTIONS["Banking77Classification"])}
+    assert norms and all(t == "Classification" for t, _ in norms)
+    all_norms = np.concatenate([n for _, n in norms])
+    # Raw last-token states of the random tiny model: norms far from 1 (about sqrt(32) here).
+    assert np.all(np.abs(all_norms - 1.0) > 0.1), all_norms[:5]
+    # The embedder's own setting is untouched afterwards, and STS stays normalised.
+    assert tiny_embedder.spec.normalize is True
+    norms.clear()
+    sts_meta = TaskMetadata(type="STS", name="STSBenchmark", main_score="cosine_spearman", **_META)
+    model.encode(_loader(["a cat sat", "a dog ran"]), task_metadata=sts_meta, hf_split="test", hf_subset="default")
+    (_, sts_norms), = norms
+    np.testing.assert_allclose(sts_norms, 1.0, atol=1e-5)
+    # Opting back in normalises classification too.
+    on = E5xMTEBModel(tiny_embedder, normalize_classification=True)
+    out = on.encode(_loader(["my card was lost"]), task_metadata=local_classification_task().metadata,
+                    hf_split="test", hf_subset="default")
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+
+
+def _loader(texts: list[str]) -> Any:
+    return [{"text": texts}]
+
+
+def test_texts_are_truncated_at_512_tokens_capped_by_the_model(tiny_embedder):
+    import numpy as np
+
+    from e5x.model.config import EmbeddingSpec
+    from e5x.model.embedder import Embedder
+
+    assert E5xMTEBModel(tiny_embedder).max_length == 64  # the model's own limit is lower
+    long_spec = Embedder(tiny_embedder.model, tiny_embedder.tokenizer, EmbeddingSpec(max_length=4096),
+                         show_progress=False)
+    wide = E5xMTEBModel(long_spec)
+    assert wide.max_length == 512 and wide.mteb_model_meta.max_tokens == 512
+    # Two documents that differ only after the first 16 tokens (bytes) embed identically at 16.
+    meta = local_classification_task().metadata
+    docs = ["x" * 40 + " ends one way", "x" * 40 + " ends another way entirely"]
+    cut = E5xMTEBModel(tiny_embedder, max_length=16).encode(
+        _loader(docs), task_metadata=meta, hf_split="test", hf_subset="default", prompt_type=mteb.types.PromptType.document)
+    np.testing.assert_array_equal(cut[0], cut[1])
+    full = E5xMTEBModel(tiny_embedder).encode(
+        _loader(docs), task_metadata=meta, hf_split="test", hf_subset="default", prompt_type=mteb.types.PromptType.document)
+    assert not np.allclose(full[0], full[1])

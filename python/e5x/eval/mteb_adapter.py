@@ -6,6 +6,11 @@ training. The instruction is, in order: ``instructions[task name]``, the paper's
 instruction for the task (``e5x.eval.instructions``), the task type default, and last
 the task's own ``metadata.prompt``/description.
 
+The rest of the paper's evaluation protocol: embeddings of classification tasks are not
+L2-normalised (the logistic-regression probe is fit on the raw last-token states), every
+other task's are; texts are truncated at 512 tokens (``max_length``, capped by the
+model's own limit).
+
     import mteb
     from e5x.eval.mteb_adapter import E5xMTEBModel
     model = E5xMTEBModel.from_pretrained("runs/e5x-mistral")
@@ -16,6 +21,7 @@ Importing this module imports ``mteb`` (``pip install mteb``).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +40,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: mteb task types whose embeddings the paper's protocol leaves unnormalised.
+UNNORMALIZED_TASK_TYPES = frozenset({"Classification", "MultilabelClassification"})
+
 
 class E5xMTEBModel(AbsEncoder):
     """Wraps an ``Embedder`` for ``mteb.evaluate``."""
@@ -46,6 +55,8 @@ class E5xMTEBModel(AbsEncoder):
         device: str | None = None,
         use_instructions: bool = True,
         instructions: dict[str, str] | None = None,
+        max_length: int | None = 512,
+        normalize_classification: bool = False,
         **kwargs: Any,
     ) -> None:
         from e5x.model.embedder import Embedder
@@ -57,14 +68,19 @@ class E5xMTEBModel(AbsEncoder):
         self.model = self.embedder
         self.use_instructions = use_instructions
         self.instructions = dict(instructions or {})
-        self.calls: list[tuple[str, str | None, int]] = []  # (task, instruction, n) per encode call
         spec = self.embedder.spec
+        if max_length is not None and max_length < 1:
+            raise ValueError(f"max_length must be >= 1 or None, got {max_length}")
+        # Never beyond what the model was trained for.
+        self.max_length = spec.max_length if max_length is None else min(max_length, spec.max_length)
+        self.normalize_classification = normalize_classification
+        self.calls: list[tuple[str, str | None, int]] = []  # (task, instruction, n) per encode call
         self.mteb_model_meta = ModelMeta.create_empty(
             {
                 "name": f"e5x/{_short_name(self.embedder.name)}",
                 "revision": revision or "local",
                 "embed_dim": self.embedder.dim,
-                "max_tokens": spec.max_length,
+                "max_tokens": self.max_length,
                 "similarity_fn_name": ScoringFunction.COSINE,
                 "use_instructions": use_instructions,
                 "framework": ["PyTorch"],
@@ -88,6 +104,12 @@ class E5xMTEBModel(AbsEncoder):
                 prompt = prompt.get((prompt_type or PromptType.query).value)
             return prompt or task_metadata.description
 
+    def normalizes(self, task_metadata: TaskMetadata) -> bool:
+        """Whether this task's embeddings are L2-normalised (the model's own setting otherwise)."""
+        if task_metadata.type in UNNORMALIZED_TASK_TYPES and not self.normalize_classification:
+            return False
+        return self.embedder.spec.normalize
+
     def encode(
         self,
         inputs: DataLoader[Any],
@@ -106,9 +128,18 @@ class E5xMTEBModel(AbsEncoder):
         enc_kw: dict[str, Any] = {"batch_size": batch_size, "desc": f"{task_metadata.name} {prompt_type or ''}".strip()}
         if show is not None:
             enc_kw["show_progress"] = bool(show)
-        if prompt_type == PromptType.document:
-            return self.embedder.encode_documents(texts, **enc_kw)  # type: ignore[return-value]
-        return self.embedder.encode_queries(texts, instruction=instruction, **enc_kw)  # type: ignore[return-value]
+        spec = self.embedder.spec
+        if self.max_length != spec.max_length:  # else the embedder's own limit already applies
+            enc_kw["max_length"] = self.max_length
+        normalize = self.normalizes(task_metadata)
+        # The Embedder reads normalisation from its spec: swap in a copy for this call only.
+        self.embedder.spec = dataclasses.replace(spec, normalize=normalize)
+        try:
+            if prompt_type == PromptType.document:
+                return self.embedder.encode_documents(texts, **enc_kw)  # type: ignore[return-value]
+            return self.embedder.encode_queries(texts, instruction=instruction, **enc_kw)  # type: ignore[return-value]
+        finally:
+            self.embedder.spec = spec
 
 
 def _short_name(name: str) -> str:
