@@ -12,6 +12,11 @@ arrival of a request can be turned into a fault:
     "malformed"  HTTP 200 whose body is not JSON
     "length"     a truncated answer with finish_reason "length"
     "refusal"    a refusal (content null, ``refusal`` set)
+    "429-long"   HTTP 429 with a ``Retry-After`` of ``long_retry_after`` seconds
+
+and any 200 can take one of the odd shapes OpenAI-compatible servers return (``SHAPES``):
+content as a list of parts, null content, ``"message": null``, usage missing or
+non-numeric, and so on.
 
 Run as a script (``python tests/fake_openai.py --latency 0.1``) it serves in its own
 process and prints ``PORT <n>``; the benchmark uses that so server CPU is not counted
@@ -66,6 +71,51 @@ def default_content(rid: str, body: dict[str, Any]) -> str:
     return json.dumps({f: f"{f} text number {index} of {task_type}, written for {rid}." for f in fields})
 
 
+def _parts(c: str | None) -> list[dict[str, Any]]:
+    half = len(c or "") // 2
+    return [{"type": "text", "text": (c or "")[:half]}, {"type": "text", "text": (c or "")[half:]}]
+
+
+# name -> edit of a good 200 payload (in place). The content the test expects the client to
+# store is the good content for "parts"/"parts-str"/"usage-*", and none for the others.
+SHAPES: dict[str, Callable[[dict[str, Any]], None]] = {
+    "parts": lambda p: p["choices"][0]["message"].update(content=_parts(p["choices"][0]["message"]["content"])),
+    "parts-str": lambda p: p["choices"][0]["message"].update(content=[p["choices"][0]["message"]["content"]]),
+    "parts-image": lambda p: p["choices"][0]["message"].update(
+        content=[{"type": "image_url", "image_url": {"url": "data:,"}}]
+    ),
+    "content-null": lambda p: p["choices"][0]["message"].update(content=None),
+    "content-empty": lambda p: p["choices"][0]["message"].update(content=""),
+    "content-number": lambda p: p["choices"][0]["message"].update(content=42),
+    "tool-call": lambda p: p["choices"][0]["message"].update(
+        content=None, tool_calls=[{"id": "t", "type": "function", "function": {"name": "f", "arguments": "{}"}}]
+    ),
+    "message-null": lambda p: p["choices"][0].update(message=None),
+    "message-missing": lambda p: p["choices"][0].pop("message"),
+    "message-string": lambda p: p["choices"][0].update(message="hello"),
+    "choice-string": lambda p: p.update(choices=["hello"]),
+    "refusal-parts": lambda p: p["choices"][0]["message"].update(
+        content=None, refusal=[{"type": "text", "text": "I can't."}]
+    ),
+    "finish-number": lambda p: p["choices"][0].update(finish_reason=3),
+    "usage-missing": lambda p: p.pop("usage"),
+    "usage-null": lambda p: p.update(usage=None),
+    "usage-string": lambda p: p["usage"].update(prompt_tokens="many", completion_tokens="12"),
+    "usage-negative": lambda p: p["usage"].update(completion_tokens=-5),
+    "usage-list": lambda p: p.update(usage=[1, 2, 3]),
+    "usage-float": lambda p: p["usage"].update(prompt_tokens=10.5, completion_tokens=float("inf")),
+    "model-object": lambda p: p.update(model={"name": "x"}, id=["odd"]),
+}
+# Bodies that are not a chat completion at all: retried as "malformed".
+BAD_BODIES: dict[str, Callable[[dict[str, Any]], Any]] = {
+    "choices-empty": lambda p: {**p, "choices": []},
+    "choices-missing": lambda p: {k: v for k, v in p.items() if k != "choices"},
+    "error-200": lambda p: {"error": {"message": "overloaded", "type": "server_error"}},
+    "body-list": lambda p: [p],
+    "body-null": lambda p: None,
+}
+
+
 @dataclass
 class Arrival:
     rid: str
@@ -82,6 +132,7 @@ class FakeOpenAI:
     latency_fn: Callable[[str], float] | None = None  # per-request latency, overrides latency
     slow_s: float = 5.0
     retry_after: float = 0.05
+    long_retry_after: float = 3600.0
     faults: dict[str, list[str | None]] = field(default_factory=dict)
     fault_fn: Callable[[str, int], str | None] | None = None  # (rid, nth arrival) -> fault
     content_fn: Callable[[str, dict[str, Any]], str] = default_content
@@ -164,11 +215,12 @@ class FakeOpenAI:
         if delay:
             await asyncio.sleep(delay)
 
-        if fault == "429":
+        if fault in ("429", "429-long"):
+            wait = self.retry_after if fault == "429" else self.long_retry_after
             return web.json_response(
                 {"error": {"message": "Rate limit reached", "type": "requests", "code": "rate_limit_exceeded"}},
                 status=429,
-                headers={"Retry-After": f"{self.retry_after:g}"},
+                headers={"Retry-After": f"{wait:g}"},
             )
         if fault == "401":
             return web.json_response(
@@ -212,10 +264,15 @@ class FakeOpenAI:
                 "total_tokens": max(1, prompt_chars // 4) + completion_tokens,
             },
         }
-        if fault != "slow":
+        out: Any = payload
+        if fault in SHAPES:
+            SHAPES[fault](payload)
+        elif fault in BAD_BODIES:
+            out = BAD_BODIES[fault](payload)
+        if fault != "slow" and fault not in BAD_BODIES:
             self.answered[rid] += 1
             self.answer_times.append((rid, time.monotonic()))
-        return web.Response(body=json.dumps(payload).encode(), content_type="application/json")
+        return web.Response(body=json.dumps(out).encode(), content_type="application/json")
 
 
 def main() -> None:

@@ -8,8 +8,16 @@ Examples:
       --api-key-env LLAMA_KEY --response-format json_schema
   e5x synth --out runs/local -n 24 --local-llm smollm2 --concurrency 1
 
-Exit status: 0 plan complete, 3 incomplete (budget cap or failed requests: rerun with
---resume), 2 bad configuration, 1 fatal API error (bad key, unknown model).
+Exit status:
+  0  plan complete (or --dry-run printed)
+  1  runtime failure: fatal API error (bad key, unknown model), a file that cannot be
+     read or written once the run has started
+  2  usage or configuration error: a bad flag or config value, a config file that
+     cannot be read, an --out that cannot be used, a run directory in use
+  3  incomplete: a budget cap, failed requests or a task type without usable brainstorm
+     answers; rerun with --resume
+  130 interrupted (every stored answer is kept)
+Errors are one line on stderr.
 """
 
 from __future__ import annotations
@@ -29,7 +37,9 @@ def _model_weights(specs: list[str] | None) -> dict[str, float] | None:
         try:
             out[name] = float(w) if w else 1.0
         except ValueError:
-            raise SystemExit(f"e5x synth: bad --model {spec!r}; use NAME or NAME=WEIGHT") from None
+            raise ValueError(f"bad --model {spec!r}; use NAME or NAME=WEIGHT") from None
+        if not name:
+            raise ValueError(f"bad --model {spec!r}: no model name")
     return out
 
 
@@ -89,7 +99,9 @@ def build_config(args: argparse.Namespace) -> Any:
     if args.config:
         cfg = SynthConfig.from_toml(args.config)
     elif args.resume and (Path(args.out) / "config.json").exists():
-        cfg = SynthConfig.from_dict(json.loads((Path(args.out) / "config.json").read_text()))
+        from e5x.synth import read_run_json
+
+        cfg = SynthConfig.from_dict(read_run_json(Path(args.out) / "config.json"), where=f"{args.out}/config.json")
     else:
         cfg = SynthConfig()
     for name in (
@@ -103,7 +115,10 @@ def build_config(args: argparse.Namespace) -> Any:
         cfg.task_weights = {}
         for spec in args.task_weight:
             k, _, w = spec.partition("=")
-            cfg.task_weights[k] = float(w or 1)
+            try:
+                cfg.task_weights[k] = float(w or 1)
+            except ValueError:
+                raise ValueError(f"bad --task-weight {spec!r}; use TYPE=WEIGHT") from None
     for name in ("provider", "base_url", "api_key_env", "azure_endpoint", "api_version"):
         v = getattr(args, name)
         if v is not None:
@@ -127,7 +142,9 @@ def build_config(args: argparse.Namespace) -> Any:
         try:
             a, b = (float(x) for x in pr.split(","))
         except ValueError:
-            raise SystemExit(f"e5x synth: bad --price {spec!r}; use MODEL=IN,OUT (USD per 1M tokens)") from None
+            raise ValueError(f"bad --price {spec!r}; use MODEL=IN,OUT (USD per 1M tokens)") from None
+        if not m:
+            raise ValueError(f"bad --price {spec!r}: no model name")
         cfg.prices[m] = (a, b)
     if args.no_progress:
         cfg.progress = False
@@ -155,22 +172,42 @@ def _synthesize_with_local_llm(cfg: Any, args: argparse.Namespace) -> dict[str, 
         return synthesize(cfg, args.out, resume=args.resume)
 
 
+def _oserror(e: OSError) -> str:
+    """One line naming the path: "PATH: Permission denied"."""
+    if e.filename is not None:
+        return f"{e.filename}: {e.strerror or e}"
+    return str(e)
+
+
 def run(args: argparse.Namespace) -> int:
-    from e5x.synth import FatalAPIError, synthesize
+    from e5x.synth import FatalAPIError, RunDirError, synthesize
     from e5x.synth.local_server import LocalServerError
     from e5x.synth.store import LogLockedError
 
     try:
         cfg = build_config(args)
+    except (ValueError, TypeError) as e:
+        print(f"e5x synth: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # --config or the run's config.json cannot be read
+        print(f"e5x synth: error: {_oserror(e)}", file=sys.stderr)
+        return 2
+    try:
         if args.local_llm and not args.dry_run:
             summary = _synthesize_with_local_llm(cfg, args)
         else:
             summary = synthesize(cfg, args.out, resume=args.resume, dry_run=args.dry_run)
-    except (ValueError, FileExistsError, FileNotFoundError, LogLockedError, LocalServerError) as e:
+    except RunDirError as e:
         print(f"e5x synth: error: {e}", file=sys.stderr)
+        return 2
+    except (ValueError, FileExistsError, FileNotFoundError, LogLockedError, LocalServerError) as e:
+        print(f"e5x synth: error: {_oserror(e) if isinstance(e, OSError) and e.filename else e}", file=sys.stderr)
         return 2
     except FatalAPIError as e:
         print(f"e5x synth: fatal API error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"e5x synth: error: {_oserror(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"e5x synth: interrupted; every stored answer is kept: e5x synth --out {args.out} --resume", file=sys.stderr)

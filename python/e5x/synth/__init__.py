@@ -7,6 +7,7 @@ example per request) against the configured endpoint and leaves a *run directory
     plan.json        plan fingerprint and sizes; a resume must reproduce the same plan
     responses.jsonl  append-only log, one answered request per line (see store.py)
     errors.jsonl     every failed attempt (429, 5xx, timeout, ...), for the report
+    calls.jsonl      one reservation per API call, written before it is sent (budgets)
     pools.json       the deduplicated brainstormed task pools
     summary.json     counters of the last session
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import sys
 import time
 from collections import Counter, defaultdict
@@ -27,6 +29,7 @@ from typing import Any
 
 from e5x.synth.config import DEFAULT_PRICES, EndpointConfig, StepConfig, SynthConfig
 from e5x.synth.plan import Plan, Request, build_plan, build_pool, example_requests, resolve_types
+from e5x.synth.response import token_count
 from e5x.synth.runner import FatalAPIError, Runner, Stats, progress_bar
 from e5x.synth.store import AppendLog, RunLock, read_log, write_json_atomic
 
@@ -35,6 +38,7 @@ __all__ = [
     "EndpointConfig",
     "FatalAPIError",
     "Plan",
+    "RunDirError",
     "StepConfig",
     "SynthConfig",
     "build_plan",
@@ -44,6 +48,22 @@ __all__ = [
 ]
 
 PLAN_VERSION = 1
+RUN_FILES = ("config.json", "plan.json", "responses.jsonl", "errors.jsonl", "calls.jsonl", "pools.json", "summary.json")
+
+
+class RunDirError(ValueError):
+    """The run directory cannot be used (a file in the way, no permission, read-only)."""
+
+
+def read_run_json(path: Path) -> dict[str, Any]:
+    """A JSON object from the run directory; an error names the file."""
+    try:
+        obj = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e}); restore it or start a new run directory") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(obj).__name__}")
+    return obj
 RENDER_CHUNK = 20_000  # example prompts rendered (and held in memory) at a time
 
 
@@ -55,7 +75,7 @@ def _load_config(config: SynthConfig | str | Path | dict[str, Any] | None, out: 
     if config is not None:
         return SynthConfig.from_toml(config)
     if resume and (out / "config.json").exists():
-        return SynthConfig.from_dict(json.loads((out / "config.json").read_text()), where=str(out / "config.json"))
+        return SynthConfig.from_dict(read_run_json(out / "config.json"), where=str(out / "config.json"))
     if resume:
         raise FileNotFoundError(f"nothing to resume: {out / 'config.json'} does not exist")
     return SynthConfig()
@@ -151,6 +171,7 @@ def synthesize(
     say = echo or (lambda s: print(s, file=sys.stderr))
     out = Path(out_dir)
     cfg = _load_config(config, out, resume)
+    cfg.check()  # types and ranges first: task_weights="sts" must not become ["s", "t", "s"]
     if cfg.task_types_file:  # config.json must work from any working directory
         cfg.task_types_file = str(Path(cfg.task_types_file).resolve())
     types = resolve_types(cfg)
@@ -165,7 +186,7 @@ def synthesize(
     if plan_path.exists():
         if not resume:
             raise FileExistsError(f"{out} already holds a synth run; pass resume=True (--resume) to continue it")
-        stored = json.loads(plan_path.read_text())
+        stored = read_run_json(plan_path)
         if stored.get("fingerprint") != fingerprint:
             raise ValueError(
                 f"{out}: the config no longer produces the stored plan (seed, sizes, task types, models, "
@@ -176,54 +197,154 @@ def synthesize(
     if cfg.endpoint.api_key() is None:
         raise FatalAPIError(f"environment variable {cfg.endpoint.key_env} (endpoint.api_key_env) is not set")
 
-    out.mkdir(parents=True, exist_ok=True)
-    lock = RunLock(out)
     try:
+        out.mkdir(parents=True, exist_ok=True)
+        lock = RunLock(out)
+    except OSError as e:  # a file in the way, no permission, read-only file system
+        raise RunDirError(f"cannot use {out} as the run directory: {e.strerror or e}") from None
+    try:
+        for name in RUN_FILES:
+            f = out / name
+            if (f.exists() or f.is_symlink()) and not f.is_file():
+                raise RunDirError(f"cannot use {out} as the run directory: {f} is not a regular file")
         if not plan_path.exists():
-            write_json_atomic(out / "config.json", cfg.to_dict())
-            write_json_atomic(
-                plan_path,
-                {
-                    "version": PLAN_VERSION,
-                    "fingerprint": fingerprint,
-                    "seed": cfg.seed,
-                    "brainstorm_requests": len(plan.brainstorm),
-                    "examples": plan.counts,
-                    "created": time.time(),
-                },
-            )
+            try:
+                write_json_atomic(out / "config.json", cfg.to_dict())
+                write_json_atomic(
+                    plan_path,
+                    {
+                        "version": PLAN_VERSION,
+                        "fingerprint": fingerprint,
+                        "seed": cfg.seed,
+                        "brainstorm_requests": len(plan.brainstorm),
+                        "examples": plan.counts,
+                        "created": time.time(),
+                    },
+                )
+            except OSError as e:
+                raise RunDirError(f"cannot write to the run directory {out}: {e.strerror or e}") from None
         return _run_locked(plan, out, say)
     finally:
         lock.release()
 
 
-def _run_locked(plan: Plan, out: Path, say: Callable[[str], None]) -> dict[str, Any]:
-    cfg = plan.config
-    log_path, err_path = out / "responses.jsonl", out / "errors.jsonl"
-    records, dropped = read_log(log_path, repair=True)
+def _num(v: Any) -> float:
+    """A cost from the log as a float; anything else (hand edits, old versions) counts 0."""
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else 0.0
+
+
+def _load_state(out: Path, say: Callable[[str], None]) -> tuple[Stats, set[str], list[dict[str, Any]]]:
+    """Counters, answered ids and brainstorm answers of a run directory, from its logs.
+
+    Any record a log can hold is accepted: one without a string ``id`` is skipped with a
+    warning, odd usage or cost values count as 0. Reservations in calls.jsonl that no
+    answer or error settles were in flight at a kill; they count at their worst case.
+    """
+    records, dropped = read_log(out / "responses.jsonl", repair=True)
     if dropped:
-        say(f"e5x synth: dropped a torn last line ({dropped} bytes) from {log_path}")
-    _, err_dropped = read_log(err_path, repair=True)
-    n_err_lines = len(read_log(err_path)[0])
+        say(f"e5x synth: dropped a torn last line ({dropped} bytes) from {out / 'responses.jsonl'}")
+    errors, _ = read_log(out / "errors.jsonl", repair=True)
+    reservations, _ = read_log(out / "calls.jsonl", repair=True)
 
     stats = Stats()
     seen: set[str] = set()
+    settled: set[str] = set()
+    legacy = 0  # outcomes written before calls.jsonl existed: one call each
+    unreadable = 0
+    brainstorm: list[dict[str, Any]] = []
     for rec in records:
-        if rec.get("id") in seen:  # cannot happen with one locked appender; be safe
+        call, rid = rec.get("call"), rec.get("id")
+        if isinstance(call, str):
+            settled.add(call)
+        else:
+            legacy += 1
+        if not isinstance(rid, str):
+            unreadable += 1
             continue
-        seen.add(rec["id"])
-        stats.add_answer(rec, float(rec.get("cost_usd") or 0.0))
-    stats.calls = len(seen) + n_err_lines
-    records = [r for r in records if r.get("step") == "brainstorm"]  # the rest is not needed again
+        if rid in seen:  # cannot happen with one locked appender; be safe
+            continue
+        seen.add(rid)
+        stats.add_answer(rec, _num(rec.get("cost_usd")))
+        if rec.get("step") == "brainstorm" and isinstance(rec.get("task_type"), str):
+            brainstorm.append(rec)
+    if unreadable:
+        say(f"e5x synth: {out / 'responses.jsonl'}: skipped {unreadable} record(s) without a string id")
+    for e in errors:
+        if isinstance(e.get("call"), str):
+            settled.add(e["call"])
+        else:
+            legacy += 1
+    n_reserved = 0
+    for r in reservations:
+        if not isinstance(r.get("call"), str):
+            continue
+        n_reserved += 1
+        if r["call"] not in settled:
+            stats.lost_calls += 1
+            stats.lost_tokens += token_count(r.get("tokens")) or 0
+            stats.lost_cost_usd += _num(r.get("cost_usd"))
+    stats.calls = n_reserved + legacy
+    return stats, seen, brainstorm
+
+
+def brainstorm_retry(plan: Plan, name: str, k: int) -> Request:
+    """The ``k``-th extra brainstorm request of ``name``: the prompt of its planned request
+    ``k mod n`` asked again (sampling differs), under the next free id."""
+    planned = [r for r in plan.brainstorm if r.task_type == name]
+    base = planned[k % len(planned)]
+    return Request(
+        id=f"brainstorm-{name}-{len(planned) + k:06d}",
+        step="brainstorm",
+        task_type=name,
+        model=base.model,
+        messages=base.messages,
+        meta={**base.meta, "retry_of": base.id},
+        expected_completion_tokens=base.expected_completion_tokens,
+    )
+
+
+def _run_locked(plan: Plan, out: Path, say: Callable[[str], None]) -> dict[str, Any]:
+    cfg = plan.config
+    log_path, err_path = out / "responses.jsonl", out / "errors.jsonl"
+    stats, seen, records = _load_state(out, say)
     prior = stats.answered
 
     log = AppendLog(log_path, fsync=cfg.fsync, fsync_interval_s=cfg.fsync_interval_s)
     errlog = AppendLog(err_path, fsync="never")
-    runner = Runner(cfg, plan.types, log, errlog, stats)
+    calls_log = AppendLog(out / "calls.jsonl", fsync=cfg.fsync, fsync_interval_s=cfg.fsync_interval_s)
+    runner = Runner(cfg, plan.types, log, errlog, stats, calls_log)
     t0 = time.monotonic()
     pools_info: dict[str, Any] = {}
     waiting: list[str] = []
+    exhausted: dict[str, int] = {}  # task type -> unusable brainstorm answers, retries spent
     n_examples = plan.n_examples
+    planned_b_ids = {r.id for r in plan.brainstorm}
+
+    async def fill_pool(name: str, answers: list[dict[str, Any]]) -> tuple[list[str], dict[str, int]] | None:
+        """The type's pool; while it is empty, ask again, up to ``brainstorm_retries``
+        extra requests. None when it stays empty (the type then waits)."""
+        while True:
+            pool, pstats = build_pool(answers)
+            pools_info[name] = {"size": len(pool), **pstats}
+            if pool:
+                return pool, pstats
+            retries = sum(r["id"] not in planned_b_ids for r in answers)
+            if retries >= cfg.brainstorm_retries:
+                exhausted[name] = len(answers)
+                say(
+                    f"e5x synth: task type {name!r}: none of its {len(answers)} brainstorm answers gives a "
+                    f"usable task and its brainstorm_retries={cfg.brainstorm_retries} are spent; its examples wait"
+                )
+                return None
+            if runner.stop_reason is not None:
+                return None
+            req = brainstorm_retry(plan, name, retries)
+            say(f"e5x synth: task type {name!r}: no usable task in {len(answers)} brainstorm answer(s); asking again ({req.id})")
+            await runner.run([req], cfg.brainstorm)
+            got = [r for r in runner.brainstorm_records if r["id"] == req.id]
+            if not got:  # failed or stopped: a resume asks again under the same id
+                return None
+            answers = [*answers, *got]
 
     async def main() -> None:
         try:
@@ -237,27 +358,27 @@ def _run_locked(plan: Plan, out: Path, say: Callable[[str], None]) -> dict[str, 
             if runner.fatal:
                 return
             answered_b: dict[str, list[dict[str, Any]]] = defaultdict(list)
-            for rec in [*(r for r in records if r.get("step") == "brainstorm"), *runner.brainstorm_records]:
+            for rec in [*records, *runner.brainstorm_records]:
                 answered_b[rec["task_type"]].append(rec)
-            planned_b = Counter(r.task_type for r in plan.brainstorm)
+            answered_ids = seen | runner.answered_ids
             ready: dict[str, list[str] | None] = {}
-            pools: dict[str, list[str]] = {}
+            asym: list[str] = []
             for name in plan.skeleton:
-                t = plan.types[name]
-                if t.symmetric:
+                if plan.types[name].symmetric:
                     ready[name] = None
-                    continue
-                if len(answered_b[name]) < planned_b[name]:
+                elif any(r.task_type == name and r.id not in answered_ids for r in plan.brainstorm):
                     waiting.append(name)  # pool must be complete so resumes render the same prompts
-                    continue
-                pool, pstats = build_pool(answered_b[name])
-                pools[name] = pool
-                pools_info[name] = {"size": len(pool), **pstats}
-                if not pool:
-                    say(f"e5x synth: task type {name!r}: brainstorm gave no usable task; its examples are skipped")
+                else:
+                    asym.append(name)
+            filled = await asyncio.gather(*(fill_pool(name, answered_b[name]) for name in asym))
+            pools: dict[str, list[str]] = {}
+            for name, got in zip(asym, filled):
+                if got is None:
                     waiting.append(name)
-                    continue
-                ready[name] = pool
+                else:
+                    ready[name] = pools[name] = got[0]
+            if runner.fatal:
+                return
             if pools:
                 write_json_atomic(out / "pools.json", {"pools": pools, "stats": pools_info})
             if runner.stop_reason is None and n_examples:
@@ -280,6 +401,7 @@ def _run_locked(plan: Plan, out: Path, say: Callable[[str], None]) -> dict[str, 
     finally:
         log.close()
         errlog.close()
+        calls_log.close()
     elapsed = time.monotonic() - t0
 
     answered_ids = seen | runner.answered_ids
@@ -294,13 +416,33 @@ def _run_locked(plan: Plan, out: Path, say: Callable[[str], None]) -> dict[str, 
         "brainstorm": {"planned": len(plan.brainstorm), "answered": b_done},
         "examples": {"planned": n_examples, "answered": e_done, "by_type": plan.counts},
         "waiting_for_brainstorm": waiting,
+        # Types whose brainstorm answers (planned + retries) gave no usable task.
+        "brainstorm_exhausted": {
+            name: {"answers": n, "retries": cfg.brainstorm_retries} for name, n in exhausted.items()
+        },
         "answered_before": prior,
         "answered_this_session": stats.answered_now,
         "api_calls_total": stats.calls,
+        # Calls: every one sent (reserved before sending, all sessions); answers stored;
+        # calls a kill left in flight (outcome unknown, counted at their reservation).
+        # Tokens/cost: billed = the server's usage of stored answers; reserved = the
+        # worst case of the calls lost in flight. Caps count billed + reserved.
+        "budget": {
+            "calls": {"sent": stats.calls, "stored": stats.answered, "lost_in_flight": stats.lost_calls},
+            "tokens": {"billed": stats.tokens, "reserved": stats.lost_tokens},
+            "cost_usd": {"billed": round(stats.cost_usd, 6), "reserved": round(stats.lost_cost_usd, 6)},
+        },
         "errors_this_session": dict(stats.errors),
         "failed_this_session": dict(stats.failed),
+        "retry_after": {
+            "received": len(stats.retry_after),
+            "max_s": max(stats.retry_after, default=None),
+            "capped": stats.retry_after_capped,
+            "cap_s": cfg.retry_after_max_s,
+        },
         "finish_reasons": dict(stats.finish),
         "refusals": stats.refusals,
+        "rejected_answers": dict(stats.rejected),
         "prompt_tokens": stats.prompt_tokens,
         "completion_tokens": stats.completion_tokens,
         "cost_usd": round(stats.cost_usd, 6),
@@ -327,10 +469,30 @@ def format_summary(s: dict[str, Any]) -> str:
         f"API calls {s['api_calls_total']}",
         f"  finish reasons {s['finish_reasons']}, refusals {s['refusals']}",
     ]
+    b = s["budget"]
+    if b["calls"]["lost_in_flight"]:
+        lines.append(
+            f"  budget: {b['calls']['sent']} calls sent, {b['calls']['stored']} answers stored, "
+            f"{b['calls']['lost_in_flight']} lost in flight at a kill (reserved: {b['tokens']['reserved']:,} tokens, "
+            f"${b['cost_usd']['reserved']:.4f}, counted against the caps)"
+        )
+    if s["rejected_answers"]:
+        lines.append(f"  stored but unusable answers {s['rejected_answers']}")
     if s["errors_this_session"]:
         lines.append(f"  retried errors {s['errors_this_session']}")
+    ra = s["retry_after"]
+    if ra["capped"]:
+        lines.append(
+            f"  Retry-After: {ra['capped']} of {ra['received']} waits capped at {ra['cap_s']:g} s "
+            f"(longest asked: {ra['max_s']:g} s; retry_after_max_s)"
+        )
     if s["failed_this_session"]:
         lines.append(f"  gave up (will retry on --resume) {s['failed_this_session']}")
+    for name, e in s["brainstorm_exhausted"].items():
+        lines.append(
+            f"  task type {name!r}: none of its {e['answers']} brainstorm answers gave a usable task and its "
+            f"{e['retries']} brainstorm retries are spent; its examples are skipped (raise brainstorm_retries, --resume)"
+        )
     if s["waiting_for_brainstorm"]:
         lines.append(f"  examples waiting for a complete task pool: {s['waiting_for_brainstorm']}")
     lines.append(f"  run directory {s['run_dir']}")

@@ -35,6 +35,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,6 +119,12 @@ class SynthConfig:
     http_backend: Literal["auto", "aiohttp", "httpx"] = "auto"  # auto: aiohttp when installed
     backoff_base_s: float = 1.0
     backoff_max_s: float = 60.0
+    # A server's Retry-After is honoured up to this many seconds (longer ones are capped
+    # and logged): one bad header must not pause every worker for hours.
+    retry_after_max_s: float = 120.0
+    # Extra brainstorm requests a task type gets when every brainstorm answer it has is
+    # unusable (none parses into a task); once spent, its examples wait and the summary names it.
+    brainstorm_retries: int = 3
     # Budget caps over the whole run directory (resumes included); None = no cap.
     max_requests: int | None = None  # API calls, retries included
     max_tokens_total: int | None = None
@@ -135,43 +143,63 @@ class SynthConfig:
         return (float(p[0]), float(p[1])) if p is not None else None
 
     def check(self) -> None:
-        """Raise ValueError on anything that would make the run fail later."""
-        if not isinstance(self.n_examples, int) or self.n_examples < 0:
+        """Raise ValueError on anything that would make the run fail later: every field's
+        type first (a string where a table is expected is an error, not a list of
+        letters), then ranges, then what fields require of each other. Runs before any
+        request is sent."""
+        check_types(self)
+        self.check_ranges()
+        if self.max_cost_usd is not None:
+            for step in ("brainstorm", "examples"):
+                for m, w in getattr(self, step).models.items():
+                    if w > 0 and self.price(m) is None:
+                        raise ValueError(
+                            f"max_cost_usd is set but model {m!r} ({step}.models) has no price; "
+                            f"add prices.{m} = [input_usd_per_1M, output_usd_per_1M]"
+                        )
+
+    def check_ranges(self) -> None:
+        """Each field on its own within range (types already checked)."""
+        if self.n_examples < 0:
             raise ValueError(f"n_examples must be an integer >= 0, got {self.n_examples!r}")
+        if not 0 <= self.seed < 2**64:
+            raise ValueError(f"seed must be in [0, 2**64), got {self.seed!r}")
         check_weights(self.task_weights, where="task_weights")
         if self.language_weights is not None:
             check_weights(self.language_weights, where="language_weights")
         for step in ("brainstorm", "examples"):
             s: StepConfig = getattr(self, step)
             check_weights(s.models, where=f"{step}.models")
-            if s.response_format not in ("none", "json_object", "json_schema"):
-                raise ValueError(f"{step}.response_format must be none|json_object|json_schema, got {s.response_format!r}")
             if s.max_tokens is not None and s.max_tokens <= 0:
-                raise ValueError(f"{step}.max_tokens must be > 0")
-            if self.max_cost_usd is not None:
-                for m, w in s.models.items():
-                    if w > 0 and self.price(m) is None:
-                        raise ValueError(
-                            f"max_cost_usd is set but model {m!r} ({step}.models) has no price; "
-                            f"add prices.{m} = [input_usd_per_1M, output_usd_per_1M]"
-                        )
+                raise ValueError(f"{step}.max_tokens must be > 0, got {s.max_tokens!r}")
+            if s.temperature is not None and not (math.isfinite(s.temperature) and s.temperature >= 0):
+                raise ValueError(f"{step}.temperature must be a finite number >= 0, got {s.temperature!r}")
+            if s.top_p is not None and not 0 < s.top_p <= 1:
+                raise ValueError(f"{step}.top_p must be in (0, 1], got {s.top_p!r}")
         for name, val, lo in (
             ("concurrency", self.concurrency, 1),
             ("tasks_per_brainstorm", self.tasks_per_brainstorm, 1),
             ("max_retries", self.max_retries, 0),
+            ("brainstorm_retries", self.brainstorm_retries, 0),
+            ("max_requests", self.max_requests, 0),
+            ("max_tokens_total", self.max_tokens_total, 0),
         ):
-            if not isinstance(val, int) or val < lo:
+            if val is not None and val < lo:
                 raise ValueError(f"{name} must be an integer >= {lo}, got {val!r}")
-        for name in ("rpm", "tpm", "timeout_s", "examples_per_task", "max_cost_usd"):
+        for name in ("rpm", "tpm", "timeout_s", "examples_per_task"):
             v = getattr(self, name)
-            if v is not None and (not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0):
+            if v is not None and (not math.isfinite(v) or v <= 0):
                 raise ValueError(f"{name} must be a positive number, got {v!r}")
-        if self.http_backend not in ("auto", "aiohttp", "httpx"):
-            raise ValueError(f"http_backend must be auto|aiohttp|httpx, got {self.http_backend!r}")
-        if self.fsync not in ("always", "interval", "never"):
-            raise ValueError(f"fsync must be always|interval|never, got {self.fsync!r}")
-        if self.endpoint.provider not in ("openai", "azure"):
-            raise ValueError(f"endpoint.provider must be openai|azure, got {self.endpoint.provider!r}")
+        for name in ("max_cost_usd", "backoff_base_s", "backoff_max_s", "retry_after_max_s", "fsync_interval_s"):
+            v = getattr(self, name)
+            if v is not None and (not math.isfinite(v) or v < 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+        for t, nb in (self.brainstorm_requests or {}).items():
+            if nb < 1:
+                raise ValueError(f"brainstorm_requests.{t} must be an integer >= 1, got {nb!r}")
+        for m, pr in self.prices.items():
+            if len(pr) != 2 or not all(math.isfinite(x) and x >= 0 for x in pr):
+                raise ValueError(f"prices.{m} must be [input, output] USD per 1M tokens, finite and >= 0, got {pr!r}")
 
     # ---- (de)serialisation --------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -179,7 +207,14 @@ class SynthConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, where: str = "config") -> SynthConfig:
-        return _build(cls, data, where)
+        """Build and type-check; an error names ``where`` and the field."""
+        cfg = _build(cls, data, where)
+        try:
+            check_types(cfg)
+            cfg.check_ranges()
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+        return cfg
 
     @classmethod
     def from_toml(cls, path: str | Path) -> SynthConfig:
@@ -194,6 +229,61 @@ class SynthConfig:
         if cfg.task_types_file is not None and not Path(cfg.task_types_file).is_absolute():
             cfg.task_types_file = str(path.parent / cfg.task_types_file)
         return cfg
+
+
+def _describe(tp: Any) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        return "one of " + "|".join(map(str, args))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin in (dict, Mapping):
+        return f"a table of name = {_describe(args[1])}"
+    if origin is tuple:
+        return f"a list of {len(args)} numbers"
+    if dataclasses.is_dataclass(tp):
+        return "a table"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string", type(None): "unset"}.get(
+        tp, str(tp)
+    )
+
+
+def _type_ok(v: Any, tp: Any) -> bool:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return True
+    if origin is Literal:
+        return any(v == a and type(v) is type(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(v, a) for a in args)
+    if origin in (dict, Mapping):
+        return isinstance(v, Mapping) and all(isinstance(k, str) and _type_ok(x, args[1]) for k, x in v.items())
+    if origin is tuple:
+        return isinstance(v, (list, tuple)) and len(v) == len(args) and all(_type_ok(x, a) for x, a in zip(v, args))
+    if tp is type(None):
+        return v is None
+    if tp is bool:
+        return isinstance(v, bool)
+    if tp is int:
+        return isinstance(v, int) and not isinstance(v, bool)
+    if tp is float:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    if dataclasses.is_dataclass(tp):
+        return isinstance(v, tp)
+    return isinstance(v, tp)
+
+
+def check_types(obj: Any, prefix: str = "") -> None:
+    """ValueError naming the first field of the dataclass ``obj`` (nested ones included)
+    whose value does not match its annotation."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        v, tp = getattr(obj, f.name), hints[f.name]
+        if dataclasses.is_dataclass(tp) and dataclasses.is_dataclass(v) and isinstance(v, tp):
+            check_types(v, f"{prefix}{f.name}.")
+        elif not _type_ok(v, tp):
+            shown = repr(v) if len(repr(v)) <= 80 else repr(v)[:77] + "..."
+            raise ValueError(f"{prefix}{f.name} must be {_describe(tp)}, got {shown} ({type(v).__name__})")
 
 
 def _build(cls: type, data: Mapping[str, Any], where: str) -> Any:

@@ -22,6 +22,7 @@ import numpy as np
 import polars as pl
 
 from e5x.synth.config import StepConfig, SynthConfig
+from e5x.synth.response import content_text
 from e5x.tasks.languages import default_language_weights, resolve_language_weights
 from e5x.tasks.taxonomy import LANGUAGES, TaskType, task_types
 
@@ -213,21 +214,23 @@ def _messages(step: StepConfig, prompt: str) -> list[dict[str, str]]:
 _FENCE = re.compile(r"^\s*```[a-zA-Z]*\s*\n?(.*?)\n?```\s*$", re.S)
 
 
-def parse_task_list(content: str | None) -> list[str] | None:
-    """Task definitions from a brainstorm answer: {"tasks": [...]} or a bare list."""
+def parse_task_list(content: Any) -> list[str] | None:
+    """Task definitions from a brainstorm answer: {"tasks": [...]} or a bare list.
+    ``content`` is whatever the log holds (a string, a list of parts, anything)."""
+    content = content_text(content)
     if not content:
         return None
     m = _FENCE.match(content)
     text = m.group(1) if m else content
     try:
         obj = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         start, end = text.find("["), text.rfind("]")
         if start < 0 or end <= start:
             return None
         try:
             obj = json.loads(text[start : end + 1])
-        except ValueError:
+        except (ValueError, RecursionError):
             return None
     if isinstance(obj, dict):
         obj = obj.get("tasks")

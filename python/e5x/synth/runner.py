@@ -1,13 +1,28 @@
 """The async request engine: bounded concurrency, RPM/TPM limits, retries, budget, storage.
 
 One worker coroutine per concurrency slot pulls planned requests from a shared queue.
-A request is *answered* when a well-formed chat completion (HTTP 200 with a ``choices``
-entry) is appended to the response log; only then is it counted. Transport faults (429,
-5xx, timeouts, dropped connections, unparseable bodies) are retried with exponential
-backoff and jitter, honouring ``Retry-After``; each failed attempt is logged to
-``errors.jsonl``. Truncated (finish_reason "length") and refused answers are answers:
-they are stored, counted and reported, and ``e5x clean`` rejects them with their reason.
+A request is *answered* when a chat completion (HTTP 200 with a ``choices`` entry) is
+appended to the response log; only then is it counted. Transport faults (429, 5xx,
+timeouts, dropped connections, unparseable bodies) are retried with exponential backoff
+and jitter, honouring ``Retry-After`` up to ``retry_after_max_s``; each failed attempt is
+logged to ``errors.jsonl``. An answer of any shape is stored (see ``response.py``):
+truncated, refused, empty or odd ones too, with ``rejected`` naming why it cannot be used,
+so a paid answer is never asked for twice; ``e5x clean`` rejects them with their reason.
 The openai client's own retries are off (``max_retries=0``) so every retry is ours.
+
+Budgets survive kill -9: before a call is sent, a reservation (its id and worst-case
+tokens and cost) is appended to ``calls.jsonl``; answers and errors name the call they
+settle. A reservation with neither (the process died with the call in flight) stays
+counted at its worst case on every resume, so ``max_requests`` counts every call ever
+sent and the token and cost caps count what such a call may have cost.
+
+Token and cost caps reserve ``prompt_tokens_bound`` (UTF-8 bytes of the messages plus a
+chat-template allowance, see ``response.py``) plus the step's ``max_tokens`` per call in
+flight, then settle on the server's reported usage. For tokenizers with at least one
+byte per token (tiktoken, byte-fallback SentencePiece) and ``max_tokens`` set, a cap is
+never exceeded. A server counting more than that bound, or ``max_tokens = None`` (the
+completion reserve is then the type's typical size), can overshoot a cap by at most the
+excess of the calls in flight at once: ``concurrency`` x (actual - reserved) tokens.
 """
 
 from __future__ import annotations
@@ -24,6 +39,7 @@ from typing import Any
 
 from e5x.synth.config import StepConfig, SynthConfig
 from e5x.synth.plan import Request
+from e5x.synth.response import MalformedBody, parse_completion, prompt_tokens_bound, token_count
 from e5x.synth.store import AppendLog
 from e5x.tasks.taxonomy import TaskType
 
@@ -38,16 +54,23 @@ class FatalAPIError(RuntimeError):
 class Stats:
     """Counters of the run directory (previous sessions included where noted)."""
 
-    calls: int = 0  # API calls made, retries included (all sessions)
+    calls: int = 0  # API calls sent or reserved, retries included (all sessions)
     answered: int = 0  # stored answers (all sessions)
     answered_now: int = 0  # stored by this session
-    prompt_tokens: int = 0
+    prompt_tokens: int = 0  # billed: the usage of stored answers
     completion_tokens: int = 0
     cost_usd: float = 0.0
+    # Calls a kill left without an outcome (earlier sessions): counted at their reservation.
+    lost_calls: int = 0
+    lost_tokens: int = 0
+    lost_cost_usd: float = 0.0
     finish: Counter[str] = field(default_factory=Counter)  # finish_reason of stored answers
     refusals: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)  # stored answers that cannot be used, by reason
     errors: Counter[str] = field(default_factory=Counter)  # failed attempts by kind (this session)
     failed: Counter[str] = field(default_factory=Counter)  # requests given up this session, by last error
+    retry_after: list[float] = field(default_factory=list)  # Retry-After values received (this session)
+    retry_after_capped: int = 0
     latency_sum: float = 0.0
 
     @property
@@ -55,14 +78,18 @@ class Stats:
         return self.prompt_tokens + self.completion_tokens
 
     def add_answer(self, rec: dict[str, Any], cost: float) -> None:
+        """Count one stored answer; any log record is accepted (odd values count as 0)."""
         self.answered += 1
-        u = rec.get("usage") or {}
-        self.prompt_tokens += int(u.get("prompt_tokens") or 0)
-        self.completion_tokens += int(u.get("completion_tokens") or 0)
+        u = rec.get("usage")
+        u = u if isinstance(u, dict) else {}
+        self.prompt_tokens += token_count(u.get("prompt_tokens")) or 0
+        self.completion_tokens += token_count(u.get("completion_tokens")) or 0
         self.cost_usd += cost
         self.finish[str(rec.get("finish_reason"))] += 1
         if rec.get("refusal"):
             self.refusals += 1
+        if rec.get("rejected"):
+            self.rejected[str(rec["rejected"])[:100]] += 1
 
 
 class TokenBucket:
@@ -126,12 +153,17 @@ class Runner:
         log: AppendLog,
         errlog: AppendLog,
         stats: Stats,
+        calls_log: AppendLog | None = None,
     ) -> None:
         self.cfg = cfg
         self.types = types
         self.log = log
         self.errlog = errlog
+        self.calls_log = calls_log
         self.stats = stats
+        # Call ids are unique across sessions: attempts restart at 1 on every resume.
+        self.session = f"{int(time.time()):x}{random.getrandbits(24):06x}"
+        self._ncalls = 0
         self.stop_reason: str | None = None
         self.answered_ids: set[str] = set()
         self.brainstorm_records: list[dict[str, Any]] = []
@@ -139,6 +171,8 @@ class Runner:
         self._pause_until = 0.0
         self._reserved_tokens = 0
         self._reserved_cost = 0.0
+        self._calls_in_flight = 0
+        self._settled: asyncio.Event | None = None  # set when a call in flight settles
         self._inflight = 0
         self._rpm = TokenBucket(cfg.rpm) if cfg.rpm else None
         self._tpm = TokenBucket(cfg.tpm) if cfg.tpm else None
@@ -187,20 +221,38 @@ class Runner:
         p = self.cfg.price(model)
         return 0.0 if p is None else (prompt_tokens * p[0] + completion_tokens * p[1]) / 1e6
 
-    def _estimate(self, req: Request, step: StepConfig) -> tuple[int, float]:
+    def _reserve(self, req: Request, step: StepConfig) -> tuple[int, float]:
+        """Worst-case tokens and cost of one call (see the module docstring)."""
         completion = step.max_tokens or req.expected_completion_tokens
-        tokens = req.prompt_tokens_est + completion
-        return tokens, self.cost(req.model, req.prompt_tokens_est, completion)
+        prompt = prompt_tokens_bound(req.messages)
+        return prompt + completion, self.cost(req.model, prompt, completion)
 
-    def _budget_ok(self, tokens: int, cost: float) -> bool:
-        c = self.cfg
-        if c.max_requests is not None and self.stats.calls + 1 > c.max_requests:
-            self.stop_reason = f"budget: max_requests={c.max_requests} reached"
-        elif c.max_tokens_total is not None and self.stats.tokens + self._reserved_tokens + tokens > c.max_tokens_total:
-            self.stop_reason = f"budget: max_tokens_total={c.max_tokens_total} would be exceeded"
-        elif c.max_cost_usd is not None and self.stats.cost_usd + self._reserved_cost + cost > c.max_cost_usd:
-            self.stop_reason = f"budget: max_cost_usd={c.max_cost_usd} would be exceeded"
-        return self.stop_reason is None
+    def _over_budget(self, tokens: int, cost: float) -> str | None:
+        c, s = self.cfg, self.stats
+        if c.max_requests is not None and s.calls + 1 > c.max_requests:
+            return f"budget: max_requests={c.max_requests} reached"
+        if c.max_tokens_total is not None and s.tokens + s.lost_tokens + self._reserved_tokens + tokens > c.max_tokens_total:
+            return f"budget: max_tokens_total={c.max_tokens_total} would be exceeded"
+        if c.max_cost_usd is not None and s.cost_usd + s.lost_cost_usd + self._reserved_cost + cost > c.max_cost_usd:
+            return f"budget: max_cost_usd={c.max_cost_usd} would be exceeded"
+        return None
+
+    async def _admit(self, tokens: int, cost: float) -> bool:
+        """True once the call fits the caps. A token or cost cap that only the worst case
+        of the calls in flight blocks waits for them to settle (they usually cost far less
+        than reserved); with nothing in flight, or for max_requests, the run stops."""
+        while True:
+            if self.stop_reason is not None:
+                return False
+            reason = self._over_budget(tokens, cost)
+            if reason is None:
+                return True
+            if self._calls_in_flight == 0 or "max_requests" in reason:
+                self.stop_reason = reason
+                return False
+            if self._settled is None:
+                self._settled = asyncio.Event()
+            await self._settled.wait()
 
     # ---- the loop -------------------------------------------------------------------------
     async def run(self, requests: list[Request], step: StepConfig, bar: Any = None) -> None:
@@ -254,31 +306,54 @@ class Runner:
 
     async def _do(self, req: Request, step: StepConfig) -> None:
         kwargs = self._request_kwargs(req, step)
-        est_tokens, est_cost = self._estimate(req, step)
+        # The rate limiter paces on the typical size; the budget reserves the worst case.
+        tpm_tokens = req.prompt_tokens_est + (step.max_tokens or req.expected_completion_tokens)
+        est_tokens, est_cost = self._reserve(req, step)
         attempt = 0
         while True:
             if self.stop_reason is not None:
                 return  # left unanswered; a resume picks it up
-            await self._wait_turn(est_tokens)
+            await self._wait_turn(tpm_tokens)
             # Check, reserve and count with no await in between, so concurrent workers
             # cannot all pass the check and overshoot a cap together.
-            if self.stop_reason is not None or not self._budget_ok(est_tokens, est_cost):
+            if not await self._admit(est_tokens, est_cost):
                 return
             self._reserved_tokens += est_tokens
             self._reserved_cost += est_cost
+            self._calls_in_flight += 1
             self.stats.calls += 1
             attempt += 1
+            self._ncalls += 1
+            call = f"{self.session}-{self._ncalls}"
+            if self.calls_log is not None:  # durable before the request leaves
+                self.calls_log.append(
+                    {"call": call, "id": req.id, "attempt": attempt, "tokens": est_tokens,
+                     "cost_usd": est_cost, "ts": time.time()}
+                )  # fmt: skip
             try:
-                kind, detail, retry_after = await self._attempt(req, kwargs, attempt, est_tokens)
+                kind, detail, retry_after = await self._attempt(req, kwargs, attempt, tpm_tokens, call)
             finally:
                 self._reserved_tokens -= est_tokens
                 self._reserved_cost -= est_cost
+                self._calls_in_flight -= 1
+                if self._settled is not None:
+                    self._settled.set()
+                    self._settled = None
             if kind is None:
                 return  # stored
             self.stats.errors[kind] += 1
-            self.errlog.append(
-                {"id": req.id, "attempt": attempt, "kind": kind, "detail": detail[:500], "model": req.model, "ts": time.time()}
-            )
+            err: dict[str, Any] = {
+                "id": req.id, "call": call, "attempt": attempt, "kind": kind, "detail": detail[:500],
+                "model": req.model, "ts": time.time(),
+            }  # fmt: skip
+            if retry_after is not None:
+                self.stats.retry_after.append(retry_after)
+                err["retry_after_s"] = retry_after
+                if retry_after > self.cfg.retry_after_max_s:
+                    self.stats.retry_after_capped += 1
+                    retry_after = self.cfg.retry_after_max_s
+                    err["retry_after_capped_s"] = retry_after
+            self.errlog.append(err)
             self._update_bar()
             if kind in ("auth", "not_found"):
                 self.fatal = self.fatal or f"{kind}: {detail}"
@@ -296,7 +371,7 @@ class Runner:
             await asyncio.sleep(delay)
 
     async def _attempt(
-        self, req: Request, kwargs: dict[str, Any], attempt: int, est_tokens: int
+        self, req: Request, kwargs: dict[str, Any], attempt: int, tpm_tokens: int, call: str
     ) -> tuple[str | None, str, float | None]:
         """One HTTP call. Returns (None, "", None) once the answer is stored, else the error."""
         import openai
@@ -332,36 +407,33 @@ class Runner:
             self._inflight -= 1
         latency = time.monotonic() - t0
         try:
-            body = json.loads(body_bytes)
-            choice = body["choices"][0]
-            message = choice["message"]
-        except (ValueError, KeyError, IndexError, TypeError) as e:
-            return "malformed", f"unparseable response body ({e!r}): {body_bytes[:200]!r}", None
-        usage = body.get("usage") or {}
-        content = message.get("content")
-        estimated = not usage
-        if estimated:  # some servers omit usage; keep budgets honest with an estimate
-            usage = {"prompt_tokens": req.prompt_tokens_est, "completion_tokens": len(content or "") // 4 + 1}
+            # Missing usage: bill the bound, so budgets stay on the safe side.
+            c = parse_completion(json.loads(body_bytes), prompt_tokens_bound(req.messages))
+        except (ValueError, RecursionError) as e:  # MalformedBody and JSON errors
+            return "malformed", f"unparseable response body ({e}): {body_bytes[:200]!r}", None
+        pt, ct = c.prompt_tokens, c.completion_tokens
         rec = {
             "id": req.id,
             "step": req.step,
             "task_type": req.task_type,
             "model": req.model,
-            "response_model": body.get("model"),
+            "response_model": c.model,
             "messages": req.messages,
             "params": {k: v for k, v in kwargs.items() if k not in ("model", "messages")},
             "meta": req.meta,
-            "content": content,
-            "refusal": message.get("refusal"),
-            "finish_reason": choice.get("finish_reason"),
-            "usage": {k: usage.get(k) for k in ("prompt_tokens", "completion_tokens", "total_tokens")},
-            "usage_estimated": estimated,
+            "content": c.content,
+            "refusal": c.refusal,
+            "finish_reason": c.finish_reason,
+            "rejected": c.rejected,
+            "usage": {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct},
+            "usage_estimated": c.usage_estimated,
             "latency_s": round(latency, 4),
             "attempts": attempt,
-            "response_id": body.get("id"),
+            "call": call,
+            "response_id": c.response_id,
             "ts": time.time(),
+            **c.extra,
         }
-        pt, ct = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
         cost = self.cost(req.model, pt, ct)
         rec["cost_usd"] = cost
         # Durable first, counted second: a kill between the two loses only the count.
@@ -373,7 +445,7 @@ class Runner:
         self.stats.answered_now += 1
         self.stats.latency_sum += latency
         if self._tpm is not None:
-            self._tpm.credit(est_tokens - (pt + ct))
+            self._tpm.credit(tpm_tokens - (pt + ct))
         if self._bar is not None:
             self._bar.update(1)
             self._update_bar()
@@ -387,7 +459,7 @@ class Runner:
         s = self.stats
         self._bar.set_postfix_str(
             f"tok={s.tokens:,} ${s.cost_usd:.4f} err={sum(s.errors.values())} len={s.finish.get('length', 0)} "
-            f"ref={s.refusals}",
+            f"ref={s.refusals} rej={sum(s.rejected.values())}",
             refresh=False,
         )
 
