@@ -74,8 +74,11 @@ def test_huge_n_is_a_value_error_before_allocating():
 def test_render_output_size_is_checked_before_building():
     # One row rendering to ~5 GiB: refused from the measured size, nothing is built.
     out = ok_line("""
-        import resource
-        resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))  # building it would fail loudly
+        import os, resource
+        core.render('{a}', pl.DataFrame({'a': ['x']}))  # thread pools up before the limit
+        vsz = int(open('/proc/self/statm').read().split()[0]) * os.sysconf('SC_PAGE_SIZE')
+        limit = vsz + (2 << 30)  # building the 5 GiB row would hit it (and abort, before the fix)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
         try:
             core.render('{a}' * 5000, pl.DataFrame({'a': ['x' * (1 << 20)]}))
         except ValueError as e:
