@@ -90,3 +90,39 @@ def test_a_checkpoint_without_checksums_still_loads(ckpts):
     (second / "optimizer.pt").write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="optimizer.pt cannot be loaded"):
         checkpoint.load(second, World())
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_training_resumes_from_the_previous_checkpoint_when_the_latest_is_truncated(tmp_path: Path, capsys):
+    import signal
+
+    from _tiny import toy_triples
+    from e5x.train import TrainConfig, train
+
+    data = tmp_path / "toy.parquet"
+    toy_triples(128, seed=0).write_parquet(data)
+    tiny = {"arch": "mistral", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2}  # fmt: skip
+
+    def cfg(name: str) -> TrainConfig:
+        return TrainConfig(
+            tiny_model=tiny, sources=[{"path": str(data), "name": "toy", "instruction": "Find the code"}],
+            output_dir=str(tmp_path / name), batch_size=8, chunk_size=4, max_length=40, lr=3e-3, warmup_steps=2,
+            max_steps=6, save_every=2, lora_dropout=0.1, precision="fp32", progress=False, seed=1,
+        )  # fmt: skip
+
+    straight = train(cfg("straight"))
+
+    def stop_at_5(record):
+        if record["step"] == 5:
+            signal.raise_signal(signal.SIGTERM)
+
+    first = train(cfg("resumed"), on_step=stop_at_5)
+    assert first.interrupted and first.checkpoint is not None and first.checkpoint.name == "step-00000005"
+    _truncate(first.checkpoint / "trainable.pt")
+    capsys.readouterr()
+    second = train(cfg("resumed"))
+    err = capsys.readouterr().err
+    assert f"{first.checkpoint}: trainable.pt is" in err and "step-00000004" in err
+    # Steps 5 and 6 again from step 4's state: the same losses as the uninterrupted run.
+    assert second.step == 6 and second.losses == pytest.approx(straight.losses[4:], abs=1e-6)
