@@ -159,6 +159,7 @@ def test_a_type_with_only_unusable_brainstorm_answers_asks_again(server: FakeOpe
     assert seen["brainstorm-long_short-000002"] == 1 and seen["brainstorm-long_short-000003"] == 1
     assert "brainstorm-long_short-000004" not in seen  # no more once the pool has tasks
     assert s["pools"]["long_short"]["size"] > 0 and s["brainstorm_exhausted"] == {}
+    assert s["brainstorm"] == {"planned": 2, "answered": 2, "retries_answered": 2}
     # A resume rebuilds the very same pool from the log (prompts must not change).
     pool = json.loads((run / "pools.json").read_text())["pools"]["long_short"]
     n = len(server.arrivals)

@@ -413,7 +413,12 @@ def _run_locked(plan: Plan, out: Path, say: Callable[[str], None]) -> dict[str, 
         "complete": complete,
         "stop_reason": runner.stop_reason,
         "fatal": runner.fatal,
-        "brainstorm": {"planned": len(plan.brainstorm), "answered": b_done},
+        "brainstorm": {
+            "planned": len(plan.brainstorm),
+            "answered": b_done,
+            # Extra requests of types whose answers gave no usable task.
+            "retries_answered": sum(i.startswith("brainstorm-") for i in answered_ids) - b_done,
+        },
         "examples": {"planned": n_examples, "answered": e_done, "by_type": plan.counts},
         "waiting_for_brainstorm": waiting,
         # Types whose brainstorm answers (planned + retries) gave no usable task.

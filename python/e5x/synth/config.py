@@ -125,7 +125,11 @@ class SynthConfig:
     # Extra brainstorm requests a task type gets when every brainstorm answer it has is
     # unusable (none parses into a task); once spent, its examples wait and the summary names it.
     brainstorm_retries: int = 3
-    # Budget caps over the whole run directory (resumes included); None = no cap.
+    # Budget caps over the whole run directory (resumes and calls lost at a kill included);
+    # None = no cap. max_requests is never exceeded. Token and cost caps reserve an upper
+    # bound per call in flight (prompt UTF-8 bytes + max_tokens) and are never exceeded for
+    # byte-level tokenizers with max_tokens set; otherwise by at most concurrency x the
+    # excess of one call over its reservation (see runner.py).
     max_requests: int | None = None  # API calls, retries included
     max_tokens_total: int | None = None
     max_cost_usd: float | None = None
