@@ -145,6 +145,7 @@ class FakeOpenAI:
     answered: Counter[str] = field(default_factory=Counter)  # rid -> good 200 answers sent
     answer_times: list[tuple[str, float]] = field(default_factory=list)  # (rid, monotonic time)
     faults_served: Counter[str] = field(default_factory=Counter)
+    billed_tokens: int = 0  # usage of every completion generated, delivered or not
     resent_after_stored: list[str] = field(default_factory=list)
     _seen: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
 
@@ -264,6 +265,7 @@ class FakeOpenAI:
                 "total_tokens": max(1, prompt_chars // 4) + completion_tokens,
             },
         }
+        self.billed_tokens += payload["usage"]["total_tokens"]
         out: Any = payload
         if fault in SHAPES:
             SHAPES[fault](payload)
