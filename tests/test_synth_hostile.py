@@ -281,3 +281,42 @@ def test_response_helpers_are_total():
     assert parse_completion({"choices": [None]}, 1).rejected == "the choice is not an object"
     with pytest.raises(ValueError, match="no choices"):
         parse_completion({"choices": []}, 1)
+
+
+def test_resume_survives_random_records_in_every_log(server: FakeOpenAI, tmp_path: Path):
+    """Seeded fuzz: any JSON value in any field of the three logs; a resume must finish."""
+    import random
+
+    rng = random.Random(16)
+    cfg = make_cfg(server, n_examples=10, task_weights={"short_long": 1, "sts": 1})
+    run = tmp_path / "run"
+    synthesize(make_cfg(server, n_examples=10, task_weights={"short_long": 1, "sts": 1}, max_requests=3), run)
+    plan = build_plan(cfg)
+    ids = [r.id for r in plan.brainstorm] + plan.example_ids()
+
+    def value(depth: int = 0):
+        kinds = ["none", "bool", "int", "float", "str", "id"] + (["list", "dict"] if depth < 2 else [])
+        k = rng.choice(kinds)
+        if k == "list":
+            return [value(depth + 1) for _ in range(rng.randint(0, 3))]
+        if k == "dict":
+            return {rng.choice(["text", "type", "value", "x"]): value(depth + 1) for _ in range(rng.randint(0, 3))}
+        return {"none": None, "bool": rng.random() < 0.5, "int": rng.randint(-10, 10**6), "float": rng.uniform(-1, 1e6),
+                "str": rng.choice(["", "x", "brainstorm", "sts", '{"tasks": ["Find a thing."]}', "\x00"]),
+                "id": rng.choice(ids)}[k]  # fmt: skip
+
+    fields = ["id", "step", "task_type", "content", "refusal", "usage", "cost_usd", "call", "rejected", "finish_reason"]
+    for name, n in (("responses.jsonl", 60), ("errors.jsonl", 30), ("calls.jsonl", 30)):
+        with open(run / name, "a") as f:
+            for _ in range(n):
+                rec = {k: value() for k in fields if rng.random() < 0.8}
+                if name == "calls.jsonl":
+                    rec.update(tokens=value(), call=rng.choice([f"c{rng.randint(0, 5)}", value()]))
+                f.write(json.dumps(rec) + "\n")
+    s = synthesize(cfg, run, resume=True)  # must not raise
+    assert s["budget"]["calls"]["sent"] >= 3
+    recs = [r for r in map(json.loads, (run / "responses.jsonl").read_text().splitlines()) if isinstance(r, dict)]
+    stored = {r["id"] for r in recs if isinstance(r.get("id"), str)}
+    # Everything planned is answered unless the random records left a brainstorm pool empty.
+    assert s["complete"] or s["waiting_for_brainstorm"], s
+    assert set(plan.example_ids()) <= stored or s["waiting_for_brainstorm"]
