@@ -63,6 +63,8 @@ FLAG_CASES = [
     (["--temperature", "nan"], "temperature must be a finite number >= 0"),
     (["--top-p", "2"], "top_p must be in (0, 1]"),
     (["--timeout", "0"], "timeout_s must be a positive number"),
+    (["--brainstorm-retries", "-1"], "brainstorm_retries must be an integer >= 0, got -1"),
+    (["--retry-after-max", "inf"], "retry_after_max_s must be a finite number >= 0"),
     (["--task-weight", "bogus=1"], "unknown task type"),
     (["--config", "/nonexistent/synth.toml"], "/nonexistent/synth.toml"),
     (["--task-types", "/nonexistent/types.toml"], "/nonexistent/types.toml"),

@@ -81,6 +81,10 @@ def configure(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tpm", type=float, help="tokens per minute limit")
     g.add_argument("--timeout", dest="timeout_s", type=float, help="per-request timeout, seconds")
     g.add_argument("--max-retries", type=int)
+    g.add_argument("--retry-after-max", dest="retry_after_max_s", type=float,
+                   help="cap on a server's Retry-After, seconds (default 120)")
+    g.add_argument("--brainstorm-retries", type=int,
+                   help="extra brainstorm requests for a task type whose answers give no usable task (default 3)")
     g.add_argument("--fsync", choices=["always", "interval", "never"])
     g = p.add_argument_group("budget (whole run directory, resumes included)")
     g.add_argument("--max-requests", type=int)
@@ -107,6 +111,7 @@ def build_config(args: argparse.Namespace) -> Any:
     for name in (
         "n_examples", "seed", "task_types_file", "tasks_per_brainstorm", "concurrency", "rpm", "tpm",
         "timeout_s", "max_retries", "fsync", "max_requests", "max_tokens_total", "max_cost_usd",
+        "retry_after_max_s", "brainstorm_retries",
     ):  # fmt: skip
         v = getattr(args, name)
         if v is not None:
