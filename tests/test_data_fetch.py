@@ -185,12 +185,40 @@ def test_a_part_left_by_a_killed_fetch_is_resumed(env, server):
     assert server.ranges == [("/sts/Stsbenchmark.tar.gz", "bytes=100-")]
 
 
+def test_files_an_interrupted_multi_file_fetch_completed_are_not_fetched_again(env, tmp_path, monkeypatch):
+    reg = tmp_path / "two.toml"
+    reg.write_text(textwrap.dedent("""
+        [datasets.two]
+        kind = "eval"
+        description = "two files"
+        license = "test"
+        homepage = "https://example.org"
+        size = "1 kB"
+        layout = "table"
+        expect = { "a.parquet" = 2, "b.parquet" = 2 }
+        [[datasets.two.files]]
+        url = "URL/a.parquet"
+        [[datasets.two.files]]
+        url = "URL/b.parquet"
+    """))
+    with DataServer({"/a.parquet": pairs_parquet()}) as s:  # b.parquet is missing: 404
+        reg.write_text(reg.read_text().replace("URL", s.url))
+        env(s.url)
+        monkeypatch.setenv("E5X_REGISTRY", str(reg))
+        with pytest.raises(FetchError, match=r"b\.parquet \(HTTP 404\)"):
+            fetch("two", echo=lambda m: None)
+        s.files["/b.parquet"] = pairs_parquet()
+        path = fetch("two", echo=lambda m: None)
+        assert s.gets["/a.parquet"] == 1 and s.gets["/b.parquet"] == 2
+    assert pl.read_parquet(path / "b.parquet").height == 2
+
+
 def test_checksum_mismatch_is_a_clear_error_and_leaves_nothing(env, server):
     env(server.url, md5="0" * 32)
     with pytest.raises(FetchError, match=r"tinybeir.*md5 mismatch: got [0-9a-f]{32}, published 0{32}"):
         fetch("tinybeir", echo=lambda s: None)
     assert not (cache_dir() / "datasets" / "tinybeir").exists()
-    assert not [p for p in (cache_dir() / "downloads").rglob("*") if p.is_file()]
+    assert not [p for p in cache_dir().rglob("*") if p.is_file() and "locks" not in p.parts]
 
 
 def test_wrong_row_counts_fail_verification_and_leave_nothing(env, server):

@@ -159,23 +159,26 @@ def fetch(
     with FileLock(str(root / "locks" / f"{ds.name}.lock")):
         if (dest / MANIFEST).is_file():  # another process fetched it while we waited
             return dest
+        # Files an interrupted fetch completed are kept here and not fetched again.
         work = dest.with_name(f".{ds.name}.partial")
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True)
+        work.mkdir(parents=True, exist_ok=True)
         try:
             origin = _fill(work, ds, mirror, tried, progress, say)
-            problems = verify_folder(work, ds)
-            if problems:
-                raise FetchError(f"dataset {ds.name!r} from {origin} failed verification: {'; '.join(problems)}; "
-                                 "nothing was kept")  # fmt: skip
-            fetched = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-            manifest = {"name": ds.name, "origin": origin, "fetched": fetched, "license": ds.license,
-                        "files": {rel: rows for rel, rows in ds.expect.items()}}  # fmt: skip
-            (work / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-            shutil.rmtree(dest, ignore_errors=True)
-            work.rename(dest)
-        finally:
+        except BaseException:
+            if not any(work.iterdir()):
+                work.rmdir()
+            raise
+        problems = verify_folder(work, ds)
+        if problems:
             shutil.rmtree(work, ignore_errors=True)
+            raise FetchError(f"dataset {ds.name!r} from {origin} failed verification: {'; '.join(problems)}; "
+                             "nothing was kept")  # fmt: skip
+        fetched = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        manifest = {"name": ds.name, "origin": origin, "fetched": fetched, "license": ds.license,
+                    "files": {rel: rows for rel, rows in ds.expect.items()}}  # fmt: skip
+        (work / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        shutil.rmtree(dest, ignore_errors=True)
+        work.rename(dest)
     say(f"e5x data: fetched {ds.name} from {origin} into {dest}")
     say(f"e5x data: {ds.name} is licensed {ds.license} ({ds.homepage}); using it means accepting its terms")
     return dest
@@ -194,10 +197,12 @@ def _fill(work: Path, ds: Dataset, mirror: str, tried: list[str], progress: bool
             return base
         except _Unusable as exc:
             tried.append(f"{base}/ ({exc})")
-            shutil.rmtree(work, ignore_errors=True)
-            work.mkdir(parents=True)
+            for rel in ds.expect:
+                (work / rel).unlink(missing_ok=True)
     origins = set()
     for f in ds.files:
+        if not f.unpack and (work / f.local_name).is_file():  # completed by an interrupted fetch
+            continue
         places = []
         if mirror:
             places.append(f"{mirror.rstrip('/')}/{f.mirror_path}" if _is_url(mirror)
@@ -220,7 +225,7 @@ def _fill(work: Path, ds: Dataset, mirror: str, tried: list[str], progress: bool
                              f"On an offline machine, {MIRROR_HINT}.")  # fmt: skip
         _place(got, f, work / f.local_name if not f.unpack else work, move=got.is_relative_to(downloads))
     shutil.rmtree(downloads, ignore_errors=True)
-    return ", ".join(sorted(origins))
+    return ", ".join(sorted(origins)) or "an earlier, interrupted fetch"
 
 
 def _obtain(place: str, blob: Path, f: SourceFile, *, progress: bool, label: str) -> Path:
@@ -326,8 +331,10 @@ def _place(src: Path, f: SourceFile, target: Path, *, move: bool) -> None:
     if not f.unpack:
         if move:
             src.replace(target)
-        else:
-            shutil.copyfile(src, target)
+        else:  # through a temporary name: a file in the folder is always whole
+            tmp = target.with_name(target.name + ".tmp")
+            shutil.copyfile(src, tmp)
+            tmp.replace(target)
         return
     try:
         if f.unpack == "zip":
