@@ -109,6 +109,30 @@ def test_a_shared_deduplicator_serialises_threads():
     assert sum(kept) == 5000 and d.seen == 160_000 and d.unique == 5000
 
 
+def test_validate_and_add_on_one_deduplicator_from_many_threads():
+    d = core.Deduplicator()
+    rows = [f'{{"S1": "s {i % 300}", "S2": "b", "S3": "c"}}' for i in range(3000)]
+    errors: list[BaseException] = []
+    kept: list[int] = []
+
+    def work(k: int) -> None:
+        try:
+            if k % 2:
+                out = core.validate(pl.Series(rows), "sts", dedup=d, dedup_fields=["S1"])
+            else:
+                out = d.add(pl.DataFrame({"S1": [f"s {i % 300}" for i in range(3000)]}), ["S1"])
+            kept.append(int(out["keep"].sum()))
+        except BaseException as e:  # noqa: BLE001 - the test reports any
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and sum(kept) == 300 and d.seen == 18_000
+
+
 @pytest.mark.parametrize("n", [0, 1, 4097])
 def test_render_still_renders_every_row(n: int):
     values = pl.DataFrame({"a": [f"v{i}" for i in range(n)], "b": ["é" * (i % 7) for i in range(n)]})
