@@ -182,3 +182,30 @@ def test_exit_codes_through_the_installed_command(server: FakeOpenAI, tmp_path: 
         assert r.returncode == code, (extra, r.stderr)
         assert "Traceback" not in r.stderr
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["api_calls_total"] == 4
+
+
+@pytest.mark.parametrize(
+    "target, exc",
+    [
+        ("mkdir", PermissionError(13, "Permission denied")),
+        ("lock", PermissionError(13, "Permission denied")),
+        ("first_write", OSError(28, "No space left on device")),
+        ("mkdir", OSError(30, "Read-only file system")),
+    ],
+)
+def test_os_errors_on_the_run_directory_are_one_line(server: FakeOpenAI, tmp_path: Path, capsys, monkeypatch, target, exc):
+    """The same paths as a read-only or full disk, also where the tests run as root."""
+    import e5x.synth as synth
+
+    def boom(*a, **k):
+        raise exc
+
+    if target == "mkdir":
+        monkeypatch.setattr(Path, "mkdir", boom)
+    elif target == "lock":
+        monkeypatch.setattr(synth, "RunLock", boom)
+    else:
+        monkeypatch.setattr(synth, "write_json_atomic", boom)
+    code, err = run_cli(cli(server, tmp_path / "run"), capsys)
+    assert code == 2 and one_line(err) and exc.strerror in err and str(tmp_path / "run") in err, err
+    assert server.arrivals == []
