@@ -185,13 +185,18 @@ def test_spent_brainstorm_retries_name_the_type_and_a_resume_can_grant_more(serv
     assert s["complete"] and len(server.arrivals) == n + 1 + 3
 
 
-def test_retry_after_is_capped_and_logged(server: FakeOpenAI, tmp_path: Path):
+def test_retry_after_is_capped_and_logged(server: FakeOpenAI, tmp_path: Path, monkeypatch):
+    from e5x.synth import runner
+
+    monkeypatch.setattr(runner, "LONG_PAUSE_S", 0.1)
     server.long_retry_after = 3600
     cfg = make_cfg(server, n_examples=4, retry_after_max_s=0.2)
     rid = build_plan(cfg).example_ids()[0]
     server.faults[rid] = ["429-long"]
     t0 = time.monotonic()
-    s = synthesize(cfg, tmp_path / "run")
+    said: list[str] = []
+    s = synthesize(cfg, tmp_path / "run", echo=said.append)
+    assert "e5x synth: rate limited; every request waits 0.2 s (asked 3600 s, capped by retry_after_max_s)" in said
     assert s["complete"] and time.monotonic() - t0 < 10
     assert s["retry_after"] == {"received": 1, "max_s": 3600.0, "capped": 1, "cap_s": 0.2}
     err = json.loads((tmp_path / "run" / "errors.jsonl").read_text())

@@ -312,7 +312,7 @@ def _run_locked(plan: Plan, out: Path, say: Callable[[str], None]) -> dict[str, 
     log = AppendLog(log_path, fsync=cfg.fsync, fsync_interval_s=cfg.fsync_interval_s)
     errlog = AppendLog(err_path, fsync="never")
     calls_log = AppendLog(out / "calls.jsonl", fsync=cfg.fsync, fsync_interval_s=cfg.fsync_interval_s)
-    runner = Runner(cfg, plan.types, log, errlog, stats, calls_log)
+    runner = Runner(cfg, plan.types, log, errlog, stats, calls_log, say)
     t0 = time.monotonic()
     pools_info: dict[str, Any] = {}
     waiting: list[str] = []

@@ -34,6 +34,7 @@ import random
 import sys
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +45,7 @@ from e5x.synth.store import AppendLog
 from e5x.tasks.taxonomy import TaskType
 
 REQUEST_ID_HEADER = "X-E5X-Request-Id"
+LONG_PAUSE_S = 10.0  # a Retry-After pause this long is said on stderr, not only logged
 
 
 class FatalAPIError(RuntimeError):
@@ -154,12 +156,14 @@ class Runner:
         errlog: AppendLog,
         stats: Stats,
         calls_log: AppendLog | None = None,
+        say: Callable[[str], None] | None = None,
     ) -> None:
         self.cfg = cfg
         self.types = types
         self.log = log
         self.errlog = errlog
         self.calls_log = calls_log
+        self.say = say or (lambda m: print(m, file=sys.stderr))
         self.stats = stats
         # Call ids are unique across sessions: attempts restart at 1 on every resume.
         self.session = f"{int(time.time()):x}{random.getrandbits(24):06x}"
@@ -367,7 +371,12 @@ class Runner:
             if retry_after is not None:
                 delay = max(delay, retry_after)
                 if kind == "rate_limited":  # the whole endpoint is saturated: everyone waits
-                    self._pause_until = max(self._pause_until, time.monotonic() + retry_after)
+                    until = time.monotonic() + retry_after
+                    if retry_after >= LONG_PAUSE_S and until > self._pause_until + 1:
+                        asked = err["retry_after_s"]
+                        capped = f" (asked {asked:g} s, capped by retry_after_max_s)" if asked > retry_after else ""
+                        self.say(f"e5x synth: rate limited; every request waits {retry_after:g} s{capped}")
+                    self._pause_until = max(self._pause_until, until)
             await asyncio.sleep(delay)
 
     async def _attempt(
