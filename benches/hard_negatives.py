@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     from e5x.data.negatives import mine_file
-    from e5x.eval.data import doc_text, read_jsonl_objects
+    from e5x.formats.benchmark import doc_text, read_jsonl_objects
     from e5x.quickstart import DEFAULTS, _evaluate, prepare_real_training_data, real_data
 
     work = Path(args.work_dir)

@@ -10,7 +10,7 @@ import pytest
 from e5x.cli import main as cli
 from e5x.data.convert import beir_triples, sts_triples, table_triples
 from e5x.data.triples import COLUMNS, DataError, Source, read_source, write_triples
-from e5x.eval.data import EvalDataError
+from e5x.formats.benchmark import FormatError
 
 SCIFACT_INSTRUCTION = "Given a scientific claim, retrieve documents that support or refute the claim"
 
@@ -70,7 +70,7 @@ def test_beir_scores_documents_and_errors(tmp_path):
     broken = _beir(tmp_path / "d", "q1\td1\t1\n")
     with (broken / "corpus.jsonl").open("a") as f:
         f.write("{not json\n")
-    with pytest.raises(EvalDataError, match=r"corpus\.jsonl:4: not valid JSON"):
+    with pytest.raises(FormatError, match=r"corpus\.jsonl:4: not valid JSON"):
         beir_triples(broken)
 
 

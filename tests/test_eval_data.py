@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from e5x.eval import resolve_task
-from e5x.eval.data import EvalDataError, load_beir, load_sts
+from e5x.formats.benchmark import FormatError, load_beir, load_sts
 
 
 def _beir(tmp_path: Path, corpus: list[str], queries: list[str], qrels: list[str]) -> Path:
@@ -74,14 +74,14 @@ def test_queries_without_qrels_are_skipped_and_counted(tmp_path):
 )
 def test_malformed_corpus_line_names_file_and_line(tmp_path, corpus, line, match):
     d = _beir(tmp_path, corpus, GOOD_QUERIES, ["q1\td1\t1"])
-    with pytest.raises(EvalDataError, match=match) as e:
+    with pytest.raises(FormatError, match=match) as e:
         load_beir(d)
     assert f"{d / 'corpus.jsonl'}:{line}:" in str(e.value)
 
 
 def test_malformed_queries_line_names_file_and_line(tmp_path):
     d = _beir(tmp_path, GOOD_CORPUS, [_q("q1"), '{"_id": "q2", "txt": "oops"}'], ["q1\td1\t1"])
-    with pytest.raises(EvalDataError, match=r"queries\.jsonl:2: missing field 'text'"):
+    with pytest.raises(FormatError, match=r"queries\.jsonl:2: missing field 'text'"):
         load_beir(d)
 
 
@@ -96,17 +96,17 @@ def test_malformed_queries_line_names_file_and_line(tmp_path):
 )
 def test_malformed_qrels_line_names_file_and_line(tmp_path, qrels, line, match):
     d = _beir(tmp_path, GOOD_CORPUS, GOOD_QUERIES, qrels)
-    with pytest.raises(EvalDataError, match=match) as e:
+    with pytest.raises(FormatError, match=match) as e:
         load_beir(d)
     assert f"{d / 'qrels' / 'test.tsv'}:{line}:" in str(e.value)
 
 
 def test_empty_corpus_and_other_whole_file_errors(tmp_path):
-    with pytest.raises(EvalDataError, match=r"corpus\.jsonl: the corpus is empty"):
+    with pytest.raises(FormatError, match=r"corpus\.jsonl: the corpus is empty"):
         load_beir(_beir(tmp_path / "a", [], GOOD_QUERIES, ["q1\td1\t1"]))
-    with pytest.raises(EvalDataError, match="no judgements"):
+    with pytest.raises(FormatError, match="no judgements"):
         load_beir(_beir(tmp_path / "b", GOOD_CORPUS, GOOD_QUERIES, []))
-    with pytest.raises(EvalDataError, match="judged query ids are not in"):
+    with pytest.raises(FormatError, match="judged query ids are not in"):
         load_beir(_beir(tmp_path / "c", GOOD_CORPUS, GOOD_QUERIES, ["q7\td1\t1"]))
     d = _beir(tmp_path / "d", GOOD_CORPUS, GOOD_QUERIES, ["q1\td1\t1"])
     with pytest.raises(FileNotFoundError, match=r"dev\.tsv not found \(splits with qrels: \['test'\]\)"):
@@ -116,16 +116,16 @@ def test_empty_corpus_and_other_whole_file_errors(tmp_path):
 def test_malformed_sts_lines(tmp_path):
     f = tmp_path / "sts-test.csv"
     f.write_text("g\tf\ty\t1\t3.0\tA \"quoted\" one.\tB.\textra\tcols\ng\tf\ty\t2\t4.5\tC.\n")
-    with pytest.raises(EvalDataError, match=r"sts-test\.csv:2: expected at least 7 TAB-separated fields"):
+    with pytest.raises(FormatError, match=r"sts-test\.csv:2: expected at least 7 TAB-separated fields"):
         load_sts(f)
     f.write_text("g\tf\ty\t1\tfive\tA.\tB.\n")
-    with pytest.raises(EvalDataError, match=r"sts-test\.csv:1: score 'five' is not a number"):
+    with pytest.raises(FormatError, match=r"sts-test\.csv:1: score 'five' is not a number"):
         load_sts(f)
     f.write_text("g\tf\ty\t1\t3.0\tA \"quoted\" one.\tB.\textra\tcols\n")
     sts = load_sts(tmp_path)
     assert (sts.sentences1, sts.sentences2, sts.scores) == (['A "quoted" one.'], ["B."], [3.0])
     f.write_text("\n")
-    with pytest.raises(EvalDataError, match="no sentence pairs"):
+    with pytest.raises(FormatError, match="no sentence pairs"):
         load_sts(f)
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from e5x.eval import EvalConfig, evaluate
-from e5x.eval.instructions import TASK_INSTRUCTIONS, instruction_for
+from e5x.tasks.instructions import TASK_INSTRUCTIONS, instruction_for
 from e5x.eval.retrieval import exact_search, retrieval_metrics
 from e5x.eval.sts import sts_metrics
 

@@ -20,8 +20,8 @@ from mteb.models.models_protocols import EncoderProtocol  # noqa: E402
 
 from _minilm import minilm, minilm_path  # noqa: E402,F401  (fixtures)
 from e5x.eval import EvalConfig, evaluate  # noqa: E402
-from e5x.eval.data import load_beir, load_sts  # noqa: E402
-from e5x.eval.instructions import TASK_INSTRUCTIONS  # noqa: E402
+from e5x.formats.benchmark import load_beir, load_sts  # noqa: E402
+from e5x.tasks.instructions import TASK_INSTRUCTIONS  # noqa: E402
 from e5x.eval.mteb_adapter import E5xMTEBModel  # noqa: E402
 
 _META = dict(

@@ -11,7 +11,7 @@ import pytest
 from _minilm import minilm_path  # noqa: F401 - fixture
 from e5x.data.negatives import mine_file, mine_hard_negatives
 from e5x.data.triples import COLUMNS, DataError
-from e5x.eval.data import doc_text, read_jsonl_objects
+from e5x.formats.benchmark import doc_text, read_jsonl_objects
 
 
 @pytest.fixture(scope="module")

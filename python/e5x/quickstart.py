@@ -210,7 +210,7 @@ def prepare_eval_data(
 
     # SciFact test: sampled queries, every abstract relevant to them, random other abstracts.
     src = data["scifact"]
-    from e5x.eval.data import load_qrels
+    from e5x.formats.benchmark import load_qrels
 
     qrels = [(q, d, str(score)) for q, rel in load_qrels(src / "qrels" / "test.tsv").items()
              for d, score in rel.items() if score > 0]  # fmt: skip

@@ -35,7 +35,7 @@ def read_texts(path: Path, field: str) -> tuple[list[str], object | None]:
     if suffix == ".txt":
         return path.read_text(encoding="utf-8").splitlines(), None
     if suffix == ".jsonl":
-        from e5x.eval.data import read_jsonl_objects
+        from e5x.formats.benchmark import read_jsonl_objects
 
         texts = []
         for lineno, obj in read_jsonl_objects(path):

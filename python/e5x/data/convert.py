@@ -12,7 +12,7 @@ They come in a few layouts; each function here turns one layout into contract-3 
   negative column, such as sentence-transformers' (anchor, positive, negative) sets.
 
 Datasets without hard negatives get them from ``e5x mine`` (``e5x.data.negatives``).
-The readers are the evaluation's (``e5x.eval.data``): a malformed line is an error naming
+The readers are the ones evaluation uses too (``e5x.formats.benchmark``): a malformed line is an error naming
 the file and line, and an empty query or positive one naming the file, row and column.
 """
 
@@ -23,8 +23,8 @@ from pathlib import Path
 import polars as pl
 
 from e5x.data.triples import COLUMNS, DataError, blank_negatives_to_null, is_blank
-from e5x.eval.data import doc_text, load_qrels, load_queries, load_sts, qrels_file, read_jsonl_objects
-from e5x.eval.instructions import TYPE_DEFAULTS, instruction_for
+from e5x.formats.benchmark import doc_text, load_qrels, load_queries, load_sts, qrels_file, read_jsonl_objects
+from e5x.tasks.instructions import TYPE_DEFAULTS, instruction_for
 
 TABLE_SUFFIXES = (".parquet", ".jsonl", ".ndjson", ".csv", ".tsv")
 

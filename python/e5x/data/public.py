@@ -98,7 +98,7 @@ def _mining_corpus(ds: Dataset, folder: Path) -> list[str] | None:
     """The set's own documents beyond its rows' positives (a BEIR corpus), or None."""
     if ds.layout != "beir":
         return None
-    from e5x.eval.data import doc_text, read_jsonl_objects
+    from e5x.formats.benchmark import doc_text, read_jsonl_objects
 
     return [doc_text(obj) for _, obj in read_jsonl_objects(folder / "corpus.jsonl")]
 

@@ -16,13 +16,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from e5x.eval.data import EvalDataError, load_beir, load_sts
-from e5x.eval.instructions import TASK_INSTRUCTIONS, TYPE_DEFAULTS, canonical_task_name, instruction_for
+from e5x.formats.benchmark import FormatError, load_beir, load_sts
+from e5x.tasks.instructions import TASK_INSTRUCTIONS, TYPE_DEFAULTS, canonical_task_name, instruction_for
 
 if TYPE_CHECKING:
     from e5x.model.embedder import Embedder
 
 log = logging.getLogger(__name__)
+
+EvalDataError = FormatError  # the name evaluation callers know: a malformed BEIR/STS file
 
 __all__ = [
     "EvalConfig",

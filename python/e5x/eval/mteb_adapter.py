@@ -3,7 +3,7 @@
 Queries, and both sides of symmetric tasks (STS, classification, clustering, pair
 classification, bitext), get the task's instruction; retrieval documents stay bare, as in
 training. The instruction is, in order: ``instructions[task name]``, the paper's
-instruction for the task (``e5x.eval.instructions``), the task type default, and last
+instruction for the task (``e5x.tasks.instructions``), the task type default, and last
 the task's own ``metadata.prompt``/description.
 
 The rest of the paper's evaluation protocol: embeddings of classification tasks are not
@@ -29,7 +29,7 @@ from mteb.models.abs_encoder import AbsEncoder
 from mteb.models.model_meta import ModelMeta, ScoringFunction
 from mteb.types import PromptType
 
-from e5x.eval.instructions import instruction_for
+from e5x.tasks.instructions import instruction_for
 
 if TYPE_CHECKING:
     import numpy as np

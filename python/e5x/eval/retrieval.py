@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from e5x.eval.data import RetrievalData
+from e5x.formats.benchmark import RetrievalData
 
 if TYPE_CHECKING:
     import torch

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from e5x.eval.data import STSData
+from e5x.formats.benchmark import STSData
 
 if TYPE_CHECKING:
     import numpy as np

@@ -1,4 +1,5 @@
-"""Task taxonomy of the synthetic data: the six task types, their schemas and placeholders."""
+"""Task knowledge: the taxonomy of the synthetic data (the six task types, their schemas and
+placeholders) and the query instructions of public tasks (``e5x.tasks.instructions``)."""
 
 from e5x.tasks.languages import (
     HIGH_RESOURCE,

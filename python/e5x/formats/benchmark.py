@@ -15,7 +15,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
-class EvalDataError(ValueError):
+class FormatError(ValueError):
     """Bad evaluation data; the message names the file and line."""
 
 
@@ -44,7 +44,7 @@ class STSData:
 
 def read_jsonl_objects(path: Path) -> Iterator[tuple[int, dict]]:
     """(line number, object) per non-blank line of a JSON Lines file; a line that is not a
-    JSON object is an EvalDataError naming the file and line."""
+    JSON object is an FormatError naming the file and line."""
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found")
     with path.open(encoding="utf-8") as f:
@@ -54,9 +54,9 @@ def read_jsonl_objects(path: Path) -> Iterator[tuple[int, dict]]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                raise EvalDataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+                raise FormatError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
             if not isinstance(obj, dict):
-                raise EvalDataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+                raise FormatError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
             yield lineno, obj
 
 
@@ -65,10 +65,10 @@ def _read_jsonl(path: Path, required: tuple[str, ...]) -> list[tuple[int, dict]]
     for lineno, obj in read_jsonl_objects(path):
         for key in required:
             if key not in obj:
-                raise EvalDataError(f"{path}:{lineno}: missing field {key!r}")
+                raise FormatError(f"{path}:{lineno}: missing field {key!r}")
         for key in ("_id", "title", "text"):
             if key in obj and obj[key] is not None and not isinstance(obj[key], (str, int)):
-                raise EvalDataError(
+                raise FormatError(
                     f"{path}:{lineno}: field {key!r} must be a string, got {type(obj[key]).__name__}"
                 )
         rows.append((lineno, obj))
@@ -89,12 +89,12 @@ def load_corpus(path: Path) -> tuple[list[str], list[str]]:
     for lineno, obj in _read_jsonl(path, ("_id", "text")):
         did = str(obj["_id"])
         if did in seen:
-            raise EvalDataError(f"{path}:{lineno}: duplicate _id {did!r} (first on line {seen[did]})")
+            raise FormatError(f"{path}:{lineno}: duplicate _id {did!r} (first on line {seen[did]})")
         seen[did] = lineno
         ids.append(did)
         texts.append(doc_text(obj))
     if not ids:
-        raise EvalDataError(f"{path}: the corpus is empty")
+        raise FormatError(f"{path}: the corpus is empty")
     return ids, texts
 
 
@@ -104,7 +104,7 @@ def load_queries(path: Path) -> dict[str, str]:
     for lineno, obj in _read_jsonl(path, ("_id", "text")):
         qid = str(obj["_id"])
         if qid in out:
-            raise EvalDataError(f"{path}:{lineno}: duplicate _id {qid!r} (first on line {lines[qid]})")
+            raise FormatError(f"{path}:{lineno}: duplicate _id {qid!r} (first on line {lines[qid]})")
         lines[qid] = lineno
         out[qid] = str(obj["text"])
     return out
@@ -126,16 +126,16 @@ def load_qrels(path: Path) -> dict[str, dict[str, int]]:
             if len(parts) == 4:  # TREC style: qid 0 docid score
                 parts = [parts[0], parts[2], parts[3]]
             if len(parts) != 3:
-                raise EvalDataError(
+                raise FormatError(
                     f"{path}:{lineno}: expected 3 TAB-separated fields (query-id, corpus-id, score), got {len(parts)}"
                 )
             qid, did, score_s = (p.strip() for p in parts)
             if not qid or not did:
-                raise EvalDataError(f"{path}:{lineno}: empty query-id or corpus-id")
+                raise FormatError(f"{path}:{lineno}: empty query-id or corpus-id")
             try:
                 score = int(float(score_s))
             except ValueError:
-                raise EvalDataError(f"{path}:{lineno}: score {score_s!r} is not a number") from None
+                raise FormatError(f"{path}:{lineno}: score {score_s!r} is not a number") from None
             qrels.setdefault(qid, {})[did] = score
     return qrels
 
@@ -157,11 +157,11 @@ def load_beir(folder: str | Path, split: str = "test", name: str | None = None) 
     queries = load_queries(folder / "queries.jsonl")
     qrels = load_qrels(qrels_path)
     if not qrels:
-        raise EvalDataError(f"{qrels_path}: no judgements")
+        raise FormatError(f"{qrels_path}: no judgements")
 
     unknown = [q for q in qrels if q not in queries]
     if unknown:
-        raise EvalDataError(
+        raise FormatError(
             f"{qrels_path}: {len(unknown)} judged query ids are not in {folder / 'queries.jsonl'} "
             f"(e.g. {unknown[0]!r})"
         )
@@ -216,21 +216,21 @@ def load_sts(path: str | Path, split: str = "test", name: str | None = None) -> 
                 continue
             parts = line.split("\t")
             if len(parts) < 7:
-                raise EvalDataError(
+                raise FormatError(
                     f"{path}:{lineno}: expected at least 7 TAB-separated fields "
                     f"(genre, file, year, id, score, sentence1, sentence2), got {len(parts)}"
                 )
             try:
                 score = float(parts[4])
             except ValueError:
-                raise EvalDataError(f"{path}:{lineno}: score {parts[4]!r} is not a number") from None
+                raise FormatError(f"{path}:{lineno}: score {parts[4]!r} is not a number") from None
             if not parts[5].strip() or not parts[6].strip():
-                raise EvalDataError(f"{path}:{lineno}: empty sentence")
+                raise FormatError(f"{path}:{lineno}: empty sentence")
             scores.append(score)
             s1.append(parts[5])
             s2.append(parts[6])
     if not scores:
-        raise EvalDataError(f"{path}: no sentence pairs")
+        raise FormatError(f"{path}: no sentence pairs")
     if name is None:
         name = path.parent.name if path.name.startswith("sts-") else path.stem
     return STSData(name=name, sentences1=s1, sentences2=s2, scores=scores)
