@@ -17,6 +17,11 @@ memories compare), with a fresh AdamW over the LoRA parameters:
                big matmul outputs (torch selective activation checkpointing); on GPU the plan
                is sized from measured peaks to stay under the plain loop's peak (--keep)
   e5x+liger    + liger-kernel fused RMSNorm/SwiGLU/RoPE (only when liger_kernel imports, GPU)
+  e5x-train    what ``e5x.train()`` runs: ``e5x.train.step.forward_backward`` with GradCache
+               at TrainConfig's default chunking (--gradcache-chunk / --gradcache-tokens
+               override it), the packed forward and the e5x variant's checkpointing plan;
+               documents laid out as the trainer's Batch (positives first), so its loss
+               column is not comparable with the others'
 
 Prints useful (non-pad) tokens/s, examples/s (one example = a query with its two
 documents), padding share of computed tokens, peak memory; header with device and versions.
@@ -167,8 +172,12 @@ def plain_embed(model: Any, seqs: list[list[int]]) -> torch.Tensor:
 
 def run_variant(name: str, model: Any, batches: list, *, warmup: int, embed: Any, loss: Any,
                 device: torch.device, computed_tokens: Any,
-                initial: dict[str, torch.Tensor] | None = None, seed: int = 0) -> dict[str, Any]:
+                initial: dict[str, torch.Tensor] | None = None, seed: int = 0,
+                step: Any = None) -> dict[str, Any]:
     """Time len(batches) - warmup steps of forward + backward + AdamW.
+
+    ``step(model, qs, ds, amp)``, when given, replaces embed + loss + backward: it returns
+    the loss with the gradients already accumulated (the trainer's ``forward_backward``).
 
     Every variant starts from the same LoRA weights and RNG state, so the loss columns of
     the table are comparable (they differ only by numerics and dropout layout).
@@ -192,13 +201,16 @@ def run_variant(name: str, model: Any, batches: list, *, warmup: int, embed: Any
     for i, (qs, ds) in enumerate(batches):
         _sync(device)
         t0 = time.perf_counter()
-        if amp is not None:
-            with amp():
-                q, d = embed(model, qs, ds)
+        if step is not None:
+            value = step(model, qs, ds, amp)
         else:
-            q, d = embed(model, qs, ds)
-        value = loss(q, d)
-        value.backward()
+            if amp is not None:
+                with amp():
+                    q, d = embed(model, qs, ds)
+            else:
+                q, d = embed(model, qs, ds)
+            value = loss(q, d)
+            value.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         _sync(device)
@@ -224,6 +236,40 @@ def run_variant(name: str, model: Any, batches: list, *, warmup: int, embed: Any
         "loss_last": losses[-1],
         "finite": all(math.isfinite(x) for x in losses),
     }
+
+
+def trainer_step(device: torch.device, chunk_size: int | None, chunk_tokens: int | None) -> Any:
+    """``forward_backward`` of e5x.train as ``e5x.train()`` calls it with packing on."""
+    import inspect
+
+    from e5x.data.batch import Batch
+    from e5x.model.text import pad
+    from e5x.train.step import forward_backward
+
+    extra: dict[str, Any] = {}
+    if chunk_tokens and "chunk_tokens" in inspect.signature(forward_backward).parameters:
+        extra["chunk_tokens"] = chunk_tokens
+
+    def step(model: Any, qs: list, ds: list, amp: Any) -> torch.Tensor:
+        def side(seqs: list) -> dict[str, torch.Tensor]:
+            ids, mask = pad(seqs, 0, "right")
+            return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+
+        batch = Batch(side(qs), side(ds))
+        return forward_backward(model, batch, chunk_size=chunk_size or 1 << 30, temperature=0.02,
+                                autocast=amp, embed_fn=packing.embed_packed_inputs, **extra)
+
+    return step
+
+
+def write_json(path: Path | None, payload: dict[str, Any]) -> None:
+    """Rewritten after every variant: a run cut short by a time limit keeps its rows."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str))
+    os.replace(tmp, path)
 
 
 def _sync(device: torch.device) -> None:
@@ -339,7 +385,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--save-matmuls", type=int, default=0,
                     help="with an int --keep: layers checkpointed but storing their big matmul outputs")
     ap.add_argument("--group-tokens", type=int, default=8192, help="padded tokens per chunk, grouped variant")
-    ap.add_argument("--variants", default="plain,grouped,packed,packed+trim,e5x,e5x+liger")
+    ap.add_argument("--variants", default="plain,grouped,packed,packed+trim,e5x,e5x+liger,e5x-train")
+    ap.add_argument("--gradcache-chunk", type=int, default=None,
+                    help="e5x-train: sequences per GradCache chunk (default: TrainConfig's)")
+    ap.add_argument("--gradcache-tokens", type=int, default=None,
+                    help="e5x-train: tokens per GradCache chunk (default: TrainConfig's, where it has one)")
     ap.add_argument("--no-check", action="store_true", help="skip the packed-vs-padded check on GPU")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -367,6 +417,8 @@ def main(argv: list[str] | None = None) -> int:
         base = results[0]["useful_tokens_per_s"]
         print(f"  done {r['variant']:<12} {r['useful_tokens_per_s']:>10.0f} tok/s  "
               f"{r['useful_tokens_per_s'] / base:5.2f}x  peak {r['peak_gib']:.2f} GiB", flush=True)
+        write_json(args.json, {"header": header(device, info, args, loss_name), "info": info,
+                               "results": results, "notes": notes, "complete": False})
 
     def both_padded(m: Any, qs: list, ds: list) -> tuple[torch.Tensor, torch.Tensor]:
         return plain_embed(m, qs), plain_embed(m, ds)
@@ -409,10 +461,10 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     if "packed" in wanted:
         report(run_variant("packed", model, batches, embed=packed_fn(False), computed_tokens=packed_tokens, **common))
-    if "packed+trim" in wanted or "e5x" in wanted:
+    if "packed+trim" in wanted or "e5x" in wanted or "e5x-train" in wanted:
         report(run_variant("packed+trim", model, batches, embed=packed_fn(True), computed_tokens=packed_tokens, **common))
     full_ckpt_peak = results[-1]["peak_gib"]
-    if "e5x" in wanted or "e5x+liger" in wanted:
+    if "e5x" in wanted or "e5x+liger" in wanted or "e5x-train" in wanted:
         n_layers = info["layers"]
         if args.keep != "auto":
             keep, sac = int(args.keep), args.save_matmuls
@@ -426,6 +478,15 @@ def main(argv: list[str] | None = None) -> int:
         if "e5x" in wanted:
             report(run_variant("e5x", model, batches, embed=packed_fn(True), computed_tokens=packed_tokens, **common))
             results[-1].update(plan)
+        if "e5x-train" in wanted:  # before liger patches the model: the trainer's default path
+            from e5x.train.config import TrainConfig
+
+            cfg = TrainConfig()
+            chunk = args.gradcache_chunk or cfg.chunk_size
+            tokens = args.gradcache_tokens or getattr(cfg, "chunk_tokens", None)
+            report(run_variant("e5x-train", model, batches, embed=None, step=trainer_step(device, chunk, tokens),
+                               computed_tokens=packed_tokens, **common))
+            results[-1].update(plan, gradcache_chunk=chunk, gradcache_tokens=tokens)
         if "e5x+liger" in wanted:
             try:
                 applied = apply_liger(model)
@@ -458,10 +519,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"# {n}")
     if device.type != "cuda":
         print("# CPU smoke test: tiny model; max RSS is the process high-water mark so far, not per variant")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"header": header(device, info, args, loss_name), "info": info,
-                                         "results": results, "notes": notes}, indent=2))
+    write_json(args.json, {"header": header(device, info, args, loss_name), "info": info,
+                           "results": results, "notes": notes, "complete": True})
     return 0 if all(r["finite"] for r in results) else 1
 
 
