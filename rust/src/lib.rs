@@ -697,6 +697,32 @@ mod python {
                 }
             }
             let casefold = dedup.as_ref().map(|d| d.get().casefold);
+            // The gate's field plans in the order of each schema's string properties (the
+            // order of the values the validator hands on).
+            let gate_plans: Vec<(String, Vec<String>, TypePlan)> = gate
+                .map(|g| {
+                    g.plans
+                        .iter()
+                        .filter_map(|(name, names, plan)| {
+                            let sc = set.get(name)?;
+                            let fields = sc
+                                .string_props
+                                .iter()
+                                .map(|p| match names.iter().position(|x| x == p) {
+                                    Some(k) => plan.fields[k].clone(),
+                                    None => FieldPlan { lang_part: None },
+                                })
+                                .collect();
+                            let plan = TypePlan {
+                                fields,
+                                template: plan.template.clone(),
+                            };
+                            Some((name.clone(), sc.string_props.clone(), plan))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let gate_plans = &gate_plans;
             let block = block_rows(n);
             let colmaps: Vec<(String, Vec<usize>)> = self
                 .names
@@ -784,10 +810,10 @@ mod python {
                                 last_task = task.map(str::to_string);
                             }
                             let schema = task.and_then(|t| set.get(t));
-                            if let Some(g) = gate {
+                            if gate.is_some() {
                                 if task != last_gate_task.as_deref() {
                                     gate_plan =
-                                        task.and_then(|t| g.plans.iter().find(|p| p.0 == t));
+                                        task.and_then(|t| gate_plans.iter().find(|p| p.0 == t));
                                     min_cols = gate_plan
                                         .map(|p| {
                                             p.1.iter()

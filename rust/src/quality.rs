@@ -22,8 +22,9 @@
 //! | `too_few_words`  | ratio (0.5)              | fewer words than ratio x the words the request    |
 //! |                  |                          | asked for (per-row minimum, given by the caller)  |
 //! | `wrong_language` | min confidence (0.5)     | whatlang names another language than requested    |
-//! |                  |                          | with at least that confidence (it abstains below, |
-//! |                  |                          | on short text and on languages it does not know)  |
+//! |                  |                          | for a field (its first LANG_WINDOW_BYTES) with at |
+//! |                  |                          | least that confidence (it abstains below, on text |
+//! |                  |                          | of few letters and on languages it does not know) |
 //!
 //! Words are runs of alphanumeric characters (and `_`), compared with ASCII case folded.
 //! Per-word checks (echo spans, word shares) read a bounded window of each field (its
@@ -178,58 +179,120 @@ fn is_word_char(c: char) -> bool {
     c.is_alphanumeric() || c == '_'
 }
 
-/// FNV-1a over the word's chars, ASCII case folded.
-#[inline]
-fn word_hash(w: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in w.bytes() {
-        h ^= b.to_ascii_lowercase() as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
+/// Bytes that belong to words: ASCII alphanumerics, `_`, and every byte of a non-ASCII
+/// character (so a word is a run of them; non-ASCII punctuation is rare enough in the
+/// places this looks that joining across it does not matter).
+const WORD_BYTE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = b.is_ascii_alphanumeric() || b == b'_' || b >= 0x80;
+        i += 1;
     }
-    // Never 0: 0 marks an empty slot in WordCounts.
-    h | 1
-}
+    t
+};
 
-/// Hashes of the words of `text`, at most `limit`; returns whether the text had more.
+/// Hashes (FNV-1a, ASCII case folded, never 0) of the words of `text`, at most `limit`;
+/// returns whether the text had more.
 fn words_into(text: &str, limit: usize, out: &mut Vec<u64>) -> bool {
     out.clear();
-    let mut start: Option<usize> = None;
-    for (i, c) in text.char_indices() {
-        if is_word_char(c) {
-            if start.is_none() {
-                start = Some(i);
+    const START: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut h = START;
+    let mut in_word = false;
+    for &b in text.as_bytes() {
+        if WORD_BYTE[b as usize] {
+            if !in_word {
+                if out.len() == limit {
+                    return true;
+                }
+                in_word = true;
+                h = START;
             }
-        } else if let Some(s) = start.take() {
-            if out.len() == limit {
-                return true;
-            }
-            out.push(word_hash(&text[s..i]));
+            h = (h ^ b.to_ascii_lowercase() as u64).wrapping_mul(0x0100_0000_01b3);
+        } else if in_word {
+            in_word = false;
+            out.push(h | 1);
         }
     }
-    if let Some(s) = start {
-        if out.len() == limit {
-            return true;
-        }
-        out.push(word_hash(&text[s..]));
+    if in_word {
+        out.push(h | 1);
     }
     false
 }
 
-/// Hash of a word sequence (order-sensitive), with its length mixed in.
+#[cfg(test)]
+fn word_hash(w: &str) -> u64 {
+    let mut v = Vec::new();
+    words_into(w, 1, &mut v);
+    v[0]
+}
+
+const P: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// Hash of a word sequence (order-sensitive; polynomial, so windows of a fixed length
+/// roll), with its length mixed in.
 #[inline]
 fn span_hash(words: &[u64]) -> u64 {
-    let mut h = words.len() as u64;
+    let mut h = 0u64;
     for &w in words {
-        h = (h.rotate_left(23) ^ w).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        h = h.wrapping_mul(P).wrapping_add(w);
     }
-    h
+    h ^ (words.len() as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93)
 }
+
+/// Whether any window of `n` words has its hash in `hit` (rolling: O(words)).
+#[inline]
+fn any_window(words: &[u64], n: usize, mut hit: impl FnMut(u64) -> bool) -> bool {
+    if n == 0 || words.len() < n {
+        return false;
+    }
+    let top = (1..n).fold(1u64, |a, _| a.wrapping_mul(P)); // P^(n-1)
+    let salt = (n as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93);
+    let mut h = 0u64;
+    for &w in &words[..n] {
+        h = h.wrapping_mul(P).wrapping_add(w);
+    }
+    if hit(h ^ salt) {
+        return true;
+    }
+    for i in n..words.len() {
+        h = h
+            .wrapping_sub(words[i - n].wrapping_mul(top))
+            .wrapping_mul(P)
+            .wrapping_add(words[i]);
+        if hit(h ^ salt) {
+            return true;
+        }
+    }
+    false
+}
+
+/// The values are hashes already: use them as they are.
+#[derive(Default, Clone, Copy)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | b as u64;
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+type IdSet = HashSet<u64, std::hash::BuildHasherDefault<IdHasher>>;
 
 /// Word spans of a prompt: every span of exactly `n` words, and (for the whole-field
 /// rule) every span of ECHO_MIN_WHOLE..n words.
 #[derive(Default, Debug, Clone)]
 pub struct SpanSet {
-    set: HashSet<u64>,
+    set: IdSet,
 }
 
 impl SpanSet {
@@ -309,33 +372,32 @@ struct ByteStats {
 
 #[inline]
 fn byte_stats(b: &[u8]) -> ByteStats {
-    let (mut tokens, mut nonspace, mut symbols, mut lead3) = (0usize, 0usize, 0usize, 0usize);
-    let mut prev_space = 1usize;
-    for chunk in b.chunks(64) {
-        let (mut t, mut n, mut s, mut l) = (0u32, 0u32, 0u32, 0u32);
-        for &x in chunk {
-            let space = (x <= b' ') as u32;
-            let ascii = (x < 0x80) as u32;
-            let lead = (x >= 0xC0) as u32;
-            let digit = x.is_ascii_digit() as u32;
-            let punct = x.is_ascii_punctuation() as u32;
-            t += (prev_space as u32) & (1 - space);
-            prev_space = space as usize;
-            n += (ascii & (1 - space)) | lead;
-            s += digit | punct;
-            l += ((x & 0xF0) == 0xE0) as u32;
+    let mut st = ByteStats {
+        tokens: b.first().is_some_and(|&x| x > b' ') as usize,
+        ..ByteStats::default()
+    };
+    // u8 lanes over blocks of at most 255 bytes: no carried state, so it vectorises.
+    for cur in b.chunks(255) {
+        let (mut n, mut s, mut l) = (0u8, 0u8, 0u8);
+        for &x in cur {
+            n += ((x > b' ') & (x < 0x80)) as u8 | (x >= 0xC0) as u8;
+            s += (x.is_ascii_digit() | x.is_ascii_punctuation()) as u8;
+            l += ((x & 0xF0) == 0xE0) as u8;
         }
-        tokens += t as usize;
-        nonspace += n as usize;
-        symbols += s as usize;
-        lead3 += l as usize;
+        st.nonspace += n as usize;
+        st.symbols += s as usize;
+        st.lead3 += l as usize;
     }
-    ByteStats {
-        tokens,
-        nonspace,
-        symbols,
-        lead3,
+    if b.len() > 1 {
+        for (p, c) in b[..b.len() - 1].chunks(255).zip(b[1..].chunks(255)) {
+            let mut t = 0u8;
+            for (&p, &c) in p.iter().zip(c) {
+                t += ((p <= b' ') & (c > b' ')) as u8;
+            }
+            st.tokens += t as usize;
+        }
     }
+    st
 }
 
 impl ByteStats {
@@ -467,8 +529,8 @@ pub fn residue(s: &str) -> Option<String> {
             }
         }
     }
-    let head = prefix(s, 96).to_ascii_lowercase();
-    if head.contains("lorem ipsum") {
+    // "Lorem ipsum" or "lorem ipsum", without lowercasing a copy.
+    if memchr::memmem::find(prefix(s, 96).as_bytes(), b"orem ipsum").is_some() {
         return Some("lorem ipsum filler".into());
     }
     None
@@ -500,8 +562,9 @@ pub fn lang_of_name(name: &str) -> Option<whatlang::Lang> {
 /// group was asked for is not evidence of a wrong language.
 fn same_group(a: whatlang::Lang, b: whatlang::Lang) -> bool {
     use whatlang::Lang::*;
-    const GROUPS: [&[whatlang::Lang]; 6] = [
+    const GROUPS: [&[whatlang::Lang]; 7] = [
         &[Dan, Nob, Swe],
+        &[Nld, Afr],
         &[Hrv, Srp, Slv, Mkd, Bul],
         &[Ces, Slk],
         &[Hin, Mar, Nep],
@@ -564,11 +627,11 @@ pub struct RowCtx<'a> {
 /// Reusable buffers of one thread.
 #[derive(Default)]
 pub struct GateScratch {
-    words: Vec<u64>,
+    /// Window word hashes per field, and whether the field had more words.
+    words: Vec<(Vec<u64>, bool)>,
     counts: Vec<(u64, u32)>,
     task_key: String,
     task_spans: SpanSet,
-    lang_buf: String,
 }
 
 /// An open-addressing count table for a window's word hashes.
@@ -642,9 +705,11 @@ pub fn check_row(
             .filter_map(|(k, (n, v))| v.map(|v| (k, n.as_str(), v)))
     };
     let mut stats: [ByteStats; 16] = [ByteStats::default(); 16];
-    for (k, _, v) in present() {
-        if k < stats.len() {
-            stats[k] = byte_stats(v.as_bytes());
+    if cfg.format_residue.is_some() || cfg.too_few_words.is_some() {
+        for (k, _, v) in present() {
+            if k < stats.len() {
+                stats[k] = byte_stats(v.as_bytes());
+            }
         }
     }
     let st = |k: usize| {
@@ -671,8 +736,17 @@ pub fn check_row(
             }
         }
     }
+    if cfg.degenerate.is_some() || cfg.prompt_echo.is_some() {
+        if sc.words.len() < values.len() {
+            sc.words.resize_with(values.len(), Default::default);
+        }
+        for (k, _, v) in present() {
+            let (w, more) = &mut sc.words[k];
+            *more = words_into(v, WINDOW_WORDS, w);
+        }
+    }
     if let Some(top_share) = cfg.degenerate {
-        for (_, name, v) in present() {
+        for (k, name, v) in present() {
             if few_distinct_chars(v) {
                 return rej(
                     Reason::Degenerate,
@@ -680,10 +754,10 @@ pub fn check_row(
                     format!("{name}: fewer than 4 distinct characters"),
                 );
             }
-            words_into(v, WINDOW_WORDS, &mut sc.words);
-            let n = sc.words.len();
+            let words = &sc.words[k].0;
+            let n = words.len();
             if n >= 4 {
-                let (distinct, top) = count_words(&sc.words, &mut sc.counts);
+                let (distinct, top) = count_words(words, &mut sc.counts);
                 if top as f64 > top_share * n as f64 {
                     return rej(
                         Reason::Degenerate,
@@ -710,12 +784,11 @@ pub fn check_row(
     }
     if let Some(n) = cfg.prompt_echo {
         let task_spans = ctx.task.map(|_| &sc.task_spans);
-        for (_, name, v) in present() {
-            let more = words_into(v, WINDOW_WORDS, &mut sc.words);
-            let w = &sc.words;
+        for (k, name, _) in present() {
+            let (w, more) = (&sc.words[k].0, sc.words[k].1);
             let hit = |h: u64| plan.template.has(h) || task_spans.is_some_and(|t| t.has(h));
             let whole = !more && w.len() >= ECHO_MIN_WHOLE && w.len() < n && hit(span_hash(w));
-            let span = w.windows(n).any(|s| hit(span_hash(s)));
+            let span = any_window(w, n, hit);
             if whole || span {
                 let what = if whole {
                     "the whole field".to_string()
@@ -745,23 +818,21 @@ pub fn check_row(
         }
     }
     if let (Some(conf), Some(lang)) = (cfg.wrong_language, ctx.language) {
-        for (part, want) in lang.split('-').enumerate() {
-            let want = want.trim();
-            let buf = &mut sc.lang_buf;
-            buf.clear();
-            let mut first: Option<&str> = None;
-            for (k, name, v) in present() {
-                if plan.fields.get(k).and_then(|f| f.lang_part) == Some(part) {
-                    first.get_or_insert(name);
-                    buf.push_str(prefix(v, LANG_WINDOW_BYTES));
-                    buf.push('\n');
-                }
-            }
-            let Some(field) = first else { continue };
-            if buf.chars().filter(|c| c.is_alphabetic()).count() < LANG_MIN_LETTERS {
+        let parts: Vec<&str> = lang.split('-').map(str::trim).collect();
+        for (k, name, v) in present() {
+            let Some(want) = plan
+                .fields
+                .get(k)
+                .and_then(|f| f.lang_part)
+                .and_then(|p| parts.get(p))
+            else {
+                continue;
+            };
+            let text = prefix(v, LANG_WINDOW_BYTES);
+            if text.chars().filter(|c| c.is_alphabetic()).count() < LANG_MIN_LETTERS {
                 continue;
             }
-            let Some(info) = whatlang::detect(buf) else {
+            let Some(info) = whatlang::detect(text) else {
                 continue;
             };
             if info.confidence() < conf {
@@ -777,9 +848,9 @@ pub fn check_row(
             if wrong {
                 return rej(
                     Reason::WrongLanguage,
-                    field,
+                    name,
                     format!(
-                        "{field}: written in {} (confidence {:.2}), {want} was requested",
+                        "{name}: written in {} (confidence {:.2}), {want} was requested",
                         got.eng_name(),
                         info.confidence()
                     ),
@@ -944,7 +1015,8 @@ mod tests {
                   Glukose gespeichert wird. Pflanzen nehmen Sonnenlicht über das Chlorophyll auf.";
         assert_eq!(
             check(&c, "wie machen Pflanzen Zucker", de, [None, None], en()),
-            Some((Reason::WrongLanguage, "q".into()))
+            // the query has too few letters to judge; the document is checked
+            Some((Reason::WrongLanguage, "d".into()))
         );
         let ger = RowCtx {
             language: Some("German"),
@@ -1032,6 +1104,21 @@ mod tests {
             4
         )
         .is_none());
+    }
+
+    #[test]
+    fn rolling_windows_match_span_hash() {
+        let mut w = Vec::new();
+        words_into("a b c d e f g h i j k l m n o", 100, &mut w);
+        for n in 1..8 {
+            for target in w.windows(n) {
+                let h = span_hash(target);
+                assert!(any_window(&w, n, |x| x == h), "n={n}");
+            }
+            assert!(!any_window(&w, n, |x| x == span_hash(&w[..n + 1])));
+        }
+        let counts = byte_stats("  two words\n日本語 x".as_bytes());
+        assert_eq!((counts.tokens, counts.lead3), (4, 3));
     }
 
     #[test]
