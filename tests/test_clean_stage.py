@@ -1,4 +1,8 @@
-"""e5x clean: raw synth answers -> triples Parquet (contract 3), rejection report, mix chart."""
+"""e5x clean: raw synth answers -> triples Parquet (contract 3), rejection report, mix chart.
+
+The answers here are toy strings that exercise parsing, mapping and dedup; the quality
+gate would reject them as too short or not a task, so these tests turn it off
+(``NO_GATE``). The gate has its own tests in test_clean_quality.py."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import pytest
 from e5x.clean import CleanConfig, clean
 from e5x.clean.pipeline import TRIPLE_COLUMNS
 
+NO_GATE = {"quality_checks": "none"}
 SL = {"user_query": "q1", "positive_document": "long doc one", "hard_negative_document": "long neg one"}
 
 
@@ -72,7 +77,7 @@ def sample_records() -> list[dict]:
 def test_clean_writes_triples_report_and_chart(tmp_path: Path):
     run = write_run(tmp_path / "run", sample_records())
     out = tmp_path / "out" / "syn.parquet"
-    report = clean(CleanConfig(inputs=[str(run)], out=str(out)))
+    report = clean(CleanConfig(inputs=[str(run)], out=str(out), **NO_GATE))
 
     df = pl.read_parquet(out)
     assert tuple(df.columns) == TRIPLE_COLUMNS and all(t == pl.Utf8 for t in df.dtypes)
@@ -112,7 +117,7 @@ def test_clean_tolerates_torn_tail_and_dedups_across_runs(tmp_path: Path):
     with (a / "responses.jsonl").open("a") as f:
         f.write('{"id": "examples-sts-0001')  # kill -9 mid-write
     b = write_run(tmp_path / "b", [rec(0, "short_long", SL) | {"id": "other-run-id"}])
-    report = clean(CleanConfig(inputs=[str(a), str(b)], out=str(tmp_path / "t.parquet"), chart=""))
+    report = clean(CleanConfig(inputs=[str(a), str(b)], out=str(tmp_path / "t.parquet"), chart="", **NO_GATE))
     assert report["kept"] == 3 and report["by_reason"] == {"duplicate": 1}
     assert report["logs_with_torn_tail"] == 1 and report["chart"] is None
     assert not (tmp_path / "t.mix.png").exists()
@@ -130,7 +135,7 @@ def test_cli_clean(tmp_path: Path, capsys):
     from e5x.cli import main
 
     run = write_run(tmp_path / "run", sample_records())
-    assert main(["clean", str(run), "--out", str(tmp_path / "t.parquet"), "--json"]) == 0
+    assert main(["clean", str(run), "--out", str(tmp_path / "t.parquet"), "--json", "--quality-checks", "none"]) == 0
     assert json.loads(capsys.readouterr().out)["kept"] == 7
     assert main(["clean", str(tmp_path / "missing")]) == 2
 
@@ -148,7 +153,7 @@ def test_synth_then_clean_end_to_end(tmp_path: Path, monkeypatch):
         cfg.endpoint.base_url, cfg.endpoint.api_key_env = server.base_url, "E5X_TEST_FAKE_KEY"
         cfg.brainstorm.models = cfg.examples.models = {"m": 1}
         assert synthesize(cfg, tmp_path / "run")["complete"]
-    report = clean(CleanConfig(inputs=[str(tmp_path / "run")], out=str(tmp_path / "t.parquet")))
+    report = clean(CleanConfig(inputs=[str(tmp_path / "run")], out=str(tmp_path / "t.parquet"), **NO_GATE))
     assert report["responses"] == 30 and report["kept"] == 28
     assert report["by_reason"] == {"truncated": 1, "refusal": 1}
     df = pl.read_parquet(tmp_path / "t.parquet")
@@ -217,7 +222,7 @@ def test_mixed_task_types_keep_log_order_and_mapping(tmp_path: Path):
         rec(12, "long_short", {"input_text": "Great phone.", "label": "positive", "misleading_label": "negative"}),
     ]  # fmt: skip
     run = write_run(tmp_path / "run", records)
-    report = clean(CleanConfig(inputs=[str(run)], out=str(tmp_path / "t.parquet"), chart=""))
+    report = clean(CleanConfig(inputs=[str(run)], out=str(tmp_path / "t.parquet"), chart="", **NO_GATE))
     df = pl.read_parquet(tmp_path / "t.parquet")
     got = df.select("task_type", "query", "positive", "negative", "instruction", "language", "model").rows()
     assert got == [

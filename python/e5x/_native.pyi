@@ -28,7 +28,19 @@ class Validator:
         json: bool = True,
         dedup: Deduplicator | None = None,
         dedup_fields: list[str] | None = None,
+        gate: QualityGate | None = None,
+        gate_tasks: Any | None = None,
+        gate_languages: Any | None = None,
+        gate_min_words: list[tuple[str, Any]] | None = None,
     ) -> Any: ...
+
+@final
+class QualityGate:
+    def __new__(
+        cls, checks: list[tuple[str, float]], types: list[tuple[str, str, list[tuple[str, int]]]]
+    ) -> QualityGate: ...
+    @property
+    def checks(self) -> list[tuple[str, float]]: ...
 
 @final
 class Deduplicator:
@@ -47,3 +59,4 @@ def sample_placeholders(
 def render(template: str, names: list[str], columns: list[Any], n: int) -> Any: ...
 def template_names(template: str) -> list[str]: ...
 def reason_codes() -> list[str]: ...
+def task_problems(tasks: list[str], min_words: int = 4) -> list[str | None]: ...

@@ -10,6 +10,8 @@ object per row; the native calls release the GIL and use every core.
 - :func:`sample_placeholders` — weighted draws (alias method, ChaCha8, seeded; the same
   seed gives the same draws on every platform and thread count).
 - :func:`render` — fill ``{name}`` templates from a frame of values.
+- :class:`QualityGate` — content checks of valid answers (``e5x.clean.quality``), run by
+  :func:`validate` in the same pass; :func:`task_problems` — the ``not_a_task`` check.
 """
 
 from __future__ import annotations
@@ -26,9 +28,11 @@ from e5x import _native
 __all__ = [
     "REASON_CODES",
     "Deduplicator",
+    "QualityGate",
     "Validator",
     "render",
     "sample_placeholders",
+    "task_problems",
     "validate",
 ]
 
@@ -83,6 +87,10 @@ class Validator:
         json: bool = True,
         dedup: Deduplicator | None = None,
         dedup_fields: Sequence[str] | None = None,
+        gate: QualityGate | None = None,
+        gate_tasks: pl.Series | None = None,
+        gate_languages: pl.Series | None = None,
+        gate_min_words: Mapping[str, pl.Series] | None = None,
     ) -> pl.DataFrame:
         """See :func:`validate`."""
         if not isinstance(texts, pl.Series):
@@ -105,6 +113,15 @@ class Validator:
             raise TypeError("task_types must be a str or a polars Series")
         if isinstance(dedup_fields, str):
             dedup_fields = [dedup_fields]
+
+        def column(name: str, s: pl.Series | None, dtype: Any) -> pl.Series | None:
+            if s is None:
+                return None
+            if not isinstance(s, pl.Series) or len(s) != len(texts):
+                raise ValueError(f"{name} must be a polars Series of {len(texts)} rows")
+            return s.cast(dtype)
+
+        mins = [(str(f), column(f"gate_min_words[{f}]", s, pl.Int64)) for f, s in (gate_min_words or {}).items()]
         table = self._native.validate(
             texts,
             task_types,
@@ -113,6 +130,10 @@ class Validator:
             json,
             None if dedup is None else dedup._native,
             None if dedup_fields is None else list(dedup_fields),
+            None if gate is None else gate._native,
+            column("gate_tasks", gate_tasks, pl.String),
+            column("gate_languages", gate_languages, pl.String),
+            mins or None,
         )
         return pl.DataFrame(table)
 
@@ -127,6 +148,10 @@ def validate(
     json: bool = True,
     dedup: Deduplicator | None = None,
     dedup_fields: Sequence[str] | None = None,
+    gate: QualityGate | None = None,
+    gate_tasks: pl.Series | None = None,
+    gate_languages: pl.Series | None = None,
+    gate_min_words: Mapping[str, pl.Series] | None = None,
 ) -> pl.DataFrame:
     """Validate raw LLM outputs against the JSON Schema of their task type.
 
@@ -150,13 +175,59 @@ def validate(
     input row numbers across all batches it was given; a rejected row is never kept
     and matches nothing. Same decisions as ``dedup.add`` on the accepted rows.
 
+    ``gate`` (a :class:`QualityGate`) also runs the content checks on every row the
+    schema accepts, in the same pass; a row it rejects gets the check's reason code and
+    field like any other rejection (and is never kept by ``dedup``). It reads per row
+    ``gate_tasks`` (the task definition, for prompt_echo), ``gate_languages`` (the
+    requested language, parts joined with "-" for bitext) and ``gate_min_words``
+    (field -> Int64 column of the words the request asked for; null = no minimum).
+
     ``schemas`` adds custom task types (name -> JSON Schema dict) to the built-in
     :data:`e5x.tasks.schemas.SCHEMAS`. Bad rows never raise: invalid UTF-8 (Binary
     input), deep nesting, huge rows and nulls are per-row rejections.
     """
     return Validator(schemas).validate(
-        texts, task_types, extract=extract, unpack=unpack, json=json, dedup=dedup, dedup_fields=dedup_fields
-    )
+        texts, task_types, extract=extract, unpack=unpack, json=json, dedup=dedup, dedup_fields=dedup_fields,
+        gate=gate, gate_tasks=gate_tasks, gate_languages=gate_languages, gate_min_words=gate_min_words,
+    )  # fmt: skip
+
+
+class QualityGate:
+    """The content checks of :mod:`e5x.clean.quality` for a set of task types.
+
+    ``checks``: a setting as :func:`e5x.clean.quality.parse_checks` takes it ("all",
+    "-wrong_language", {"prompt_echo": 6}, ...). ``types``: task type name -> TaskType
+    (default: the built-ins); each type's prompt template is what prompt_echo compares
+    against. ``schemas`` as for :func:`validate`. ``not_a_task`` is not a row check; see
+    :func:`task_problems`.
+    """
+
+    def __init__(
+        self,
+        checks: str | Mapping[str, Any] | None = "all",
+        types: Mapping[str, Any] | None = None,
+        schemas: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
+        from e5x.clean import quality
+        from e5x.tasks.taxonomy import task_types
+
+        self.checks = quality.parse_checks(checks)
+        types = dict(types) if types is not None else task_types()
+        merged = {n: t.schema for n, t in types.items()}
+        merged.update(schemas or {})
+        row_checks = [(k, float(v)) for k, v in self.checks.items() if k != "not_a_task"]
+        self._native = _native.QualityGate(row_checks, quality.gate_types(types, merged))
+
+    def __repr__(self) -> str:
+        from e5x.clean.quality import describe
+
+        return f"QualityGate({describe(self.checks)})"
+
+
+def task_problems(tasks: Sequence[str], min_words: int = 4) -> list[str | None]:
+    """Why each brainstormed task definition is not one (None = it is): fewer than
+    ``min_words`` words, mostly identifiers (snake_case, camelCase), or format residue."""
+    return list(_native.task_problems([str(t) for t in tasks], int(min_words)))
 
 
 class Deduplicator:

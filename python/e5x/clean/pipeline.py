@@ -11,14 +11,21 @@ Every answer either becomes a triple or is rejected with exactly one reason:
                        unexpected_field, ... from the Rust validator, with the field
     identical_fields   query == positive, or positive == negative (no training signal)
     label_in_input     a classification label appears verbatim in the input text
+    not_a_task         the brainstormed task definition the answer was written for is
+                       not an instruction (``e5x.clean.quality``)
+    <quality codes>    format_residue, degenerate, prompt_echo, too_few_words,
+                       wrong_language: the quality gate, run inside the validator's pass
+                       (``quality_checks``; see ``e5x.clean.quality`` for each check)
     duplicate          exact duplicate of an earlier kept example (``dedup_fields``)
 
-The report holds counts by reason (and reason:field), per task type, and a few examples
-per reason, so "why was this dropped?" always has an answer.
+The report holds counts by reason (and reason:field), per task type (and per task type
+and reason), and a few examples per reason, so "why was this dropped?" always has an
+answer.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import re
@@ -47,9 +54,34 @@ class CleanConfig:
     dedup_fields: tuple[str, ...] = ("query", "positive")
     casefold: bool = False  # the recipe dedups by exact string match
     semantic_checks: bool = True
+    # Content checks of the quality gate: "all", "none", "-wrong_language",
+    # "prompt_echo=6", or a mapping {check: threshold | bool} (see e5x.clean.quality).
+    quality_checks: str | dict[str, Any] = "all"
     source: str = "synthetic"
     examples_per_reason: int = 5
     excerpt_chars: int = 300
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> CleanConfig:
+        """A config from a TOML file of CleanConfig fields (``[quality_checks]`` may be a
+        table of check = threshold | true | false)."""
+        from e5x.tasks.taxonomy import _read_toml
+
+        data = dict(_read_toml(Path(path)))
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown key(s) {unknown}; known: {sorted(known)}")
+        if "dedup_fields" in data:
+            data["dedup_fields"] = tuple(data["dedup_fields"])
+        cfg = cls(**data)
+        from e5x.clean.quality import parse_checks
+
+        try:
+            parse_checks(cfg.quality_checks)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path}: quality_checks: {e}") from None
+        return cfg
 
     def paths(self) -> tuple[Path, Path, Path | None]:
         out = Path(self.out)
@@ -107,16 +139,20 @@ _VERDICT_COLUMNS = frozenset({"ok", "reason", "field", "message", "extracted", "
 _LABEL_FIELDS = ("label", "misleading_label")  # the classification label check (long_short)
 
 
-_NDJSON_SCHEMA = {
-    "id": pl.Utf8,
-    "step": pl.Utf8,
-    "task_type": pl.Utf8,
-    "model": pl.Utf8,
-    "content": pl.Utf8,
-    "refusal": pl.Utf8,
-    "finish_reason": pl.Utf8,
-    "meta": pl.Struct({"task": pl.Utf8, "language": pl.Utf8}),
-}
+def _ndjson_schema(placeholders: Sequence[str]) -> dict[str, Any]:
+    meta: dict[str, Any] = {"task": pl.Utf8, "language": pl.Utf8}
+    if placeholders:
+        meta["placeholders"] = pl.Struct({p: pl.Utf8 for p in placeholders})
+    return {
+        "id": pl.Utf8,
+        "step": pl.Utf8,
+        "task_type": pl.Utf8,
+        "model": pl.Utf8,
+        "content": pl.Utf8,
+        "refusal": pl.Utf8,
+        "finish_reason": pl.Utf8,
+        "meta": pl.Struct(meta),
+    }
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
@@ -132,8 +168,9 @@ def _lone_surrogate_risk(data: bytes) -> bool:
     return False
 
 
-def _read_examples(log: Path) -> tuple[pl.DataFrame, int]:
-    """The example answers of one log (``_LOG_COLUMNS``) and the bytes of its torn tail.
+def _read_examples(log: Path, placeholders: Sequence[str] = ()) -> tuple[pl.DataFrame, int]:
+    """The example answers of one log (``_LOG_COLUMNS``, then one column per name in
+    ``placeholders``: its value in ``meta.placeholders``) and the bytes of its torn tail.
 
     Same records as :func:`read_log`, which parses every line, prompts included, into
     Python objects; polars' reader keeps only the keys used here (~8x faster). A torn
@@ -148,7 +185,7 @@ def _read_examples(log: Path) -> tuple[pl.DataFrame, int]:
     end = data.rfind(b"\n") + 1  # bytes after the last newline are a torn line
     if end and not _lone_surrogate_risk(data[:end]):
         try:
-            raw = pl.read_ndjson(io.BytesIO(memoryview(data)[:end]), schema=_NDJSON_SCHEMA)
+            raw = pl.read_ndjson(io.BytesIO(memoryview(data)[:end]), schema=_ndjson_schema(placeholders))
         except (pl.exceptions.PolarsError, ValueError, TypeError):
             raw = None
         if raw is not None:
@@ -158,10 +195,11 @@ def _read_examples(log: Path) -> tuple[pl.DataFrame, int]:
                 "task_type", "model", "content", "refusal", "finish_reason",
                 meta.struct.field("task").alias("instruction"),
                 meta.struct.field("language").alias("language"),
+                *[meta.struct.field("placeholders").struct.field(p).alias(p) for p in placeholders],
             ), len(data) - end  # fmt: skip
     del data
     records, dropped = read_log(log)
-    cols: dict[str, list[Any]] = {k: [] for k in _LOG_COLUMNS}
+    cols: dict[str, list[Any]] = {k: [] for k in (*_LOG_COLUMNS, *placeholders)}
     ids, tts, models, contents = cols["id"], cols["task_type"], cols["model"], cols["content"]
     refusals, finishes, instrs, langs = cols["refusal"], cols["finish_reason"], cols["instruction"], cols["language"]
     for r in records:
@@ -176,22 +214,29 @@ def _read_examples(log: Path) -> tuple[pl.DataFrame, int]:
         finishes.append(r.get("finish_reason"))
         instrs.append(meta.get("task"))
         langs.append(meta.get("language"))
-    schema = {k: pl.Utf8 for k in _LOG_COLUMNS}
+        ph = meta.get("placeholders") if isinstance(meta, dict) else None
+        for p in placeholders:
+            v = ph.get(p) if isinstance(ph, dict) else None
+            cols[p].append(None if v is None else str(v))
+    schema = {k: pl.Utf8 for k in cols}
     try:
         return pl.DataFrame(cols, schema=schema), dropped
     except (TypeError, pl.exceptions.PolarsError):
         # A non-string value (hand-edited log): row-wise construction converts scalars to
         # text and rejects nested values, as this stage always has.
-        return pl.DataFrame([dict(zip(_LOG_COLUMNS, row)) for row in zip(*cols.values())], schema=schema), dropped
+        return pl.DataFrame([dict(zip(cols, row)) for row in zip(*cols.values())], schema=schema), dropped
 
 
 def _load(cfg: CleanConfig) -> tuple[pl.DataFrame, dict[str, TaskType], int]:
+    from e5x.clean.quality import placeholder_names
+
     logs = _log_files(cfg.inputs)
     types = _types_for(cfg, [d for _, d in logs if d is not None])
+    placeholders = [p for p in placeholder_names(types) if p not in _LOG_COLUMNS]
     frames = []
     torn = 0
     for log, _ in logs:
-        frame, dropped = _read_examples(log)
+        frame, dropped = _read_examples(log, placeholders)
         torn += dropped > 0
         frames.append(frame)
     df = pl.concat(frames, how="vertical")
@@ -298,12 +343,14 @@ def clean(config: CleanConfig | None = None, **overrides: Any) -> dict[str, Any]
     it or a call into the Rust core; Python touches single rows only for the long_short
     label check and for the handful of report examples."""
     from e5x.clean import core
+    from e5x.clean import quality as q
 
     cfg = config or CleanConfig()
     for k, v in overrides.items():
         if not hasattr(cfg, k):
             raise TypeError(f"CleanConfig has no field {k!r}")
         setattr(cfg, k, v)
+    checks = q.parse_checks(cfg.quality_checks)  # a bad setting fails before any work
     out_path, report_path, chart_path = cfg.paths()
     df, types, torn = _load(cfg)
     n = df.height
@@ -322,12 +369,30 @@ def clean(config: CleanConfig | None = None, **overrides: Any) -> dict[str, Any]
         .otherwise(None)
     )  # fmt: skip
     df = df.with_columns(pre.alias("_pre"))
+    vmsgs = [pl.DataFrame(schema={"_i": idx, "_vmsg": pl.Utf8, "_val": pl.Boolean})]
+    if "not_a_task" in checks:
+        # Brainstormed task definitions that are not instructions (symmetric types have a
+        # fixed one); each distinct task is checked once.
+        asym = [n for n, t in types.items() if not t.symmetric]
+        open_rows = c("_pre").is_null() & c("task_type").is_in(asym) & c("instruction").is_not_null()
+        uniq = df.filter(open_rows)["instruction"].unique().to_list()
+        bad_tasks = {t: p for t, p in zip(uniq, core.task_problems(uniq, int(checks["not_a_task"]))) if p}
+        if bad_tasks:
+            hit = open_rows & c("instruction").is_in(list(bad_tasks))
+            df = df.with_columns(pl.when(hit).then(pl.lit("not_a_task")).otherwise(c("_pre")).alias("_pre"))
+            vmsgs.append(
+                df.filter(c("_pre") == "not_a_task").select(
+                    "_i",
+                    pl.format("task definition {}: {}", c("instruction"), c("instruction").replace_strict(bad_tasks, return_dtype=pl.Utf8)).alias("_vmsg"),
+                    pl.lit(True).alias("_val"),
+                )
+            )  # fmt: skip
     todo = df.filter(c("_pre").is_null()).select("_i", "task_type", "instruction", "id", "language", "model")
 
     # The Rust validator, on everything not already rejected.
     # Messages are written only for the report's examples (_message), from these columns.
-    rejects = [df.filter(c("_pre").is_not_null()).select("_i", c("_pre").alias("reason"), pl.lit(None, pl.Utf8).alias("field"))]
-    vmsg = pl.DataFrame(schema={"_i": idx, "_vmsg": pl.Utf8, "_val": pl.Boolean})
+    pre_field = pl.when(c("_pre") == "not_a_task").then(pl.lit("instruction")).otherwise(pl.lit(None, pl.Utf8))
+    rejects = [df.filter(c("_pre").is_not_null()).select("_i", c("_pre").alias("reason"), pre_field.alias("field"))]
     dup_ids = pl.DataFrame(schema={"_i": idx, "_dup": pl.Utf8})
     acc = None
     extracted = 0
@@ -335,19 +400,30 @@ def clean(config: CleanConfig | None = None, **overrides: Any) -> dict[str, Any]
         schemas = {name: t.schema for name, t in types.items()}
         validator = core.Validator(schemas)
         columnar = _fields_columnar(types, schemas, validator.unpack_columns)
+        open_df = df.filter(c("_pre").is_null())
+        gate_kw: dict[str, Any] = {}
+        if any(k != "not_a_task" for k in checks):
+            gate_kw = {
+                # Every check named: a mapping modifies the defaults, and these are final.
+                "gate": core.QualityGate({k: checks.get(k, False) for k in q.DEFAULTS}, types, schemas),
+                "gate_tasks": todo["instruction"],
+                "gate_languages": todo["language"],
+                "gate_min_words": dict(q.min_words_columns(open_df, types)),
+            }
         v = validator.validate(
-            df.filter(c("_pre").is_null())["content"],
+            open_df["content"],
             todo["task_type"],
             extract=cfg.extract,
             unpack=columnar,
             json=not columnar,
+            **gate_kw,
         )
         mapped = _map_fields(v, todo["task_type"], types, columnar)
         todo = pl.concat([todo, v.select("ok", "reason", "field", "message", "extracted"), mapped], how="horizontal")
         extracted = int(todo.filter(c("ok") & c("extracted")).height)
         bad = todo.filter(~c("ok"))
         rejects.append(bad.select("_i", c("reason").fill_null("invalid"), "field"))
-        vmsg = bad.select("_i", c("message").alias("_vmsg"), pl.lit(True).alias("_val"))
+        vmsgs.append(bad.select("_i", c("message").alias("_vmsg"), pl.lit(True).alias("_val")))
         acc = todo.filter(c("ok"))
 
     if acc is not None and acc.height:
@@ -418,7 +494,7 @@ def clean(config: CleanConfig | None = None, **overrides: Any) -> dict[str, Any]
     rows = (
         df.select("_i", "id", "task_type", "model", "content", "refusal")
         .join(verdict, on="_i", how="left", maintain_order="left")
-        .join(vmsg, on="_i", how="left", maintain_order="left")
+        .join(pl.concat(vmsgs, how="vertical_relaxed"), on="_i", how="left", maintain_order="left")
         .join(dup_ids, on="_i", how="left", maintain_order="left")
     )
     if acc is not None and "_label" in acc.columns:
@@ -429,6 +505,10 @@ def clean(config: CleanConfig | None = None, **overrides: Any) -> dict[str, Any]
         rej.filter(c("field").is_not_null() & (c("field") != "")).select("_i", pl.format("{}:{}", "reason", "field").alias("k")), "k"
     )
     per_type = _type_counts(rows)
+    per_type_reason: dict[str, dict[str, int]] = {}
+    for tt_name in sorted(set(rej["task_type"].fill_null("None").to_list())):
+        sub = rej.filter(c("task_type").fill_null("None") == tt_name)
+        per_type_reason[tt_name] = _counts(sub, "reason")
     examples = _examples(rej, types, cfg)
     kept_n = out.height
     lead = pl.int_range(pl.len(), dtype=idx).alias("_i")
@@ -443,6 +523,8 @@ def clean(config: CleanConfig | None = None, **overrides: Any) -> dict[str, Any]
         "by_reason": by_reason,
         "by_reason_field": by_reason_field,
         "by_task_type": per_type,
+        "by_task_type_reason": per_type_reason,
+        "quality_checks": checks,
         "mix": {k: _counts(out.select(lead, k), k) for k in ("task_type", "language", "model")},
         "examples": examples,
         "chart": str(chart_path) if chart_path else None,
@@ -450,7 +532,7 @@ def clean(config: CleanConfig | None = None, **overrides: Any) -> dict[str, Any]
     report_path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(report_path, report)
     if chart_path is not None:
-        mix_chart(out, chart_path)
+        mix_chart(out, chart_path, rejected=by_reason)
     return report
 
 
@@ -518,6 +600,8 @@ def _message(row: dict[str, Any], types: dict[str, TaskType]) -> str | None:
         return "the log has no task definition for this answer"
     if r == "duplicate":
         return f"duplicate of {row['_dup']}"
+    if r == "not_a_task":
+        return "the task definition is not an instruction"
     if r == "identical_fields":
         m = types[row["task_type"]].mapping
         if row["field"] == m.positive:
@@ -529,8 +613,11 @@ def _message(row: dict[str, Any], types: dict[str, TaskType]) -> str | None:
     raise AssertionError(f"no message for reason {r!r}")
 
 
-def mix_chart(triples: pl.DataFrame, path: Path, top_languages: int = 20) -> None:
-    """Bar charts of the task-type and language mix of the kept triples."""
+def mix_chart(
+    triples: pl.DataFrame, path: Path, top_languages: int = 20, rejected: dict[str, int] | None = None
+) -> None:
+    """Bar charts of the task-type and language mix of the kept triples, and (given
+    ``rejected``: reason -> count) of the rejections by reason."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -543,14 +630,22 @@ def mix_chart(triples: pl.DataFrame, path: Path, top_languages: int = 20) -> Non
     if rest:
         head.append((f"{len(langs) - top_languages} others", rest))
     total = max(1, triples.height)
-    fig, axes = plt.subplots(1, 2, figsize=(12, max(3.0, 0.28 * len(head) + 1.2)))
-    for ax, data, title in ((axes[0], tt, "task type"), (axes[1], head, "language (source side)")):
+    panels: list[tuple[list[tuple[str, int]], str, int, str]] = [
+        (tt, f"task type — {triples.height} triples", total, "#4c72b0"),
+        (head, f"language (source side) — {triples.height} triples", total, "#4c72b0"),
+    ]
+    if rejected is not None:
+        n_rej = sum(rejected.values())
+        panels.append((list(rejected.items()), f"rejected by reason — {n_rej} answers", max(1, n_rej), "#c44e52"))
+    rows_max = max(len(p[0]) for p in panels)
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), max(3.0, 0.28 * rows_max + 1.2)))
+    for ax, (data, title, denom, color) in zip(axes, panels):
         labels = [k for k, _ in data][::-1]
         values = [v for _, v in data][::-1]
-        ax.barh(labels, values, color="#4c72b0")
+        ax.barh(labels, values, color=color)
         for y, v in enumerate(values):
-            ax.text(v, y, f" {v} ({100 * v / total:.1f}%)", va="center", fontsize=8)
-        ax.set_title(f"{title} — {triples.height} triples")
+            ax.text(v, y, f" {v} ({100 * v / denom:.1f}%)", va="center", fontsize=8)
+        ax.set_title(title)
         ax.set_xlim(0, max(values, default=1) * 1.35 if values else 1)
         ax.tick_params(axis="y", labelsize=8)
     fig.tight_layout()

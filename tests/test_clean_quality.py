@@ -1,0 +1,308 @@
+"""The quality gate of e5x clean: hand-written good and junk answers, thresholds, off
+switches, the CLI/TOML settings, the report, and the not_a_task check synth reuses."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+import polars as pl
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from e5x.clean import CleanConfig, clean, core
+from e5x.clean import quality as q
+from e5x.tasks.taxonomy import task_types
+
+FIXTURES = Path(__file__).parent / "fixtures"
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def template_line(task_type: str) -> str:
+    """The longest stretch of a task type's current prompt without a placeholder: what a
+    model that echoes its instructions copies."""
+    prompt = task_types()[task_type].prompt
+    parts = [p.strip().lstrip("- ") for p in re.split(r"\{[^{}]*\}|\n", prompt)]
+    return max(parts, key=lambda p: len(p.split()))
+
+
+def load(name: str) -> list[dict]:
+    """Fixture entries; "@template" in an answer value is replaced by the task type's
+    :func:`template_line` in its place (prompts are reworded; the echo must follow)."""
+    out = []
+    for line in (FIXTURES / name).read_text().splitlines():
+        if not line.strip():
+            continue
+        e = json.loads(line)
+        for k, v in e["answer"].items():
+            if "@template" in v:
+                e["answer"][k] = v.replace("@template", template_line(e["task_type"]))
+        out.append(e)
+    return out
+
+
+def log_records(entries: list[dict]) -> list[dict]:
+    """Response-log records as e5x synth writes them (``meta`` holds the task, the
+    requested language and the placeholder draws)."""
+    out = []
+    for i, e in enumerate(entries):
+        out.append(
+            {
+                "id": f"examples-{e['task_type']}-{i:06d}",
+                "step": "examples",
+                "task_type": e["task_type"],
+                "model": "m",
+                "content": json.dumps(e["answer"], ensure_ascii=False),
+                "refusal": None,
+                "finish_reason": "stop",
+                "meta": {"task": e["task"], "language": e["language"], "placeholders": e["placeholders"]},
+            }
+        )
+    return out
+
+
+def run_clean(tmp_path: Path, entries: list[dict], **cfg) -> tuple[dict, pl.DataFrame]:
+    run = tmp_path / "run"
+    run.mkdir(exist_ok=True)
+    with (run / "responses.jsonl").open("w") as f:
+        for r in log_records(entries):
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    out = tmp_path / "t.parquet"
+    report = clean(CleanConfig(inputs=[str(run)], out=str(out), chart="", **cfg))
+    return report, pl.read_parquet(out)
+
+
+def verdicts(report: dict) -> dict[str, str]:
+    """id -> reason of every rejected row the report shows (examples_per_reason is large)."""
+    return {e["id"]: r for r, exs in report["examples"].items() for e in exs}
+
+
+def test_quality_fixtures_cover_the_recipe():
+    good, junk = load("quality_good.jsonl"), load("quality_junk.jsonl")
+    assert len(good) >= 60 and len(junk) >= 60
+    assert set(Counter(e["task_type"] for e in good)) == set(task_types())
+    langs = {lang for e in good for lang in e["language"].split("-")}
+    assert len(langs) >= 8, langs
+    assert set(e["reason"] for e in junk) == {*(k for k in q.DEFAULTS)}
+
+
+def test_quality_good_answers_are_kept(tmp_path: Path):
+    good = load("quality_good.jsonl")
+    report, df = run_clean(tmp_path, good, examples_per_reason=100)
+    assert report["kept"] >= 0.95 * len(good), report["examples"]
+    assert df.height == report["kept"]
+
+
+def test_quality_junk_is_rejected_by_its_reason(tmp_path: Path):
+    junk = load("quality_junk.jsonl")
+    report, _ = run_clean(tmp_path, junk, examples_per_reason=100)
+    got = verdicts(report)
+    right = [e for i, e in enumerate(junk) if got.get(f"examples-{e['task_type']}-{i:06d}") == e["reason"]]
+    wrong = [
+        (e["reason"], got.get(f"examples-{e['task_type']}-{i:06d}"), e["note"])
+        for i, e in enumerate(junk)
+        if got.get(f"examples-{e['task_type']}-{i:06d}") != e["reason"]
+    ]
+    assert len(right) >= 0.9 * len(junk), wrong
+    # Every check catches most of its own kind.
+    per = Counter(e["reason"] for e in right)
+    for reason, n in Counter(e["reason"] for e in junk).items():
+        assert per[reason] >= 0.75 * n, (reason, wrong)
+
+
+def test_quality_junk_passes_with_the_gate_off(tmp_path: Path):
+    """Without the gate the junk is valid JSON of the right shape: the gate is what rejects it."""
+    junk = load("quality_junk.jsonl")
+    report, _ = run_clean(tmp_path, junk, quality_checks="none", semantic_checks=False)
+    assert report["rejected"] <= 0.1 * len(junk), report["by_reason"]
+    assert report["quality_checks"] == {}
+
+
+def test_quality_report_says_why(tmp_path: Path):
+    junk = load("quality_junk.jsonl")
+    report, _ = run_clean(tmp_path, junk, examples_per_reason=2, excerpt_chars=40)
+    assert report["quality_checks"] == q.DEFAULTS
+    for reason in ("format_residue", "degenerate", "prompt_echo", "too_few_words", "wrong_language", "not_a_task"):
+        assert report["by_reason"][reason] >= 1
+        ex = report["examples"][reason]
+        assert 1 <= len(ex) <= 2 and all(len(e["excerpt"]) <= 41 and e["message"] for e in ex)
+    per_type = report["by_task_type_reason"]
+    assert sum(sum(v.values()) for v in per_type.values()) == report["rejected"]
+    assert per_type["bitext"]["wrong_language"] >= 1
+    fields = report["by_reason_field"]
+    assert fields["not_a_task:instruction"] == report["by_reason"]["not_a_task"]
+    # the message names the field and what was found
+    msg = next(e["message"] for e in report["examples"]["too_few_words"])
+    assert "words where the request asked for" in msg
+
+
+def test_quality_chart_has_rejections(tmp_path: Path):
+    junk = load("quality_junk.jsonl")[:20]
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "responses.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log_records(junk)))
+    report = clean(CleanConfig(inputs=[str(run)], out=str(tmp_path / "t.parquet")))
+    png = Path(report["chart"]).read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [
+        ("all", q.DEFAULTS),
+        ("none", {}),
+        ("-wrong_language", {k: v for k, v in q.DEFAULTS.items() if k != "wrong_language"}),
+        ("none,prompt_echo=6", {"prompt_echo": 6.0}),
+        ({"wrong_language": False, "degenerate": 0.4}, {**{k: v for k, v in q.DEFAULTS.items() if k != "wrong_language"}, "degenerate": 0.4}),
+        ("too_few_words=off", {k: v for k, v in q.DEFAULTS.items() if k != "too_few_words"}),
+    ],
+)
+def test_quality_settings_parse(setting, expected):
+    assert q.parse_checks(setting) == expected
+
+
+@pytest.mark.parametrize(
+    ("setting", "match"),
+    [
+        ("prompt_eco", "unknown quality check 'prompt_eco'"),
+        ("degenerate=lots", "not a number"),
+        ("prompt_echo=6.5", "whole number"),
+        ("degenerate=0.1", r"outside \[0.25, 1\]"),
+        ("prompt_echo=2", r"outside \[4, 64\]"),
+    ],
+)
+def test_quality_bad_settings_name_the_check(setting, match):
+    with pytest.raises(ValueError, match=match):
+        core.QualityGate(setting)
+
+
+def test_quality_cli_flag_and_toml(tmp_path: Path, capsys):
+    from e5x.cli import main
+
+    junk = load("quality_junk.jsonl")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "responses.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log_records(junk)))
+    out = str(tmp_path / "t.parquet")
+    assert main(["clean", str(run), "--out", out, "--chart", "", "--json", "--quality-checks", "none,degenerate"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["quality_checks"] == {"degenerate": 0.5} and set(rep["by_reason"]) <= {"degenerate", "identical_fields", "duplicate"}
+    toml = tmp_path / "clean.toml"
+    toml.write_text(f'inputs = ["{run}"]\nout = "{out}"\nchart = ""\n[quality_checks]\nwrong_language = false\nprompt_echo = 6\n')
+    assert main(["clean", "--config", str(toml), "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert "wrong_language" not in rep["quality_checks"] and rep["quality_checks"]["prompt_echo"] == 6
+    assert "wrong_language" not in rep["by_reason"]
+    assert main(["clean", str(run), "--quality-checks", "bogus"]) == 2
+    assert "unknown quality check 'bogus'" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------
+# Properties of the gate, on the validator directly (no files).
+
+WORDS = "the cat sat on a mat Write one example for this task as JSON object with exactly these keys {x} [X] %s aaaa".split()
+FIELD_TEXT = st.one_of(
+    st.lists(st.sampled_from(WORDS), min_size=1, max_size=30).map(" ".join),
+    st.text(min_size=1, max_size=60),
+    st.sampled_from([e["answer"]["S1"] for e in load("quality_good.jsonl") if e["task_type"] in ("sts", "bitext")]),
+)
+
+
+@st.composite
+def sts_rows(draw: st.DrawFn) -> list[tuple[str, str, int | None]]:
+    rows = []
+    for _ in range(draw(st.integers(1, 6))):
+        obj = {k: draw(FIELD_TEXT) for k in ("S1", "S2", "S3")}
+        lang = draw(st.sampled_from(["English", "German", "French", "Japanese", "Swahili", "English-French"]))
+        rows.append((json.dumps(obj, ensure_ascii=False), lang, draw(st.one_of(st.none(), st.integers(0, 40)))))
+    return rows
+
+
+def kept(rows: list[tuple[str, str, int | None]], checks) -> list[bool]:
+    texts = pl.Series([r[0] for r in rows], dtype=pl.String)
+    tt = "sts" if all(r[1].count("-") == 0 for r in rows) else pl.Series(["bitext" if "-" in r[1] else "sts" for r in rows])
+    v = core.validate(
+        texts,
+        tt,
+        gate=core.QualityGate(checks),
+        gate_tasks=pl.Series(["Retrieve semantically similar text."] * len(rows)),
+        gate_languages=pl.Series([r[1] for r in rows]),
+        gate_min_words={"S1": pl.Series([r[2] for r in rows], dtype=pl.Int64)},
+    )
+    return v["ok"].to_list()
+
+
+STRICTER = {
+    "format_residue": (0.2, 0.7),
+    "degenerate": (0.3, 0.8),
+    "prompt_echo": (4, 10),
+    "too_few_words": (0.9, 0.3),
+    "wrong_language": (0.1, 0.9),
+}
+
+
+@SETTINGS
+@given(rows=sts_rows(), check=st.sampled_from(sorted(STRICTER)))
+def test_quality_stricter_threshold_never_keeps_more(rows, check):
+    strict, loose = STRICTER[check]
+    a = kept(rows, {check: strict})
+    b = kept(rows, {check: loose})
+    assert all(not x or y for x, y in zip(a, b)), (check, rows)
+
+
+@SETTINGS
+@given(rows=sts_rows(), check=st.sampled_from(sorted(STRICTER)))
+def test_quality_turning_a_check_off_never_rejects_more(rows, check):
+    on = kept(rows, "all")
+    off = kept(rows, f"-{check}")
+    assert all(not x or y for x, y in zip(on, off)), (check, rows)
+
+
+@SETTINGS
+@given(values=st.lists(st.text(max_size=80), min_size=3, max_size=3), lang=st.text(max_size=20), task=st.text(max_size=40))
+def test_quality_gate_never_raises_on_valid_utf8(values, lang, task):
+    obj = dict(zip(("S1", "S2", "S3"), values))
+    texts = pl.Series([json.dumps(obj, ensure_ascii=False), json.dumps(obj)], dtype=pl.String)
+    v = core.validate(
+        texts,
+        "sts",
+        gate=core.QualityGate("all"),
+        gate_tasks=pl.Series([task, task]),
+        gate_languages=pl.Series([lang, lang]),
+        gate_min_words={"S1": pl.Series([3, None], dtype=pl.Int64)},
+    )
+    assert v.height == 2 and "internal_error" not in v["reason"].to_list()
+    assert core.task_problems([task, *values]) is not None
+
+
+# ---------------------------------------------------------------------------------------
+# not_a_task: one check, used by clean and by synth's task pool.
+
+
+@pytest.mark.parametrize(
+    ("task", "bad"),
+    [
+        ("Given a question about a medication, retrieve leaflets that answer it.", False),
+        ("Classify a product review by the aspect the customer complains about most.", False),
+        ("Given a Python name like parse_args, retrieve its documentation page.", False),
+        ("semantic_search", True),
+        ("documentRetrieval", True),
+        ("Retrieval.", True),
+        ("task_1 task_2 task_3 find", True),
+        ("Classify {input_text} into {label} please", True),
+    ],
+)
+def test_quality_not_a_task(task, bad):
+    assert (core.task_problems([task])[0] is not None) == bad
+
+
+def test_quality_synth_pool_drops_non_tasks():
+    from e5x.synth.plan import build_pool
+
+    tasks = ["Given a bug report, find forum threads that explain the fix.", "bug_report_retrieval", "Retrieval"]
+    pool, stats = build_pool([{"id": "brainstorm-short_long-000000", "content": json.dumps({"tasks": tasks})}])
+    assert pool == tasks[:1]
+    assert stats["not_a_task"] == 2
