@@ -242,7 +242,7 @@ def parse_task_list(content: Any) -> list[str] | None:
 def build_pool(records: Iterable[dict[str, Any]]) -> tuple[list[str], dict[str, int]]:
     """The deduplicated task pool of one task type, in request-id order; and its stats."""
     tasks: list[str] = []
-    stats = {"responses": 0, "unparseable": 0, "tasks": 0, "too_long_or_empty": 0, "duplicates": 0}
+    stats = {"responses": 0, "unparseable": 0, "tasks": 0, "too_long_or_empty": 0, "not_a_task": 0, "duplicates": 0}
     for rec in sorted(records, key=lambda r: r["id"]):
         stats["responses"] += 1
         got = parse_task_list(rec.get("content"))
@@ -254,6 +254,11 @@ def build_pool(records: Iterable[dict[str, Any]]) -> tuple[list[str], dict[str, 
                 stats["too_long_or_empty"] += 1
             else:
                 tasks.append(task)
+    # Not instructions (one snake_case word, a fragment): never ask for examples of them.
+    # The same check as e5x clean's not_a_task.
+    problems = _core().task_problems(tasks)
+    stats["not_a_task"] = sum(p is not None for p in problems)
+    tasks = [t for t, p in zip(tasks, problems) if p is None]
     stats["tasks"] = len(tasks)
     if not tasks:
         return [], stats
