@@ -81,16 +81,20 @@ def test_e5x_synth_then_clean_on_the_real_server(server, tmp_path):
     by_step = {(rec["step"], rec["task_type"]) for rec in records}
     # The symmetric types need no brainstorm: both are always answered.
     assert {("examples", "sts"), ("examples", "bitext"), ("brainstorm", "short_short")} <= by_step
+    # A 135M model may brainstorm an empty task list ({"tasks": []} is schema-valid); e5x
+    # synth then asks again, up to brainstorm_retries (3) more times.
+    n_brainstorm = sum(rec["step"] == "brainstorm" for rec in records)
+    assert 1 <= n_brainstorm <= 4
     if r.returncode == 3:
-        # A 135M model may brainstorm an empty task list ({"tasks": []} is schema-valid);
-        # e5x synth then reports the short_short examples as waiting, not as answered.
+        # Still no task: the short_short examples are reported as waiting, not as answered.
+        assert n_brainstorm == 4, r.stderr[-3000:]
         assert "examples waiting for a complete task pool: ['short_short']" in r.stderr, r.stderr[-3000:]
-        answered = len(records) - 1
+        answered = len(records) - n_brainstorm
     else:
         assert r.returncode == 0, r.stderr[-3000:]
         assert json.loads(r.stdout)["complete"]
         answered = 4
-    assert len(records) == 1 + answered
+    assert len(records) == n_brainstorm + answered
 
     out = tmp_path / "triples.parquet"
     r = _e5x("clean", str(run), "--out", str(out), env=env)
