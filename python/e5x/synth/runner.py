@@ -40,7 +40,7 @@ from typing import Any
 
 from e5x.synth.config import StepConfig, SynthConfig
 from e5x.synth.plan import Request
-from e5x.synth.response import MalformedBody, parse_completion, prompt_tokens_bound, token_count
+from e5x.synth.response import parse_completion, prompt_tokens_bound, token_count
 from e5x.synth.store import AppendLog
 from e5x.tasks.taxonomy import TaskType
 
