@@ -149,7 +149,7 @@ def test_cli_convert(shared_data, tmp_path, capsys):
     table = tmp_path / "pairs.jsonl"
     table.write_text('{"a": "q1", "b": "p1", "c": "n1"}\n{"a": "q2", "b": " ", "c": null}\n')
     out2 = tmp_path / "pairs.parquet"
-    assert cli(["convert", "table", str(table), "--query", "a", "--positive", "b", "-o", str(out2)]) == 1
+    assert cli(["convert", "table", str(table), "--query", "a", "--positive", "b", "-o", str(out2)]) == 2
     assert "row 1: column 'b' (positive) is empty or null" in capsys.readouterr().err and not out2.exists()
     assert cli(["convert", "table", str(table), "--query", "a", "--positive", "b", "--drop-empty", "-o", str(out2)]) == 0
     assert "note: no instruction" in capsys.readouterr().out

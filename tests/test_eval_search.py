@@ -189,5 +189,5 @@ def test_cli_eval_and_encode(tiny_dir, small_beir, tmp_path, capsys):
     (bad / "corpus.jsonl").write_text('{"_id": "1", "text": "x"}\n{oops\n')
     (bad / "queries.jsonl").write_text('{"_id": "q", "text": "x"}\n')
     (bad / "qrels" / "test.tsv").write_text("q\t1\t1\n")
-    assert main(["eval", str(tiny_dir), str(bad), "-q"]) == 1
+    assert main(["eval", str(tiny_dir), str(bad), "-q"]) == 2
     assert "corpus.jsonl:2: not valid JSON" in capsys.readouterr().err

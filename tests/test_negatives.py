@@ -121,5 +121,5 @@ def test_cli(tmp_path, scifact_pairs, minilm_path, capsys) -> None:
     printed = capsys.readouterr().out
     assert f"of 10 asking got a negative (searched {len(set(triples.head(10)['positive'].to_list())) + 30}" in printed
     assert out["negative"].null_count() < 10
-    assert main(["mine", str(minilm_path), str(tmp_path / "missing.parquet"), "-o", str(dst), "-q"]) == 1
+    assert main(["mine", str(minilm_path), str(tmp_path / "missing.parquet"), "-o", str(dst), "-q"]) == 2
     assert "missing.parquet: not a readable Parquet file" in capsys.readouterr().err

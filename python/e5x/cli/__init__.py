@@ -3,6 +3,17 @@
 Every subcommand lives in its own module ``e5x.cli.<name>`` exposing
 ``configure(parser)`` and ``run(args) -> int``; modules are imported only when their
 subcommand runs (or for ``--help``), so ``e5x --help`` stays fast.
+
+Exit status, the same for every command:
+
+    0    done
+    1    a stage failed at run time (network, endpoint, fetch, a file that cannot be written)
+    2    bad usage, configuration or input; the one-line message names the file, row or field
+    3    incomplete: the run stopped early and the same command resumes it (synth budget
+         spent, training diverged and checkpointed)
+    130  interrupted (Ctrl-C); what was already produced is kept
+
+Errors are one line on stderr, never a traceback (E5X_DEBUG=1 shows it).
 """
 
 from __future__ import annotations
@@ -10,8 +21,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
 import sys
 from collections.abc import Sequence
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INCOMPLETE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 # subcommand -> one-line help; the module is e5x.cli.<subcommand>
 SUBCOMMANDS: dict[str, str] = {
@@ -41,7 +55,9 @@ def _available() -> dict[str, str]:
 def main(argv: Sequence[str] | None = None) -> int:
     from e5x import __version__
 
-    parser = argparse.ArgumentParser(prog="e5x", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="e5x", description=__doc__.splitlines()[0],
+                                     epilog=__doc__[__doc__.index("Exit status"):],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"e5x {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -53,7 +69,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             importlib.import_module(f"e5x.cli.{name}").configure(p)
     args = parser.parse_args(argv)
     module = importlib.import_module(f"e5x.cli.{args.command}")
-    return int(module.run(args) or 0)
+    try:
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        print(f"e5x {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (OSError, ValueError, KeyError, ImportError) as exc:
+        # What a command did not turn into its own message: one line, the usual exit code.
+        if os.environ.get("E5X_DEBUG"):
+            raise
+        usage = isinstance(exc, (ValueError, KeyError, FileNotFoundError, NotADirectoryError, IsADirectoryError))
+        text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+        print(f"e5x {args.command}: error: {' '.join(text.split()) or type(exc).__name__}", file=sys.stderr)
+        return EXIT_USAGE if usage else EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -63,9 +63,9 @@ def run(args: argparse.Namespace) -> int:
                 task_type=args.task_type, language=args.language, drop_empty=args.drop_empty,
             )  # fmt: skip
         write_triples(triples, args.output)
-    except (OSError, ValueError) as e:
-        print(f"e5x convert: {e}", file=sys.stderr)
-        return 1
+    except (FileNotFoundError, ValueError) as e:  # a missing or malformed input
+        print(f"e5x convert: error: {e}", file=sys.stderr)
+        return 2
     negatives = triples["negative"].is_not_null().sum()
     print(f"wrote {args.output}: {triples.height} triples ({negatives} with a hard negative"
           + (f"; dropped {dropped} rows with an empty query or positive" if dropped else "") + ")")

@@ -17,7 +17,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="saved e5x model, LoRA adapter dir, or any HF model dir")
     parser.add_argument(
         "tasks", nargs="+", metavar="TASK",
-        help="[NAME=]PATH: a BEIR folder (corpus.jsonl, queries.jsonl, qrels/) or an STS-B file/folder",
+        help="[NAME=]PATH: a BEIR folder (corpus.jsonl, queries.jsonl, qrels/) or an STS-B file/folder; "
+             "or a registered evaluation set's name (scifact, stsb: fetched)",
     )
     parser.add_argument("--split", default="test", help="qrels/STS split (default: test)")
     parser.add_argument("-o", "--output", help="write results as JSON here")
@@ -71,9 +72,9 @@ def run(args: argparse.Namespace) -> int:
     )
     try:
         report = evaluate(config)
-    except (EvalDataError, FileNotFoundError, ValueError) as e:
-        print(f"e5x eval: {e}", file=sys.stderr)
-        return 1
+    except (EvalDataError, FileNotFoundError, ValueError) as e:  # a missing or malformed task or model
+        print(f"e5x eval: error: {e}", file=sys.stderr)
+        return 2
     print(report.table())
     if args.output:
         print(f"wrote {args.output}")

@@ -49,9 +49,9 @@ def run(args: argparse.Namespace) -> int:
             query_prompt=args.query_prompt, passage_prompt=args.passage_prompt,
             show_progress=not args.quiet,
         )
-    except (OSError, ValueError) as e:
-        print(f"e5x mine: {e}", file=sys.stderr)
-        return 1
+    except (FileNotFoundError, ValueError) as e:  # a missing or malformed input
+        print(f"e5x mine: error: {e}", file=sys.stderr)
+        return 2
     print(f"wrote {args.output}: {report.rows} rows, {report.mined} of {report.wanted} asking got a negative "
           f"(searched {report.corpus} candidates)")
     return 0

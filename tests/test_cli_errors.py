@@ -1,0 +1,69 @@
+"""Bad input through the CLI: each case exits with the documented code (e5x.cli's table), says
+one line on stderr naming what is wrong, prints no traceback, and leaves existing outputs as
+they were."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from e5x.cli import EXIT_FAILED, EXIT_USAGE, main
+
+
+@pytest.fixture
+def files(tmp_path: Path, monkeypatch) -> dict[str, Path]:
+    monkeypatch.setenv("E5X_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("E5X_DATA_MIRROR", raising=False)
+    pairs = tmp_path / "pairs.parquet"
+    pl.DataFrame({"query": ["q"], "positive": ["p"]}).write_parquet(pairs)
+    existing = tmp_path / "existing.parquet"
+    existing.write_bytes(b"earlier output")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("in the way")
+    no_data = tmp_path / "no-datasets.toml"
+    no_data.write_text('[[sources]]\npath = "x.parquet"\n')
+    typo = tmp_path / "typo.toml"
+    typo.write_text("learning_rate = 1e-4\n")
+    empty_folder = tmp_path / "beir-without-qrels"
+    empty_folder.mkdir()
+    return {"pairs": pairs, "existing": existing, "blocker": blocker, "no_data": no_data, "typo": typo,
+            "beir": empty_folder, "missing": tmp_path / "missing.parquet"}  # fmt: skip
+
+
+CASES = [
+    # (argv with {placeholders}, exit code, text the message must hold)
+    (["convert", "table", "{missing}", "-o", "{existing}"], EXIT_USAGE, "missing.parquet not found"),
+    (["convert", "table", "{pairs}", "--query", "nope", "-o", "{existing}"], EXIT_USAGE, "no column for query='nope'"),
+    (["convert", "beir", "{beir}", "-o", "{existing}"], EXIT_USAGE, "train.tsv not found"),
+    (["convert", "table", "{pairs}", "-o", "{blocker}/out.parquet"], EXIT_FAILED, "a-file"),
+    (["train", "{typo}"], EXIT_USAGE, "unknown key(s) ['learning_rate']"),
+    (["train", "{missing}.toml"], EXIT_USAGE, "config file not found"),
+    (["train", "{no_data}", "--check"], EXIT_USAGE, "x.parquet"),
+    (["data", "fetch", "nope"], EXIT_USAGE, "unknown dataset 'nope'"),
+    (["data", "prepare", "{no_data}"], EXIT_USAGE, "no [[sources]] names a dataset"),
+    (["data", "prepare", "scifact"], EXIT_FAILED, "scifact is an evaluation set"),
+    (["data", "fetch", "scifact"], EXIT_FAILED, "E5X_DATA_MIRROR"),
+    (["eval", "{pairs}", "{missing}"], EXIT_USAGE, "missing.parquet"),
+    (["quickstart", "--config", "{missing}.toml"], EXIT_USAGE, "not found"),
+]
+
+
+@pytest.mark.parametrize(("argv", "code", "text"), CASES, ids=[" ".join(c[0][:2]) + f" #{i}" for i, c in
+                                                               enumerate(CASES)])  # fmt: skip
+def test_bad_input_is_one_line_with_the_documented_code(argv, code, text, files, capsys) -> None:
+    before = files["existing"].read_bytes()
+    got = main([a.format(**files) for a in argv])
+    err = capsys.readouterr().err
+    assert got == code, err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert text in err
+    assert files["existing"].read_bytes() == before  # nothing already produced is lost
+
+
+def test_an_unexpected_error_can_show_its_traceback(files, monkeypatch) -> None:
+    monkeypatch.setenv("E5X_DEBUG", "1")
+    with pytest.raises(OSError):
+        main(["convert", "table", str(files["pairs"]), "-o", f"{files['blocker']}/out.parquet"])
