@@ -221,6 +221,16 @@ def test_calls_lost_in_flight_count_against_the_caps_on_resume(server: FakeOpenA
     assert len(server.arrivals) == 3 and "max_cost_usd" in s["stop_reason"]
 
 
+def test_a_deleted_calls_log_does_not_reset_the_request_cap(server: FakeOpenAI, tmp_path: Path):
+    run = tmp_path / "run"
+    server.faults["examples-sts-000000"] = ["500", "500"]
+    s = synthesize(make_cfg(server, n_examples=8, max_requests=5), run)
+    assert len(server.arrivals) == 5 and s["budget"]["calls"]["sent"] == 5
+    (run / "calls.jsonl").unlink()
+    s = synthesize(make_cfg(server, n_examples=8, max_requests=5), run, resume=True)
+    assert len(server.arrivals) == 5 and s["budget"]["calls"]["sent"] == 5  # answers and errors still count
+
+
 def _lines(path: Path) -> list[bytes]:
     try:
         data = path.read_bytes()

@@ -274,16 +274,17 @@ def _load_state(out: Path, say: Callable[[str], None]) -> tuple[Stats, set[str],
             settled.add(e["call"])
         else:
             legacy += 1
-    n_reserved = 0
+    reserved: set[str] = set()
     for r in reservations:
-        if not isinstance(r.get("call"), str):
+        if not isinstance(r.get("call"), str) or r["call"] in reserved:
             continue
-        n_reserved += 1
+        reserved.add(r["call"])
         if r["call"] not in settled:
             stats.lost_calls += 1
             stats.lost_tokens += token_count(r.get("tokens")) or 0
             stats.lost_cost_usd += _num(r.get("cost_usd"))
-    stats.calls = n_reserved + legacy
+    # A settled call counts even when its reservation line is gone (calls.jsonl edited away).
+    stats.calls = len(reserved | settled) + legacy
     return stats, seen, brainstorm
 
 
