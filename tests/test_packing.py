@@ -350,3 +350,91 @@ def test_selective_matmul_checkpointing_same_grads_and_policy() -> None:
     assert funcs[0] is None and funcs[1] is not None and funcs[2] is not None  # layer 0 full, 1-2 selective
     assert_same(step(model, queries, docs, packed=True), reference)
     assert_same(step(model, queries, docs, packed=False), reference)  # HF's own forward too
+
+
+def test_backend_trial_runs_at_the_models_head_dim_and_gqa(monkeypatch: pytest.MonkeyPatch) -> None:
+    """'auto' tries a CUDA backend at the shape the model runs (head_dim, query heads, kv
+    heads), not a stand-in: Mistral-7B is 128 with GQA 32:8 (the default when unknown)."""
+    cfg = transformers.MistralConfig()  # the 7B shape, config only
+    assert packing.DEFAULT_ATTN_SHAPE == (cfg.hidden_size // cfg.num_attention_heads,
+                                          cfg.num_attention_heads, cfg.num_key_value_heads) == (128, 32, 8)
+    model = tiny_model("mistral", layers=1)
+    assert packing.attention_shape(model) == (16, 4, 2)
+    seen = []
+    monkeypatch.setattr(packing, "_trial", lambda name, dev, shape: seen.append((name, dev, shape)))
+    monkeypatch.setattr(packing, "_flash_attn_varlen", lambda: object())
+    packing._auto_cuda_backend.cache_clear()
+    try:
+        assert packing._auto_cuda_backend("cuda:7", packing.attention_shape(model)) == "flash_attn"
+        assert packing._auto_cuda_backend("cuda:7") == "flash_attn"
+    finally:
+        packing._auto_cuda_backend.cache_clear()
+    assert seen == [("flash_attn", "cuda:7", (16, 4, 2)), ("flash_attn", "cuda:7", (128, 32, 8))]
+    # the trial itself at the real shape, incl. the trimmed layer's one-row query segments;
+    # a kernel that ignores boundaries fails it there too
+    real = packing._sdpa_loop
+    monkeypatch.setattr(packing, "_flex_attention", real)
+    assert packing._trial_inner("flex", "cpu", (128, 32, 8)) is None
+
+    def leaky(q, k, v, cu_q, cu_k, **kw):  # type: ignore[no-untyped-def]
+        kw.pop("bounds", None)
+        if q.shape[0] == k.shape[0]:
+            return real(q, k, v, cu_q, cu_k, **kw)
+        return real(q, k, v, cu_q, torch.tensor([0, 1, 2, 3, k.shape[0]], dtype=torch.int32), **kw)
+
+    monkeypatch.setattr(packing, "_flex_attention", leaky)
+    assert "trimmed last layer: out differs" in (packing._trial_inner("flex", "cpu", (16, 4, 2)) or "")
+
+
+def test_pad_to_multiple_of_with_trimmed_last_layer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pad tail past the real tokens: every layer treats it as a segment of its own, and the
+    trimmed last layer gives varlen attention keys of real tokens only (Tk == cu_k[-1]; a tail
+    past the last boundary gives torch's varlen kernel NaN gradients). Same values and grads."""
+    model = tiny_model("mistral", layers=2)
+    enable_packing(model)
+    seqs = random_seqs([5, 1, 12], seed=31)
+    real = packing.varlen_attention
+    keys = []
+
+    def checked(q, k, v, cu_q, cu_k, *a, **kw):  # type: ignore[no-untyped-def]
+        keys.append((k.shape[0], int(cu_k[-1])))
+        return real(q, k, v, cu_q, cu_k, *a, **kw)
+
+    monkeypatch.setattr(packing, "varlen_attention", checked)
+    out = []
+    for pad in (None, 8):
+        model.zero_grad(set_to_none=True)
+        e = embed_packed(model, seqs, pad_to_multiple_of=pad, trim_last_layer=True)
+        e.square().sum().backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        out.append((e.detach(), grads))
+    assert keys and all(tk == last for tk, last in keys), keys
+    torch.testing.assert_close(out[1][0], out[0][0], atol=EMB_ATOL, rtol=0)
+    for a, b in zip(out[1][1], out[0][1]):
+        assert torch.isfinite(a).all()
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=GRAD_RTOL)
+
+
+def test_sdpa_loop_reads_segment_bounds_without_a_device_sync(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fallback loop gets the boundaries from the host (PackedBatch.lengths off the CPU),
+    never by reading cu_seqlens back from the device (.tolist() would wait for the GPU in
+    every layer)."""
+    model = tiny_model("llama", layers=2)
+    enable_packing(model)
+    packed = pack(random_seqs([3, 9, 4], seed=33), pad_to_multiple_of=5)
+    want = [0, 3, 12, 16, 20]
+    assert packed.segment_bounds() == packed.cu_seqlens.tolist() == want
+    on_device = packing.PackedBatch(**{**packed.__dict__, "cu_seqlens": packed.cu_seqlens.to("meta")})
+    assert on_device.segment_bounds() == want  # rebuilt from lengths: a meta tensor has no values
+    real = packing._sdpa_loop
+    calls = []
+
+    def checked(q, k, v, cu_q, cu_k, *, bounds=None, **kw):  # type: ignore[no-untyped-def]
+        assert bounds is not None, "the SDPA loop would read cu_seqlens from the device"
+        calls.append([list(b) for b in bounds])
+        return real(q, k, v, cu_q, cu_k, bounds=bounds, **kw)
+
+    monkeypatch.setattr(packing, "_sdpa_loop", checked)
+    out = packing.packed_hidden_at(model, packed, backend="sdpa_loop", trim_last_layer=True)
+    assert out.shape == (3, 64) and torch.isfinite(out).all()
+    assert calls == [[want, want], [[0, 1, 2, 3], want[:4]]]  # full layer, then the trimmed one

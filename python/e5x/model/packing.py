@@ -73,14 +73,29 @@ class PackedBatch:
             lengths=self.lengths,
         )
 
+    def segment_bounds(self) -> list[int]:
+        """``cu_seqlens`` as host integers, tail included, without a device sync: read from
+        the tensor while it is on the CPU, else rebuilt from ``lengths`` (which ``pack`` and
+        ``pack_padded`` keep consistent with it)."""
+        if self.cu_seqlens.device.type == "cpu":
+            return [int(x) for x in self.cu_seqlens.tolist()]
+        bounds = [0]
+        for n in self.lengths:
+            bounds.append(bounds[-1] + n)
+        if self.num_tokens > bounds[-1]:
+            bounds.append(self.num_tokens)
+        return bounds
+
     def attention_kwargs(self, backend: str = "auto") -> dict[str, Any]:
         """Keyword arguments that route a decoder layer's attention through the varlen path."""
+        bounds = self.segment_bounds()
         return {
             "cu_seq_lens_q": self.cu_seqlens,
             "cu_seq_lens_k": self.cu_seqlens,
             "max_length_q": self.max_seqlen,
             "max_length_k": self.max_seqlen,
             "e5x_attn_backend": backend,
+            "e5x_bounds": (bounds, bounds),  # host copy for the SDPA loop (no .tolist() sync)
         }
 
 
@@ -231,29 +246,46 @@ def attention_backends() -> list[str]:
     return out
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
+# (head_dim, query heads, key/value heads) the trial runs at when the model's is unknown:
+# Mistral-7B's (128, GQA 32:8).
+DEFAULT_ATTN_SHAPE = (128, 32, 8)
+
+
+def attention_shape(model: Any) -> tuple[int, int, int]:
+    """(head_dim, query heads, key/value heads) of a decoder (HF or peft-wrapped)."""
+    cfg = getattr(decoder_of(model) or hf_model(model), "config", None)
+    heads = getattr(cfg, "num_attention_heads", None)
+    if not heads:
+        return DEFAULT_ATTN_SHAPE
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    return int(head_dim), int(heads), int(getattr(cfg, "num_key_value_heads", None) or heads)
+
+
+def resolve_backend(backend: str, device: torch.device,
+                    attn_shape: tuple[int, int, int] | None = None) -> str:
     """The backend ``auto`` stands for on ``device``: the first of flash-attn varlen and torch's
     own varlen flash kernel that passes a forward + backward trial against the exact
-    per-sequence SDPA loop here (``_trial``, once per device), else that loop. FlexAttention is
-    only used when asked for: it is fast only under torch.compile, which recompiles as the
-    stream length changes."""
+    per-sequence SDPA loop here (``_trial``, once per device and ``attn_shape`` = the model's
+    (head_dim, query heads, key/value heads), default Mistral-7B's), else that loop.
+    FlexAttention is only used when asked for: it is fast only under torch.compile, which
+    recompiles as the stream length changes."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown packed attention backend {backend!r}; choose from {BACKENDS}")
     if backend != "auto":
         return backend
     if device.type != "cuda":
         return "sdpa_loop"
-    return _auto_cuda_backend(str(device))
+    return _auto_cuda_backend(str(device), tuple(attn_shape or DEFAULT_ATTN_SHAPE))
 
 
 @cache
-def _auto_cuda_backend(device: str) -> str:
+def _auto_cuda_backend(device: str, attn_shape: tuple[int, int, int] = DEFAULT_ATTN_SHAPE) -> str:
     import warnings
 
     for name, available in (("flash_attn", _flash_attn_varlen()), ("torch_varlen", _torch_varlen())):
         if available is None:
             continue
-        problem = _trial(name, device)
+        problem = _trial(name, device, attn_shape)
         if problem is None:
             return name
         warnings.warn(f"e5x packed attention: backend {name!r} failed its trial on {device} "
@@ -261,43 +293,56 @@ def _auto_cuda_backend(device: str) -> str:
     return "sdpa_loop"
 
 
-def _trial(backend: str, device: str) -> str | None:
-    """None when ``backend`` matches the SDPA loop (values and gradients, bf16, GQA, ragged
-    segments incl. length 1) on ``device``; else what went wrong."""
+def _trial(backend: str, device: str, attn_shape: tuple[int, int, int] = DEFAULT_ATTN_SHAPE) -> str | None:
+    """None when ``backend`` matches the SDPA loop (values and gradients, bf16, the model's
+    head_dim and GQA ratio, ragged segments incl. length 1, and the trimmed last layer's one
+    query row per segment against all of its keys) on ``device``; else what went wrong."""
     import torch
 
     try:
-        # Runs at most once per device, from packed_hidden_at before any layer runs; it may be
-        # called under no_grad (GradCache's first pass) or autocast, so set both explicitly.
+        # Runs at most once per device and shape, from packed_hidden_at before any layer runs;
+        # it may be called under no_grad (GradCache's first pass) or autocast: set both.
         with torch.enable_grad(), torch.autocast("cuda", enabled=False):
-            return _trial_inner(backend, device)
+            return _trial_inner(backend, device, attn_shape)
     except Exception as exc:  # noqa: BLE001 - any failure means: do not use this backend
         return f"{type(exc).__name__}: {exc}"
 
 
-def _trial_inner(backend: str, device: str) -> str | None:
+def _trial_inner(backend: str, device: str, attn_shape: tuple[int, int, int] = DEFAULT_ATTN_SHAPE) -> str | None:
     import torch
 
+    head_dim, hq, hkv = attn_shape
     g = torch.Generator(device=device).manual_seed(0)
     lengths = [5, 1, 37, 130]
-    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device=device)
+    bounds = [0, *torch.tensor(lengths).cumsum(0).tolist()]
+    cu = torch.tensor(bounds, dtype=torch.int32, device=device)
     t = sum(lengths)
+    one = list(range(len(lengths) + 1))  # the trimmed last layer: one query row per segment
+    cu_one = torch.tensor(one, dtype=torch.int32, device=device)
 
-    def rand(h: int) -> torch.Tensor:
-        return torch.randn(t, h, 64, device=device, generator=g).to(torch.bfloat16)
+    def rand(n: int, h: int) -> torch.Tensor:
+        return torch.randn(n, h, head_dim, device=device, generator=g).to(torch.bfloat16)
 
-    q0, k0, v0 = rand(8), rand(2), rand(2)
-    outs = []
-    for name in (backend, "sdpa_loop"):
-        q, k, v = (x.clone().requires_grad_(True) for x in (q0, k0, v0))
-        o = varlen_attention(q, k, v, cu, cu, max(lengths), max(lengths), scale=0.125,
-                             causal=True, backend=name)
-        o.float().square().sum().backward()
-        outs.append([o.float(), q.grad.float(), k.grad.float(), v.grad.float()])  # type: ignore[union-attr]
-    for what, a, b in zip(("out", "dq", "dk", "dv"), *outs):
-        err = float((a - b).abs().max() / b.abs().max().clamp_min(1e-6))
-        if not err < 3e-2:  # bf16 kernels differ by ~1e-2 relative at most
-            return f"{what} differs from the SDPA loop by {err:.3g} (relative)"
+    scale = head_dim ** -0.5
+    cases = (  # (what, q rows, cu_q, host bounds of q, max_q, causal)
+        ("", t, cu, bounds, max(lengths), True),
+        ("trimmed last layer: ", len(lengths), cu_one, one, 1, False),
+    )
+    for label, tq, cu_q, bounds_q, max_q, causal in cases:
+        q0, k0, v0 = rand(tq, hq), rand(t, hkv), rand(t, hkv)
+        outs = []
+        for name in (backend, "sdpa_loop"):
+            q, k, v = (x.clone().requires_grad_(True) for x in (q0, k0, v0))
+            o = varlen_attention(q, k, v, cu_q, cu, max_q, max(lengths), scale=scale,
+                                 causal=causal, backend=name, bounds=(bounds_q, bounds))
+            o.float().square().sum().backward()
+            outs.append([o.float(), q.grad.float(), k.grad.float(), v.grad.float()])  # type: ignore[union-attr]
+        for what, a, b in zip(("out", "dq", "dk", "dv"), *outs):
+            if not bool(torch.isfinite(a).all()):
+                return f"{label}{what} is not finite"
+            err = float((a - b).abs().max() / b.abs().max().clamp_min(1e-6))
+            if not err < 3e-2:  # bf16 kernels differ by ~1e-2 relative at most
+                return f"{label}{what} differs from the SDPA loop by {err:.3g} (relative)"
     return None
 
 
@@ -326,16 +371,20 @@ def varlen_attention(
     causal: bool = True,
     sliding_window: int | None = None,
     backend: str = "auto",
+    bounds: tuple[Sequence[int], Sequence[int]] | None = None,
 ) -> torch.Tensor:
     """Attention of packed segments: q ``[Tq, Hq, D]``, k/v ``[Tk, Hkv, D]`` -> ``[Tq, Hq, D]``.
 
     Segment i of q attends only to segment i of k (causally, aligned bottom-right when the
     query segment is shorter, as flash-attention does). GQA (Hq a multiple of Hkv) is handled.
     ``sliding_window`` keeps keys with ``i - j < sliding_window`` (the Mistral convention).
+    ``bounds``: ``(cu_q, cu_k)`` as host integers, when the caller has them; the SDPA loop
+    then needs no device-to-host copy. Every key must lie in a segment (``Tk == cu_k[-1]``):
+    varlen kernels leave keys past the last boundary undefined (NaN gradients in torch's).
     """
     import torch
 
-    backend = resolve_backend(backend, q.device)
+    backend = resolve_backend(backend, q.device, (q.shape[-1], q.shape[1], k.shape[1]))
     hq, hkv = q.shape[1], k.shape[1]
     use_window = sliding_window is not None and max_k > sliding_window
     if backend == "flash_attn":
@@ -379,7 +428,7 @@ def varlen_attention(
         return _flex_attention(q, k, v, cu_q, cu_k, scale=scale, causal=causal,
                                sliding_window=sliding_window if use_window else None)
     return _sdpa_loop(q, k, v, cu_q, cu_k, scale=scale, causal=causal,
-                      sliding_window=sliding_window if use_window else None)
+                      sliding_window=sliding_window if use_window else None, bounds=bounds)
 
 
 def _segment_mask(lq: int, lk: int, causal: bool, window: int | None, device: Any) -> Any:
@@ -396,13 +445,14 @@ def _segment_mask(lq: int, lk: int, causal: bool, window: int | None, device: An
     return mask
 
 
-def _sdpa_loop(q, k, v, cu_q, cu_k, *, scale, causal, sliding_window):  # type: ignore[no-untyped-def]
-    """Exact reference: one SDPA call per segment (any device, any dtype)."""
+def _sdpa_loop(q, k, v, cu_q, cu_k, *, scale, causal, sliding_window, bounds=None):  # type: ignore[no-untyped-def]
+    """Exact reference: one SDPA call per segment (any device, any dtype). A loop by nature
+    (the fallback when no varlen kernel passed its trial); with host ``bounds`` it at least
+    does not wait on the device for the segment boundaries."""
     import torch
     import torch.nn.functional as F
 
-    bounds_q = cu_q.tolist()
-    bounds_k = cu_k.tolist()
+    bounds_q, bounds_k = (list(b) for b in bounds) if bounds is not None else (cu_q.tolist(), cu_k.tolist())
     outs = []
     for i in range(len(bounds_q) - 1):
         sq, eq, sk, ek = bounds_q[i], bounds_q[i + 1], bounds_k[i], bounds_k[i + 1]
@@ -531,6 +581,7 @@ def packed_attention_forward(
         cu_q, cu_k, max_q, max_k,
         scale=scale, causal=bool(getattr(module, "is_causal", True)),
         sliding_window=sliding_window, backend=kwargs.get("e5x_attn_backend", "auto"),
+        bounds=kwargs.get("e5x_bounds"),
     )
     return out.unsqueeze(0), None  # [1, T, Hq, D], the layout transformers expects
 
@@ -626,7 +677,8 @@ def packed_hidden_at(
         raise RuntimeError("call e5x.model.packing.enable_packing(model) before packed forwards")
     device = next(model.parameters()).device
     packed = packed.to(device) if packed.input_ids.device != device else packed
-    backend = resolve_backend(backend, device)  # outside the layers: "auto" may run a trial
+    # outside the layers: "auto" may run a trial, at this model's head_dim and GQA ratio
+    backend = resolve_backend(backend, device, attention_shape(model))
     kw = packed.attention_kwargs(backend)
     dec = decoder_of(model)
     own_loop = (dec is not None and getattr(dec.config, "model_type", None) in OWN_LOOP_MODEL_TYPES
@@ -705,11 +757,15 @@ def _last_layer_at(layer: Any, h: torch.Tensor, pos_emb: Any, packed: PackedBatc
     x = layer.input_layernorm(h)  # [1, T, H]
     x_last = x[:, idx]  # [1, B, H]
     cos, sin = pos_emb
-    k = attn.k_proj(x).view(1, x.shape[1], -1, d).transpose(1, 2)
-    v = attn.v_proj(x).view(1, x.shape[1], -1, d).transpose(1, 2)
+    # Keys and values of the real tokens only: a pad tail (pad_to_multiple_of) has no pooled
+    # row, and keys past the last boundary of cu_k give varlen kernels NaN gradients.
+    n_real = packed.useful_tokens
+    x_kv = x[:, :n_real] if n_real < x.shape[1] else x
+    k = attn.k_proj(x_kv).view(1, n_real, -1, d).transpose(1, 2)
+    v = attn.v_proj(x_kv).view(1, n_real, -1, d).transpose(1, 2)
     q = attn.q_proj(x_last).view(1, idx.shape[0], -1, d).transpose(1, 2)
     # RoPE promotes to the cos/sin dtype; SDPA under autocast would cast back, so do the same.
-    k = _rope(k, cos, sin).to(v.dtype)
+    k = _rope(k, cos[:, :n_real], sin[:, :n_real]).to(v.dtype)
     q = _rope(q, cos[:, idx], sin[:, idx]).to(v.dtype)
     b = idx.shape[0]
     cu_q = torch.arange(b + 1, device=idx.device, dtype=torch.int32)
@@ -720,9 +776,11 @@ def _last_layer_at(layer: Any, h: torch.Tensor, pos_emb: Any, packed: PackedBatc
     # non-causal attention says the same without relying on how a kernel aligns a causal
     # mask when query and key segments differ in length (only a window needs that).
     use_window = window is not None and packed.max_seqlen > window
+    bounds_k = packed.segment_bounds()[: b + 1]
     o = varlen_attention(
         q[0].transpose(0, 1), k[0].transpose(0, 1), v[0].transpose(0, 1), cu_q, cu_k, 1,
         packed.max_seqlen, scale=scale, causal=use_window, sliding_window=window, backend=backend,
+        bounds=(range(b + 1), bounds_k),
     )  # [B, Hq, D]
     o = attn.o_proj(o.reshape(1, b, -1))
     r = h[:, idx] + o
