@@ -62,19 +62,23 @@ def main(argv: list[str] | None = None) -> int:
         for cfg in configs:
             tiles = {k: v for k, v in cfg.items() if k.startswith("BLOCK")}
             consts = dict(tiles, PRECISION=prec, UPCAST=False)
+            # The false-negative mask adds int64 loads and compares to the GEMM kernels'
+            # epilogues; fp16 compiles like bf16, so one 16-bit type carries the masked variants.
             for fused in (False, True):
-                compile_one(T._lse_fwd, {"Q": f"*{dt}", "D": f"*{dt}", "RQ": "*fp32", "RD": "*fp32",
-                                         "M_OUT": "*fp32", "L_OUT": "*fp32", "S_OUT": "*fp32", "Bq": "i32",
-                                         "Bd": "i32", "H": "i32", "SPLIT": "i32", "stride_s": "i32",
-                                         "scale2": "fp32"},
-                            dict(consts, STORE_S=fused), cfg["num_warps"], cfg["num_stages"])
-                compile_one(T._dscores, {"Q": f"*{dt}", "D": f"*{dt}", "RQ": "*fp32", "RD": "*fp32",
-                                         "LSE2": "*fp32", "POS": "*i64", "COEF": "*fp32", "DS": f"*{dt}",
-                                         "S_IN": "*fp32", "row0": "i32", "n_rows": "i32", "col0": "i32",
-                                         "n_cols": "i32", "Bq": "i32",
-                                         "Bd": "i32", "H": "i32", "stride_ds": "i32", "stride_s": "i32",
-                                         "scale2": "fp32"},
-                            dict(consts, FROM_S=fused), cfg["num_warps"], cfg["num_stages"])
+                for mask in (False, True) if dt != "fp16" else (False,):
+                    compile_one(T._lse_fwd, {"Q": f"*{dt}", "D": f"*{dt}", "RQ": "*fp32", "RD": "*fp32",
+                                             "M_OUT": "*fp32", "L_OUT": "*fp32", "S_OUT": "*fp32", "POS": "*i64",
+                                             "QG": "*i64", "DG": "*i64", "Bq": "i32",
+                                             "Bd": "i32", "H": "i32", "SPLIT": "i32", "stride_s": "i32",
+                                             "scale2": "fp32"},
+                                dict(consts, STORE_S=fused, MASK_FN=mask), cfg["num_warps"], cfg["num_stages"])
+                    compile_one(T._dscores, {"Q": f"*{dt}", "D": f"*{dt}", "RQ": "*fp32", "RD": "*fp32",
+                                             "LSE2": "*fp32", "POS": "*i64", "COEF": "*fp32", "DS": f"*{dt}",
+                                             "S_IN": "*fp32", "QG": "*i64", "DG": "*i64", "row0": "i32",
+                                             "n_rows": "i32", "col0": "i32", "n_cols": "i32", "Bq": "i32",
+                                             "Bd": "i32", "H": "i32", "stride_ds": "i32", "stride_s": "i32",
+                                             "scale2": "fp32"},
+                                dict(consts, FROM_S=fused, MASK_FN=mask), cfg["num_warps"], cfg["num_stages"])
         for normalize in (True, False):
             compile_one(T._pool_norm_fwd, {"X": f"*{dt}", "IDX": "*i64", "RAW": f"*{dt}", "E": f"*{dt}",
                                            "RSTD": "*fp32", "stride_xb": "i64", "stride_xl": "i64", "H": "i32"},

@@ -512,3 +512,121 @@ def test_kernels_compile_for_hopper_without_a_gpu() -> None:
                          env=env, timeout=300)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
     assert "kernel variants compiled for sm_90" in res.stdout
+
+
+# ----------------------------------------------------------------------------- false negatives
+
+
+def masked_groups(bq: int, bd: int, pos: torch.Tensor, gen: torch.Generator, n_ids: int = 5):
+    """Group ids with many repeats (5 distinct texts among Bd documents, as labels of a
+    classification batch): each query's first id is its positive's, the second another id
+    or -1 (none); some documents carry -1 (no group). Returns (q [Bq, 2], d [Bd])."""
+    d = torch.randint(0, n_ids, (bd,), generator=gen)
+    d[torch.randperm(bd, generator=gen)[: max(1, bd // 8)]] = -1
+    d[pos] = torch.randint(0, n_ids, (bq,), generator=gen)  # positives always have an id
+    second = torch.randint(-1, n_ids, (bq,), generator=gen)
+    return torch.stack([d[pos], second], dim=1), d
+
+
+def slow_mask(qg: torch.Tensor, dg: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """The masking rule spelled out element by element (independent of the reference's)."""
+    out = torch.zeros(qg.shape[0], dg.shape[0], dtype=torch.bool)
+    for i in range(qg.shape[0]):
+        for j in range(dg.shape[0]):
+            ids = {int(g) for g in qg[i] if g >= 0}
+            out[i, j] = j != int(pos[i]) and int(dg[j]) >= 0 and int(dg[j]) in ids
+    return out
+
+
+def test_false_negative_reference_and_count_follow_the_rule() -> None:
+    gen = torch.Generator().manual_seed(11)
+    bq, bd = 7, 23
+    pos = torch.randperm(bd, generator=gen)[:bq]
+    qg, dg = masked_groups(bq, bd, pos, gen)
+    qg[0, 1] = qg[0, 0]  # the same id twice counts once
+    want = slow_mask(qg, dg, pos)
+    assert torch.equal(K.reference.false_negative_mask(qg, dg, pos), want)
+    assert K.count_false_negatives(qg, dg, pos) == int(want.sum()) > 0
+    assert K.count_false_negatives(qg[:, 0], dg, pos) == int(slow_mask(qg[:, :1], dg, pos).sum())
+    # The loss is InfoNCE over the columns left in, written out with logsumexp.
+    q = torch.randn(bq, 12, generator=gen, dtype=torch.float64)
+    d = torch.randn(bd, 12, generator=gen, dtype=torch.float64)
+    s = torch.nn.functional.normalize(q, dim=-1) @ torch.nn.functional.normalize(d, dim=-1).T / 0.05
+    want_loss = torch.stack([torch.logsumexp(s[i][~want[i]], 0) - s[i, pos[i]] for i in range(bq)])
+    got = K.info_nce(q, d, pos, temperature=0.05, reduction="none", q_groups=qg, d_groups=dg, backend="torch")
+    torch.testing.assert_close(got, want_loss)
+    plain = K.info_nce(q, d, pos, temperature=0.05, reduction="none", backend="torch")
+    masked_rows = want.any(dim=1)
+    assert torch.all(got[masked_rows] < plain[masked_rows]) and torch.equal(got[~masked_rows], plain[~masked_rows])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("mode", MODES)
+def test_false_negative_masking_matches_float64_in_every_mode(monkeypatch: pytest.MonkeyPatch, mode: str,
+                                                              dtype: torch.dtype) -> None:
+    """Pooled hidden states with padding, hard negatives and documents of "other ranks"
+    around ours, duplicates everywhere, a chunk budget small enough for several row and
+    column chunks: fused (mask in the stored score tiles), lean and backward (mask applied
+    again to recomputed tiles). Tolerances as in the module docstring."""
+    monkeypatch.setenv("E5X_INFONCE_CHUNK_MIB", "0.0001")
+    monkeypatch.setenv("E5X_INFONCE_MODE", mode)
+    case = Case("masked", bq=19, k=1, h=24, seq=3, side="left", extra_before=5, extra_after=6)
+    qh, dh, masks, kwargs, _ = build(case, dtype, seed=7)
+    pos = torch.arange(case.bq) * 2 + case.extra_before
+    bd = dh.shape[0]
+    qg, dg = masked_groups(case.bq, bd, pos, torch.Generator().manual_seed(8))
+    assert int(slow_mask(qg, dg, pos).sum()) > case.bq  # many documents are masked
+    groups = dict(q_groups=qg.to(DEVICE), d_groups=dg.to(DEVICE))
+    loss, gq, gd = run(qh, dh, masks, {**kwargs, **groups}, "triton")
+    ref_loss, ref_gq, ref_gd = run(qh.double(), dh.double(), masks, {**kwargs, **groups}, "torch")
+    loss_tol, grad_tol = TOL[dtype]
+    assert rel(loss, ref_loss, floor=1.0) <= loss_tol, (loss, ref_loss)
+    assert rel(gq, ref_gq) <= grad_tol and rel(gd, ref_gd) <= grad_tol
+    unmasked, _, _ = run(qh.double(), dh.double(), masks, kwargs, "torch")
+    assert float(unmasked - ref_loss) > 0.05  # the mask really removed probability mass
+
+
+def test_false_negative_masking_per_row_upstream_and_embeddings() -> None:
+    """reduction="none" with per-row weights (backward mode) on plain embeddings, the
+    grouped layout, one query with a single id and documents without any."""
+    gen = torch.Generator().manual_seed(9)
+    bq, bd = 6, 18
+    pos = torch.arange(bq) * 3
+    qg, dg = masked_groups(bq, bd, pos, gen, n_ids=3)
+    # Same id, same text, (nearly) the same embedding: the masked documents score as high
+    # as the positive, so leaving them in would move the loss and the gradients a lot.
+    protos = torch.randn(4, 20, generator=gen)
+    d = protos[dg] + 0.1 * torch.randn(bd, 20, generator=gen)
+    q = protos[qg[:, 0]] + 0.5 * torch.randn(bq, 20, generator=gen)
+    plain = K.info_nce(q.double(), d.double(), temperature=0.1, reduction="none", backend="torch")
+    masked = K.info_nce(q.double(), d.double(), temperature=0.1, reduction="none", q_groups=qg[:, :1],
+                        d_groups=dg, backend="torch")
+    assert float((plain - masked).min()) > 0.5, (plain, masked)
+    up = torch.rand(bq, generator=gen) + 0.5
+    out = {}
+    for backend, dtype in (("triton", torch.float32), ("torch", torch.float64)):
+        qq, dd = leaf(q, dtype), leaf(d, dtype)
+        loss = K.info_nce(qq, dd, temperature=0.1, reduction="none", q_groups=qg[:, :1].to(DEVICE),
+                          d_groups=dg.to(DEVICE), backend=backend)
+        (loss * up.to(DEVICE, dtype)).sum().backward()
+        out[backend] = (loss.detach(), qq.grad, dd.grad)
+    (loss, gq, gd), (ref_loss, ref_gq, ref_gd) = out["triton"], out["torch"]
+    assert rel(loss, ref_loss, floor=1.0) <= 1e-5  # losses near 0: absolute rounding of logits
+    assert rel(gq, ref_gq) <= 1e-4 and rel(gd, ref_gd) <= 1e-4
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, pattern",
+    [
+        (dict(q_groups=torch.zeros(2, dtype=torch.long)), ValueError, "both q_groups and d_groups"),
+        (dict(q_groups=torch.zeros(2), d_groups=torch.zeros(4, dtype=torch.long)), TypeError, "integer"),
+        (dict(q_groups=torch.zeros(2, 3, dtype=torch.long), d_groups=torch.zeros(4, dtype=torch.long)),
+         ValueError, r"K <= 2"),
+        (dict(q_groups=torch.zeros(2, dtype=torch.long), d_groups=torch.zeros(3, dtype=torch.long)),
+         ValueError, r"d_groups must have shape \[4\]"),
+    ],
+)
+def test_bad_group_arguments(kwargs: dict, exc: type, pattern: str) -> None:
+    q, d = _qd()
+    with pytest.raises(exc, match=pattern):
+        K.pooled_info_nce(q, d, **kwargs)

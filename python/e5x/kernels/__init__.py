@@ -5,11 +5,13 @@ Public API (contract 1 of the team brief):
 - ``last_token_pool(hidden, attention_mask=None, *, last_index=None, normalize=False,
   backend="auto")`` -> [B, H]
 - ``info_nce(q, d, positive_index=None, *, positive_offset=0, temperature=0.02,
-  normalize=True, reduction="mean", backend="auto")`` -> loss
+  normalize=True, reduction="mean", q_groups=None, d_groups=None, backend="auto")`` -> loss
 - ``pooled_info_nce(q_hidden, d_hidden, q_mask=None, d_mask=None, *, q_last_index=None,
   d_last_index=None, positive_index=None, positive_offset=0, temperature=0.02,
-  reduction="mean", return_embeddings=False, backend="auto")`` -> loss
-  (or ``(loss, q_emb, d_emb)`` with ``return_embeddings=True``)
+  reduction="mean", return_embeddings=False, q_groups=None, d_groups=None,
+  backend="auto")`` -> loss (or ``(loss, q_emb, d_emb)`` with ``return_embeddings=True``)
+- ``count_false_negatives(q_groups, d_groups, positive)`` -> how many (query, document)
+  pairs the masking below removes
 
 ``backend="auto"`` runs the Triton kernels (``triton_pooled_info_nce.py``) on CUDA tensors when
 triton imports and the torch reference (``reference.py``) otherwise; ``"triton"`` forces the
@@ -19,8 +21,11 @@ imported only when the Triton path is first used.
 Document layout: without ``positive_index`` documents come grouped per query,
 ``[pos_0, negs_0..., pos_1, negs_1..., extra...]``, query i's positive at ``i * group_size``
 (``group_size`` defaults to ``Bd // Bq``), plus ``positive_offset``. Every document that is
-not a query's positive is a negative for it (in-batch, hard and cross-rank negatives alike).
-The loss is float32 (float64 for float64 inputs).
+not a query's positive is a negative for it (in-batch, hard and cross-rank negatives alike),
+except false negatives: with ``q_groups`` ([Bq] or [Bq, 2] integer ids per query, e.g. hashes
+of its positive's text and its own) and ``d_groups`` ([Bd], one per document), document j is
+left out of query i's softmax when d_groups[j] >= 0 equals one of q_groups[i] and j is not
+i's positive. The loss is float32 (float64 for float64 inputs).
 
 Environment knobs of the Triton path (see kernels/TUNING.md in the repository):
 ``E5X_AUTOTUNE=0`` (first tile config, no tuning pass), ``E5X_INFONCE_MODE`` (``fused``:
@@ -40,7 +45,19 @@ from . import _checks as C
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["info_nce", "last_token_index", "last_token_pool", "pooled_info_nce"]
+__all__ = ["count_false_negatives", "info_nce", "last_token_index", "last_token_pool", "pooled_info_nce"]
+
+
+def count_false_negatives(
+    q_groups: torch.Tensor, d_groups: torch.Tensor, positive: torch.Tensor
+) -> int:
+    """Number of (query, document) pairs the false-negative mask removes (see module doc);
+    ``positive`` holds each query's absolute positive column. O((Bq + Bd) log Bd) memory-light."""
+    from .reference import count_false_negatives as count
+
+    groups = C.resolve_groups(positive.shape[0], d_groups.shape[0], d_groups.device, q_groups, d_groups)
+    assert groups is not None
+    return int(count(groups[0], groups[1], positive))
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -94,6 +111,8 @@ def info_nce(
     normalize: bool = True,
     reduction: str = "mean",
     group_size: int | None = None,
+    q_groups: torch.Tensor | None = None,
+    d_groups: torch.Tensor | None = None,
     backend: str = "auto",
 ) -> torch.Tensor:
     """InfoNCE of queries q [Bq, H] against documents d [Bd, H].
@@ -101,7 +120,8 @@ def info_nce(
     loss_i = logsumexp_j(s_ij) - s_i,pos(i), s_ij = cos(q_i, d_j) / temperature (plain dot
     products with ``normalize=False``). ``reduction``: "mean" (default), "sum" or "none"
     (per-query losses [Bq]). ``group_size`` (an e5x extension, keyword only) sets the
-    documents per query of the grouped layout when it cannot be inferred.
+    documents per query of the grouped layout when it cannot be inferred. ``q_groups`` /
+    ``d_groups`` mask false negatives (module doc).
     """
     C.check_embeddings("q", q)
     C.check_embeddings("d", d)
@@ -114,13 +134,15 @@ def info_nce(
     t = C.check_temperature(temperature)
     C.check_reduction(reduction)
     pos = C.resolve_positive(q.shape[0], d.shape[0], q.device, positive_index, positive_offset, group_size)
+    groups = C.resolve_groups(q.shape[0], d.shape[0], q.device, q_groups, d_groups)
     if C.pick_backend(backend, q) == "torch":
         from .reference import info_nce_ref
 
-        return info_nce_ref(q, d, pos, t, normalize=normalize, reduction=reduction)
+        qg, dg = groups if groups is not None else (None, None)
+        return info_nce_ref(q, d, pos, t, normalize=normalize, reduction=reduction, q_groups=qg, d_groups=dg)
     from .triton_pooled_info_nce import info_nce_triton
 
-    return info_nce_triton(q, d, pos, t, normalize=normalize, reduction=reduction)
+    return info_nce_triton(q, d, pos, t, normalize=normalize, reduction=reduction, groups=groups)
 
 
 def pooled_info_nce(
@@ -137,6 +159,8 @@ def pooled_info_nce(
     reduction: str = "mean",
     return_embeddings: bool = False,
     group_size: int | None = None,
+    q_groups: torch.Tensor | None = None,
+    d_groups: torch.Tensor | None = None,
     backend: str = "auto",
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Fused op: last-token pooling + L2 normalisation + InfoNCE, forward and backward.
@@ -144,7 +168,7 @@ def pooled_info_nce(
     q_hidden [Bq, Lq, H], d_hidden [Bd, Ld, H] (bf16/fp16/fp32/fp64); masks or last indices
     as in ``last_token_pool``. Gradients of the hidden states are zero except at the pooled
     positions. ``return_embeddings=True`` also returns the normalised embeddings
-    (hidden's dtype; differentiable).
+    (hidden's dtype; differentiable). ``q_groups`` / ``d_groups`` mask false negatives.
     """
     C.check_hidden("q_hidden", q_hidden)
     C.check_hidden("d_hidden", d_hidden)
@@ -166,14 +190,18 @@ def pooled_info_nce(
         group_size, pending,
     )
     C.flush(pending)
+    groups = C.resolve_groups(q_hidden.shape[0], d_hidden.shape[0], q_hidden.device, q_groups, d_groups)
     if C.pick_backend(backend, q_hidden) == "torch":
         from .reference import pooled_info_nce_ref
 
-        loss, q_emb, d_emb = pooled_info_nce_ref(q_hidden, d_hidden, q_idx, d_idx, pos, t, reduction)
+        qg, dg = groups if groups is not None else (None, None)
+        loss, q_emb, d_emb = pooled_info_nce_ref(q_hidden, d_hidden, q_idx, d_idx, pos, t, reduction,
+                                                 q_groups=qg, d_groups=dg)
     else:
         from .triton_pooled_info_nce import pooled_info_nce_triton
 
         loss, q_emb, d_emb = pooled_info_nce_triton(
-            q_hidden, d_hidden, q_idx, d_idx, pos, t, reduction, want_embeddings=return_embeddings
+            q_hidden, d_hidden, q_idx, d_idx, pos, t, reduction, want_embeddings=return_embeddings,
+            groups=groups,
         )
     return (loss, q_emb, d_emb) if return_embeddings else loss

@@ -241,3 +241,34 @@ def pick_backend(backend: str, x: torch.Tensor) -> str:
             "set before e5x.kernels is first used"
         )
     return "triton"
+
+
+def resolve_groups(
+    bq: int, bd: int, device: torch.device, q_groups: torch.Tensor | None, d_groups: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """False-negative group ids as (q [Bq, 2], d [Bd]) int64 on ``device``, or None.
+
+    ``q_groups`` may be [Bq] or [Bq, K] with K <= 2 (the kernels compare two ids per query);
+    missing columns are filled with -1, which matches nothing.
+    """
+    if q_groups is None and d_groups is None:
+        return None
+    if q_groups is None or d_groups is None:
+        raise ValueError("give both q_groups and d_groups (false-negative masking) or neither")
+    out = []
+    for name, g in (("q_groups", q_groups), ("d_groups", d_groups)):
+        if not isinstance(g, torch.Tensor):
+            g = torch.as_tensor(g)
+        if g.dtype.is_floating_point or g.dtype.is_complex or g.dtype == torch.bool:
+            raise TypeError(f"{name} must be an integer tensor, got {g.dtype}")
+        out.append(g.to(device=device, dtype=torch.int64))
+    qg, dg = out
+    if qg.dim() == 1:
+        qg = qg[:, None]
+    if qg.dim() != 2 or qg.shape[0] != bq or not 1 <= qg.shape[1] <= 2:
+        raise ValueError(f"q_groups must be [{bq}] or [{bq}, K] with K <= 2 (one row per query), got {tuple(q_groups.shape)}")
+    if tuple(dg.shape) != (bd,):
+        raise ValueError(f"d_groups must have shape [{bd}] (one per document), got {tuple(d_groups.shape)}")
+    if qg.shape[1] == 1:
+        qg = torch.cat([qg, torch.full_like(qg, -1)], dim=1)
+    return qg.contiguous(), dg.contiguous()

@@ -16,6 +16,10 @@ Forward
      (max, sum-exp) per query row (log2 domain). The Bq x Bd matrix never exists; partial
      results of the SPLIT document slices ([SPLIT, Bq] floats) are merged in torch.
   3. ``_rowdot``: the positive's raw dot product in fp32; loss_i = lse_i - S_i,pos(i).
+False negatives (group ids given, see ``reference.false_negative_mask``): ``_lse_fwd`` sets
+  their scores to the padding value NEG before the online log-sum-exp (and stores them so),
+  and ``_dscores`` does the same to recomputed tiles, so they get P = 0 and no gradient in
+  every mode; the ids are two int64 per query and one per document, compared per tile.
 Gradient, per chunk of C query rows (C from the E5X_INFONCE_CHUNK_MIB budget)
   4. ``_dscores``: dA = G * rq rd^T / tau in the compute dtype into a [C, Bd] buffer (any
      window of rows x columns), from
@@ -170,10 +174,22 @@ def _score_tile(Q, D, offs_m, offs_n, Bq, Bd, H,
 
 
 @triton.jit
+def _false_negatives(POS, QG, DG, offs_m, offs_n, m_ok, n_ok):
+    """[M, N] True where document n is a false negative of query m: its group id (>= 0)
+    is one of the query's two, and it is not the query's positive (see reference.py)."""
+    pos = tl.load(POS + offs_m, mask=m_ok, other=-1)
+    g0 = tl.load(QG + 2 * offs_m, mask=m_ok, other=-1)
+    g1 = tl.load(QG + 2 * offs_m + 1, mask=m_ok, other=-1)
+    dg = tl.load(DG + offs_n, mask=n_ok, other=-1)
+    same = (dg[None, :] == g0[:, None]) | (dg[None, :] == g1[:, None])
+    return same & (dg >= 0)[None, :] & (offs_n[None, :] != pos[:, None])
+
+
+@triton.jit
 def _lse_fwd(
-    Q, D, RQ, RD, M_OUT, L_OUT, S_OUT, Bq, Bd, H, SPLIT, stride_s, scale2,
+    Q, D, RQ, RD, M_OUT, L_OUT, S_OUT, POS, QG, DG, Bq, Bd, H, SPLIT, stride_s, scale2,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    PRECISION: tl.constexpr, UPCAST: tl.constexpr, STORE_S: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST: tl.constexpr, STORE_S: tl.constexpr, MASK_FN: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_s = tl.program_id(1)
@@ -191,6 +207,8 @@ def _lse_fwd(
         s = _score_tile(Q, D, offs_m, offs_n, Bq, Bd, H, BLOCK_M, BLOCK_N, BLOCK_K, PRECISION, UPCAST)
         rd = tl.load(RD + offs_n, mask=offs_n < Bd, other=0.0)
         s = tl.where((offs_n < Bd)[None, :], s * rq[:, None] * rd[None, :], NEG)  # log2 units
+        if MASK_FN:  # false negatives leave the softmax like padding columns; stored as NEG, p = 0
+            s = tl.where(_false_negatives(POS, QG, DG, offs_m, offs_n, offs_m < Bq, offs_n < Bd), NEG, s)
         if STORE_S:  # fused mode: keep the fp32 tile for the gradient (one chunk of rows)
             tl.store(S_OUT + offs_m[:, None] * stride_s + offs_n[None, :], s,
                      mask=(offs_m < Bq)[:, None] & (offs_n < Bd)[None, :])
@@ -204,10 +222,10 @@ def _lse_fwd(
 
 @triton.jit
 def _dscores(
-    Q, D, RQ, RD, LSE2, POS, COEF, DS, S_IN, row0, n_rows, col0, n_cols, Bq, Bd, H,
+    Q, D, RQ, RD, LSE2, POS, COEF, DS, S_IN, QG, DG, row0, n_rows, col0, n_cols, Bq, Bd, H,
     stride_ds, stride_s, scale2,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    PRECISION: tl.constexpr, UPCAST: tl.constexpr, FROM_S: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST: tl.constexpr, FROM_S: tl.constexpr, MASK_FN: tl.constexpr,
 ):
     """dA for the window rows [row0, row0 + n_rows) x columns [col0, col0 + n_cols), written
     at window-local positions of DS; S_IN (FROM_S) holds the window's rows, all columns."""
@@ -231,6 +249,8 @@ def _dscores(
     else:  # recompute the score tile
         s = _score_tile(Q, D, offs_m, offs_n, Bq, Bd, H, BLOCK_M, BLOCK_N, BLOCK_K, PRECISION, UPCAST)
         s2 = s * rr * scale2
+        if MASK_FN:  # stored scores carry the mask already
+            s2 = tl.where(_false_negatives(POS, QG, DG, offs_m, offs_n, r_ok, n_ok), NEG, s2)
     p = tl.exp2(s2 - lse2[:, None])
     onehot = tl.where(offs_n[None, :] == pos[:, None], 1.0, 0.0)
     # gradient w.r.t. the raw dot product q . d: (P - Y) * g_i / tau * rq_i * rd_j
@@ -365,12 +385,24 @@ def _pool_backward(
     )
 
 
+Groups = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def _rows_mask(pos: torch.Tensor, groups: tuple[torch.Tensor, torch.Tensor] | None, r0: int, n: int) -> Groups | None:
+    """_lse2's mask argument for query rows [r0, r0 + n): their positives and ids, all documents' ids."""
+    if groups is None:
+        return None
+    qg, dg = groups
+    return pos[r0 : r0 + n], qg[r0 : r0 + n], dg
+
+
 def _lse2(
     q: torch.Tensor, d: torch.Tensor, rq: torch.Tensor, rd: torch.Tensor, scale2: float,
-    s_out: torch.Tensor | None = None,
+    s_out: torch.Tensor | None = None, mask: Groups | None = None,
 ) -> torch.Tensor:
     """Row log2-sum-exp2 of (q d^T) * rq rd^T * scale2, without materialising q d^T
-    (unless s_out [len(q), Bd] fp32 is given: then those scaled scores are stored there)."""
+    (unless s_out [len(q), Bd] fp32 is given: then those scaled scores are stored there).
+    ``mask`` = (positives, query ids, document ids) of these rows leaves false negatives out."""
     bq, h = q.shape
     bd = d.shape[0]
     # Split the document axis so that even a few query tiles fill the GPU, and into enough
@@ -383,9 +415,11 @@ def _lse2(
     s = torch.empty_like(m)
     kernel, meta = _launcher(_lse_fwd, "lse", q.dtype)
     store = s_out is not None
-    args = (q, d, rq, rd, m, s, s_out if store else m, bq, bd, h, split,
+    pos, qg, dg = mask if mask is not None else (rq, rq, rq)  # never read without MASK_FN
+    args = (q, d, rq, rd, m, s, s_out if store else m, pos, qg, dg, bq, bd, h, split,
             s_out.stride(0) if store else 0, scale2)
-    flags = dict(PRECISION=_precision(q.dtype), UPCAST=_upcast(q.dtype), STORE_S=store)
+    flags = dict(PRECISION=_precision(q.dtype), UPCAST=_upcast(q.dtype), STORE_S=store,
+                 MASK_FN=mask is not None)
     if meta is None:
         kernel[lambda META: (triton.cdiv(bq, META["BLOCK_M"]), split)](*args, **flags)
     else:
@@ -437,17 +471,22 @@ def _dscores_window(
     q_raw: torch.Tensor, d_raw: torch.Tensor, q_rstd: torch.Tensor, d_rstd: torch.Tensor,
     lse2: torch.Tensor, pos: torch.Tensor, coef: torch.Tensor, out: torch.Tensor,
     rows: tuple[int, int], cols: tuple[int, int], scale2: float, s_in: torch.Tensor | None = None,
+    groups: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> None:
     """out[:n, :m] = dA of query rows [r0, r0 + n) x documents [c0, c0 + m), from the stored
-    fp32 scores s_in (that window's rows, all columns) or from recomputed score tiles."""
+    fp32 scores s_in (that window's rows, all columns) or from recomputed score tiles;
+    ``groups`` (all rows' query ids, document ids) masks false negatives of recomputed tiles."""
     (r0, n), (c0, m) = rows, cols
     bq, h = q_raw.shape
     bd = d_raw.shape[0]
     kernel, meta = _launcher(_dscores, "dscores", q_raw.dtype)
     from_s = s_in is not None
-    args = (q_raw, d_raw, q_rstd, d_rstd, lse2, pos, coef, out, s_in if from_s else out,
+    mask = groups is not None and not from_s
+    qg, dg = groups if groups is not None else (pos, pos)  # never read without MASK_FN
+    args = (q_raw, d_raw, q_rstd, d_rstd, lse2, pos, coef, out, s_in if from_s else out, qg, dg,
             r0, n, c0, m, bq, bd, h, out.stride(0), s_in.stride(0) if from_s else 0, scale2)
-    flags = dict(PRECISION=_precision(q_raw.dtype), UPCAST=_upcast(q_raw.dtype), FROM_S=from_s)
+    flags = dict(PRECISION=_precision(q_raw.dtype), UPCAST=_upcast(q_raw.dtype), FROM_S=from_s,
+                 MASK_FN=mask)
     if meta is None:
         kernel[lambda META: (triton.cdiv(n, META["BLOCK_M"]), triton.cdiv(m, META["BLOCK_N"]))](*args, **flags)
     else:
@@ -458,7 +497,8 @@ def _infonce_backward(
     saved: tuple[torch.Tensor, ...], coef: torch.Tensor, temperature: float, normalize: bool,
     g_q_emb: torch.Tensor | None, g_d_emb: torch.Tensor | None, need_q: bool, need_d: bool,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    q_hidden, d_hidden, q_idx, d_idx, pos, q_raw, d_raw, q_rstd, d_rstd, lse2 = saved
+    q_hidden, d_hidden, q_idx, d_idx, pos, q_raw, d_raw, q_rstd, d_rstd, lse2, qg, dg = saved
+    groups = (qg, dg) if qg is not None else None
     bq, h = q_raw.shape
     bd = d_raw.shape[0]
     scale2 = LOG2E / temperature
@@ -474,7 +514,8 @@ def _infonce_backward(
     for r0 in range(0, bq, rows):
         n = min(rows, bq - r0)
         ds = ds_buf[:n]
-        _dscores_window(q_raw, d_raw, q_rstd, d_rstd, lse2, pos, coef, ds, (r0, n), (0, bd), scale2)
+        _dscores_window(q_raw, d_raw, q_rstd, d_rstd, lse2, pos, coef, ds, (r0, n), (0, bd), scale2,
+                        groups=groups)
         if need_q:
             r_q = _mm_f32(ds, d_raw)  # [n, H], complete for these rows: finish them now
             if g_q_emb is not None:
@@ -491,7 +532,7 @@ def _fused_loss_and_grads(
     q_hidden: torch.Tensor, d_hidden: torch.Tensor, q_idx: torch.Tensor, d_idx: torch.Tensor,
     pos: torch.Tensor, q_raw: torch.Tensor, d_raw: torch.Tensor, q_rstd: torch.Tensor,
     d_rstd: torch.Tensor, temperature: float, reduction: str, normalize: bool,
-    need_q: bool, need_d: bool, lean: bool = False,
+    need_q: bool, need_d: bool, lean: bool = False, groups: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Forward that also computes the gradients for an upstream gradient of 1.
 
@@ -517,13 +558,15 @@ def _fused_loss_and_grads(
     acc_d = need_d and not lean
     r_d = torch.zeros((bd, h), dtype=torch.float32, device=d_raw.device) if acc_d else None
     if need_q or acc_d:
-        lse2 = _row_pass(q_raw, d_raw, q_idx, q_rstd, d_rstd, pos, coef, scale2, normalize, grad_q, r_d)
+        lse2 = _row_pass(q_raw, d_raw, q_idx, q_rstd, d_rstd, pos, coef, scale2, normalize, grad_q, r_d,
+                         groups)
     else:  # lean, documents only: the log-sum-exp is all the first pass has to give
-        lse2 = _lse2(q_raw, d_raw, q_rstd, d_rstd, scale2)
+        lse2 = _lse2(q_raw, d_raw, q_rstd, d_rstd, scale2, mask=_rows_mask(pos, groups, 0, bq))
     if acc_d:
         _pool_backward(d_raw, h, 0, d_idx, d_rstd, r_d, grad_d, normalize)
     elif need_d:
-        _column_pass(q_raw, d_raw, d_idx, q_rstd, d_rstd, lse2, pos, coef, scale2, normalize, grad_d)
+        _column_pass(q_raw, d_raw, d_idx, q_rstd, d_rstd, lse2, pos, coef, scale2, normalize, grad_d,
+                     groups)
     return lse2, grad_q, grad_d
 
 
@@ -531,6 +574,7 @@ def _row_pass(
     q_raw: torch.Tensor, d_raw: torch.Tensor, q_idx: torch.Tensor, q_rstd: torch.Tensor,
     d_rstd: torch.Tensor, pos: torch.Tensor, coef: torch.Tensor, scale2: float, normalize: bool,
     grad_q: torch.Tensor | None, r_d: torch.Tensor | None,
+    groups: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Per chunk of query rows: lse from stored fp32 score tiles, dA, then the rows' query
     gradients into grad_q and dA^T Xq added into r_d (either may be None). Returns lse2.
@@ -545,7 +589,8 @@ def _row_pass(
     for r0 in range(0, bq, rows):
         n = min(rows, bq - r0)
         s_c, ds = s_buf[:n], ds_buf[:n]
-        lse2[r0 : r0 + n] = _lse2(q_raw[r0 : r0 + n], d_raw, q_rstd[r0 : r0 + n], d_rstd, scale2, s_out=s_c)
+        lse2[r0 : r0 + n] = _lse2(q_raw[r0 : r0 + n], d_raw, q_rstd[r0 : r0 + n], d_rstd, scale2, s_out=s_c,
+                                  mask=_rows_mask(pos, groups, r0, n))
         _dscores_window(q_raw, d_raw, q_rstd, d_rstd, lse2, pos, coef, ds, (r0, n), (0, bd), scale2, s_in=s_c)
         if grad_q is not None:
             r_q = _mm_f32(ds, d_raw)
@@ -560,6 +605,7 @@ def _column_pass(
     q_raw: torch.Tensor, d_raw: torch.Tensor, d_idx: torch.Tensor, q_rstd: torch.Tensor,
     d_rstd: torch.Tensor, lse2: torch.Tensor, pos: torch.Tensor, coef: torch.Tensor,
     scale2: float, normalize: bool, grad_d: torch.Tensor,
+    groups: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> None:
     """Lean mode's document gradients, per chunk of document columns: every row's lse is
     known, so dA of the window comes from recomputed score tiles, and dA^T Xq is complete for
@@ -572,7 +618,8 @@ def _column_pass(
     for c0 in range(0, bd, cols):
         m = min(cols, bd - c0)
         ds = dc_buf[:, :m]
-        _dscores_window(q_raw, d_raw, q_rstd, d_rstd, lse2, pos, coef, ds, (0, bq), (c0, m), scale2)
+        _dscores_window(q_raw, d_raw, q_rstd, d_rstd, lse2, pos, coef, ds, (0, bq), (c0, m), scale2,
+                        groups=groups)
         r_dc = _mm_f32(ds.T, q_raw)  # [m, H]
         _pool_backward(d_raw, h, 0, d_idx, d_rstd, r_dc, grad_d, normalize, row0=c0)
         del r_dc
@@ -625,20 +672,21 @@ class _PooledInfoNCE(torch.autograd.Function):
     def forward(  # type: ignore[override]
         ctx: Any, q_hidden: torch.Tensor, d_hidden: torch.Tensor, q_idx: torch.Tensor,
         d_idx: torch.Tensor, pos: torch.Tensor, temperature: float, reduction: str,
-        normalize: bool, want_emb: bool, mode: str,
+        normalize: bool, want_emb: bool, mode: str, qg: torch.Tensor | None, dg: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         q_raw, q_emb, q_rstd = _pool(q_hidden, q_idx, normalize, raw=True, emb=want_emb)
         d_raw, d_emb, d_rstd = _pool(d_hidden, d_idx, normalize, raw=True, emb=want_emb)
         bq, h = q_raw.shape
+        groups = (qg, dg) if qg is not None else None
         fused = ctx.fused = mode != "backward"
         if fused:
             lse2, ctx.grad_q, ctx.grad_d = _fused_loss_and_grads(
                 q_hidden, d_hidden, q_idx, d_idx, pos, q_raw, d_raw, q_rstd, d_rstd, temperature,
                 reduction, normalize, ctx.needs_input_grad[0], ctx.needs_input_grad[1],
-                lean=mode == "lean",
+                lean=mode == "lean", groups=groups,
             )
         else:
-            lse2 = _lse2(q_raw, d_raw, q_rstd, d_rstd, LOG2E / temperature)
+            lse2 = _lse2(q_raw, d_raw, q_rstd, d_rstd, LOG2E / temperature, mask=_rows_mask(pos, groups, 0, bq))
         pos_dot = torch.empty((bq,), dtype=torch.float32, device=q_raw.device)
         _rowdot[(bq,)](q_raw, d_raw, pos, pos_dot, h, BLOCK_H=_block_h(h), **_row_warps(h))
         pos_logit = pos_dot * q_rstd * d_rstd[pos] / temperature
@@ -647,7 +695,7 @@ class _PooledInfoNCE(torch.autograd.Function):
         if fused:  # the gradients exist already; keep what the embeddings' gradients need
             ctx.save_for_backward(q_hidden, d_hidden, q_idx, d_idx, q_rstd, d_rstd)
         else:
-            ctx.save_for_backward(q_hidden, d_hidden, q_idx, d_idx, pos, q_raw, d_raw, q_rstd, d_rstd, lse2)
+            ctx.save_for_backward(q_hidden, d_hidden, q_idx, d_idx, pos, q_raw, d_raw, q_rstd, d_rstd, lse2, qg, dg)
         ctx.temperature, ctx.reduction, ctx.normalize = temperature, reduction, normalize
         ctx.set_materialize_grads(False)
         if want_emb:
@@ -674,7 +722,7 @@ class _PooledInfoNCE(torch.autograd.Function):
             saved, coef.contiguous(), t, ctx.normalize, g_q, g_d,
             ctx.needs_input_grad[0], ctx.needs_input_grad[1],
         )
-        return grad_q, grad_d, None, None, None, None, None, None, None, None
+        return grad_q, grad_d, None, None, None, None, None, None, None, None, None, None
 
 
 def _fused_backward(ctx: Any, g_loss: torch.Tensor | None, g_q: torch.Tensor | None, g_d: torch.Tensor | None):
@@ -697,7 +745,7 @@ def _fused_backward(ctx: Any, g_loss: torch.Tensor | None, g_q: torch.Tensor | N
             _pool_backward(hidden, hidden.stride(0), hidden.stride(1), idx, rstd, r, extra, ctx.normalize)
             pre = pre + extra
         grads.append(pre)
-    return grads[0], grads[1], None, None, None, None, None, None, None, None
+    return grads[0], grads[1], None, None, None, None, None, None, None, None, None, None
 
 
 class _Pool(torch.autograd.Function):
@@ -732,17 +780,19 @@ def last_token_pool_triton(hidden: torch.Tensor, idx: torch.Tensor, normalize: b
 def pooled_info_nce_triton(
     q_hidden: torch.Tensor, d_hidden: torch.Tensor, q_idx: torch.Tensor, d_idx: torch.Tensor,
     pos: torch.Tensor, temperature: float, reduction: str, want_embeddings: bool = True,
+    groups: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    qg, dg = groups if groups is not None else (None, None)
     return _PooledInfoNCE.apply(
         _ready(q_hidden), _ready(d_hidden), q_idx.contiguous(), d_idx.contiguous(),
         pos.contiguous(), temperature, reduction, True, want_embeddings,
-        _infonce_mode(reduction, q_hidden, d_hidden),
+        _infonce_mode(reduction, q_hidden, d_hidden), qg, dg,
     )
 
 
 def info_nce_triton(
     q: torch.Tensor, d: torch.Tensor, pos: torch.Tensor, temperature: float,
-    normalize: bool, reduction: str,
+    normalize: bool, reduction: str, groups: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     # Embeddings are hidden states of length 1: the same kernels, pooling position 0.
     zq = torch.zeros((q.shape[0],), dtype=torch.int64, device=q.device)
@@ -750,6 +800,7 @@ def info_nce_triton(
     loss, _, _ = _PooledInfoNCE.apply(
         _ready(q).unsqueeze(1), _ready(d).unsqueeze(1), zq, zd, pos.contiguous(),
         temperature, reduction, normalize, False, _infonce_mode(reduction, q, d),
+        *(groups if groups is not None else (None, None)),
     )
     return loss
 
