@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import unicodedata
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -21,10 +23,17 @@ class Batch:
     Documents are laid out ``[positive_0 .. positive_{B-1}, negatives present...]``: query
     i's positive is document i, and every other document (including other ranks' after the
     all-gather) is a negative for it. Rows without a hard negative simply add none.
+
+    ``query_groups`` [B, 2] (ids of row i's positive text and of its query text) and
+    ``doc_groups`` [num_docs] (id of each document's text) let the loss drop false
+    negatives: a document with the same normalised text as a row's positive or query
+    (:func:`text_group_id`). None when the batch was built without them.
     """
 
     queries: dict[str, torch.Tensor]
     docs: dict[str, torch.Tensor]
+    query_groups: torch.Tensor | None = None
+    doc_groups: torch.Tensor | None = None
 
     @property
     def num_queries(self) -> int:
@@ -43,7 +52,23 @@ class Batch:
         return Batch(
             {k: v.to(device) for k, v in self.queries.items()},
             {k: v.to(device) for k, v in self.docs.items()},
+            None if self.query_groups is None else self.query_groups.to(device),
+            None if self.doc_groups is None else self.doc_groups.to(device),
         )
+
+
+def normalize_text(text: str) -> str:
+    """The form under which two texts count as the same: Unicode NFKC, case folded,
+    whitespace runs collapsed to one space, trimmed (the native deduplicator's
+    ``casefold=True`` normalisation)."""
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+
+
+def text_group_id(text: str) -> int:
+    """63-bit id of a text's normalised form; equal on every process and run (unlike
+    ``hash``), so ids from different ranks compare after an all-gather."""
+    digest = hashlib.blake2b(normalize_text(text).encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1  # >= 0: negative ids mean "no group"
 
 
 def shard(pairs: np.ndarray, rank: int, world_size: int) -> np.ndarray:
@@ -62,13 +87,23 @@ def collate(
     max_length: int = 512,
     padding_side: PaddingSide = "right",
 ) -> Batch:
-    queries, positives, negatives = [], [], []
+    import torch
+
+    queries, positives, negatives, query_ids = [], [], [], []
     for instruction, query, positive, negative in store.rows(pairs.tolist()):
         queries.append(format_query(query, instruction))
         positives.append(positive)
+        # The bare query's id for every row: the task type is not in the triples, and a
+        # document repeating the query verbatim is a false negative for symmetric tasks
+        # (STS, bitext, duplicate questions) and practically never occurs in the others.
+        query_ids.append(text_group_id(query))
         if negative is not None:
             negatives.append(negative)
+    doc_ids = [text_group_id(t) for t in positives + negatives]  # each text hashed once
+    positive_ids = doc_ids[: len(positives)]
     return Batch(
         tokenize(tokenizer, queries, max_length, padding_side),
         tokenize(tokenizer, positives + negatives, max_length, padding_side),
+        torch.tensor(list(zip(positive_ids, query_ids)), dtype=torch.int64).reshape(len(queries), 2),
+        torch.tensor(doc_ids, dtype=torch.int64),
     )

@@ -52,6 +52,10 @@ class TrainConfig:
     batch_size: int = 2048  # global queries per step, across all ranks
     chunk_size: int = 32  # GradCache chunk (sequences per forward); >= batch disables it
     temperature: float = 0.02
+    # Drop in-batch false negatives: a document whose normalised text equals a row's
+    # positive or query is no negative for that row (labels repeat across classification
+    # rows; public sets repeat positives). The count per step is logged as masked_negatives.
+    mask_false_negatives: bool = True
     # Matryoshka: the loss also trains these leading dimensions as embeddings of their own
     # (e.g. [1024, 256, 64] for a 4096-wide model); [] = the paper's single full-size loss.
     matryoshka_dims: list[int] = field(default_factory=list)

@@ -49,7 +49,7 @@ def train(
 
     from e5x.data import BatchPlan, TripleStore, collate, shard
     from e5x.train import checkpoint
-    from e5x.train.step import average_gradients, forward_backward, num_chunks
+    from e5x.train.step import average_gradients, forward_backward, masked_negatives, num_chunks
 
     # 1. Config and data checks: everything that can fail does so before a model loads.
     cfg = _as_config(config)
@@ -151,15 +151,17 @@ def train(
                 loss = forward_backward(model, batch, chunk_size=cfg.chunk_size,
                                         temperature=cfg.temperature, world=world,
                                         autocast=autocast, sync_chunks=sync, embed_fn=embed_fn,
-                                        matryoshka_dims=cfg.matryoshka_dims)
+                                        matryoshka_dims=cfg.matryoshka_dims,
+                                        mask_false_negatives=cfg.mask_false_negatives)
+                masked = masked_negatives(batch, world) if cfg.mask_false_negatives else 0
                 if not fsdp:
                     average_gradients(params, world)  # FSDP reduce-scatters by itself
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
                 if hasattr(grad_norm, "full_tensor"):
                     grad_norm = grad_norm.full_tensor()
 
-                # 7. One all-reduce for the logged loss, token count and the stop flag.
-                stats = torch.tensor([float(loss), float(batch.num_tokens), float(stop.is_set())],
+                # 7. One all-reduce for the logged loss, token count, stop flag, masked count.
+                stats = torch.tensor([float(loss), float(batch.num_tokens), float(stop.is_set()), float(masked)],
                                      dtype=torch.float64, device=device)
                 if world.size > 1:
                     torch.distributed.all_reduce(stats)
@@ -180,7 +182,7 @@ def train(
                 dt = time.perf_counter() - t0
                 record = {"step": step, "loss": loss_value, "lr": lr, "grad_norm": float(grad_norm),
                           "examples_per_s": cfg.batch_size / dt, "tokens_per_s": float(stats[1]) / dt,
-                          "seconds": dt}
+                          "seconds": dt, "masked_negatives": int(stats[3])}
                 result.losses.append(loss_value)
                 if metrics is not None and (step % cfg.log_every == 0 or step == total_steps):
                     metrics.write(json.dumps(record) + "\n")

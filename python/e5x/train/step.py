@@ -76,10 +76,46 @@ def gather_documents(d: torch.Tensor, world: World) -> tuple[torch.Tensor, int]:
     return gathered, sum(sizes[: world.rank])
 
 
+def gather_ids(ids: torch.Tensor, world: World) -> tuple[torch.Tensor, int]:
+    """Every rank's 1-D integer ids in rank order (no gradient), and our first one's index;
+    ranks may hold different counts."""
+    if world.size == 1:
+        return ids, 0
+    counts = torch.tensor([ids.shape[0]], device=ids.device)
+    all_counts = [torch.zeros_like(counts) for _ in range(world.size)]
+    dist.all_gather(all_counts, counts)
+    sizes = [int(c.item()) for c in all_counts]
+    padded = torch.cat([ids, ids.new_full((max(sizes) - ids.shape[0],), -1)])
+    out = [torch.empty_like(padded) for _ in range(world.size)]
+    dist.all_gather(out, padded.contiguous())
+    return torch.cat([out[r][: sizes[r]] for r in range(world.size)]), sum(sizes[: world.rank])
+
+
+def masked_negatives(batch: Batch, world: World = World()) -> int:
+    """How many (query, document) pairs of this rank's queries the false-negative mask
+    removes, counting documents of every rank (a collective when world.size > 1)."""
+    from e5x.kernels import count_false_negatives
+
+    if batch.query_groups is None or batch.doc_groups is None:
+        return 0
+    doc_groups, offset = gather_ids(batch.doc_groups, world)
+    positive = torch.arange(batch.num_queries, device=doc_groups.device) + offset
+    return count_false_negatives(batch.query_groups, doc_groups, positive)
+
+
 def contrastive_loss(
-    q: torch.Tensor, d: torch.Tensor, world: World, temperature: float, matryoshka_dims: Sequence[int] = ()
+    q: torch.Tensor,
+    d: torch.Tensor,
+    world: World,
+    temperature: float,
+    matryoshka_dims: Sequence[int] = (),
+    groups: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """InfoNCE of this rank's queries against all ranks' documents (positives first).
+
+    ``groups`` = (query ids [Bq, 2], this rank's document ids [Bd]) removes false negatives
+    from each query's softmax (``e5x.kernels.info_nce``); document ids are gathered with
+    the documents.
 
     With ``matryoshka_dims`` (Matryoshka representation learning, Kusupati et al. 2022) the
     loss is the mean of the InfoNCE of the full embeddings and of their first m dimensions,
@@ -89,8 +125,12 @@ def contrastive_loss(
 
     docs, offset = gather_documents(d, world)
     positive_index = torch.arange(q.shape[0], device=q.device)
+    masking: dict[str, torch.Tensor] = {}
+    if groups is not None:
+        masking = {"q_groups": groups[0], "d_groups": gather_ids(groups[1], world)[0]}
     losses = [
-        info_nce(q_m, d_m, positive_index, positive_offset=offset, temperature=temperature, normalize=True)
+        info_nce(q_m, d_m, positive_index, positive_offset=offset, temperature=temperature, normalize=True,
+                 **masking)
         for q_m, d_m in [(q, docs)] + [(q[:, :m].contiguous(), docs[:, :m].contiguous()) for m in matryoshka_dims]
     ]
     return losses[0] if len(losses) == 1 else torch.stack(losses).mean()
@@ -138,6 +178,7 @@ def forward_backward(
     sync_chunks: int | None = None,
     embed_fn: Callable[[Any, dict[str, torch.Tensor]], torch.Tensor] | None = None,
     matryoshka_dims: Sequence[int] = (),
+    mask_false_negatives: bool = True,
 ) -> torch.Tensor:
     """Loss of one step and its gradients accumulated into the parameters' ``.grad``.
 
@@ -149,16 +190,21 @@ def forward_backward(
 
     ``sync_chunks`` (FSDP only) pads the number of re-forwards so every rank runs the same
     number of collectives. ``embed_fn`` replaces ``embed`` (e.g. the packed forward).
-    ``matryoshka_dims``: see ``contrastive_loss``.
+    ``matryoshka_dims``: see ``contrastive_loss``. ``mask_false_negatives`` drops documents
+    whose text equals a row's positive or query from its negatives (needs the batch's group
+    ids, see ``Batch``; without them nothing is masked).
     """
     autocast = autocast or nullcontext
+    groups = None
+    if mask_false_negatives and batch.query_groups is not None and batch.doc_groups is not None:
+        groups = (batch.query_groups, batch.doc_groups)
     embed = embed_fn or _embed
     sides = [batch.queries, batch.docs]
     if max(s["input_ids"].shape[0] for s in sides) <= chunk_size and sync_chunks is None:
         with autocast():
             q = embed(model, batch.queries)
             d = embed(model, batch.docs)
-        loss = contrastive_loss(q, d, world, temperature, matryoshka_dims)
+        loss = contrastive_loss(q, d, world, temperature, matryoshka_dims, groups)
         loss.backward()
         return loss.detach()
 
@@ -179,7 +225,7 @@ def forward_backward(
             for _ in range(sum(map(len, chunks)), sync_chunks):
                 with autocast():
                     embed(model, _dummy(batch))
-    loss = contrastive_loss(cached[0], cached[1], world, temperature, matryoshka_dims)
+    loss = contrastive_loss(cached[0], cached[1], world, temperature, matryoshka_dims, groups)
     loss.backward()
     done = 0
     for s, side_chunks in enumerate(chunks):
