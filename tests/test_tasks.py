@@ -308,3 +308,16 @@ def test_deleting_any_guideline_line_is_caught(name, template, guidelines):
         assert missing_guidelines(pruned, name, guidelines), f"deleting {lines[i]!r} went unnoticed"
     closing = template.replace("Be creative!", "")
     assert missing_guidelines(closing, name, guidelines) == ["be creative"]
+
+
+def test_readme_shows_the_current_prompts():
+    """The README's rendered prompts stay in step with the code: every template line that
+    has no placeholder appears in it verbatim."""
+    from conftest import REPO
+
+    readme = (REPO / "README.md").read_text()
+    for name, t in builtin_task_types().items():
+        for template in (t.brainstorm_prompt, t.prompt):
+            for line in (template or "").split("\n"):
+                if line.strip() and not template_placeholders(line):
+                    assert line.replace("{{", "{").replace("}}", "}") in readme, (name, line)
