@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         md = k.metadata
         row = dict(kernel=fn.__name__, consts={c: v for c, v in consts.items()}, num_warps=num_warps,
                    num_stages=num_stages, shared=getattr(md, "shared", None),
-                   n_regs=getattr(k, "n_regs", None), seconds=round(time.time() - t0, 2))
+                   n_regs=getattr(k, "n_regs", None), n_spills=getattr(k, "n_spills", None),
+                   seconds=round(time.time() - t0, 2))
         results.append(row)
         print(f"{fn.__name__:16s} ok  shared={row['shared']}  {row['consts']}  warps={num_warps} stages={num_stages}")
 
@@ -70,14 +71,14 @@ def main(argv: list[str] | None = None) -> int:
                                              "M_OUT": "*fp32", "L_OUT": "*fp32", "S_OUT": "*fp32", "POS": "*i64",
                                              "QG": "*i64", "DG": "*i64", "Bq": "i32",
                                              "Bd": "i32", "H": "i32", "SPLIT": "i32", "stride_s": "i32",
-                                             "scale2": "fp32"},
+                                             "scale2": "fp32", "KEY_M": "i32", "KEY_N": "i32"},
                                 dict(consts, STORE_S=fused, MASK_FN=mask), cfg["num_warps"], cfg["num_stages"])
                     compile_one(T._dscores, {"Q": f"*{dt}", "D": f"*{dt}", "RQ": "*fp32", "RD": "*fp32",
                                              "LSE2": "*fp32", "POS": "*i64", "COEF": "*fp32", "DS": f"*{dt}",
                                              "S_IN": "*fp32", "QG": "*i64", "DG": "*i64", "row0": "i32",
                                              "n_rows": "i32", "col0": "i32", "n_cols": "i32", "Bq": "i32",
                                              "Bd": "i32", "H": "i32", "stride_ds": "i32", "stride_s": "i32",
-                                             "scale2": "fp32"},
+                                             "scale2": "fp32", "KEY_M": "i32", "KEY_N": "i32"},
                                 dict(consts, FROM_S=fused, MASK_FN=mask), cfg["num_warps"], cfg["num_stages"])
         for normalize in (True, False):
             compile_one(T._pool_norm_fwd, {"X": f"*{dt}", "IDX": "*i64", "RAW": f"*{dt}", "E": f"*{dt}",

@@ -27,13 +27,19 @@ of its positive's text and its own) and ``d_groups`` ([Bd], one per document), d
 left out of query i's softmax when d_groups[j] >= 0 equals one of q_groups[i] and j is not
 i's positive. The loss is float32 (float64 for float64 inputs).
 
-Environment knobs of the Triton path (see kernels/TUNING.md in the repository):
-``E5X_AUTOTUNE=0`` (first tile config, no tuning pass), ``E5X_INFONCE_MODE`` (``fused``:
+Knobs of the Triton path (see kernels/TUNING.md in the repository), each a keyword argument
+of ``info_nce`` / ``pooled_info_nce``, a process default (``configure(mode=..., chunk_mib=...,
+autotune=...)``; ``e5x.train`` sets it from ``TrainConfig``) and an environment override for
+benchmarks (argument > environment > configure); ``runtime_info()`` reports the effective
+values and what ran (GEMM path, fallbacks):
+``autotune`` / ``E5X_AUTOTUNE=0`` (first tile config, no tuning pass), ``mode`` / ``E5X_INFONCE_MODE`` (``fused``:
 mean/sum gradients formed in the forward, 3 GEMMs; ``lean``: the same without the fp32
 [Bd, H] document-gradient accumulator, 4 GEMMs, memory = returned gradients + chunk budget;
 ``auto``, the default: fused unless its accumulator would take more than half of the
-available device memory, then lean; ``backward``: recompute scores in backward), ``E5X_INFONCE_CHUNK_MIB`` (memory
-budget of the gradient chunks, default 1024).
+available device memory, then lean; ``backward``: recompute scores in backward), ``chunk_mib`` /
+``E5X_INFONCE_CHUNK_MIB`` (memory budget of the gradient chunks, default 1024). Value checks
+of indices and masks read the device back once per call on CPU and run as device-side
+asserts on CUDA (no host sync; ``E5X_KERNEL_CHECKS=sync`` for the detailed error).
 """
 
 from __future__ import annotations
@@ -41,11 +47,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from . import _checks as C
+from ._settings import KernelSettings, configure, runtime_info
+from ._settings import override as _override
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["count_false_negatives", "info_nce", "last_token_index", "last_token_pool", "pooled_info_nce"]
+__all__ = ["KernelSettings", "configure", "count_false_negatives", "info_nce", "last_token_index",
+           "last_token_pool", "pooled_info_nce", "runtime_info"]
 
 
 def count_false_negatives(
@@ -114,6 +123,9 @@ def info_nce(
     q_groups: torch.Tensor | None = None,
     d_groups: torch.Tensor | None = None,
     backend: str = "auto",
+    mode: str | None = None,
+    chunk_mib: float | None = None,
+    autotune: bool | None = None,
 ) -> torch.Tensor:
     """InfoNCE of queries q [Bq, H] against documents d [Bd, H].
 
@@ -121,7 +133,8 @@ def info_nce(
     products with ``normalize=False``). ``reduction``: "mean" (default), "sum" or "none"
     (per-query losses [Bq]). ``group_size`` (an e5x extension, keyword only) sets the
     documents per query of the grouped layout when it cannot be inferred. ``q_groups`` /
-    ``d_groups`` mask false negatives (module doc).
+    ``d_groups`` mask false negatives (module doc). ``mode`` / ``chunk_mib`` / ``autotune``:
+    the Triton path's knobs for this call (module doc; None = the process setting).
     """
     C.check_embeddings("q", q)
     C.check_embeddings("d", d)
@@ -142,7 +155,8 @@ def info_nce(
         return info_nce_ref(q, d, pos, t, normalize=normalize, reduction=reduction, q_groups=qg, d_groups=dg)
     from .triton_pooled_info_nce import info_nce_triton
 
-    return info_nce_triton(q, d, pos, t, normalize=normalize, reduction=reduction, groups=groups)
+    with _override(mode=mode, chunk_mib=chunk_mib, autotune=autotune):
+        return info_nce_triton(q, d, pos, t, normalize=normalize, reduction=reduction, groups=groups)
 
 
 def pooled_info_nce(
@@ -162,6 +176,9 @@ def pooled_info_nce(
     q_groups: torch.Tensor | None = None,
     d_groups: torch.Tensor | None = None,
     backend: str = "auto",
+    mode: str | None = None,
+    chunk_mib: float | None = None,
+    autotune: bool | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Fused op: last-token pooling + L2 normalisation + InfoNCE, forward and backward.
 
@@ -169,6 +186,7 @@ def pooled_info_nce(
     as in ``last_token_pool``. Gradients of the hidden states are zero except at the pooled
     positions. ``return_embeddings=True`` also returns the normalised embeddings
     (hidden's dtype; differentiable). ``q_groups`` / ``d_groups`` mask false negatives.
+    ``mode`` / ``chunk_mib`` / ``autotune``: the Triton path's knobs for this call (module doc).
     """
     C.check_hidden("q_hidden", q_hidden)
     C.check_hidden("d_hidden", d_hidden)
@@ -200,8 +218,9 @@ def pooled_info_nce(
     else:
         from .triton_pooled_info_nce import pooled_info_nce_triton
 
-        loss, q_emb, d_emb = pooled_info_nce_triton(
-            q_hidden, d_hidden, q_idx, d_idx, pos, t, reduction, want_embeddings=return_embeddings,
-            groups=groups,
-        )
+        with _override(mode=mode, chunk_mib=chunk_mib, autotune=autotune):
+            loss, q_emb, d_emb = pooled_info_nce_triton(
+                q_hidden, d_hidden, q_idx, d_idx, pos, t, reduction, want_embeddings=return_embeddings,
+                groups=groups,
+            )
     return (loss, q_emb, d_emb) if return_embeddings else loss

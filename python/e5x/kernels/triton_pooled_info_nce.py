@@ -54,6 +54,8 @@ import torch
 import triton
 import triton.language as tl
 
+from . import _settings as S
+
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
@@ -188,6 +190,7 @@ def _false_negatives(POS, QG, DG, offs_m, offs_n, m_ok, n_ok):
 @triton.jit
 def _lse_fwd(
     Q, D, RQ, RD, M_OUT, L_OUT, S_OUT, POS, QG, DG, Bq, Bd, H, SPLIT, stride_s, scale2,
+    KEY_M, KEY_N,  # autotune key only: the call's rows and columns bucketed (see _bucket)
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     PRECISION: tl.constexpr, UPCAST: tl.constexpr, STORE_S: tl.constexpr, MASK_FN: tl.constexpr,
 ):
@@ -224,6 +227,7 @@ def _lse_fwd(
 def _dscores(
     Q, D, RQ, RD, LSE2, POS, COEF, DS, S_IN, QG, DG, row0, n_rows, col0, n_cols, Bq, Bd, H,
     stride_ds, stride_s, scale2,
+    KEY_M, KEY_N,  # autotune key only: the window's rows and columns bucketed (see _bucket)
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     PRECISION: tl.constexpr, UPCAST: tl.constexpr, FROM_S: tl.constexpr, MASK_FN: tl.constexpr,
 ):
@@ -301,7 +305,14 @@ def _upcast(dtype: torch.dtype) -> bool:
 
 
 def _autotune_enabled() -> bool:
-    return not INTERPRET and os.environ.get("E5X_AUTOTUNE", "1") != "0"
+    return not INTERPRET and S.current().autotune
+
+
+def _bucket(n: int) -> int:
+    """Autotune key of a row or column count: the next power of two (>= 16). A ragged tail
+    chunk, or another rank's document count, lands in the same bucket as the full ones and
+    reuses their tune instead of stalling 1-3 s (at different times on different ranks)."""
+    return max(16, triton.next_power_of_2(max(1, int(n))))
 
 
 _TUNED: dict[tuple[str, str], Any] = {}
@@ -321,7 +332,8 @@ def _launcher(kernel: Any, name: str, dtype: torch.dtype) -> tuple[Any, dict[str
             for c in _GPU_CONFIGS[key]
         ]
         mode = {"lse": "STORE_S", "dscores": "FROM_S"}[name]  # fused and backward mode tune apart
-        _TUNED[(name, key)] = triton.autotune(configs, key=["H", "Bq", "Bd", mode])(kernel)
+        # keyed on bucketed sizes (_bucket), not the exact Bq / Bd of every call
+        _TUNED[(name, key)] = triton.autotune(configs, key=["H", "KEY_M", "KEY_N", mode])(kernel)
     return _TUNED[(name, key)], None
 
 
@@ -417,7 +429,7 @@ def _lse2(
     store = s_out is not None
     pos, qg, dg = mask if mask is not None else (rq, rq, rq)  # never read without MASK_FN
     args = (q, d, rq, rd, m, s, s_out if store else m, pos, qg, dg, bq, bd, h, split,
-            s_out.stride(0) if store else 0, scale2)
+            s_out.stride(0) if store else 0, scale2, _bucket(bq), _bucket(bd))
     flags = dict(PRECISION=_precision(q.dtype), UPCAST=_upcast(q.dtype), STORE_S=store,
                  MASK_FN=mask is not None)
     if meta is None:
@@ -431,7 +443,7 @@ def _lse2(
 def _chunk_len(total: int, row_bytes: int) -> int:
     """Rows (or columns) per gradient chunk when each costs `row_bytes` of chunk buffers:
     together they stay within the E5X_INFONCE_CHUNK_MIB budget; whole tiles per chunk."""
-    budget = int(float(os.environ.get("E5X_INFONCE_CHUNK_MIB", "1024")) * 2**20)
+    budget = int(S.current().chunk_mib * 2**20)
     n = max(1, budget // max(1, row_bytes))
     if n >= total:
         return total
@@ -442,21 +454,42 @@ def _chunk_len(total: int, row_bytes: int) -> int:
 _MM_OUT_DTYPE: bool | None = None  # does torch.mm take out_dtype here (CUDA, torch >= 2.8)?
 
 
+def _is_cuda(t: torch.Tensor) -> bool:
+    return t.is_cuda
+
+
 def _mm_f32(a: torch.Tensor, b: torch.Tensor, acc: torch.Tensor | None = None) -> torch.Tensor:
-    """a @ b with fp32 accumulation and fp32 result (added into acc in place if given)."""
+    """a @ b with fp32 accumulation and fp32 result (added into acc in place if given).
+
+    On CUDA with 16-bit operands: ``torch.mm(..., out_dtype=float32)`` (cuBLAS writes fp32)
+    where this torch has it. Where it does not (TypeError: no such argument; RuntimeError:
+    no kernel for these dtypes), the bf16-output GEMM + upcast is used from then on: logged
+    once and recorded (``runtime_info()["gemm_fallback"]``). Out of memory is not a reason
+    to switch paths: it is re-raised.
+    """
     global _MM_OUT_DTYPE
-    if a.dtype != torch.float32 and a.is_cuda and _MM_OUT_DTYPE is not False:
+    if a.dtype != torch.float32 and _is_cuda(a) and _MM_OUT_DTYPE is not False:
         try:
             if acc is None:
                 out = torch.mm(a, b, out_dtype=torch.float32)
             else:
                 # in place (beta = 1): no extra [M, N] fp32 temporary
                 out = torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
-            _MM_OUT_DTYPE = True
-            return out
-        except (TypeError, RuntimeError):
+        except torch.OutOfMemoryError:
+            raise
+        except (TypeError, RuntimeError) as exc:
+            if "out of memory" in str(exc).lower():  # an OOM raised as a plain RuntimeError
+                raise
             _MM_OUT_DTYPE = False
-    if a.is_cuda:
+            S.RUNTIME["gemm_path"] = "mm (operand dtype out) + fp32 upcast"
+            S.record_fallback("gemm", f"torch.mm(out_dtype=float32) unavailable for {a.dtype}: "
+                                      f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}")
+        else:
+            if _MM_OUT_DTYPE is None:
+                _MM_OUT_DTYPE = True
+                S.RUNTIME["gemm_path"] = "mm(out_dtype=float32)"
+            return out
+    if _is_cuda(a):
         # cuBLAS accumulates in fp32 and rounds the result once to a's dtype.
         prod = torch.mm(a, b).float()
     else:
@@ -484,7 +517,8 @@ def _dscores_window(
     mask = groups is not None and not from_s
     qg, dg = groups if groups is not None else (pos, pos)  # never read without MASK_FN
     args = (q_raw, d_raw, q_rstd, d_rstd, lse2, pos, coef, out, s_in if from_s else out, qg, dg,
-            r0, n, c0, m, bq, bd, h, out.stride(0), s_in.stride(0) if from_s else 0, scale2)
+            r0, n, c0, m, bq, bd, h, out.stride(0), s_in.stride(0) if from_s else 0, scale2,
+            _bucket(n), _bucket(m))
     flags = dict(PRECISION=_precision(q_raw.dtype), UPCAST=_upcast(q_raw.dtype), FROM_S=from_s,
                  MASK_FN=mask)
     if meta is None:
@@ -627,18 +661,34 @@ def _column_pass(
 
 def _infonce_mode(reduction: str, q: torch.Tensor, d: torch.Tensor) -> str:
     """"fused" / "lean" (gradients formed in the forward; mean/sum under autograd) or
-    "backward" (forward keeps the log-sum-exp only), from E5X_INFONCE_MODE. "auto" (the
-    default) is fused unless its fp32 [Bd, H] document accumulator would take more than half
-    of the device memory still available, then lean (slower by one GEMM, but it fits)."""
-    mode = os.environ.get("E5X_INFONCE_MODE", "auto")
-    if mode not in ("auto", "fused", "lean", "backward"):
-        raise ValueError(f"E5X_INFONCE_MODE must be auto, fused, lean or backward, got {mode!r}")
+    "backward" (forward keeps the log-sum-exp only), from the ``mode`` setting (argument,
+    E5X_INFONCE_MODE, or configure). "auto" (the default) is fused unless its fp32 [Bd, H]
+    document accumulator would take more than half of the device memory still available,
+    then lean (slower by one GEMM, but it fits). The free-memory query (a driver call) is
+    made only when the accumulator exceeds 1/16 of the card's memory."""
+    mode = S.current().mode
     if reduction == "none" or not torch.is_grad_enabled() or not (q.requires_grad or d.requires_grad):
         return "backward"
     if mode == "auto":
         accumulator = 4 * d.shape[0] * d.shape[-1]
-        return "lean" if d.requires_grad and accumulator > _available_bytes(d.device) / 2 else "fused"
+        if not d.requires_grad or accumulator <= _total_bytes(d.device) / 16:
+            return "fused"
+        return "lean" if accumulator > _available_bytes(d.device) / 2 else "fused"
     return mode
+
+
+_TOTAL: dict[str, float] = {}
+
+
+def _total_bytes(device: torch.device) -> float:
+    """The card's memory (cached: no driver call per op call). 0 off CUDA: no shortcut there
+    (_available_bytes costs nothing off CUDA)."""
+    if device.type != "cuda":
+        return 0.0
+    key = str(device)
+    if key not in _TOTAL:
+        _TOTAL[key] = float(torch.cuda.get_device_properties(device).total_memory)
+    return _TOTAL[key]
 
 
 def _available_bytes(device: torch.device) -> float:
@@ -679,6 +729,7 @@ class _PooledInfoNCE(torch.autograd.Function):
         bq, h = q_raw.shape
         groups = (qg, dg) if qg is not None else None
         fused = ctx.fused = mode != "backward"
+        ctx.settings = S.current()  # the backward runs outside this call's argument scope
         if fused:
             lse2, ctx.grad_q, ctx.grad_d = _fused_loss_and_grads(
                 q_hidden, d_hidden, q_idx, d_idx, pos, q_raw, d_raw, q_rstd, d_rstd, temperature,
@@ -707,6 +758,11 @@ class _PooledInfoNCE(torch.autograd.Function):
     def backward(ctx: Any, g_loss: torch.Tensor | None, g_q: torch.Tensor | None, g_d: torch.Tensor | None):  # type: ignore[override]
         if ctx.fused:
             return _fused_backward(ctx, g_loss, g_q, g_d)
+        with S.override(chunk_mib=ctx.settings.chunk_mib, autotune=ctx.settings.autotune):
+            return _PooledInfoNCE._recompute_backward(ctx, g_loss, g_q, g_d)
+
+    @staticmethod
+    def _recompute_backward(ctx: Any, g_loss: torch.Tensor | None, g_q: torch.Tensor | None, g_d: torch.Tensor | None):
         saved = ctx.saved_tensors
         q_raw = saved[5]
         bq = q_raw.shape[0]
@@ -726,26 +782,43 @@ class _PooledInfoNCE(torch.autograd.Function):
 
 
 def _fused_backward(ctx: Any, g_loss: torch.Tensor | None, g_q: torch.Tensor | None, g_d: torch.Tensor | None):
+    """The gradients were formed in the forward for an upstream gradient of 1. They are
+    handed to autograd without a copy: ctx lets go of them first, so the engine steals them
+    into ``.grad`` (a tensor still referenced elsewhere would be cloned: +1 gradient of
+    memory and a copy). The upstream scalar is applied on the pooled rows only, without
+    reading it on the host (no sync); for a plain ``loss.backward()`` that multiplies by 1."""
     q_hidden, d_hidden, q_idx, d_idx, q_rstd, d_rstd = ctx.saved_tensors
-    grads = []
-    for pre, hidden, idx, rstd, g_emb in (
-        (ctx.grad_q, q_hidden, q_idx, q_rstd, g_q),
-        (ctx.grad_d, d_hidden, d_idx, d_rstd, g_d),
-    ):
+    pres = [ctx.grad_q, ctx.grad_d]
+    ctx.grad_q = ctx.grad_d = None
+    grads: list[torch.Tensor | None] = []
+    for k, (hidden, idx, rstd, g_emb) in enumerate(((q_hidden, q_idx, q_rstd, g_q), (d_hidden, d_idx, d_rstd, g_d))):
+        pre, pres[k] = pres[k], None
         if pre is None:
             grads.append(None)
             continue
         if g_loss is None:
-            pre = torch.zeros_like(pre)
-        elif not bool((g_loss == 1).all()):  # plain loss.backward() needs no pass over pre
-            pre = pre.mul(g_loss)  # fp32 scalar; the result keeps pre's dtype
-        if g_emb is not None:  # gradient through the returned embeddings
-            extra = torch.zeros_like(hidden)
+            pre.zero_()
+        else:
+            _scale_pooled_rows(pre, idx, g_loss)
+        if g_emb is not None:  # gradient through the returned embeddings, added in place
             r = g_emb.float() * rstd[:, None] if ctx.normalize else g_emb
+            extra = torch.zeros_like(hidden)
             _pool_backward(hidden, hidden.stride(0), hidden.stride(1), idx, rstd, r, extra, ctx.normalize)
-            pre = pre + extra
+            pre.add_(extra)
+            del extra
         grads.append(pre)
+        del pre
     return grads[0], grads[1], None, None, None, None, None, None, None, None, None, None
+
+
+def _scale_pooled_rows(grad: torch.Tensor, idx: torch.Tensor, g: torch.Tensor) -> None:
+    """grad *= g (a 0-dim tensor) where grad can be non-zero: the pooled rows of [B, L, H]
+    (all of it when L = 1). In place, on the device; rounding as pre.mul(g) would."""
+    if grad.shape[1] == 1:
+        grad.mul_(g)
+        return
+    rows = torch.arange(grad.shape[0], device=grad.device)
+    grad[rows, idx] = (grad[rows, idx] * g).to(grad.dtype)
 
 
 class _Pool(torch.autograd.Function):
