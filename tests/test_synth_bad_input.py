@@ -59,7 +59,8 @@ FLAG_CASES = [
     (["--max-cost", "-1"], "max_cost_usd must be a finite number >= 0"),
     (["--concurrency", "0"], "concurrency must be an integer >= 1"),
     (["--tasks-per-brainstorm", "0"], "tasks_per_brainstorm must be an integer >= 1"),
-    (["-n", "-5"], "n_examples must be an integer >= 0"),
+    (["-n", "-5"], "n_examples must be an integer in [0, 10_000_000], got -5"),
+    (["-n", "1000000000000"], "n_examples must be an integer in [0, 10_000_000]"),
     (["--temperature", "nan"], "temperature must be a finite number >= 0"),
     (["--top-p", "2"], "top_p must be in (0, 1]"),
     (["--timeout", "0"], "timeout_s must be a positive number"),
@@ -116,6 +117,7 @@ def test_wrong_types_from_python_fail_before_any_request(server: FakeOpenAI, tmp
         (dict(task_weights="short_long"), "task_weights must be a table"),
         (dict(max_requests="10"), "max_requests must be an integer or unset"),
         (dict(concurrency=4.0), "concurrency must be an integer"),
+        (dict(n_examples=100, examples_per_task=1e-9), "plans more than 10_000_000 brainstorm requests"),
     ):
         cfg = SynthConfig(**kw)
         cfg.endpoint.api_key_env = KEY_ENV

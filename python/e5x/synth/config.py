@@ -58,6 +58,10 @@ DEFAULT_PRICES: dict[str, tuple[float, float]] = {
 
 ResponseFormat = Literal["none", "json_object", "json_schema"]
 
+# The plan holds every request in memory (up to ~0.5 KB each while it is built): 20x the
+# paper's 500k examples is the most one run directory plans; split bigger jobs into runs.
+MAX_EXAMPLES = 10_000_000
+
 
 @dataclass
 class EndpointConfig:
@@ -153,6 +157,11 @@ class SynthConfig:
         request is sent."""
         check_types(self)
         self.check_ranges()
+        if self.n_examples / (self.tasks_per_brainstorm * self.examples_per_task) > MAX_EXAMPLES:
+            raise ValueError(
+                f"n_examples / (tasks_per_brainstorm x examples_per_task) plans more than {MAX_EXAMPLES:_} "
+                f"brainstorm requests; raise examples_per_task (got {self.examples_per_task!r})"
+            )
         if self.max_cost_usd is not None:
             for step in ("brainstorm", "examples"):
                 for m, w in getattr(self, step).models.items():
@@ -164,8 +173,8 @@ class SynthConfig:
 
     def check_ranges(self) -> None:
         """Each field on its own within range (types already checked)."""
-        if self.n_examples < 0:
-            raise ValueError(f"n_examples must be an integer >= 0, got {self.n_examples!r}")
+        if not 0 <= self.n_examples <= MAX_EXAMPLES:
+            raise ValueError(f"n_examples must be an integer in [0, {MAX_EXAMPLES:_}], got {self.n_examples!r}")
         if not 0 <= self.seed < 2**64:
             raise ValueError(f"seed must be in [0, 2**64), got {self.seed!r}")
         check_weights(self.task_weights, where="task_weights")
@@ -199,8 +208,8 @@ class SynthConfig:
             if v is not None and (not math.isfinite(v) or v < 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
         for t, nb in (self.brainstorm_requests or {}).items():
-            if nb < 1:
-                raise ValueError(f"brainstorm_requests.{t} must be an integer >= 1, got {nb!r}")
+            if not 1 <= nb <= MAX_EXAMPLES:
+                raise ValueError(f"brainstorm_requests.{t} must be an integer in [1, {MAX_EXAMPLES:_}], got {nb!r}")
         for m, pr in self.prices.items():
             if len(pr) != 2 or not all(math.isfinite(x) and x >= 0 for x in pr):
                 raise ValueError(f"prices.{m} must be [input, output] USD per 1M tokens, finite and >= 0, got {pr!r}")
