@@ -59,8 +59,8 @@ class Batch:
 
 def normalize_text(text: str) -> str:
     """The form under which two texts count as the same: Unicode NFKC, case folded,
-    whitespace runs collapsed to one space, trimmed (the native deduplicator's
-    ``casefold=True`` normalisation)."""
+    whitespace runs collapsed to one space, trimmed: what ``e5x.clean``'s deduplicator
+    does with ``casefold=True`` (which exposes no per-text hash to share)."""
     return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
 
 
@@ -89,6 +89,13 @@ def collate(
 ) -> Batch:
     import torch
 
+    seen: dict[str, int] = {}  # labels and public positives repeat: hash each text once
+
+    def group_id(text: str) -> int:
+        if text not in seen:
+            seen[text] = text_group_id(text)
+        return seen[text]
+
     queries, positives, negatives, query_ids = [], [], [], []
     for instruction, query, positive, negative in store.rows(pairs.tolist()):
         queries.append(format_query(query, instruction))
@@ -96,10 +103,10 @@ def collate(
         # The bare query's id for every row: the task type is not in the triples, and a
         # document repeating the query verbatim is a false negative for symmetric tasks
         # (STS, bitext, duplicate questions) and practically never occurs in the others.
-        query_ids.append(text_group_id(query))
+        query_ids.append(group_id(query))
         if negative is not None:
             negatives.append(negative)
-    doc_ids = [text_group_id(t) for t in positives + negatives]  # each text hashed once
+    doc_ids = [group_id(t) for t in positives + negatives]
     positive_ids = doc_ids[: len(positives)]
     return Batch(
         tokenize(tokenizer, queries, max_length, padding_side),
