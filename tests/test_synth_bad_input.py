@@ -130,6 +130,9 @@ def test_unusable_output_paths_are_one_line_errors(server: FakeOpenAI, tmp_path:
     a_file = tmp_path / "file"
     a_file.write_text("x")
     cases = [(a_file, "cannot use"), (a_file / "run", "cannot use")]
+    # --local-llm makes the run directory first (for the server's log): the same error.
+    code, err = run_cli(["synth", "--out", str(a_file / "run"), "--local-llm", str(a_file), "-n", "2"], capsys)
+    assert code == 2 and one_line(err) and "Not a directory" in err, err
     if os.geteuid() != 0:  # root writes anywhere
         ro = tmp_path / "ro"
         ro.mkdir()

@@ -163,8 +163,13 @@ def _synthesize_with_local_llm(cfg: Any, args: argparse.Namespace) -> dict[str, 
     from e5x.synth import synthesize
     from e5x.synth.local_server import LocalLLMServer, packaged_gguf
 
+    from e5x.synth import RunDirError
+
     gguf = packaged_gguf() if args.local_llm == "smollm2" else Path(args.local_llm)
-    Path(args.out).mkdir(parents=True, exist_ok=True)
+    try:  # the server's log goes into the run directory
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunDirError(f"cannot use {args.out} as the run directory: {e.strerror or e}") from None
     with LocalLLMServer(gguf, log_path=Path(args.out) / "llm-server.log") as server:
         cfg.endpoint.provider = "openai"
         cfg.endpoint.base_url = server.base_url
