@@ -478,7 +478,8 @@ def _sdpa_loop(q, k, v, cu_q, cu_k, *, scale, causal, sliding_window, bounds=Non
 
 def _flex_attention(q, k, v, cu_q, cu_k, *, scale, causal, sliding_window):  # type: ignore[no-untyped-def]
     """FlexAttention with a document mask; block-sparse, so cross-segment blocks are skipped.
-    Fast only when compiled (set E5X_FLEX_COMPILE=1 on CUDA); eager is a slow reference."""
+    Fast only when compiled (``FLEX_COMPILE``, on by default; E5X_FLEX_COMPILE=0/1 overrides
+    it) on CUDA; eager is a slow reference."""
     import os
 
     from torch.nn.attention.flex_attention import flex_attention
@@ -496,7 +497,7 @@ def _flex_attention(q, k, v, cu_q, cu_k, *, scale, causal, sliding_window):  # t
         _FLEX_MASKS.insert(0, (key, (cu_q, cu_k), block_mask))
         del _FLEX_MASKS[4:]
     fn = flex_attention
-    if q.is_cuda and os.environ.get("E5X_FLEX_COMPILE", "1") == "1":
+    if q.is_cuda and os.environ.get("E5X_FLEX_COMPILE", "1" if FLEX_COMPILE else "0") == "1":
         fn = _compiled_flex()
     out = fn(
         q.transpose(0, 1).unsqueeze(0), k.transpose(0, 1).unsqueeze(0), v.transpose(0, 1).unsqueeze(0),
@@ -537,6 +538,9 @@ def _flex_block_mask(device, cu_q, cu_k, tq, tk, causal, sliding_window):  # typ
         return keep
 
     return create_block_mask(mask_mod, None, None, tq, tk, device=device)
+
+
+FLEX_COMPILE = True  # TrainConfig.flex_compile; see _flex_attention
 
 
 @lru_cache(maxsize=1)

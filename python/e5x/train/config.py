@@ -43,6 +43,13 @@ class TrainConfig:
     checkpoint_keep: int = 0
     checkpoint_save_matmuls: int = 0
     liger: bool = False  # liger-kernel's fused RMSNorm/SwiGLU/RoPE (GPU, when installed)
+    # --- kernels (e5x.kernels.configure; E5X_INFONCE_MODE / E5X_INFONCE_CHUNK_MIB /
+    # E5X_AUTOTUNE / E5X_FLEX_COMPILE override them; the effective values go to
+    # kernels.json in output_dir)
+    infonce_mode: Literal["auto", "fused", "lean", "backward"] = "auto"
+    infonce_chunk_mib: float = 1024.0  # memory budget of the InfoNCE gradient chunks
+    kernel_autotune: bool = True  # tune the Triton tile configs (else the first config)
+    flex_compile: bool = True  # torch.compile FlexAttention (packed backend "flex", CUDA)
     # --- data
     sources: list[Source] = field(default_factory=list)
     max_length: int = 512
@@ -51,6 +58,10 @@ class TrainConfig:
     # --- loss and batch
     batch_size: int = 2048  # global queries per step, across all ranks
     chunk_size: int = 32  # GradCache chunk (sequences per forward); >= batch disables it
+    # GradCache chunk by tokens per forward instead (real tokens with packing, rows x
+    # longest row without); when set, chunk_size is not used. A rank's batch within the
+    # budget runs one forward per side and no GradCache at all.
+    chunk_tokens: int | None = None
     temperature: float = 0.02
     # Drop in-batch false negatives: a document whose normalised text equals a row's
     # positive or query is no negative for that row (labels repeat across classification
@@ -146,6 +157,10 @@ class TrainConfig:
         for name, value in positive.items():
             if value < 1:
                 raise ConfigError(f"{name} must be >= 1, got {value}")
+        if self.chunk_tokens is not None and (isinstance(self.chunk_tokens, bool) or self.chunk_tokens < 1):
+            raise ConfigError(f"chunk_tokens must be >= 1 (or unset), got {self.chunk_tokens}")
+        if not self.infonce_chunk_mib > 0:
+            raise ConfigError(f"infonce_chunk_mib must be > 0, got {self.infonce_chunk_mib}")
         if self.max_length < 2:
             raise ConfigError("max_length must be >= 2 (room for the EOS)")
         if not 0 <= self.lora_dropout < 1:
@@ -166,6 +181,7 @@ class TrainConfig:
             ("precision", ("auto", "bf16", "fp32")),
             ("padding_side", ("left", "right")),
             ("distributed", ("ddp", "fsdp")),
+            ("infonce_mode", ("auto", "fused", "lean", "backward")),
         ):
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"{key} must be one of {allowed}, got {getattr(self, key)!r}")

@@ -80,6 +80,9 @@ def train(
     hidden_size = int(model.config.hidden_size)
     if any(m >= hidden_size for m in cfg.matryoshka_dims):
         raise ConfigError(f"matryoshka_dims {cfg.matryoshka_dims} must be below the model's hidden size {hidden_size}")
+    _configure_kernels(cfg)
+    if world.rank == 0:  # the effective kernel settings; rewritten at the end with what ran
+        _write_kernel_record(out / "kernels.json")
     embed_fn = None
     if cfg.packing:  # padding-free: one packed stream per chunk, attention kept per sequence
         from e5x.model.fast import prepare_for_packed_training
@@ -145,10 +148,11 @@ def train(
                 optimizer.zero_grad(set_to_none=True)
                 sync = None
                 if fsdp:
-                    n = torch.tensor([num_chunks(batch, cfg.chunk_size)], device=device)
+                    n = torch.tensor([num_chunks(batch, cfg.chunk_size, cfg.chunk_tokens, embed_fn is not None)],
+                                     device=device)
                     torch.distributed.all_reduce(n, op=torch.distributed.ReduceOp.MAX)
                     sync = int(n.item())
-                loss = forward_backward(model, batch, chunk_size=cfg.chunk_size,
+                loss = forward_backward(model, batch, chunk_size=cfg.chunk_size, chunk_tokens=cfg.chunk_tokens,
                                         temperature=cfg.temperature, world=world,
                                         autocast=autocast, sync_chunks=sync, embed_fn=embed_fn,
                                         matryoshka_dims=cfg.matryoshka_dims,
@@ -211,6 +215,7 @@ def train(
     result.step = step
     _release_freed_memory(device)
     if world.rank == 0:
+        _write_kernel_record(out / "kernels.json")  # + GEMM path and fallbacks taken
         _plot_losses(metrics_path, out / "loss.png")
 
     # 10. Final outputs: adapter, merged model + tokenizer, e5x.json, sentence-transformers.
@@ -235,6 +240,30 @@ def _warmup_linear(step: int, *, warmup: int, total: int) -> float:
     if step < warmup:
         return (step + 1) / (warmup + 1)
     return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def _configure_kernels(cfg: TrainConfig) -> dict[str, Any]:
+    """The kernel knobs of ``cfg`` as process settings (environment variables still
+    override them, for benchmarks); returns the effective values, which ``train`` records."""
+    import e5x.kernels as kernels
+    from e5x.model import packing
+
+    kernels.configure(mode=cfg.infonce_mode, chunk_mib=cfg.infonce_chunk_mib, autotune=cfg.kernel_autotune)
+    packing.FLEX_COMPILE = cfg.flex_compile
+    return _kernel_record()
+
+
+def _kernel_record() -> dict[str, Any]:
+    import e5x.kernels as kernels
+    from e5x.model import packing
+
+    flex_env = os.environ.get("E5X_FLEX_COMPILE")
+    return {**kernels.runtime_info(),
+            "flex_compile": flex_env == "1" if flex_env is not None else packing.FLEX_COMPILE}
+
+
+def _write_kernel_record(path: Path) -> None:
+    path.write_text(json.dumps(_kernel_record(), indent=2, default=str) + "\n")
 
 
 def _release_freed_memory(device: Any) -> None:

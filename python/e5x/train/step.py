@@ -6,6 +6,7 @@ replace it without touching the loss or the loop.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -15,6 +16,8 @@ import torch
 import torch.distributed as dist
 
 from e5x.data.batch import Batch
+
+_log = logging.getLogger("e5x.train")
 
 
 @dataclass(frozen=True)
@@ -40,7 +43,9 @@ def embed(model: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 class _GatherWithGrad(torch.autograd.Function):
-    """All-gather equal-shaped tensors; the backward sums every rank's gradient for ours."""
+    """All-gather equal-shaped tensors; the backward sums every rank's gradient for ours
+    with one reduce-scatter (each rank receives only its own slice: half the traffic of an
+    all-reduce of the whole gathered gradient)."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
@@ -53,8 +58,23 @@ class _GatherWithGrad(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         grad = grad.contiguous()
+        world = grad.shape[0]
+        mine = torch.empty_like(grad[0])
+        if _REDUCE_SCATTER[0]:
+            try:
+                dist.reduce_scatter_tensor(mine, grad.view(world * grad.shape[1], *grad.shape[2:]))
+                return mine
+            except (RuntimeError, NotImplementedError, AttributeError) as exc:  # a backend without it
+                if "out of memory" in str(exc).lower():
+                    raise
+                _REDUCE_SCATTER[0] = False
+                _log.warning("e5x.train: reduce_scatter_tensor unavailable (%s: %s); the document "
+                             "gather's backward all-reduces instead", type(exc).__name__, exc)
         dist.all_reduce(grad, op=dist.ReduceOp.SUM)
         return grad[ctx.rank]
+
+
+_REDUCE_SCATTER = [True]  # cleared (and logged once) when the process group lacks it
 
 
 def gather_documents(d: torch.Tensor, world: World) -> tuple[torch.Tensor, int]:
@@ -68,7 +88,8 @@ def gather_documents(d: torch.Tensor, world: World) -> tuple[torch.Tensor, int]:
     counts = torch.tensor([d.shape[0]], device=d.device)
     all_counts = [torch.zeros_like(counts) for _ in range(world.size)]
     dist.all_gather(all_counts, counts)
-    sizes = [int(c.item()) for c in all_counts]
+    # one device-to-host read for all ranks' counts (the slicing below needs them on the host)
+    sizes = [int(c) for c in torch.cat(all_counts).tolist()]
     width = max(sizes)
     padded = torch.cat([d, d.new_zeros(width - d.shape[0], d.shape[1])]) if width > d.shape[0] else d
     stacked = _GatherWithGrad.apply(padded)
@@ -136,11 +157,49 @@ def contrastive_loss(
     return losses[0] if len(losses) == 1 else torch.stack(losses).mean()
 
 
-def _chunks(inputs: dict[str, torch.Tensor], size: int) -> list[dict[str, torch.Tensor]]:
-    n = inputs["input_ids"].shape[0]
+def chunk_bounds(
+    lengths: Sequence[int], chunk_size: int | None = None, chunk_tokens: int | None = None,
+    *, packed: bool = False,
+) -> list[tuple[int, int]]:
+    """Consecutive row ranges ``[start, end)`` for GradCache: each holds at most
+    ``chunk_size`` sequences and costs at most ``chunk_tokens`` tokens (real tokens when the
+    forward is ``packed``, else rows x the longest row: what a padded forward computes). A
+    single row over the budget is a chunk of its own. None means no limit of that kind."""
+    out: list[tuple[int, int]] = []
+    start, longest, total = 0, 0, 0
+    for i, n in enumerate(lengths):
+        rows = i - start + 1
+        cost = total + n if packed else rows * max(longest, n)
+        over = (chunk_size is not None and rows > chunk_size) or (chunk_tokens is not None and cost > chunk_tokens)
+        if over and i > start:
+            out.append((start, i))
+            start, longest, total = i, 0, 0
+        longest, total = max(longest, n), total + n
+    if len(lengths) > start:
+        out.append((start, len(lengths)))
+    return out
+
+
+def _row_lengths(inputs: dict[str, torch.Tensor]) -> list[int]:
+    return [int(n) for n in inputs["attention_mask"].sum(dim=1).tolist()]  # one host read per side
+
+
+def _side_bounds(inputs: dict[str, torch.Tensor], chunk_size: int | None, chunk_tokens: int | None,
+                 packed: bool) -> list[tuple[int, int]]:
+    n = int(inputs["input_ids"].shape[0])
+    if chunk_tokens is None:  # by count alone: no need to read the lengths
+        size = chunk_size or n
+        return [(i, min(i + size, n)) for i in range(0, n, size)]
+    return chunk_bounds(_row_lengths(inputs), chunk_size, chunk_tokens, packed=packed)
+
+
+def _chunks(inputs: dict[str, torch.Tensor], bounds: int | list[tuple[int, int]]) -> list[dict[str, torch.Tensor]]:
+    if isinstance(bounds, int):  # a plain sequence count
+        n = inputs["input_ids"].shape[0]
+        bounds = [(i, min(i + bounds, n)) for i in range(0, n, bounds)]
     out = []
-    for start in range(0, n, size):
-        chunk = {k: v[start : start + size] for k, v in inputs.items()}
+    for start, end in bounds:
+        chunk = {k: v[start:end] for k, v in inputs.items()}
         # Trim columns that are padding in every row of this chunk (cheaper forwards);
         # works for both padding sides since pooling reads the attention mask.
         cols = chunk["attention_mask"].any(dim=0).nonzero()
@@ -171,8 +230,10 @@ def forward_backward(
     model: Any,
     batch: Batch,
     *,
-    chunk_size: int,
+    chunk_size: int | None,
     temperature: float,
+    chunk_tokens: int | None = None,
+    packed_cost: bool | None = None,
     world: World = World(),
     autocast: Any = None,
     sync_chunks: int | None = None,
@@ -182,11 +243,14 @@ def forward_backward(
 ) -> torch.Tensor:
     """Loss of one step and its gradients accumulated into the parameters' ``.grad``.
 
-    Gradients are this rank's share (not yet averaged over ranks). When a side has more
-    sequences than ``chunk_size``, GradCache runs: embeddings of all chunks without a
-    graph, the loss and its gradient w.r.t. the embeddings, then each chunk again with a
-    graph, back-propagating the cached embedding gradient. Peak activation memory is one
-    chunk's, whatever the batch size; the gradients equal the full-batch ones.
+    Gradients are this rank's share (not yet averaged over ranks). When a side does not fit
+    one chunk (more than ``chunk_tokens`` tokens or ``chunk_size`` sequences; None: no limit
+    of that kind), GradCache runs: embeddings of all chunks without a graph, the loss and its
+    gradient w.r.t. the embeddings, then each chunk again with a graph, back-propagating the
+    cached embedding gradient. Peak activation memory is one chunk's, whatever the batch
+    size; the gradients equal the full-batch ones. Tokens count as the forward computes
+    them: real tokens with ``packed_cost`` (default: when ``embed_fn`` is given, i.e. the
+    packed forward), else rows x the longest row of the chunk.
 
     ``sync_chunks`` (FSDP only) pads the number of re-forwards so every rank runs the same
     number of collectives. ``embed_fn`` replaces ``embed`` (e.g. the packed forward).
@@ -200,7 +264,9 @@ def forward_backward(
         groups = (batch.query_groups, batch.doc_groups)
     embed = embed_fn or _embed
     sides = [batch.queries, batch.docs]
-    if max(s["input_ids"].shape[0] for s in sides) <= chunk_size and sync_chunks is None:
+    packed = embed_fn is not None if packed_cost is None else packed_cost
+    bounds = [_side_bounds(side, chunk_size, chunk_tokens, packed) for side in sides]
+    if all(len(b) <= 1 for b in bounds) and sync_chunks is None:
         with autocast():
             q = embed(model, batch.queries)
             d = embed(model, batch.docs)
@@ -209,7 +275,7 @@ def forward_backward(
         return loss.detach()
 
     device = batch.queries["input_ids"].device
-    chunks = [_chunks(side, chunk_size) for side in sides]
+    chunks = [_chunks(side, b) for side, b in zip(sides, bounds)]
     states: list[list[_RngState]] = [[], []]
     cached: list[torch.Tensor] = []
     with torch.no_grad():
@@ -253,8 +319,10 @@ def _dummy(batch: Batch) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
 
-def num_chunks(batch: Batch, chunk_size: int) -> int:
-    return sum(-(-s["input_ids"].shape[0] // chunk_size) for s in (batch.queries, batch.docs))
+def num_chunks(batch: Batch, chunk_size: int | None, chunk_tokens: int | None = None,
+               packed: bool = False) -> int:
+    """GradCache forwards ``forward_backward`` runs for this batch (FSDP's ``sync_chunks``)."""
+    return sum(len(_side_bounds(s, chunk_size, chunk_tokens, packed)) for s in (batch.queries, batch.docs))
 
 
 def average_gradients(params: list[torch.nn.Parameter], world: World) -> None:
