@@ -90,6 +90,8 @@ SHAPES: dict[str, Callable[[dict[str, Any]], None]] = {
     "tool-call": lambda p: p["choices"][0]["message"].update(
         content=None, tool_calls=[{"id": "t", "type": "function", "function": {"name": "f", "arguments": "{}"}}]
     ),
+    "reasoning-only": lambda p: p["choices"][0]["message"].update(content=None, reasoning_content="Let me think."),
+    "reasoning-and-content": lambda p: p["choices"][0]["message"].update(reasoning_content="Thought."),
     "message-null": lambda p: p["choices"][0].update(message=None),
     "message-missing": lambda p: p["choices"][0].pop("message"),
     "message-string": lambda p: p["choices"][0].update(message="hello"),

@@ -56,7 +56,9 @@ def log_records(run: Path) -> list[dict]:
 
 
 # Shapes whose text the client must recover as the good content; the rest hold no usable text.
-USABLE = {"parts", "parts-str", "finish-number", "model-object"} | {s for s in SHAPES if s.startswith("usage-")}
+USABLE = {"parts", "parts-str", "finish-number", "model-object", "reasoning-and-content"} | {
+    s for s in SHAPES if s.startswith("usage-")
+}
 
 
 def test_every_response_shape_is_stored_with_a_reason_and_resume_is_clean(server: FakeOpenAI, tmp_path: Path):
@@ -93,6 +95,9 @@ def test_every_response_shape_is_stored_with_a_reason_and_resume_is_clean(server
     assert recs[shape_of_name(shape_of, "refusal-parts")]["rejected"] == "refusal"
     assert recs[shape_of_name(shape_of, "tool-call")]["rejected"] == "a tool call instead of content"
     assert recs[shape_of_name(shape_of, "parts-image")]["content_raw"][0]["type"] == "image_url"
+    assert recs[shape_of_name(shape_of, "reasoning-only")]["reasoning"] == "Let me think."
+    assert recs[shape_of_name(shape_of, "reasoning-only")]["rejected"].startswith("reasoning only")
+    assert recs[shape_of_name(shape_of, "reasoning-and-content")]["reasoning"] == "Thought."
     for shape in ("usage-missing", "usage-string", "usage-list", "usage-null", "usage-negative"):
         assert recs[shape_of_name(shape_of, shape)]["usage_estimated"] is True, shape
     assert recs[shape_of_name(shape_of, "usage-string")]["usage"]["completion_tokens"] == 12

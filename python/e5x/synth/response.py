@@ -115,6 +115,11 @@ def parse_completion(body: Any, prompt_tokens_bound: int) -> Completion:
     refusal = content_text(raw_refusal) if raw_refusal is not None else None
     if raw_refusal is not None and refusal is None:
         refusal = json.dumps(_raw(raw_refusal), ensure_ascii=False)
+    # Reasoning models served by vLLM/DeepSeek return their thinking beside the content;
+    # it was paid for, so it is kept (and explains an empty answer cut by max_tokens).
+    reasoning = content_text(message.get("reasoning_content", message.get("reasoning")))
+    if reasoning:
+        extra["reasoning"] = reasoning
     finish = choice.get("finish_reason")
     finish_reason = finish if finish is None or isinstance(finish, str) else json.dumps(_raw(finish))
     if rejected is None:
@@ -126,6 +131,8 @@ def parse_completion(body: Any, prompt_tokens_bound: int) -> Completion:
             rejected = "empty content"
             if message.get("tool_calls"):
                 rejected = "a tool call instead of content"
+            elif reasoning:
+                rejected = "reasoning only, no content (max_tokens too small?)"
 
     usage = body.get("usage")
     u = usage if isinstance(usage, dict) else {}
