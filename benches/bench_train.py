@@ -18,8 +18,8 @@ memories compare), with a fresh AdamW over the LoRA parameters:
                is sized from measured peaks to stay under the plain loop's peak (--keep)
   e5x+liger    + liger-kernel fused RMSNorm/SwiGLU/RoPE (only when liger_kernel imports, GPU)
   e5x-train    what ``e5x.train()`` runs: ``e5x.train.step.forward_backward`` with GradCache
-               at TrainConfig's default chunking (--gradcache-chunk / --gradcache-tokens
-               override it), the packed forward and the e5x variant's checkpointing plan;
+               at the recipe's chunking (configs/e5-mistral.toml: chunk_tokens, else chunk_size;
+               --gradcache-chunk / --gradcache-tokens override it), the packed forward and the e5x variant's checkpointing plan;
                documents laid out as the trainer's Batch (positives first), so its loss
                column is not comparable with the others'
 
@@ -262,6 +262,21 @@ def trainer_step(device: torch.device, chunk_size: int | None, chunk_tokens: int
     return step
 
 
+def recipe_chunking() -> tuple[int | None, int | None]:
+    """(chunk_size, chunk_tokens) of the paper recipe, configs/e5-mistral.toml (TrainConfig's
+    defaults where the file is missing or silent)."""
+    import tomllib
+
+    from e5x.train.config import TrainConfig
+
+    cfg = TrainConfig()
+    try:
+        data = tomllib.loads((REPO / "configs" / "e5-mistral.toml").read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        data = {}
+    return data.get("chunk_size", cfg.chunk_size), data.get("chunk_tokens", cfg.chunk_tokens)
+
+
 def write_json(path: Path | None, payload: dict[str, Any]) -> None:
     """Rewritten after every variant: a run cut short by a time limit keeps its rows."""
     if path is None:
@@ -338,7 +353,7 @@ def gpu_check(model: Any, batches: list, device: torch.device, backend: str) -> 
 
 def plan_checkpointing(model: Any, batches: list, plain_peak: float, full_peak: float, n_layers: int,
                        embed: Any, computed_tokens: Any, loss: Any, device: torch.device,
-                       notes: list[str]) -> tuple[int, int]:
+                       notes: list[str], budget: str = "plain", fraction: float = 0.85) -> tuple[int, int]:
     """Spend the memory the packed stream saves (plain peak - packed full-checkpoint peak, 10%
     margin for step-to-step length changes) on less recompute. Two one-step probes measure
     what a kept layer and a matmul-saving layer cost here; whichever saves more recompute for
@@ -353,13 +368,18 @@ def plan_checkpointing(model: Any, batches: list, plain_peak: float, full_peak: 
         r = run_variant(f"probe-{name}", model, batches[:2], embed=embed,
                         computed_tokens=computed_tokens, warmup=1, loss=loss, device=device)
         probes[name] = max((r["peak_gib"] - full_peak) / max(real - 1, 1), 1e-3)
-    room = 0.9 * plain_peak - full_peak
+    if budget == "device":  # what the card offers, not what the plain loop happened to use
+        cap = fraction * torch.cuda.get_device_properties(device).total_memory / 2**30
+    else:
+        cap = 0.9 * plain_peak
+    room = cap - full_peak
     n_keep = int(max(0, min(n_layers - 1, room // probes["keep"])))
     n_sac = int(max(0, min(n_layers - 1, room // probes["save_matmuls"])))
     # a matmul-saving layer still recomputes its elementwise work (~15% of a layer's recompute)
     keep, sac = (1, n_sac) if 0.85 * n_sac > n_keep else (1 + n_keep, 0)
     notes.append(
-        f"checkpointing plan: packed full-checkpoint peak {full_peak:.2f} GiB, plain {plain_peak:.2f} GiB; "
+        f"checkpointing plan (budget: {budget}, cap {cap:.2f} GiB): packed full-checkpoint peak {full_peak:.2f} GiB, "
+        f"plain {plain_peak:.2f} GiB; "
         f"a kept layer costs {probes['keep']:.2f} GiB, a matmul-saving layer {probes['save_matmuls']:.2f} GiB "
         f"-> keep {keep} (incl. the trimmed last layer), save_matmuls {sac}, of {n_layers} layers")
     print(f"# {notes[-1]}", flush=True)
@@ -385,6 +405,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--save-matmuls", type=int, default=0,
                     help="with an int --keep: layers checkpointed but storing their big matmul outputs")
     ap.add_argument("--group-tokens", type=int, default=8192, help="padded tokens per chunk, grouped variant")
+    ap.add_argument("--memory-budget", default="plain", choices=["plain", "device"],
+                    help="--keep auto plans checkpointing under 0.9x the plain loop's peak (plain: the "
+                         "'peak no higher' goal) or under --memory-fraction of the card (device)")
+    ap.add_argument("--memory-fraction", type=float, default=0.85)
     ap.add_argument("--variants", default="plain,grouped,packed,packed+trim,e5x,e5x+liger,e5x-train")
     ap.add_argument("--gradcache-chunk", type=int, default=None,
                     help="e5x-train: sequences per GradCache chunk (default: TrainConfig's)")
@@ -472,18 +496,17 @@ def main(argv: list[str] | None = None) -> int:
             keep, sac = 1, 1  # smoke-test both mechanisms
         else:
             keep, sac = plan_checkpointing(model, batches, results[0]["peak_gib"], full_ckpt_peak,
-                                           n_layers, packed_fn(True), packed_tokens, loss, device, notes)
+                                           n_layers, packed_fn(True), packed_tokens, loss, device, notes,
+                                           args.memory_budget, args.memory_fraction)
         set_checkpointing(model, keep=keep, save_matmuls=sac)
         plan = {"keep": keep, "save_matmuls": sac}
         if "e5x" in wanted:
             report(run_variant("e5x", model, batches, embed=packed_fn(True), computed_tokens=packed_tokens, **common))
             results[-1].update(plan)
         if "e5x-train" in wanted:  # before liger patches the model: the trainer's default path
-            from e5x.train.config import TrainConfig
-
-            cfg = TrainConfig()
-            chunk = args.gradcache_chunk or cfg.chunk_size
-            tokens = args.gradcache_tokens or getattr(cfg, "chunk_tokens", None)
+            chunk, tokens = recipe_chunking()
+            chunk = args.gradcache_chunk or chunk
+            tokens = args.gradcache_tokens or (None if args.gradcache_chunk else tokens)
             report(run_variant("e5x-train", model, batches, embed=None, step=trainer_step(device, chunk, tokens),
                                computed_tokens=packed_tokens, **common))
             results[-1].update(plan, gradcache_chunk=chunk, gradcache_tokens=tokens)
