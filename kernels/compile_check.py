@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         # the software pipeliner stays off, so shared memory would be understated.
         names = list(sig)
         attrs = {(names.index(n),): [["tt.divisibility", 16]] for n, t in sig.items()
-                 if t != "constexpr" and n not in ("scale2", "row0", "n_rows", "SPLIT", "Bq", "Bd")}
+                 if t != "constexpr" and n not in ("scale2", "inv_t", "row0", "n_rows", "SPLIT", "Bq", "Bd")}
         t0 = time.time()
         k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs), target=target,
                            options=dict(num_warps=num_warps, num_stages=num_stages))
@@ -88,8 +88,11 @@ def main(argv: list[str] | None = None) -> int:
                                            "DX": f"*{dt}", "row0": "i32", "stride_xb": "i64", "stride_xl": "i64",
                                            "stride_gb": "i64", "stride_gl": "i64", "stride_r": "i64", "H": "i32"},
                         dict(NORMALIZE=normalize, BLOCK_H=1024), 8, 1)
-        compile_one(T._rowdot, {"Q": f"*{dt}", "D": f"*{dt}", "POS": "*i64", "OUT": "*fp32", "H": "i32"},
+        compile_one(T._rowdot, {"Q": f"*{dt}", "D": f"*{dt}", "POS": "*i64", "RQ": "*fp32", "RD": "*fp32",
+                                "LSE2": "*fp32", "OUT": "*fp32", "H": "i32", "inv_t": "fp32"},
                     dict(BLOCK_H=1024), 8, 1)
+    compile_one(T._lse_merge, {"M": "*fp32", "L": "*fp32", "OUT": "*fp32", "Bq": "i32", "SPLIT": "i32"},
+                dict(BLOCK=256), 2, 1)
     # The GPU launch path wraps the GEMM kernels in triton.autotune; building the wrappers
     # checks their tuning keys name real kernel arguments (Triton raises otherwise).
     for name, fn in (("lse", T._lse_fwd), ("dscores", T._dscores)):

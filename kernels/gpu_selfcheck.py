@@ -114,7 +114,7 @@ def environment() -> dict:
                 winners[f"{name}/{key}/{tkey}"] = str(cfg)
         out["autotune_winners"] = winners
         kernels = {}
-        for kname in ("_pool_norm_fwd", "_pool_norm_bwd", "_rowdot", "_lse_fwd", "_dscores"):
+        for kname in ("_pool_norm_fwd", "_pool_norm_bwd", "_rowdot", "_lse_merge", "_lse_fwd", "_dscores"):
             fn = getattr(T, kname, None)
             for dev, entry in getattr(fn, "device_caches", {}).items():
                 for i, compiled in enumerate(entry[0].values()):

@@ -14,8 +14,9 @@ Forward
   2. ``_lse_fwd``: flash-style, a (query tile x slice of document tiles) per program; the
      score tile is accumulated in fp32 with tl.dot over H and folded into an online
      (max, sum-exp) per query row (log2 domain). The Bq x Bd matrix never exists; partial
-     results of the SPLIT document slices ([SPLIT, Bq] floats) are merged in torch.
-  3. ``_rowdot``: the positive's raw dot product in fp32; loss_i = lse_i - S_i,pos(i).
+     results of the SPLIT document slices ([SPLIT, Bq] floats) are merged by ``_lse_merge``.
+  3. ``_lse_merge`` merges the SPLIT partials per row (one launch); ``_rowdot``: the
+     positive's raw dot product in fp32 and loss_i = lse_i - S_i,pos(i) in the same launch.
 False negatives (group ids given, see ``reference.false_negative_mask``): ``_lse_fwd`` sets
   their scores to the padding value NEG before the online log-sum-exp (and stores them so),
   and ``_dscores`` does the same to recomputed tiles, so they get P = 0 and no gradient in
@@ -138,8 +139,9 @@ def _pool_norm_bwd(
 
 
 @triton.jit
-def _rowdot(Q, D, POS, OUT, H, BLOCK_H: tl.constexpr):
-    """OUT[i] = Q[i] . D[POS[i]] in fp32 (the positive's raw dot product)."""
+def _rowdot(Q, D, POS, RQ, RD, LSE2, OUT, H, inv_t, BLOCK_H: tl.constexpr):
+    """OUT[i] = loss_i = lse_i - S_i,pos(i), with the positive's raw dot product Q[i] . D[POS[i]]
+    in fp32 scaled by rq_i rd_pos / tau, and lse_i = LSE2[i] ln 2 (one launch for the epilogue)."""
     i = tl.program_id(0).to(tl.int64)
     p = tl.load(POS + i).to(tl.int64)
     acc = tl.zeros([BLOCK_H], dtype=tl.float32)
@@ -148,7 +150,24 @@ def _rowdot(Q, D, POS, OUT, H, BLOCK_H: tl.constexpr):
         q = tl.load(Q + i * H + offs, mask=offs < H, other=0.0).to(tl.float32)
         d = tl.load(D + p * H + offs, mask=offs < H, other=0.0).to(tl.float32)
         acc += q * d
-    tl.store(OUT + i, tl.sum(acc, axis=0))
+    pos_logit = tl.sum(acc, axis=0) * tl.load(RQ + i) * tl.load(RD + p) * inv_t
+    tl.store(OUT + i, tl.load(LSE2 + i) * 0.6931471805599453 - pos_logit)
+
+
+@triton.jit
+def _lse_merge(M, L, OUT, Bq, SPLIT, BLOCK: tl.constexpr):
+    """OUT[i] = log2 of sum over the SPLIT partials (max M, sum-exp2 L) of row i: the
+    document slices of _lse_fwd merged in one launch (OUT may be a slice of a longer lse)."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < Bq
+    mx = tl.full([BLOCK], NEG, dtype=tl.float32)
+    for k in range(0, SPLIT):
+        mx = tl.maximum(mx, tl.load(M + k * Bq + offs, mask=ok, other=NEG))
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    for k in range(0, SPLIT):
+        m = tl.load(M + k * Bq + offs, mask=ok, other=NEG)
+        acc += tl.load(L + k * Bq + offs, mask=ok, other=0.0) * tl.exp2(m - mx)
+    tl.store(OUT + offs, mx + tl.log2(acc), mask=ok)
 
 
 @triton.jit
@@ -410,10 +429,11 @@ def _rows_mask(pos: torch.Tensor, groups: tuple[torch.Tensor, torch.Tensor] | No
 
 def _lse2(
     q: torch.Tensor, d: torch.Tensor, rq: torch.Tensor, rd: torch.Tensor, scale2: float,
-    s_out: torch.Tensor | None = None, mask: Groups | None = None,
+    s_out: torch.Tensor | None = None, mask: Groups | None = None, out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Row log2-sum-exp2 of (q d^T) * rq rd^T * scale2, without materialising q d^T
-    (unless s_out [len(q), Bd] fp32 is given: then those scaled scores are stored there).
+    (unless s_out [len(q), Bd] fp32 is given: then those scaled scores are stored there),
+    written into ``out`` (a contiguous fp32 [len(q)] view) when given.
     ``mask`` = (positives, query ids, document ids) of these rows leaves false negatives out."""
     bq, h = q.shape
     bd = d.shape[0]
@@ -436,8 +456,10 @@ def _lse2(
         kernel[lambda META: (triton.cdiv(bq, META["BLOCK_M"]), split)](*args, **flags)
     else:
         kernel[(triton.cdiv(bq, meta["BLOCK_M"]), split)](*args, **flags, **meta)
-    mx = m.max(dim=0).values
-    return mx + torch.log2((s * torch.exp2(m - mx)).sum(dim=0))
+    out = torch.empty((bq,), dtype=torch.float32, device=q.device) if out is None else out
+    block = 16 if INTERPRET else 256
+    _lse_merge[(triton.cdiv(bq, block),)](m, s, out, bq, split, BLOCK=block, **({} if INTERPRET else {"num_warps": 2}))
+    return out
 
 
 def _chunk_len(total: int, row_bytes: int) -> int:
@@ -623,7 +645,7 @@ def _row_pass(
     for r0 in range(0, bq, rows):
         n = min(rows, bq - r0)
         s_c, ds = s_buf[:n], ds_buf[:n]
-        lse2[r0 : r0 + n] = _lse2(q_raw[r0 : r0 + n], d_raw, q_rstd[r0 : r0 + n], d_rstd, scale2, s_out=s_c,
+        _lse2(q_raw[r0 : r0 + n], d_raw, q_rstd[r0 : r0 + n], d_rstd, scale2, s_out=s_c, out=lse2[r0 : r0 + n],
                                   mask=_rows_mask(pos, groups, r0, n))
         _dscores_window(q_raw, d_raw, q_rstd, d_rstd, lse2, pos, coef, ds, (r0, n), (0, bd), scale2, s_in=s_c)
         if grad_q is not None:
@@ -738,10 +760,9 @@ class _PooledInfoNCE(torch.autograd.Function):
             )
         else:
             lse2 = _lse2(q_raw, d_raw, q_rstd, d_rstd, LOG2E / temperature, mask=_rows_mask(pos, groups, 0, bq))
-        pos_dot = torch.empty((bq,), dtype=torch.float32, device=q_raw.device)
-        _rowdot[(bq,)](q_raw, d_raw, pos, pos_dot, h, BLOCK_H=_block_h(h), **_row_warps(h))
-        pos_logit = pos_dot * q_rstd * d_rstd[pos] / temperature
-        rows = lse2 * LN2 - pos_logit
+        rows = torch.empty((bq,), dtype=torch.float32, device=q_raw.device)
+        _rowdot[(bq,)](q_raw, d_raw, pos, q_rstd, d_rstd, lse2, rows, h, 1.0 / temperature,
+                       BLOCK_H=_block_h(h), **_row_warps(h))
         loss = rows if reduction == "none" else (rows.sum() if reduction == "sum" else rows.mean())
         if fused:  # the gradients exist already; keep what the embeddings' gradients need
             ctx.save_for_backward(q_hidden, d_hidden, q_idx, d_idx, q_rstd, d_rstd)
