@@ -14,8 +14,9 @@
 //! |                  |                          | or punctuation                                    |
 //! | `degenerate`     | top-word share (0.5)     | one word is more than the knob's share of the     |
 //! |                  |                          | field's words, distinct words are fewer than      |
-//! |                  |                          | (1 - knob) of them, or fewer than 4 distinct      |
-//! |                  |                          | characters make up 10+ characters                 |
+//! |                  |                          | (1 - knob) of them, the words repeat with a       |
+//! |                  |                          | period (12+ words), or a field of under 4 words   |
+//! |                  |                          | has fewer than 4 distinct bytes in 10+            |
 //! | `prompt_echo`    | span in words (8)        | the field shares a span of that many words with   |
 //! |                  |                          | the task type's template or the row's task, or    |
 //! |                  |                          | the whole field (4+ words) occurs in either       |
@@ -26,10 +27,11 @@
 //! |                  |                          | least that confidence (it abstains below, on text |
 //! |                  |                          | of few letters and on languages it does not know) |
 //!
-//! Words are runs of alphanumeric characters (and `_`), compared with ASCII case folded.
-//! Per-word checks (echo spans, word shares) read a bounded window of each field (its
-//! first [`WINDOW_WORDS`] words) and whole-field counts (word count, symbol share,
-//! placeholders) read all of it: this keeps the gate's cost flat in document length.
+//! Words are runs of ASCII alphanumerics, `_` and non-ASCII bytes, compared with ASCII
+//! case folded. Per-word checks (echo spans, word shares) read a bounded window of each
+//! field (its first [`WINDOW_WORDS`] words), the symbol share its first
+//! [`SYMBOL_WINDOW_BYTES`]; word counts and placeholders read all of it. This keeps the
+//! gate's cost flat in document length: the gate must cost little next to the fused pass.
 //!
 //! [`task_problem`] is the `not_a_task` check of brainstormed task definitions.
 
@@ -38,7 +40,9 @@ use std::collections::HashSet;
 use crate::validate::{Reason, Rejection};
 
 /// Words per field read by the per-word checks.
-pub const WINDOW_WORDS: usize = 48;
+pub const WINDOW_WORDS: usize = 16;
+/// Bytes per field whose characters the symbol share is taken over.
+pub const SYMBOL_WINDOW_BYTES: usize = 256;
 /// Bytes per field (char-aligned) handed to language identification.
 pub const LANG_WINDOW_BYTES: usize = 160;
 /// Letters a language part needs before language identification is trusted.
@@ -193,30 +197,57 @@ const WORD_BYTE: [bool; 256] = {
     t
 };
 
-/// Hashes (FNV-1a, ASCII case folded, never 0) of the words of `text`, at most `limit`;
-/// returns whether the text had more.
+/// Hash of the word `b[start..end]`, ASCII case folded (`| 0x20` on every byte, which
+/// also folds some Latin-1 pairs: harmless for matching), never 0 (0 = empty slot).
+/// Reads 8 bytes at a time, masked to the word (no copy).
+#[inline]
+fn hash_word(b: &[u8], start: usize, end: usize) -> u64 {
+    let len = end - start;
+    let mut h = (len as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+    let mut i = start;
+    while i < end {
+        let take = (end - i).min(8);
+        let v = if i + 8 <= b.len() {
+            u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"))
+        } else {
+            b[i..end]
+                .iter()
+                .rev()
+                .fold(0u64, |acc, &x| (acc << 8) | x as u64)
+        };
+        let mask = if take == 8 {
+            u64::MAX
+        } else {
+            (1u64 << (8 * take)) - 1
+        };
+        h = (h ^ ((v | 0x2020_2020_2020_2020) & mask))
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .rotate_left(29);
+        i += 8;
+    }
+    h | 1
+}
+
+/// Hashes of the words of `text`, at most `limit`; returns whether the text had more.
 fn words_into(text: &str, limit: usize, out: &mut Vec<u64>) -> bool {
     out.clear();
-    const START: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut h = START;
-    let mut in_word = false;
-    for &b in text.as_bytes() {
-        if WORD_BYTE[b as usize] {
-            if !in_word {
-                if out.len() == limit {
-                    return true;
-                }
-                in_word = true;
-                h = START;
-            }
-            h = (h ^ b.to_ascii_lowercase() as u64).wrapping_mul(0x0100_0000_01b3);
-        } else if in_word {
-            in_word = false;
-            out.push(h | 1);
+    let b = text.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        while i < b.len() && !WORD_BYTE[b[i] as usize] {
+            i += 1;
         }
-    }
-    if in_word {
-        out.push(h | 1);
+        if i == b.len() {
+            break;
+        }
+        if out.len() == limit {
+            return true;
+        }
+        let start = i;
+        while i < b.len() && WORD_BYTE[b[i] as usize] {
+            i += 1;
+        }
+        out.push(hash_word(b, start, i));
     }
     false
 }
@@ -357,55 +388,46 @@ impl SpanSet {
 
 // ------------------------------------------------------------------------------ field stats
 
-/// Whole-field counts from one branch-free pass over the bytes.
-#[derive(Default, Debug, Clone, Copy)]
-struct ByteStats {
-    /// Whitespace-separated tokens.
-    tokens: usize,
-    /// Non-space characters (ASCII non-space bytes + UTF-8 lead bytes).
-    nonspace: usize,
-    /// ASCII digits and punctuation.
-    symbols: usize,
-    /// Lead bytes of 3-byte UTF-8 sequences (CJK, kana, Thai, Indic, ...).
-    lead3: usize,
-}
-
+/// (non-space characters, ASCII digits + punctuation) of `b`: non-space = ASCII
+/// non-space bytes + UTF-8 lead bytes. Branch-free over u8 lanes, so it vectorises.
 #[inline]
-fn byte_stats(b: &[u8]) -> ByteStats {
-    let mut st = ByteStats {
-        tokens: b.first().is_some_and(|&x| x > b' ') as usize,
-        ..ByteStats::default()
-    };
-    // u8 lanes over blocks of at most 255 bytes: no carried state, so it vectorises.
+fn symbol_counts(b: &[u8]) -> (usize, usize) {
+    let (mut nonspace, mut symbols) = (0usize, 0usize);
     for cur in b.chunks(255) {
-        let (mut n, mut s, mut l) = (0u8, 0u8, 0u8);
+        let (mut n, mut s) = (0u8, 0u8);
         for &x in cur {
             n += ((x > b' ') & (x < 0x80)) as u8 | (x >= 0xC0) as u8;
             s += (x.is_ascii_digit() | x.is_ascii_punctuation()) as u8;
-            l += ((x & 0xF0) == 0xE0) as u8;
         }
-        st.nonspace += n as usize;
-        st.symbols += s as usize;
-        st.lead3 += l as usize;
+        nonspace += n as usize;
+        symbols += s as usize;
     }
-    if b.len() > 1 {
-        for (p, c) in b[..b.len() - 1].chunks(255).zip(b[1..].chunks(255)) {
-            let mut t = 0u8;
-            for (&p, &c) in p.iter().zip(c) {
-                t += ((p <= b' ') & (c > b' ')) as u8;
-            }
-            st.tokens += t as usize;
-        }
-    }
-    st
+    (nonspace, symbols)
 }
 
-impl ByteStats {
-    /// Words as the too_few_words check counts them: whitespace tokens, or half the
-    /// characters of unspaced scripts (CJK, Thai), whichever is more.
-    fn words(&self) -> usize {
-        self.tokens.max(self.lead3 / 2)
+/// Words of `b` as too_few_words counts them: whitespace-separated tokens, or half the
+/// characters of unspaced scripts (3-byte UTF-8: CJK, kana, Thai), whichever is more.
+/// Stops once `need` is reached (the answer is then `>= need`).
+#[inline]
+fn count_words_upto(b: &[u8], need: usize) -> usize {
+    let (mut tokens, mut lead3) = (b.first().is_some_and(|&x| x > b' ') as usize, 0usize);
+    let mut start = 0;
+    while start + 1 < b.len() {
+        let end = (start + 255).min(b.len() - 1);
+        let (mut t, mut l) = (0u8, 0u8);
+        for (&p, &c) in b[start..end].iter().zip(&b[start + 1..end + 1]) {
+            t += ((p <= b' ') & (c > b' ')) as u8;
+            l += ((c & 0xF0) == 0xE0) as u8;
+        }
+        tokens += t as usize;
+        lead3 += l as usize;
+        if tokens.max(lead3 / 2) >= need {
+            break;
+        }
+        start = end;
     }
+    lead3 += b.first().is_some_and(|&x| (x & 0xF0) == 0xE0) as usize;
+    tokens.max(lead3 / 2)
 }
 
 /// A char-aligned prefix of at most `max` bytes.
@@ -629,53 +651,43 @@ pub struct RowCtx<'a> {
 pub struct GateScratch {
     /// Window word hashes per field, and whether the field had more words.
     words: Vec<(Vec<u64>, bool)>,
-    counts: Vec<(u64, u32)>,
     task_key: String,
     task_spans: SpanSet,
 }
 
-/// An open-addressing count table for a window's word hashes.
-fn count_words(words: &[u64], table: &mut Vec<(u64, u32)>) -> (usize, u32) {
-    let cap = (words.len() * 2).next_power_of_two().max(8);
-    table.clear();
-    table.resize(cap, (0, 0));
+/// (distinct words, count of the most frequent) of a window of word hashes: an
+/// open-addressing table on the stack (the window is at most WINDOW_WORDS long).
+fn count_words(words: &[u64]) -> (usize, u32) {
+    const CAP: usize = (2 * WINDOW_WORDS).next_power_of_two();
+    let mut keys = [0u64; CAP];
+    let mut counts = [0u32; CAP];
     let (mut distinct, mut top) = (0usize, 0u32);
-    for &w in words {
-        let mut i = (w as usize) & (cap - 1);
-        loop {
-            let slot = &mut table[i];
-            if slot.0 == 0 {
-                *slot = (w, 1);
-                distinct += 1;
-                top = top.max(1);
-                break;
-            }
-            if slot.0 == w {
-                slot.1 += 1;
-                top = top.max(slot.1);
-                break;
-            }
-            i = (i + 1) & (cap - 1);
+    for &w in words.iter().take(WINDOW_WORDS) {
+        let mut i = (w >> 48) as usize & (CAP - 1); // high bits: the low one is always 1
+        while keys[i] != 0 && keys[i] != w {
+            i = (i + 1) & (CAP - 1);
         }
+        if keys[i] == 0 {
+            keys[i] = w;
+            distinct += 1;
+        }
+        counts[i] += 1;
+        top = top.max(counts[i]);
     }
     (distinct, top)
 }
 
-/// Distinct characters among the first `limit` non-space chars (stops counting at 4).
-fn few_distinct_chars(s: &str) -> bool {
-    let mut seen: [char; 4] = ['\0'; 4];
-    let (mut k, mut n) = (0usize, 0usize);
-    for c in s.chars().filter(|c| !c.is_whitespace()).take(64) {
+/// Fewer than 4 distinct bytes among the first 64 non-space bytes (at least 10 of them).
+/// Bytes, not characters: a repeated multibyte character has its 2-4 bytes, still few.
+#[inline]
+fn few_distinct_bytes(b: &[u8]) -> bool {
+    let mut seen = [0u64; 4];
+    let mut n = 0;
+    for &x in b.iter().filter(|&&x| x > b' ').take(64) {
+        seen[(x >> 6) as usize] |= 1 << (x & 63);
         n += 1;
-        if !seen[..k].contains(&c) {
-            if k == 4 {
-                return false;
-            }
-            seen[k] = c;
-            k += 1;
-        }
     }
-    n >= 10
+    n >= 10 && seen.iter().map(|w| w.count_ones()).sum::<u32>() < 4
 }
 
 fn rej(reason: Reason, field: &str, message: String) -> Option<Rejection> {
@@ -704,34 +716,17 @@ pub fn check_row(
             .enumerate()
             .filter_map(|(k, (n, v))| v.map(|v| (k, n.as_str(), v)))
     };
-    let mut stats: [ByteStats; 16] = [ByteStats::default(); 16];
-    if cfg.format_residue.is_some() || cfg.too_few_words.is_some() {
-        for (k, _, v) in present() {
-            if k < stats.len() {
-                stats[k] = byte_stats(v.as_bytes());
-            }
-        }
-    }
-    let st = |k: usize| {
-        stats
-            .get(k)
-            .copied()
-            .unwrap_or_else(|| byte_stats(values[k].unwrap_or_default().as_bytes()))
-    };
     if let Some(max_share) = cfg.format_residue {
-        for (k, name, v) in present() {
+        for (_, name, v) in present() {
             if let Some(what) = residue(v) {
                 return rej(Reason::FormatResidue, name, format!("{name}: {what}"));
             }
-            let s = st(k);
-            if s.nonspace >= 4 && s.symbols as f64 > max_share * s.nonspace as f64 {
+            let (nonspace, symbols) = symbol_counts(prefix(v, SYMBOL_WINDOW_BYTES).as_bytes());
+            if nonspace >= 4 && symbols as f64 > max_share * nonspace as f64 {
                 return rej(
                     Reason::FormatResidue,
                     name,
-                    format!(
-                        "{name}: {} of {} characters are digits or punctuation",
-                        s.symbols, s.nonspace
-                    ),
+                    format!("{name}: {symbols} of {nonspace} characters are digits or punctuation"),
                 );
             }
         }
@@ -747,17 +742,29 @@ pub fn check_row(
     }
     if let Some(top_share) = cfg.degenerate {
         for (k, name, v) in present() {
-            if few_distinct_chars(v) {
+            let words = &sc.words[k].0;
+            let n = words.len();
+            // Few distinct characters hide in few words ("zzzzzz zzzzzz", "ababab...").
+            if n < 4 && few_distinct_bytes(v.as_bytes()) {
                 return rej(
                     Reason::Degenerate,
                     name,
                     format!("{name}: fewer than 4 distinct characters"),
                 );
             }
-            let words = &sc.words[k].0;
-            let n = words.len();
+            if n >= 12 {
+                if let Some(p) =
+                    (1..=n / 2).find(|&p| words[p..].iter().zip(words).all(|(a, b)| a == b))
+                {
+                    return rej(
+                        Reason::Degenerate,
+                        name,
+                        format!("{name}: its first {n} words repeat every {p}"),
+                    );
+                }
+            }
             if n >= 4 {
-                let (distinct, top) = count_words(words, &mut sc.counts);
+                let (distinct, top) = count_words(words);
                 if top as f64 > top_share * n as f64 {
                     return rej(
                         Reason::Degenerate,
@@ -804,10 +811,11 @@ pub fn check_row(
         }
     }
     if let Some(ratio) = cfg.too_few_words {
-        for (k, name, _) in present() {
+        for (k, name, v) in present() {
             if let Some(Some(asked)) = min_words.get(k) {
-                let got = st(k).words();
-                if (got as f64) < ratio * *asked as f64 {
+                let need = (ratio * *asked as f64).ceil() as usize;
+                let got = count_words_upto(v.as_bytes(), need);
+                if got < need {
                     return rej(
                         Reason::TooFewWords,
                         name,
@@ -1117,8 +1125,10 @@ mod tests {
             }
             assert!(!any_window(&w, n, |x| x == span_hash(&w[..n + 1])));
         }
-        let counts = byte_stats("  two words\n日本語 x".as_bytes());
-        assert_eq!((counts.tokens, counts.lead3), (4, 3));
+        assert_eq!(count_words_upto(b"  two words\nand x", 100), 4);
+        assert!(count_words_upto(b"  two words\nand x", 2) >= 2);
+        assert_eq!(count_words_upto("日本語の文章".as_bytes(), 100), 3);
+        assert_eq!(symbol_counts(b"ab 1,"), (4, 2));
     }
 
     #[test]

@@ -12,9 +12,10 @@ Checks and default thresholds (a check that fires names the field and why):
                           fragments ("key": or a bare {...}), stand-in values ("string",
                           "N/A", lorem ipsum), or more than this share of a field's
                           characters are ASCII digits/punctuation; lower = stricter
-    degenerate       0.5  one word is more than this share of a field's words, or its
-                          distinct words are fewer than (1 - this) of them, or fewer than
-                          4 distinct characters; lower = stricter (0.25 .. 1)
+    degenerate       0.5  one word is more than this share of a field's words, its
+                          distinct words are fewer than (1 - this) of them, its words
+                          repeat with a period, or a field of under 4 words has fewer
+                          than 4 distinct characters; lower = stricter (0.25 .. 1)
     prompt_echo      8    a field shares a span of this many words with its task type's
                           prompt template or the task definition it answered, or a whole
                           field of 4+ words occurs there; lower = stricter (4 .. 64)
@@ -30,6 +31,10 @@ Checks and default thresholds (a check that fires names the field and why):
                           mostly of identifiers (snake_case, camelCase), or with format
                           residue; rejected before examples are asked for it (synth) and
                           again in clean; higher = stricter
+
+Word-level checks (degenerate, prompt_echo) read the first 16 words of each field;
+counts (too_few_words, placeholders) read all of it, the symbol share its first 256
+bytes. This keeps the gate's cost flat in document length.
 
 A setting is a string (the ``--quality-checks`` syntax), a mapping or None:
 
