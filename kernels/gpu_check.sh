@@ -112,7 +112,8 @@ try:
     from e5x.model import packing
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     info["packed_attention_backends"] = packing.attention_backends()
-    info["packed_attention_auto"] = packing.resolve_backend("auto", dev)
+    info["packed_attention_auto"] = packing.resolve_backend("auto", dev)  # trial at Mistral-7B's 128, GQA 32:8
+    info["packed_attention_gqa_native"] = packing.gqa_native(info["packed_attention_auto"])
 except Exception as exc:  # noqa: BLE001
     info["packed_attention_auto"] = f"unresolved ({type(exc).__name__}: {exc})"
 json.dump(info, open(sys.argv[1], "w"), indent=1)

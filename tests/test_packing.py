@@ -438,3 +438,29 @@ def test_sdpa_loop_reads_segment_bounds_without_a_device_sync(monkeypatch: pytes
     out = packing.packed_hidden_at(model, packed, backend="sdpa_loop", trim_last_layer=True)
     assert out.shape == (3, 64) and torch.isfinite(out).all()
     assert calls == [[want, want], [[0, 1, 2, 3], want[:4]]]  # full layer, then the trimmed one
+
+
+def test_torch_varlen_without_enable_gqa_repeats_kv_and_says_so_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An older torch's varlen_attn has no enable_gqa: K/V are repeated to the query heads
+    (4x for Mistral's 32:8), which costs memory; it is said once, and gqa_native records it."""
+    seen = []
+
+    def old_varlen(q, k, v, cu_q, cu_k, max_q, max_k, is_causal=False, scale=None):  # type: ignore[no-untyped-def]
+        seen.append(k.shape[1])
+        return q
+
+    import inspect
+
+    monkeypatch.setattr(packing, "_torch_varlen", lambda: (old_varlen, frozenset(inspect.signature(old_varlen).parameters)))
+    monkeypatch.setattr(packing, "_GQA_REPEAT_WARNED", False)
+    q, k = torch.randn(6, 8, 16), torch.randn(6, 2, 16)
+    cu = torch.tensor([0, 2, 6], dtype=torch.int32)
+    with pytest.warns(UserWarning, match="repeated 4x"):
+        packing.varlen_attention(q, k, k, cu, cu, 4, 4, scale=0.25, backend="torch_varlen")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        packing.varlen_attention(q, k, k, cu, cu, 4, 4, scale=0.25, backend="torch_varlen")
+    assert seen == [8, 8] and packing.gqa_native("torch_varlen") is False
+    assert packing.gqa_native("flash_attn") is True and packing.gqa_native("sdpa_loop") is None

@@ -346,6 +346,32 @@ def _trial_inner(backend: str, device: str, attn_shape: tuple[int, int, int] = D
     return None
 
 
+_GQA_REPEAT_WARNED = False
+
+
+def _warn_gqa_repeat(ratio: int) -> None:
+    """An older torch's varlen_attn without enable_gqa: K/V are repeated (ratio x their memory
+    and traffic per layer). Said once; flash-attn or a torch whose varlen_attn takes
+    enable_gqa avoids it."""
+    global _GQA_REPEAT_WARNED
+    import warnings
+
+    _GQA_REPEAT_WARNED = True
+    warnings.warn(f"e5x packed attention: this torch's varlen_attn has no enable_gqa; keys and values are "
+                  f"repeated {ratio}x per layer (flash-attn, or a torch whose varlen_attn takes enable_gqa, "
+                  "avoids it)", stacklevel=3)
+
+
+def gqa_native(backend: str) -> bool | None:
+    """Whether ``backend`` attends grouped K/V without repeating them (None: not a varlen kernel)."""
+    if backend == "flash_attn":
+        return True
+    if backend == "torch_varlen":
+        found = _torch_varlen()
+        return None if found is None else "enable_gqa" in found[1]
+    return None
+
+
 def _low_precision(t: torch.Tensor) -> torch.Tensor:
     """Flash kernels take fp16/bf16 only: cast fp32 inputs to the autocast dtype (as SDPA
     under autocast would) or bf16."""
@@ -405,6 +431,8 @@ def varlen_attention(
         if use_window and "window_size" not in params:
             raise RuntimeError("this torch's varlen_attn has no sliding window; use flash_attn")
         if "enable_gqa" not in params and hq != hkv:
+            if not _GQA_REPEAT_WARNED:
+                _warn_gqa_repeat(hq // hkv)
             k = k.repeat_interleave(hq // hkv, dim=1)
             v = v.repeat_interleave(hq // hkv, dim=1)
         kwargs: dict[str, Any] = {}
