@@ -293,3 +293,50 @@ def test_knobs_are_arguments_with_environment_override(monkeypatch: pytest.Monke
         K.configure(chunk_mib=0)
     with pytest.raises(TypeError, match="unknown kernel settings"):
         K.configure(chunk=1)
+
+
+# ----------------------------------------------------------------------------- 2. launch count
+
+
+def test_launch_count_of_the_small_batch_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every launch of a fused info_nce forward + backward, counted on CPU: Triton kernels
+    (interpreter calls) and torch ops outside them (allocation-free views not counted). The
+    log-sum-exp merge and the row loss are one kernel each, not chains of torch ops; the
+    total stays at the count measured when this test was written (a regression guard)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    T = triton_module()
+    monkeypatch.setenv("E5X_KERNEL_CHECKS", "async")
+    log: list[str] = []
+    inside = [0]
+    cls = type(T._lse_fwd)
+    real_run = cls.run
+
+    def run(self, *a, **kw):  # type: ignore[no-untyped-def]
+        log.append("triton:" + self.fn.__name__ if hasattr(self, "fn") else "triton")
+        inside[0] += 1
+        try:
+            return real_run(self, *a, **kw)
+        finally:
+            inside[0] -= 1
+
+    monkeypatch.setattr(cls, "run", run)
+    free = ("empty", "view", "slice", "unsqueeze", "squeeze", "detach", "transpose", "select", "expand",
+            "alias", "_unsafe_view", "as_strided", "permute", "t.default")
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            name = str(func).removeprefix("aten.")
+            if not inside[0] and not name.startswith(free):
+                log.append(name)
+            return func(*args, **(kwargs or {}))
+
+    gen = torch.Generator().manual_seed(7)
+    q, d = leaf(torch.randn(8, 32, generator=gen)), leaf(torch.randn(16, 32, generator=gen))
+    with Count():
+        loss = K.info_nce(q, d, torch.arange(8) * 2, backend="triton", mode="fused")
+        loss.backward()
+    kernels = [x for x in log if x.startswith("triton")]
+    assert len(kernels) == 8, kernels  # pool x2, lse, merge, dscores, pool_bwd x2, row loss
+    assert not [x for x in log if x.split(".")[0] in ("log2", "exp2", "max", "sum", "div", "index")], log
+    assert len(log) <= 36, (len(log), log)

@@ -167,7 +167,7 @@ def _lse_merge(M, L, OUT, Bq, SPLIT, BLOCK: tl.constexpr):
     for k in range(0, SPLIT):
         m = tl.load(M + k * Bq + offs, mask=ok, other=NEG)
         acc += tl.load(L + k * Bq + offs, mask=ok, other=0.0) * tl.exp2(m - mx)
-    tl.store(OUT + offs, mx + tl.log2(acc), mask=ok)
+    tl.store(OUT + offs, mx + tl.log2(tl.where(ok, acc, 1.0)), mask=ok)
 
 
 @triton.jit
