@@ -41,10 +41,10 @@ mkdir -p "$OUT"
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 
-# Step limits in seconds: 15 + 60 + 40 + 110 + 120 + 15 = 360 (6 minutes).
+# Step limits in seconds: 15 + 70 + 30 + 110 + 120 + 15 = 360 (6 minutes).
 T_ENV=${E5X_T_ENV:-15}
-T_SELF=${E5X_T_SELFCHECK:-60}
-T_TEST=${E5X_T_PYTEST:-40}
+T_SELF=${E5X_T_SELFCHECK:-70}
+T_TEST=${E5X_T_PYTEST:-30}
 T_BENCH=${E5X_T_BENCH:-110}
 T_TRAIN=${E5X_T_TRAIN:-120}
 T_SUM=${E5X_T_SUMMARY:-15}
