@@ -36,13 +36,16 @@
 //! [`task_problem`] is the `not_a_task` check of brainstormed task definitions.
 
 use std::collections::HashSet;
+use std::sync::LazyLock;
+
+use memchr::memmem;
 
 use crate::validate::{Reason, Rejection};
 
 /// Words per field read by the per-word checks.
-pub const WINDOW_WORDS: usize = 16;
+pub const WINDOW_WORDS: usize = 12;
 /// Bytes per field whose characters the symbol share is taken over.
-pub const SYMBOL_WINDOW_BYTES: usize = 256;
+pub const SYMBOL_WINDOW_BYTES: usize = 128;
 /// Bytes per field (char-aligned) handed to language identification.
 pub const LANG_WINDOW_BYTES: usize = 160;
 /// Letters a language part needs before language identification is trusted.
@@ -542,7 +545,12 @@ pub fn residue(s: &str) -> Option<String> {
             }
         }
     }
-    if let Some(i) = memchr::memmem::find(b, b"\":") {
+    // Finders built once: building one per call cost as much as the search.
+    static JSON_KEY: LazyLock<memmem::Finder<'static>> =
+        LazyLock::new(|| memmem::Finder::new(b"\":"));
+    static LOREM: LazyLock<memmem::Finder<'static>> =
+        LazyLock::new(|| memmem::Finder::new(b"orem ipsum"));
+    if let Some(i) = JSON_KEY.find(b) {
         // `"key":` with an identifier key: a JSON object spilled into the text.
         let head = &s[..i];
         if let Some(q) = head.rfind('"') {
@@ -552,7 +560,7 @@ pub fn residue(s: &str) -> Option<String> {
         }
     }
     // "Lorem ipsum" or "lorem ipsum", without lowercasing a copy.
-    if memchr::memmem::find(prefix(s, 96).as_bytes(), b"orem ipsum").is_some() {
+    if LOREM.find(prefix(s, 96).as_bytes()).is_some() {
         return Some("lorem ipsum filler".into());
     }
     None

@@ -32,8 +32,8 @@ Checks and default thresholds (a check that fires names the field and why):
                           residue; rejected before examples are asked for it (synth) and
                           again in clean; higher = stricter
 
-Word-level checks (degenerate, prompt_echo) read the first 16 words of each field;
-counts (too_few_words, placeholders) read all of it, the symbol share its first 256
+Word-level checks (degenerate, prompt_echo) read the first 12 words of each field;
+counts (too_few_words, placeholders) read all of it, the symbol share its first 128
 bytes. This keeps the gate's cost flat in document length.
 
 A setting is a string (the ``--quality-checks`` syntax), a mapping or None:
