@@ -4,7 +4,9 @@ Generates E5-style short-long retrieval samples (~1.5 KB each, a few % invalid a
 few % duplicate), then times in one process:
 
   e5x          e5x.clean.core.validate(unpack=True, json=False) + Deduplicator.add (Rust, all
-               cores), and the same in one call with dedup fused into validation
+               cores), and the same in one call with dedup fused into validation; then the
+               fused call with the quality gate on (all checks, and all but wrong_language),
+               each row carrying its task, requested language and asked-for words
   python       orjson.loads + jsonschema_rs validator + NFKC/whitespace normalise + xxh3-128 set
   polars       pl.read_ndjson(ignore_errors=True) + DataFrame.unique(keep="first")
 
@@ -145,6 +147,30 @@ def run_e5x(texts: pl.Series) -> tuple[int, int]:
     return int(v["ok"].sum()), int(v["keep"].sum())
 
 
+TASK = "Retrieve scientific papers that support a claim."
+
+
+def gate_inputs(n: int, checks: str) -> dict[str, Any]:
+    """What clean hands the gate per row: task, requested language, words asked for
+    (query "5 to 15 words" -> 5, documents "about 100 words" -> 100)."""
+    return {
+        "gate": core.QualityGate(checks),
+        "gate_tasks": pl.Series([TASK], dtype=pl.String).extend_constant(TASK, n - 1),
+        "gate_languages": pl.Series(["English"], dtype=pl.String).extend_constant("English", n - 1),
+        "gate_min_words": {
+            "user_query": pl.Series([5], dtype=pl.Int64).extend_constant(5, n - 1),
+            "positive_document": pl.Series([100], dtype=pl.Int64).extend_constant(100, n - 1),
+            "hard_negative_document": pl.Series([100], dtype=pl.Int64).extend_constant(100, n - 1),
+        },
+    }
+
+
+def run_e5x_gate(texts: pl.Series, gate: dict[str, Any]) -> tuple[int, int]:
+    """The fused call with the quality gate."""
+    v = core.validate(texts, "short_long", unpack=True, json=False, dedup=core.Deduplicator(), dedup_fields=FIELDS, **gate)
+    return int(v["ok"].sum()), int(v["keep"].sum())
+
+
 def run_e5x_two_calls(texts: pl.Series) -> tuple[int, int]:
     v = core.validate(texts, "short_long", unpack=True, json=False)
     kept = v.filter(pl.col("ok"))
@@ -274,6 +300,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--draws", type=int, default=1_000_000)
     ap.add_argument("--repeat", type=int, default=3, help="e5x runs (best is reported)")
+    ap.add_argument("--gate-rows", type=int, default=None,
+                    help="rows for the gate-with-language-ID row (default: all; whatlang is slow)")
+    ap.add_argument("--only-gate", action="store_true", help="only the fused rows, gate off and on")
     args = ap.parse_args()
 
     print(header())
@@ -300,6 +329,11 @@ def main() -> None:
     def add(pipe: str, stage: str, dt: float, rss: float, note: str = "", size: float = mb, n: int = args.rows) -> None:
         rows.append((pipe, stage, dt, CPU_SECONDS[-1], size / dt if size else float("nan"), n / dt, rss, note))
 
+    if args.only_gate:
+        gate_rows(texts, mb, args, best, add)
+        print_table(rows)
+        return
+
     # e5x stages, then end to end
     v, dt, rss = best(lambda: core.validate(texts, "short_long", unpack=True, json=False), args.repeat)
     add("e5x", "parse+validate", dt, rss, f"{int(v['ok'].sum()):,} valid")
@@ -317,6 +351,7 @@ def main() -> None:
     add("e5x", "end to end, 2 calls", dt_two, rss, f"{valid:,} valid, {k:,} kept (validate, then Deduplicator.add)")
     (valid, k), dt_e5x, rss = best(lambda: run_e5x(texts), args.repeat)
     add("e5x", "end to end, fused", dt_e5x, rss, f"{valid:,} valid, {k:,} kept (validate(dedup=...))")
+    gate_rows(texts, mb, args, best, add)
 
     # python pipeline
     py_texts = texts.to_list()
@@ -340,18 +375,44 @@ def main() -> None:
     n, dt_sp, rss = _peak_rss(lambda: run_sample_python(args.draws))
     add("python", "sample+render", dt_sp, rss, "random.choices + str.format_map", size=0, n=n)
 
-    print()
-    print(f"| {'pipeline':8} | {'stage':19} | {'seconds':>8} | {'cpu s':>7} | {'MB/s':>8} | {'rows/s':>12} | {'peak RSS MiB':>12} | note")
-    print(f"|{'-' * 10}|{'-' * 21}|{'-' * 10}|{'-' * 9}|{'-' * 10}|{'-' * 14}|{'-' * 14}|------")
-    for pipe, stage, dt, cpu, mbs, rps, rss, note in rows:
-        mbs_s = "-" if mbs != mbs else f"{mbs:,.0f}"
-        print(f"| {pipe:8} | {stage:19} | {dt:8.3f} | {cpu:7.2f} | {mbs_s:>8} | {rps:12,.0f} | {rss:12,.0f} | {note}")
-    print()
+    print_table(rows)
     print(f"end to end parse+validate+dedup: e5x fused {mb / dt_e5x / 1e3:.2f} GB/s = "
           f"{dt_py / dt_e5x:.1f}x the python pipeline, {dt_pl / dt_e5x:.1f}x polars; in 2 calls "
           f"{mb / dt_two / 1e3:.2f} GB/s = {dt_py / dt_two:.1f}x python (goal >= 1.2 GB/s, >= 7x)")
     print(f"{args.draws:,} placeholder draws + renders: e5x {dt_s:.3f}s (goal <= 0.5 s), "
           f"{dt_sp / dt_s:.0f}x python")
+
+
+def gate_rows(texts: pl.Series, mb: float, args: argparse.Namespace, best: Callable[..., Any], add: Callable[..., None]) -> None:
+    """Fused validate+dedup with the gate off, on without wrong_language, and on (all
+    checks; on the first --gate-rows rows, as language ID dominates), side by side."""
+    n = texts.len()
+    (valid, k), dt_off, rss = best(lambda: run_e5x(texts), args.repeat)
+    add("e5x", "fused, gate off", dt_off, rss, f"{valid:,} valid, {k:,} kept")
+    g = gate_inputs(n, "-wrong_language")
+    (valid, k), dt_on, rss = best(lambda: run_e5x_gate(texts, g), args.repeat)
+    add("e5x", "fused, gate w/o lang", dt_on, rss, f"{valid:,} valid, {k:,} kept (all checks but wrong_language)")
+    m = min(n, args.gate_rows or n)
+    sub = texts.head(m)
+    g = gate_inputs(m, "all")
+    (valid, k), dt_all, rss = best(lambda: run_e5x_gate(sub, g), 1)
+    sub_mb = float(sub.str.len_bytes().sum()) / 1e6
+    add("e5x", "fused, gate all", dt_all, rss, f"{valid:,} valid, {k:,} kept (all checks, {m:,} rows, 1 run)", size=sub_mb, n=m)
+    print(f"quality gate (all checks but wrong_language): {mb / dt_on / 1e3:.2f} GB/s vs {mb / dt_off / 1e3:.2f} GB/s "
+          f"off = {100 * (1 - dt_off / dt_on):.0f}% of fused throughput (goal <= 25%)")
+    cost_all = 100 * (1 - (sub_mb / dt_all) / (mb / dt_off))
+    print(f"quality gate (all checks): {sub_mb / dt_all / 1e3:.3f} GB/s = {cost_all:.0f}% of fused throughput "
+          f"(goal <= 25%); wrong_language alone ~{(dt_all / m - dt_on / n) * 1e6:.1f} us/row wall")
+
+
+def print_table(rows: list[tuple[Any, ...]]) -> None:
+    print()
+    print(f"| {'pipeline':8} | {'stage':20} | {'seconds':>8} | {'cpu s':>7} | {'MB/s':>8} | {'rows/s':>12} | {'peak RSS MiB':>12} | note")
+    print(f"|{'-' * 10}|{'-' * 22}|{'-' * 10}|{'-' * 9}|{'-' * 10}|{'-' * 14}|{'-' * 14}|------")
+    for pipe, stage, dt, cpu, mbs, rps, rss, note in rows:
+        mbs_s = "-" if mbs != mbs else f"{mbs:,.0f}"
+        print(f"| {pipe:8} | {stage:20} | {dt:8.3f} | {cpu:7.2f} | {mbs_s:>8} | {rps:12,.0f} | {rss:12,.0f} | {note}")
+    print()
 
 
 if __name__ == "__main__":
