@@ -32,6 +32,7 @@ SUBCOMMANDS: dict[str, str] = {
     "synth": "generate synthetic training data with an OpenAI-compatible LLM",
     "clean": "validate, deduplicate and convert LLM responses into training triples",
     "data": "list, fetch and prepare the public datasets e5x knows by name",
+    "decontaminate": "drop training rows that appear in evaluation sets (case and spacing ignored)",
     "convert": "turn public datasets (BEIR folders, STS files, tables) into training triples",
     "mine": "add mined hard negatives to training triples that have none",
     "train": "train an embedding model with the E5-mistral recipe",

@@ -42,6 +42,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     prep.add_argument("--relative-margin", type=float, default=0.05,
                       help="drop candidates within this fraction of the positive's score (default 0.05)")
     prep.add_argument("--force", action="store_true", help="prepare again even if prepared")
+    prep.add_argument("--decontaminate", nargs="+", default=[], metavar="EVAL",
+                      help="drop rows whose texts appear in these evaluation sets (names such as scifact, "
+                           "BEIR folders, STS-B files; see e5x decontaminate)")  # fmt: skip
     for p in (fetch, prep):
         p.add_argument("--mirror", help="mirror folder or URL (default: $E5X_DATA_MIRROR)")
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -119,7 +122,8 @@ def run(args: argparse.Namespace) -> int:
                 **({"model": args.miner} if args.miner else {}), query_prompt=args.query_prompt,
                 passage_prompt=args.passage_prompt, range_min=args.range_min, range_max=args.range_max,
                 relative_margin=None if args.relative_margin < 0 else args.relative_margin)  # fmt: skip
-            print(prepare(name, mine=mine, mirror=args.mirror, force=args.force, progress=progress))
+            print(prepare(name, mine=mine, mirror=args.mirror, force=args.force, progress=progress,
+                          decontaminate=args.decontaminate))  # fmt: skip
     except (FetchError, DataError, OSError, ImportError) as exc:
         print(f"e5x data: {exc}", file=sys.stderr)
         return 1

@@ -36,7 +36,7 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
-from e5x.data.registry import HF_ENDPOINT, Dataset, SourceFile, get
+from e5x.data.registry import HF_ENDPOINT, Dataset, SourceFile, UnknownDataset, get
 
 ENV_CACHE = "E5X_CACHE_DIR"
 ENV_MIRROR = "E5X_DATA_MIRROR"
@@ -120,6 +120,20 @@ def status(name: str, mirror: str | None = None) -> str:
     if mirror and not _is_url(mirror) and ds.mirror_dir and (Path(mirror) / ds.mirror_dir).is_dir():
         return "mirror"
     return ""
+
+
+def resolve(spec: str | Path) -> Path:
+    """``spec`` as a local path: an existing file or folder as it is, else the fetched
+    folder of the registered dataset of that name."""
+    path = Path(spec)
+    if path.exists():
+        return path
+    try:
+        ds = get(str(spec))
+    except UnknownDataset:
+        msg = f"{spec}: no such file or folder, and not a registered dataset (e5x data list)"
+        raise FileNotFoundError(msg) from None
+    return fetch(ds.name)
 
 
 def fetch(

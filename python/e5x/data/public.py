@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import random
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,18 +110,24 @@ def prepare(
     mirror: str | None = None,
     seed: int = 0,
     force: bool = False,
+    decontaminate: Sequence[str] = (),
     echo: Callable[[str], None] | None = None,
     progress: bool | None = None,
 ) -> Path:
     """``prepared_path(name)``, made if needed (see the module docstring). ``mine=None``
-    skips mining (rows without a hard negative then train on in-batch negatives only)."""
+    skips mining (rows without a hard negative then train on in-batch negatives only).
+    ``decontaminate`` names evaluation sets (``e5x.clean.decontaminate.eval_texts``) whose
+    texts are dropped from the prepared rows (the overlaps go to ``NAME.overlaps.parquet``)."""
     ds = get(name)
     if ds.kind != "train":
         raise DataError(f"{ds.name} is an evaluation set; only training sets are prepared (e5x data fetch gets it)")
     say = echo or (lambda s: print(s, file=sys.stderr, flush=True))
     dest = prepared_path(ds.name)
     if dest.is_file() and not force:
-        return dest
+        info_file = dest.with_suffix(".json")
+        done = json.loads(info_file.read_text(encoding="utf-8")) if info_file.is_file() else {}
+        if set(map(str, decontaminate)) <= set(done.get("decontaminated_against", [])):
+            return dest
     folder = fetch(ds.name, mirror=mirror, progress=progress, echo=say)
     df = convert(ds, folder, seed=seed)
     info: dict[str, Any] = {"name": ds.name, "rows": df.height, "source": ds.source, "mined": False}
@@ -136,6 +142,16 @@ def prepare(
             passage_prompt=p_prompt, show_progress=bool(progress),
         )  # fmt: skip
         info.update(mined=True, miner=mine.model, mined_rows=report.mined, prompts=[q_prompt, p_prompt])
+    if decontaminate:
+        from e5x.clean.decontaminate import decontaminate as drop_overlaps
+
+        from e5x.data.download import resolve
+
+        df, overlaps = drop_overlaps(df, [resolve(spec) for spec in decontaminate])
+        overlaps.write_parquet(dest.with_suffix(".overlaps.parquet"))
+        info.update(decontaminated_against=list(map(str, decontaminate)), overlapping_rows=overlaps["row"].n_unique(),
+                    rows=df.height)  # fmt: skip
+        say(f"e5x data: {ds.name}: dropped {overlaps['row'].n_unique()} rows found in {', '.join(decontaminate)}")
     write_triples(df, dest)
     dest.with_suffix(".json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     say(f"e5x data: prepared {ds.name}: {df.height:,} triples -> {dest}")
