@@ -123,6 +123,23 @@ def test_quickstart_end_to_end_tiny(shared_data, tmp_path, monkeypatch):
     table = format_result(res)
     assert "STSBenchmark (cosine_spearman)" in table and f"{res.before['SciFact (ndcg_at_10)']:.2f}" in table
     assert any("synthetic examples kept" in s for s in lines)
+    assert any(s.startswith("e5x quickstart: quality checks: ") for s in lines)
+    assert set(summary["clean_report"]) >= {"by_reason", "by_task_type_reason", "quality_checks"}
+
+
+def test_clean_summary_says_why_and_when_nothing_was_kept():
+    from e5x.quickstart import clean_summary
+
+    report = {"responses": 3, "by_reason": {"prompt_echo": 2, "wrong_language": 1},
+              "quality_checks": {"prompt_echo": 8.0, "wrong_language": 0.5},
+              "examples": {"prompt_echo": [{"message": "user_query repeats  8 words\nof the prompt"}],
+                           "wrong_language": [{"message": "S2 reads as French, asked for German"}]}}  # fmt: skip
+    lines = clean_summary(report, 0)
+    assert lines[0] == "0 of 3 synthetic examples kept (rejected by reason: {'prompt_echo': 2, 'wrong_language': 1})"
+    assert lines[1] == "quality checks: prompt_echo=8, wrong_language=0.5"
+    assert "  prompt_echo, e.g.: user_query repeats 8 words of the prompt" in lines
+    assert "nothing usable" in lines[-1] and "--base-url" in lines[-1]
+    assert not any("nothing usable" in s for s in clean_summary({**report, "responses": 4}, 1))
 
 
 def test_cli_options_become_config_overrides():

@@ -337,8 +337,8 @@ def quickstart(
     data = out / "data"
     report = timed("clean", lambda: clean(CleanConfig(inputs=[str(synth_dir)], out=str(data / "synthetic.parquet"))))
     synthetic_rows = int(_rows(data / "synthetic.parquet"))
-    say(f"e5x quickstart: {synthetic_rows} of {report['responses']} synthetic examples kept "
-        f"(rejected by reason: {report['by_reason'] or 'none'})")  # fmt: skip
+    for line in clean_summary(report, synthetic_rows):
+        say(f"e5x quickstart: {line}")
 
     # 4. Real training pairs; test subsets for evaluation.
     real = prepare_real_training_data(real_sets, data, cfg["real_data"], cfg["seed"])
@@ -381,12 +381,31 @@ def quickstart(
                            train_rows, eval_sizes, cfg)  # fmt: skip
     summary = {
         "model_dir": str(res.model_dir), "before": before, "after": after, "seconds": seconds,
-        "synthetic_rows": synthetic_rows, "clean_report": {k: report[k] for k in ("responses", "kept", "by_reason")},
+        "synthetic_rows": synthetic_rows,
+        "clean_report": {k: report[k] for k in ("responses", "kept", "by_reason", "by_task_type_reason",
+                                                 "quality_checks")},
         "train_rows": train_rows, "eval_sizes": eval_sizes,
         "train_losses": result.losses,
     }  # fmt: skip
     (out / "quickstart.json").write_text(json.dumps(summary, indent=2) + "\n")
     return res
+
+
+def clean_summary(report: Mapping[str, Any], kept: int) -> list[str]:
+    """What the LLM's answers were worth: kept and rejected counts by reason, the quality
+    checks applied, one example message per reason, and a plain word when nothing was kept."""
+    from e5x.clean.quality import describe
+
+    lines = [f"{kept} of {report['responses']} synthetic examples kept "
+             f"(rejected by reason: {report['by_reason'] or 'none'})",
+             f"quality checks: {describe(report.get('quality_checks') or {})}"]  # fmt: skip
+    for reason, examples in report.get("examples", {}).items():
+        if examples:
+            lines.append(f"  {reason}, e.g.: {' '.join(str(examples[0]['message']).split())[:160]}")
+    if kept == 0:
+        lines.append("the LLM wrote nothing usable: training on the real data only; real synthetic data needs a "
+                     "stronger endpoint (--base-url URL --llm-model NAME, any OpenAI-compatible server)")  # fmt: skip
+    return lines
 
 
 def _rows(path: Path) -> int:
