@@ -123,6 +123,17 @@ def test_clean_tolerates_torn_tail_and_dedups_across_runs(tmp_path: Path):
     assert not (tmp_path / "t.mix.png").exists()
 
 
+def test_clean_reads_logs_with_list_content_and_odd_meta(tmp_path: Path):
+    # Earlier synth versions stored a list of content parts as it came; a hand-edited meta
+    # may be anything. Both read without a traceback, the parts' text being the answer.
+    parts = [{"type": "text", "text": json.dumps({"S1": "A cat sits.", "S2": "A cat is sitting.", "S3": "A dog."})}]
+    run = write_run(tmp_path / "r", [rec(0, "sts", None) | {"content": parts},
+                                     rec(1, "sts", {"S1": "x1", "S2": "x2", "S3": "x3"}) | {"meta": "odd"}])  # fmt: skip
+    report = clean(CleanConfig(inputs=[str(run)], out=str(tmp_path / "t.parquet"), chart="", **NO_GATE))
+    assert report["responses"] == 2 and report["kept"] == 1
+    assert pl.read_parquet(tmp_path / "t.parquet")["query"].to_list() == ["A cat sits."]
+
+
 def test_clean_errors_name_the_input(tmp_path: Path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         clean(CleanConfig(inputs=[str(tmp_path / "nope")]))

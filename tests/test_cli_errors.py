@@ -63,6 +63,18 @@ def test_bad_input_is_one_line_with_the_documented_code(argv, code, text, files,
     assert files["existing"].read_bytes() == before  # nothing already produced is lost
 
 
+def test_a_bug_is_one_line_too(files, monkeypatch, capsys) -> None:
+    import e5x.cli.convert
+
+    def broken(args):
+        raise AttributeError("'str' object has no attribute 'get'")
+
+    monkeypatch.setattr(e5x.cli.convert, "run", broken)
+    assert main(["convert", "table", str(files["pairs"]), "-o", str(files["existing"])]) == EXIT_FAILED
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "internal error: AttributeError" in err and "E5X_DEBUG=1" in err
+
+
 def test_an_unexpected_error_can_show_its_traceback(files, monkeypatch) -> None:
     monkeypatch.setenv("E5X_DEBUG", "1")
     with pytest.raises(OSError):

@@ -37,6 +37,7 @@ from typing import Any
 
 import polars as pl
 
+from e5x.synth.response import content_text
 from e5x.synth.store import read_log, write_json_atomic
 from e5x.tasks.taxonomy import TaskType, load_task_types, task_types
 
@@ -183,7 +184,8 @@ def _read_examples(log: Path, placeholders: Sequence[str] = ()) -> tuple[pl.Data
     text (the record path raises)."""
     data = log.read_bytes()
     end = data.rfind(b"\n") + 1  # bytes after the last newline are a torn line
-    if end and not _lone_surrogate_risk(data[:end]):
+    # Content given as a list of parts (logs of earlier versions) is joined on the record path.
+    if end and not _lone_surrogate_risk(data[:end]) and not re.search(rb'"content":\s*\[', data[:end]):
         try:
             raw = pl.read_ndjson(io.BytesIO(memoryview(data)[:end]), schema=_ndjson_schema(placeholders))
         except (pl.exceptions.PolarsError, ValueError, TypeError):
@@ -205,11 +207,12 @@ def _read_examples(log: Path, placeholders: Sequence[str] = ()) -> tuple[pl.Data
     for r in records:
         if r.get("step") != "examples":
             continue
-        meta = r.get("meta") or {}
+        meta = r.get("meta") if isinstance(r.get("meta"), dict) else {}
         ids.append(f"{r.get('id')}")
         tts.append(r.get("task_type"))
         models.append(r.get("model"))
-        contents.append(r.get("content"))
+        # Logs of earlier versions may hold a list of content parts: their text is the answer.
+        contents.append(content_text(r.get("content")) if isinstance(r.get("content"), list) else r.get("content"))
         refusals.append(r.get("refusal"))
         finishes.append(r.get("finish_reason"))
         instrs.append(meta.get("task"))

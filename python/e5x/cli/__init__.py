@@ -83,6 +83,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
         print(f"e5x {args.command}: error: {' '.join(text.split()) or type(exc).__name__}", file=sys.stderr)
         return EXIT_USAGE if usage else EXIT_FAILED
+    except Exception as exc:  # noqa: BLE001 - a bug: still one line, with how to see more
+        if os.environ.get("E5X_DEBUG"):
+            raise
+        print(f"e5x {args.command}: internal error: {type(exc).__name__}: {' '.join(str(exc).split())} "
+              "(E5X_DEBUG=1 shows the traceback; please report it)", file=sys.stderr)  # fmt: skip
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":
