@@ -340,13 +340,13 @@ def main() -> None:
     kept = v.filter(pl.col("ok"))
     del v
 
-    def dedup() -> int:
+    def dedup(kept: pl.DataFrame = kept) -> int:  # bound now: `kept` is deleted below to free memory
         return int(core.Deduplicator().add(kept, FIELDS)["keep"].sum())
 
     k, dt, rss = best(dedup, args.repeat)
     kept_mb = sum(int(kept[f].str.len_bytes().sum()) for f in FIELDS) / 1e6
     add("e5x", "dedup (3 fields)", dt, rss, f"{k:,} kept", size=kept_mb, n=kept.height)
-    del kept
+    del kept, dedup  # the function holds the frame too
     (valid, k), dt_two, rss = best(lambda: run_e5x_two_calls(texts), args.repeat)
     add("e5x", "end to end, 2 calls", dt_two, rss, f"{valid:,} valid, {k:,} kept (validate, then Deduplicator.add)")
     (valid, k), dt_e5x, rss = best(lambda: run_e5x(texts), args.repeat)
@@ -355,7 +355,7 @@ def main() -> None:
 
     # python pipeline
     py_texts = texts.to_list()
-    (valid, k), dt_py, rss = _peak_rss(lambda: run_python(py_texts))
+    (valid, k), dt_py, rss = _peak_rss(lambda texts=py_texts: run_python(texts))
     add("python", "end to end", dt_py, rss, f"{valid:,} valid, {k:,} kept")
     del py_texts
 
@@ -364,7 +364,7 @@ def main() -> None:
     # types), so polars gets the parseable lines only: less work than the others do.
     parseable = texts.filter(core.validate(texts, "short_long")["reason"].ne_missing("not_json"))
     buf = parseable.str.join("\n").item().encode()
-    (valid, k), dt_pl, rss = _peak_rss(lambda: run_polars(buf))
+    (valid, k), dt_pl, rss = _peak_rss(lambda data=buf: run_polars(data))
     add("polars", "end to end", dt_pl, rss, f"{valid:,} parsed, {k:,} kept (JSON lines only, no schema check)",
         size=len(buf) / 1e6, n=parseable.len())
     del buf, parseable
