@@ -448,11 +448,13 @@ fn prefix(s: &str, max: usize) -> &str {
 
 // ------------------------------------------------------------------------------ residue
 
-const STAND_INS: [&str; 17] = [
+const STAND_INS: [&str; 19] = [
     "string",
     "a string",
     "text",
     "null",
+    "nil",
+    "nan",
     "none",
     "n/a",
     "na",
@@ -490,11 +492,23 @@ pub fn residue(s: &str) -> Option<String> {
     if (t.starts_with('{') && t.ends_with('}')) || (t.starts_with('[') && t.ends_with(']')) {
         return Some(format!("bare JSON/template fragment {:?}", prefix(t, 40)));
     }
+    // A whole value that is a snake_case identifier or a lone markup tag is a name or a
+    // formatting token the model wrote instead of text ("the_positive_doc", "<pre>").
+    if t.len() <= 64 && t.contains('_') && is_ident(t) {
+        return Some(format!("identifier {t:?} instead of text"));
+    }
+    if t.len() <= 32
+        && t.starts_with('<')
+        && t.ends_with('>')
+        && is_ident(t[1..t.len() - 1].trim_matches('/'))
+    {
+        return Some(format!("markup tag {t:?} instead of text"));
+    }
     for i in memchr::memchr3_iter(b'{', b'[', b'%', b) {
         let rest = &s[i + 1..];
         match b[i] {
             b'{' => {
-                if rest.starts_with('{') {
+                if rest.trim_start().starts_with('{') {
                     return Some("template brace '{{'".into());
                 }
                 if let Some(j) = rest.find('}') {
@@ -550,12 +564,19 @@ pub fn residue(s: &str) -> Option<String> {
         LazyLock::new(|| memmem::Finder::new(b"\":"));
     static LOREM: LazyLock<memmem::Finder<'static>> =
         LazyLock::new(|| memmem::Finder::new(b"orem ipsum"));
-    if let Some(i) = JSON_KEY.find(b) {
-        // `"key":` with an identifier key: a JSON object spilled into the text.
-        let head = &s[..i];
-        if let Some(q) = head.rfind('"') {
-            if is_ident(&head[q + 1..]) {
-                return Some(format!("JSON fragment \"{}\":", &head[q + 1..]));
+    static DICT_KEY: LazyLock<memmem::Finder<'static>> =
+        LazyLock::new(|| memmem::Finder::new(b"':"));
+    for (finder, quote) in [(&JSON_KEY, '"'), (&DICT_KEY, '\'')] {
+        if let Some(i) = finder.find(b) {
+            // `"key":` with an identifier key, or Python's `{'key':` / `, 'key':` (quotes
+            // are common in prose, so only after an object's `{` or `,`): an object spilled
+            // into the text.
+            let head = &s[..i];
+            if let Some(q) = head.rfind(quote) {
+                let opens = quote == '"' || head[..q].trim_end().ends_with(['{', ',']);
+                if opens && is_ident(&head[q + 1..]) {
+                    return Some(format!("object fragment {quote}{}{quote}:", &head[q + 1..]));
+                }
             }
         }
     }
@@ -1000,6 +1021,25 @@ mod tests {
         assert_eq!(r("what is [X]", DOC), Some(Reason::FormatResidue));
         assert_eq!(r("find %s now", DOC), Some(Reason::FormatResidue));
         assert_eq!(r("string", DOC), Some(Reason::FormatResidue));
+        for junk in [
+            "the_positive_doc",
+            "<pre>",
+            "</div>",
+            "nil",
+            "{ { 'Sentence': 'The most similar text is S3.",
+            "{'answer': 'yes'} was the reply",
+        ] {
+            assert!(residue(junk).is_some(), "{junk:?}");
+        }
+        for fine in [
+            "Paris",
+            "snake_case is a naming style",
+            "a < b and c > d",
+            "It's: fine",
+            "He said 'answer': yes",
+        ] {
+            assert_eq!(residue(fine), None, "{fine:?}");
+        }
         assert_eq!(
             r("12.5 / 3.1 = 4.03 (±0.2)", DOC),
             Some(Reason::FormatResidue)

@@ -20,7 +20,8 @@ Checks and default thresholds (a check that fires names the field and why):
                           prompt template or the task definition it answered, or a whole
                           field of 4+ words occurs there; lower = stricter (4 .. 64)
     too_few_words    0.5  a field has fewer words than this share of what the request
-                          asked for (query_length, num_words; long-long: 300); higher =
+                          asked for (query_length, num_words; long-long: 300; STS and
+                          bitext: 2/4/30 for a phrase/sentence/passage unit); higher =
                           stricter
     wrong_language   0.5  the language identified by whatlang (on the first 160 bytes of
                           each field) differs from the requested one with at least this
@@ -83,7 +84,11 @@ _MIN_WORDS: dict[str, dict[str, str | int]] = {
     "short_long": {"user_query": "query_length", "positive_document": "num_words", "hard_negative_document": "num_words"},
     "long_short": {"input_text": "num_words"},
     "long_long": {"input": 300, "positive_document": 300},
+    "sts": {"S1": "unit", "S2": "unit", "S3": "unit"},
+    "bitext": {"S1": "unit", "S2": "unit", "S3": "unit"},
 }
+# The STS and bitext prompts ask for a text unit; a "sentence" of one word is not one.
+_UNIT_WORDS = {"phrase": 2, "sentence": 4, "passage": 30}
 
 
 def parse_checks(setting: str | Mapping[str, Any] | None) -> dict[str, float]:
@@ -175,6 +180,8 @@ def asked_words(value: str | None) -> int | None:
     if value is None:
         return None
     v = value.strip().lower()
+    if v in _UNIT_WORDS:
+        return _UNIT_WORDS[v]
     if v.startswith(("less than", "fewer than", "at most", "up to")):
         return None
     m = _NUMBER.search(v)
