@@ -116,8 +116,9 @@ def prepare(
 ) -> Path:
     """``prepared_path(name)``, made if needed (see the module docstring). ``mine=None``
     skips mining (rows without a hard negative then train on in-batch negatives only).
-    ``decontaminate`` names evaluation sets (``e5x.clean.decontaminate.eval_texts``) whose
-    texts are dropped from the prepared rows (the overlaps go to ``NAME.overlaps.parquet``)."""
+    ``decontaminate`` names evaluation sets (registered names, BEIR folders, STS-B files:
+    ``e5x.clean.decontaminate``) whose test texts are dropped from the prepared rows (the
+    overlaps go to ``NAME.overlaps.parquet``)."""
     ds = get(name)
     if ds.kind != "train":
         raise DataError(f"{ds.name} is an evaluation set; only training sets are prepared (e5x data fetch gets it)")
@@ -144,7 +145,6 @@ def prepare(
         info.update(mined=True, miner=mine.model, mined_rows=report.mined, prompts=[q_prompt, p_prompt])
     if decontaminate:
         from e5x.clean.decontaminate import decontaminate as drop_overlaps
-
         from e5x.data.download import resolve
 
         df, overlaps = drop_overlaps(df, [resolve(spec) for spec in decontaminate])
