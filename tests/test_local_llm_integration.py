@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -178,7 +179,13 @@ def test_e5x_synth_local_llm_starts_and_stops_its_own_server(tmp_path):
     records = [json.loads(line) for line in (run / "responses.jsonl").read_text().splitlines()]
     assert [rec["task_type"] for rec in records] == ["sts", "sts"]
     assert {rec["model"] for rec in records} == {packaged_gguf().stem}
-    # Constrained to the STS schema by default: every answer parses as an object with S1..S3.
-    for rec in records:
+    # Constrained to the STS schema by default: every finished answer parses as an object with
+    # S1..S3, and one cut off by --max-tokens (finish_reason "length", which clean rejects as
+    # truncated) is a prefix of one.
+    finished = [rec for rec in records if rec["finish_reason"] == "stop"]
+    assert finished, "no answer finished within --max-tokens"
+    for rec in finished:
         assert set(json.loads(rec["content"])) == {"S1", "S2", "S3"}, rec["content"]
+    for rec in records:
+        assert re.match(r'\{\s*"S1"\s*:', rec["content"]), rec["content"]
     assert (run / "llm-server.log").read_text().strip()
