@@ -75,6 +75,17 @@ def test_a_bug_is_one_line_too(files, monkeypatch, capsys) -> None:
     assert err.count("\n") == 1 and "internal error: AttributeError" in err and "E5X_DEBUG=1" in err
 
 
+def test_a_closed_pipe_is_not_an_error(files, monkeypatch, capsys) -> None:
+    import e5x.cli.data
+
+    def reader_gone(args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(e5x.cli.data, "run", reader_gone)
+    assert main(["data", "list"]) == 0
+    assert capsys.readouterr().err == ""
+
+
 def test_an_unexpected_error_can_show_its_traceback(files, monkeypatch) -> None:
     monkeypatch.setenv("E5X_DEBUG", "1")
     with pytest.raises(OSError):

@@ -75,6 +75,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"e5x {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `e5x data list | head`: the reader has what it wanted
+        try:  # stdout to /dev/null, so that the flush at exit does not fail again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # stdout is not a file descriptor (captured)
+            pass
+        return EXIT_OK
     except (OSError, ValueError, KeyError, ImportError) as exc:
         # What a command did not turn into its own message: one line, the usual exit code.
         if os.environ.get("E5X_DEBUG"):

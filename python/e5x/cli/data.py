@@ -78,7 +78,8 @@ def _list(args: argparse.Namespace) -> int:
         state = "prepared" if ds.kind == "train" and is_prepared(ds.name) else (f"fetched ({where})" if where else "no")
         rows.append({"name": ds.name, "kind": ds.kind, "size": ds.size, "license": ds.license, "source": ds.source,
                      "checksum": ds.checksum, "ratio": ds.ratio if ds.kind == "train" else None,
-                     "instructions": list(ds.instructions), "mine": ds.mine, "state": state})  # fmt: skip
+                     "instructions": list(ds.instructions), "mine": ds.mine, "note": ds.note,
+                     "state": state})  # fmt: skip
     if args.json:
         for row in rows:
             print(json.dumps(row, ensure_ascii=False))
