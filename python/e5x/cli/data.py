@@ -95,7 +95,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from e5x.data.download import FetchError, fetch
+    from e5x.data.download import fetch
     from e5x.data.registry import UnknownDataset
     from e5x.data.triples import DataError
     from e5x.train.config import ConfigError
@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
                 relative_margin=None if args.relative_margin < 0 else args.relative_margin)  # fmt: skip
             print(prepare(name, mine=mine, mirror=args.mirror, force=args.force, progress=progress,
                           decontaminate=args.decontaminate))  # fmt: skip
-    except (FetchError, DataError, OSError, ImportError) as exc:
+    except (DataError, OSError, ImportError) as exc:  # OSError: a failed fetch too
         print(f"e5x data: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -53,8 +53,9 @@ MIRROR_HINT = (
 )
 
 
-class FetchError(RuntimeError):
-    """A dataset could not be fetched or failed verification; the message says where e5x looked."""
+class FetchError(OSError):
+    """A dataset could not be fetched or failed verification; the message says where e5x looked.
+    An OSError, so the CLI reports it as the run-time failure it is (exit 1)."""
 
 
 class _Unusable(Exception):
