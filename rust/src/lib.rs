@@ -11,12 +11,16 @@ pub mod validate;
 #[cfg(feature = "python")]
 mod python {
     use std::panic::{catch_unwind, AssertUnwindSafe};
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex, MutexGuard};
 
     use arrow_array::builder::BooleanBuilder;
     use arrow_array::cast::AsArray;
     use arrow_array::types::{Int64Type, StringViewType};
-    use arrow_array::{Array, ArrayRef, GenericByteViewArray, Int64Array, RecordBatch};
+    use arrow_array::{
+        Array, ArrayRef, GenericByteViewArray, GenericStringArray, Int64Array, OffsetSizeTrait,
+        RecordBatch, StringViewArray,
+    };
     use arrow_buffer::{Buffer, NullBuffer, ScalarBuffer};
     use arrow_schema::{DataType, Field, Schema as ArrowSchema};
     use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
@@ -28,9 +32,7 @@ mod python {
     use crate::quality::{self, FieldPlan, GateScratch, QualityConfig, RowCtx, TypePlan};
     use crate::render::{RenderError, Template};
     use crate::sample::{self, Alias};
-    use crate::validate::{
-        validate_row, validate_text_row, Reason, Rejection, SchemaSet, Scratch, Sink,
-    };
+    use crate::validate::{utf8, validate_row, Reason, Rejection, SchemaSet, Scratch, Sink};
 
     // ---------------------------------------------------------------- input columns
 
@@ -73,6 +75,8 @@ mod python {
             StrCol::new(name, chunks, allow_binary)
         }
 
+        /// A row's bytes (None for nulls). String columns are read as bytes too: an Arrow
+        /// array from outside may hold any bytes, so nothing here assumes UTF-8.
         #[inline]
         fn bytes(&self, row: usize) -> Option<&[u8]> {
             let k = self.starts.partition_point(|&s| s <= row) - 1;
@@ -81,9 +85,9 @@ mod python {
                 return None;
             }
             Some(match c.data_type() {
-                DataType::Utf8View => c.as_string_view().value(i).as_bytes(),
-                DataType::Utf8 => c.as_string::<i32>().value(i).as_bytes(),
-                DataType::LargeUtf8 => c.as_string::<i64>().value(i).as_bytes(),
+                DataType::Utf8View => view_bytes(c.as_string_view(), i),
+                DataType::Utf8 => offset_bytes(c.as_string::<i32>(), i),
+                DataType::LargeUtf8 => offset_bytes(c.as_string::<i64>(), i),
                 DataType::BinaryView => c.as_binary_view().value(i),
                 DataType::Binary => c.as_binary::<i32>().value(i),
                 DataType::LargeBinary => c.as_binary::<i64>().value(i),
@@ -91,21 +95,39 @@ mod python {
             })
         }
 
-        /// String value (None for nulls and for binary columns).
+        /// A row's text (None for nulls), or the offset of its first byte that is not UTF-8.
         #[inline]
-        fn str(&self, row: usize) -> Option<&str> {
-            let k = self.starts.partition_point(|&s| s <= row) - 1;
-            let (c, i) = (&self.chunks[k], row - self.starts[k]);
-            if c.is_null(i) {
-                return None;
-            }
-            // Arrow string arrays hold UTF-8 already: no second validation.
-            match c.data_type() {
-                DataType::Utf8View => Some(c.as_string_view().value(i)),
-                DataType::Utf8 => Some(c.as_string::<i32>().value(i)),
-                DataType::LargeUtf8 => Some(c.as_string::<i64>().value(i)),
-                _ => None,
-            }
+        fn str(&self, row: usize) -> Result<Option<&str>, usize> {
+            self.bytes(row).map(utf8).transpose()
+        }
+
+        /// The ValueError for a row of this column that is not UTF-8 from byte `at` on.
+        fn utf8_error(&self, row: usize, at: usize) -> PyErr {
+            PyValueError::new_err(format!(
+                "column '{}' row {row}: invalid UTF-8 at byte {at}",
+                self.name
+            ))
+        }
+    }
+
+    /// Value `i` of a string array as bytes, without the `&str` Arrow would make of them.
+    #[inline]
+    fn offset_bytes<O: OffsetSizeTrait>(a: &GenericStringArray<O>, i: usize) -> &[u8] {
+        let o = a.value_offsets();
+        &a.value_data()[o[i].as_usize()..o[i + 1].as_usize()]
+    }
+
+    /// Value `i` of a string view array as bytes (Utf8View layout: up to 12 bytes inline
+    /// after the 4-byte length, else length, prefix, buffer index, offset).
+    #[inline]
+    fn view_bytes(a: &StringViewArray, i: usize) -> &[u8] {
+        let v = a.views()[i];
+        let len = v as u32 as usize;
+        if len <= 12 {
+            &a.views().inner()[i * 16 + 4..i * 16 + 4 + len]
+        } else {
+            let (buf, off) = ((v >> 64) as u32 as usize, (v >> 96) as u32 as usize);
+            &a.data_buffers()[buf][off..off + len]
         }
     }
 
@@ -778,10 +800,6 @@ mod python {
                             norm: String::new(),
                             hashes: Vec::with_capacity(hi - lo),
                         });
-                        let text_is_str = matches!(
-                            chunk.data_type(),
-                            DataType::Utf8View | DataType::Utf8 | DataType::LargeUtf8
-                        );
                         let mut scratch = Scratch::new(!json);
                         let mut gate_scratch = GateScratch::default();
                         let mut last_task: Option<String> = None;
@@ -792,8 +810,25 @@ mod python {
                         let mut last_gate_task: Option<String> = None;
                         for row in lo..hi {
                             let task = match &tasks {
-                                Tasks::One(s) => Some(s.as_str()),
+                                Tasks::One(s) => Ok(Some(s.as_str())),
                                 Tasks::PerRow(c) => c.str(row),
+                            };
+                            let gate_task = gate_tasks.as_ref().map_or(Ok(None), |c| c.str(row));
+                            let gate_lang = gate_langs.as_ref().map_or(Ok(None), |c| c.str(row));
+                            let (task, gate_task, gate_lang) = match (task, gate_task, gate_lang) {
+                                (Ok(t), Ok(g), Ok(l)) => (t, g, l),
+                                (t, g, l) => {
+                                    let (at, column) = [
+                                        (t.err(), "task_types"),
+                                        (g.err(), "gate_tasks"),
+                                        (l.err(), "gate_languages"),
+                                    ]
+                                    .into_iter()
+                                    .find_map(|(e, c)| Some((e?, c)))
+                                    .expect("one of them failed");
+                                    sink.reject(Rejection::invalid_utf8(at, Some(column)), false);
+                                    continue;
+                                }
                             };
                             if (ncols.is_some() || sink.dedup.is_some())
                                 && task != last_task.as_deref()
@@ -854,10 +889,8 @@ mod python {
                                             plan: gate_plan,
                                             min_words: &min_words,
                                             ctx: RowCtx {
-                                                task: gate_tasks.as_ref().and_then(|c| c.str(row)),
-                                                language: gate_langs
-                                                    .as_ref()
-                                                    .and_then(|c| c.str(row)),
+                                                task: gate_task,
+                                                language: gate_lang,
                                             },
                                             scratch: &mut gate_scratch,
                                         };
@@ -865,13 +898,7 @@ mod python {
                                     }
                                     None => &mut sink,
                                 };
-                                if text_is_str {
-                                    // Arrow strings are UTF-8 already: no second check.
-                                    let t = texts.str(row);
-                                    validate_text_row(t, schema, task, extract, &mut scratch, sink)
-                                } else {
-                                    validate_row(text, schema, task, extract, &mut scratch, sink)
-                                }
+                                validate_row(text, schema, task, extract, &mut scratch, sink)
                             }));
                             if res.is_err() && sink.ok.len() == before {
                                 scratch = Scratch::new(!json);
@@ -1032,13 +1059,29 @@ mod python {
             // the one holding it.
             let dup = py.detach(|| {
                 let mut inner = self.lock()?;
+                // The first row holding bytes that are not UTF-8 (usize::MAX: none); the
+                // batch is then refused whole, before anything is inserted.
+                let bad_row = AtomicUsize::new(usize::MAX);
                 catch_unwind(AssertUnwindSafe(|| {
                     let hashes = inner.hash_rows(n, cols.len(), |row, out| {
-                        out.extend(cols.iter().map(|c| c.str(row)));
+                        out.extend(cols.iter().map(|c| {
+                            c.str(row).unwrap_or_else(|_| {
+                                bad_row.fetch_min(row, Ordering::Relaxed);
+                                None
+                            })
+                        }))
                     });
-                    inner.insert(&hashes)
+                    let row = bad_row.load(Ordering::Relaxed);
+                    if row < n {
+                        if let Some((c, at)) =
+                            cols.iter().find_map(|c| Some((c, c.str(row).err()?)))
+                        {
+                            return Err(c.utf8_error(row, at));
+                        }
+                    }
+                    Ok(inner.insert(&hashes))
                 }))
-                .map_err(|_| PyRuntimeError::new_err("internal error in Deduplicator.add"))
+                .map_err(|_| PyRuntimeError::new_err("internal error in Deduplicator.add"))?
             })?;
             let arr: ArrayRef = Arc::new(
                 dup.into_iter()
@@ -1179,7 +1222,7 @@ mod python {
                 sample::BLOCK,
                 u32::MAX as usize,
                 limit.saturating_sub(n.saturating_mul(16)),
-                |v, row| cols[v].str(row),
+                |v, row| cols[v].bytes(row),
             )
         });
         let chunks = out.map_err(|e| match e {
@@ -1187,6 +1230,7 @@ mod python {
                 "row {row}: placeholder '{}' is null",
                 tpl.names[var]
             )),
+            RenderError::InvalidUtf8 { row, var, at } => cols[var].utf8_error(row, at),
             RenderError::BlockTooLarge { lo, hi, bytes } => PyValueError::new_err(format!(
                 "rows {lo}..{hi} render to {bytes} bytes; one block of rendered rows holds at \
                  most 4 GiB (render fewer or shorter rows at a time)"

@@ -3,6 +3,8 @@
 
 use rayon::prelude::*;
 
+use crate::validate::utf8;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Seg {
     Lit(String),
@@ -75,7 +77,7 @@ impl Template {
     /// `get(var, row)` is as in [`Template::render`]; a null is an error naming it.
     pub fn measure<'a, F>(&self, n: usize, block: usize, get: &F) -> Result<Vec<usize>, RenderError>
     where
-        F: Fn(usize, usize) -> Option<&'a str> + Sync,
+        F: Fn(usize, usize) -> Option<&'a [u8]> + Sync,
     {
         let block = block.max(1);
         let lit_len: usize = self
@@ -101,12 +103,13 @@ impl Template {
             .collect()
     }
 
-    /// Render `n` rows. `get(var, row)` returns the value of placeholder `var` in `row`
-    /// (None = null, an error naming the row). Output: one (offsets, data) chunk per
-    /// block of rows, so large outputs never need one contiguous buffer.
+    /// Render `n` rows. `get(var, row)` returns the bytes of placeholder `var` in `row`
+    /// (None = null, an error naming the row); bytes that are not UTF-8 are an error
+    /// naming the row, so the output is always UTF-8. Output: one (offsets, data) chunk
+    /// per block of rows, so large outputs never need one contiguous buffer.
     pub fn render<'a, F>(&self, n: usize, block: usize, get: F) -> Result<Vec<Block>, RenderError>
     where
-        F: Fn(usize, usize) -> Option<&'a str> + Sync,
+        F: Fn(usize, usize) -> Option<&'a [u8]> + Sync,
     {
         self.render_within(n, block, usize::MAX, usize::MAX, get)
     }
@@ -123,7 +126,7 @@ impl Template {
         get: F,
     ) -> Result<Vec<Block>, RenderError>
     where
-        F: Fn(usize, usize) -> Option<&'a str> + Sync,
+        F: Fn(usize, usize) -> Option<&'a [u8]> + Sync,
     {
         let block = block.max(1);
         let sizes = self.measure(n, block, &get)?;
@@ -150,10 +153,17 @@ impl Template {
                     for s in &self.segs {
                         match s {
                             Seg::Lit(l) => data.extend_from_slice(l.as_bytes()),
-                            Seg::Var(v) => match get(*v, row) {
-                                Some(x) => data.extend_from_slice(x.as_bytes()),
-                                None => return Err(RenderError::Null { row, var: *v }),
-                            },
+                            Seg::Var(v) => {
+                                let x = get(*v, row).ok_or(RenderError::Null { row, var: *v })?;
+                                let start = data.len();
+                                data.extend_from_slice(x);
+                                // Checked where the bytes were just copied (cache-hot).
+                                utf8(&data[start..]).map_err(|at| RenderError::InvalidUtf8 {
+                                    row,
+                                    var: *v,
+                                    at,
+                                })?;
+                            }
                         }
                     }
                     offsets.push(data.len() as i64);
@@ -169,6 +179,8 @@ impl Template {
 pub enum RenderError {
     /// Placeholder `var` (index into `names`) is null in `row`.
     Null { row: usize, var: usize },
+    /// Placeholder `var`'s value in `row` is not UTF-8 from byte `at` on.
+    InvalidUtf8 { row: usize, var: usize, at: usize },
     /// Rows `lo..hi` render to `bytes`, more than one block may hold.
     BlockTooLarge { lo: usize, hi: usize, bytes: usize },
     /// The whole output would take `bytes`, more than allowed.
@@ -187,7 +199,7 @@ mod tests {
             .map(|n| vals.iter().find(|v| v.0 == n).map(|v| v.1).unwrap())
             .collect();
         let out = tpl
-            .render(1, 16, |v, _| Some(cols[v]))
+            .render(1, 16, |v, _| Some(cols[v].as_bytes()))
             .map_err(|e| format!("{e:?}"))?;
         Ok(String::from_utf8(out[0].1.clone()).unwrap())
     }
@@ -210,9 +222,41 @@ mod tests {
         assert!(Template::parse("{a{b}").is_err());
         let t = Template::parse("{x}").unwrap();
         assert_eq!(
-            t.render(3, 2, |_, r| if r == 2 { None } else { Some("v") })
+            t.render(3, 2, |_, r| if r == 2 { None } else { Some(b"v") })
                 .unwrap_err(),
             RenderError::Null { row: 2, var: 0 }
+        );
+    }
+
+    #[test]
+    fn invalid_utf8_is_an_error_naming_row_and_byte() {
+        let t = Template::parse("<{x}{y}>").unwrap();
+        let bad: [(&[u8], usize); 5] = [
+            (b"a\xc3", 1),          // truncated 2-byte sequence
+            (b"\xc0\xaf", 0),       // overlong '/'
+            (b"ok\xed\xa0\x80", 2), // UTF-16 surrogate
+            (b"\xf0\x9f\x98", 0),   // truncated 4-byte
+            (b"\xff", 0),
+        ];
+        for (x, at) in bad {
+            let err = t
+                .render(3, 2, |v, r| Some(if v == 0 && r == 2 { x } else { b"v" }))
+                .unwrap_err();
+            assert_eq!(
+                err,
+                RenderError::InvalidUtf8 { row: 2, var: 0, at },
+                "{x:?}"
+            );
+        }
+        // Two halves of 'é' are each invalid, though their concatenation is not.
+        let halves = |v: usize, _: usize| Some(if v == 0 { &b"\xc3"[..] } else { b"\xa9" });
+        assert_eq!(
+            t.render(1, 1, halves).unwrap_err(),
+            RenderError::InvalidUtf8 {
+                row: 0,
+                var: 0,
+                at: 0
+            }
         );
     }
 
@@ -220,7 +264,7 @@ mod tests {
     fn sizes_are_checked_before_building() {
         let t = Template::parse("ab{x}{x}").unwrap();
         let vals = ["", "c", "dddd", "ee", "f"];
-        let get = |_: usize, r: usize| Some(vals[r]);
+        let get = |_: usize, r: usize| Some(vals[r].as_bytes());
         assert_eq!(t.measure(5, 2, &get).unwrap(), vec![6, 16, 4]);
         // Text 26 bytes + 8 bytes of offset per row.
         let out = t.render_within(5, 2, 16, 26 + 40, get).unwrap();
@@ -247,7 +291,7 @@ mod tests {
     fn chunks_cover_all_rows() {
         let t = Template::parse("<{x}>").unwrap();
         let vals = ["a", "bb", "ccc", "d", "e"];
-        let out = t.render(5, 2, |_, r| Some(vals[r])).unwrap();
+        let out = t.render(5, 2, |_, r| Some(vals[r].as_bytes())).unwrap();
         assert_eq!(out.len(), 3);
         let joined: Vec<u8> = out.iter().flat_map(|c| c.1.clone()).collect();
         assert_eq!(String::from_utf8(joined).unwrap(), "<a><bb><ccc><d><e>");

@@ -184,7 +184,10 @@ def validate(
 
     ``schemas`` adds custom task types (name -> JSON Schema dict) to the built-in
     :data:`e5x.tasks.schemas.SCHEMAS`. Bad rows never raise: invalid UTF-8 (Binary
-    input), deep nesting, huge rows and nulls are per-row rejections.
+    input, or a String array built from unchecked bytes: every row's bytes are checked),
+    deep nesting, huge rows and nulls are per-row rejections; a ``task_types``,
+    ``gate_tasks`` or ``gate_languages`` value that is not UTF-8 rejects its row as
+    ``invalid_utf8`` too, its message naming the column.
     """
     return Validator(schemas).validate(
         texts, task_types, extract=extract, unpack=unpack, json=json, dedup=dedup, dedup_fields=dedup_fields,
@@ -257,7 +260,9 @@ class Deduplicator:
 
     def add(self, df: pl.DataFrame, fields: Sequence[str]) -> pl.DataFrame:
         """Add a batch. Returns ``keep`` (bool) and ``duplicate_of`` (Int64: the global
-        row index, across all batches so far, of the first occurrence; null if kept)."""
+        row index, across all batches so far, of the first occurrence; null if kept).
+        A value that is not UTF-8 is a ValueError naming its column and row, and the
+        batch is not added."""
         if isinstance(fields, str):
             fields = [fields]
         fields = list(fields)
@@ -313,7 +318,8 @@ def sample_placeholders(
 def render(template: str, values: pl.DataFrame) -> pl.Series:
     """Fill ``template``'s ``{name}`` placeholders from the columns of ``values``, one
     output row per input row (``{{`` / ``}}`` write literal braces). A placeholder with
-    no column is a ValueError naming it; a null value is a ValueError naming the row."""
+    no column is a ValueError naming it; a null value, or one that is not UTF-8, is a
+    ValueError naming the row."""
     names = list(_native.template_names(template))
     missing = [n for n in names if n not in values.columns]
     if missing:
