@@ -1,12 +1,15 @@
-"""``e5x bench``: finding benches/, listing, argument pass-through and exit codes.
+"""``e5x bench``: the benchmarks shipped in the package, finding benches/, listing, argument
+pass-through and exit codes.
 
-Runs tiny fake benchmark scripts from a temporary folder; the real benchmarks are only
-listed (``--list`` reads their docstrings without importing them), never run.
+Runs tiny fake benchmark scripts from a temporary folder, and the shipped kernels benchmark
+at a tiny CPU size from outside the source tree; the other real benchmarks are only listed
+(``--list`` reads their docstrings without importing them), never run.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -93,7 +96,8 @@ def test_list_shows_first_docstring_line(
     assert main(["bench", "--benches-dir", str(benches), *argv]) == 0
     out = capsys.readouterr().out
     rows = {line.split()[0]: line for line in out.splitlines()[1:]}
-    assert sorted(rows) == ["broken", "echo", "fail", "quality"]
+    assert sorted(rows) == sorted(["broken", "echo", "fail", "quality", *bench.packaged()])
+    assert "kernels" in rows  # shipped in the package, listed beside the folder's
     assert rows["echo"].endswith("Echo the arguments as JSON.")
     assert "Second paragraph" not in out
     assert rows["quality"].endswith("Quality: a benchmark without the bench_ prefix.")
@@ -111,7 +115,7 @@ def test_unknown_name_lists_available(benches: Path, capsys: pytest.CaptureFixtu
     assert main(["bench", "--benches-dir", str(benches), "nope", "--x"]) == 2
     err = capsys.readouterr().err
     assert "unknown benchmark 'nope'" in err
-    assert "broken, echo, fail, quality" in err
+    assert all(name in err for name in ["broken", "echo", "fail", "quality", "kernels"]), err
 
 
 def test_missing_explicit_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -141,15 +145,23 @@ def test_cwd_benches_folder(benches: Path, monkeypatch: pytest.MonkeyPatch, caps
     assert str(benches) in capsys.readouterr().out.splitlines()[0]
 
 
-def test_nothing_found(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_without_a_checkout_the_shipped_benchmarks_remain(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.delenv("E5X_BENCHES_DIR", raising=False)
     monkeypatch.chdir(tmp_path)
     # As from an installed wheel: no checkout above the package.
     monkeypatch.setattr(bench, "_checkout_benches", lambda: None)
-    assert main(["bench", "--list"]) == 2
+    assert main(["bench", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].startswith("benchmarks in the e5x package (")
+    assert {line.split()[0] for line in out.splitlines()[1:-1]} == set(bench.packaged())
+    assert "clone" in out.splitlines()[-1]
+    assert main(["bench", "synth"]) == 2
     err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown benchmark 'synth'" in err
     assert str(tmp_path / "benches") in err  # says where it looked
-    assert "not shipped in the wheel" in err and "clone" in err
+    assert "not shipped in the package" in err and "clone" in err
 
 
 def test_real_repository_benches_from_repo_root(
@@ -163,9 +175,9 @@ def test_real_repository_benches_from_repo_root(
     rows = {line.split()[0]: line.split(None, 1)[1:] for line in out.splitlines()[1:]}
     for name in ["clean", "synth", "kernels", "train", "quality"]:
         assert rows.get(name), f"{name} missing or without a docstring line in:\n{out}"
-    # The listed line is the script's docstring's first line.
-    first = (REPO / "benches" / "bench_clean.py").read_text().split('"""')[1].splitlines()[0]
-    assert rows["clean"][0] == first
+    # The listed line is the docstring's first line, of the shipped module where there is one.
+    for name, path in [("kernels", bench.packaged()["kernels"]), ("synth", REPO / "benches" / "bench_synth.py")]:
+        assert rows[name][0] == path.read_text().split('"""')[1].splitlines()[0]
 
 
 def test_subcommand_is_registered() -> None:
@@ -173,3 +185,25 @@ def test_subcommand_is_registered() -> None:
 
     assert "bench" in _available()
     assert (bench.__doc__ or "").startswith("``e5x bench")
+
+
+def test_shipped_kernels_benchmark_runs_outside_the_source_tree(tmp_path: Path) -> None:
+    # What a user of the wheel runs: no benches/ in reach, the code comes from the package.
+    env = {k: v for k, v in os.environ.items() if k != "E5X_BENCHES_DIR"}
+    argv = ["bench", "kernels", "--device", "cpu", "--sizes", "16", "--hidden", "64", "--budget", "0.05",
+            "--max-reps", "3", "--methods", "e5x,eager-fp32"]  # fmt: skip
+    proc = subprocess.run([sys.executable, "-m", "e5x", *argv], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    header = dict(line[2:].split(": ", 1) for line in out.splitlines() if line.startswith("# ") and ": " in line)
+    assert header["device"].startswith("CPU") and header["e5x"] and header["torch"] and header["python"], header
+    rows = [line for line in out.splitlines() if line.startswith("|") and "---" not in line]
+    assert rows[0].split("|")[1].strip() == "Bq"  # the table's header line
+    methods = {row.split("|")[2].strip(): row for row in rows[1:]}
+    assert set(methods) == {"e5x", "eager-fp32"}, out
+    for row in methods.values():
+        cells = [c.strip() for c in row.split("|")[1:-1]]
+        assert cells[0] == "16" and float(cells[3]) > 0, row  # Bq, median ms
+    assert "torch reference (CPU)" in methods["e5x"]
+    assert not (tmp_path / "benches").exists()

@@ -13,8 +13,11 @@ few % duplicate), then times in one process:
 and 1M placeholder draws + prompt renders (e5x vs random.choices + str.format_map).
 Prints MB/s and rows/s per stage and end to end, and each stage's peak RSS.
 
-    python benches/bench_clean.py                 # 1M rows (~1.5 GB of text)
-    python benches/bench_clean.py --rows 100000   # quicker
+    e5x bench clean                     # 1M rows (~1.5 GB of text)
+    e5x bench clean --rows 100000       # quicker
+
+The python baseline and the peak-RSS sampling need ``pip install 'e5x[bench]'``
+(``python benches/bench_clean.py`` in a checkout runs the same code).
 """
 
 from __future__ import annotations
@@ -292,8 +295,8 @@ def header() -> str:
     )
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="e5x bench clean", description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--invalid", type=float, default=0.03)
     ap.add_argument("--dup", type=float, default=0.03)
@@ -303,7 +306,7 @@ def main() -> None:
     ap.add_argument("--gate-rows", type=int, default=None,
                     help="rows for the gate-with-language-ID row (default: all; whatlang is slow)")
     ap.add_argument("--only-gate", action="store_true", help="only the fused rows, gate off and on")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     print(header())
     t0 = time.perf_counter()
@@ -332,7 +335,7 @@ def main() -> None:
     if args.only_gate:
         gate_rows(texts, mb, args, best, add)
         print_table(rows)
-        return
+        return 0
 
     # e5x stages, then end to end
     v, dt, rss = best(lambda: core.validate(texts, "short_long", unpack=True, json=False), args.repeat)
@@ -381,6 +384,7 @@ def main() -> None:
           f"{mb / dt_two / 1e3:.2f} GB/s = {dt_py / dt_two:.1f}x python (goal >= 1.2 GB/s, >= 7x)")
     print(f"{args.draws:,} placeholder draws + renders: e5x {dt_s:.3f}s (goal <= 0.5 s), "
           f"{dt_sp / dt_s:.0f}x python")
+    return 0
 
 
 def gate_rows(texts: pl.Series, mb: float, args: argparse.Namespace, best: Callable[..., Any], add: Callable[..., None]) -> None:
@@ -416,4 +420,4 @@ def print_table(rows: list[tuple[Any, ...]]) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -17,7 +17,10 @@ bf16 matmul ceiling, and the loss' relative difference to eager-fp32.
 CPU: small shapes only, a smoke test; e5x runs its torch reference there (backend "auto"),
 the table says so.
 
-    python benches/bench_kernels.py [--sizes 2048,8192] [--json out.json] [--methods e5x,compile]
+    e5x bench kernels [--sizes 2048,8192] [--json out.json] [--methods e5x,compile]
+    e5x bench kernels --device cpu --sizes 16 --hidden 64 --budget 0.1   # a few seconds on a CPU
+
+(``python benches/bench_kernels.py`` in a checkout runs the same code.)
 """
 
 from __future__ import annotations
@@ -234,7 +237,7 @@ def fmt(x: Any, spec: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="pooled InfoNCE fwd+bwd benchmark")
+    ap = argparse.ArgumentParser(prog="e5x bench kernels", description="pooled InfoNCE fwd+bwd benchmark")
     ap.add_argument("--sizes", help="comma-separated Bq values (Bd = 2 Bq)")
     ap.add_argument("--hidden", type=int, help="H (default 4096 on GPU, 256 on CPU)")
     ap.add_argument("--seq-len", type=int, default=1, help="L of the hidden states (default 1)")

@@ -1,14 +1,18 @@
-"""``e5x bench NAME [ARGS...]``: run ``benches/bench_NAME.py`` (or ``benches/NAME.py``).
+"""``e5x bench NAME [ARGS...]``: run a benchmark shipped in the package (``e5x.bench.NAME``)
+or one of a source checkout's ``benches/bench_NAME.py`` (or ``benches/NAME.py``).
 
-The benchmarks live in the source repository, not in the wheel. The folder is
-``--benches-dir``, else ``$E5X_BENCHES_DIR``, else ``./benches``, else the checkout an
-editable install points at. ARGS go to the benchmark unchanged, so
-``e5x bench kernels --help`` prints the benchmark's own options.
+The package ships the benchmarks a user of the wheel needs (``e5x bench --list`` shows
+them); the others (synth, train, quality, ablations) live in the source repository. Their
+folder is ``--benches-dir``, else ``$E5X_BENCHES_DIR``, else ``./benches``, else the
+checkout an editable install points at. A name the package ships runs from the package.
+ARGS go to the benchmark unchanged, so ``e5x bench kernels --help`` prints the
+benchmark's own options.
 
 Examples::
 
     e5x bench --list
-    e5x bench clean --help
+    e5x bench kernels --help
+    e5x bench kernels --device cpu --sizes 16 --hidden 64 --budget 0.1
     e5x bench clean --rows 100000
 """
 
@@ -16,7 +20,10 @@ from __future__ import annotations
 
 import argparse
 import ast
+import importlib
+import importlib.util
 import os
+import pkgutil
 import subprocess
 import sys
 from pathlib import Path
@@ -86,29 +93,48 @@ def summary(path: Path) -> str:
     return doc.strip().splitlines()[0] if doc and doc.strip() else ""
 
 
+def packaged() -> dict[str, Path]:
+    """name -> source file of each benchmark module in e5x.bench (found without importing it)."""
+    import e5x.bench
+
+    out = {}
+    for info in pkgutil.iter_modules(e5x.bench.__path__):
+        spec = None if info.name.startswith("_") else importlib.util.find_spec(f"e5x.bench.{info.name}")
+        if spec is not None and spec.origin:
+            out[info.name] = Path(spec.origin)
+    return dict(sorted(out.items()))
+
+
 def run(args: argparse.Namespace) -> int:
+    shipped = packaged()
+    explicit = args.benches_dir is not None or bool(os.environ.get("E5X_BENCHES_DIR"))
     folder, looked = find_benches_dir(args.benches_dir)
-    if folder is None:
-        print(
-            "e5x bench: no benches/ folder found; looked at:\n  " + "\n  ".join(looked)
-            + "\nThe benchmarks are not shipped in the wheel: clone the e5x source repository and "
-            "run from its root, or pass --benches-dir DIR / set E5X_BENCHES_DIR.",
-            file=sys.stderr,
-        )
+    if folder is None and explicit:  # a wrong explicit choice is an error, not a silent fallback
+        print(f"e5x bench: no benchmarks folder at {looked[0]}; clone the e5x source repository "
+              "for the benchmarks that are not shipped in the package", file=sys.stderr)
         return 2
-    benches = available(folder)
+    # A checkout's benches/bench_NAME.py for a shipped NAME is the entry point to the same code.
+    scripts = {n: p for n, p in available(folder).items() if n not in shipped} if folder else {}
     if args.list or args.name is None:
-        print(f"benchmarks in {folder} (run: e5x bench NAME [ARGS...]; NAME --help for options)")
-        width = max((len(n) for n in benches), default=0)
-        for name, path in benches.items():
+        where = f"the e5x package and {folder}" if folder else "the e5x package"
+        print(f"benchmarks in {where} (run: e5x bench NAME [ARGS...]; NAME --help for options)")
+        rows = {**shipped, **scripts}
+        width = max((len(n) for n in rows), default=0)
+        for name, path in sorted(rows.items()):
             print(f"  {name:<{width}}  {summary(path)}")
-        if not benches:
-            print("  (none)")
+        if folder is None:
+            print("the other benchmarks (synth, train, quality, ...) need a clone of the e5x source repository: "
+                  "run them from its root or pass --benches-dir DIR")
         return 0
-    script = benches.get(args.name)
+    if args.name in shipped:
+        sys.stdout.flush()
+        return int(importlib.import_module(f"e5x.bench.{args.name}").main(args.args) or 0)
+    script = scripts.get(args.name)
     if script is None:
-        names = ", ".join(benches) or "(none)"
-        print(f"e5x bench: unknown benchmark {args.name!r} in {folder}; available: {names}", file=sys.stderr)
+        names = ", ".join(sorted({*shipped, *scripts}))
+        others = "" if folder else (" (the others are not shipped in the package: clone the e5x source repository "
+                                    f"and run from its root, or pass --benches-dir DIR; looked at {'; '.join(looked)})")
+        print(f"e5x bench: unknown benchmark {args.name!r}; available: {names}{others}", file=sys.stderr)
         return 2
     sys.stdout.flush()  # keep our output ahead of the child's
     proc = subprocess.Popen([sys.executable, str(script), *args.args])
