@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from e5x._extras import require
+
 __all__ = ["DEFAULTS", "QuickstartResult", "load_config", "quickstart", "real_data"]
 
 # The embedded defaults (configs/quickstart.toml spells out the same values; a test checks).
@@ -306,6 +308,7 @@ def quickstart(
         cfg = load_config(None, _merge(config, overrides or {}) if overrides else config)
     else:
         cfg = load_config(config, overrides)
+    require("the quickstart", "all")  # it synthesizes, trains and evaluates
     out = Path(cfg["out_dir"])
     out.mkdir(parents=True, exist_ok=True)
     (out / "quickstart-config.json").write_text(json.dumps(cfg, indent=2) + "\n")

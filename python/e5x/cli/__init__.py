@@ -27,19 +27,21 @@ from collections.abc import Sequence
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INCOMPLETE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
-# subcommand -> one-line help; the module is e5x.cli.<subcommand>
+# subcommand -> one-line help, naming the extra a command needs beyond `pip install e5x`;
+# the module is e5x.cli.<subcommand>
 SUBCOMMANDS: dict[str, str] = {
-    "synth": "generate synthetic training data with an OpenAI-compatible LLM",
+    "synth": "generate synthetic training data with an OpenAI-compatible LLM (needs e5x[synth])",
     "clean": "validate, deduplicate and convert LLM responses into training triples",
     "data": "list, fetch and prepare the public datasets e5x knows by name",
     "decontaminate": "drop training rows that appear in evaluation sets (case and spacing ignored)",
     "convert": "turn public datasets (BEIR folders, STS files, tables) into training triples",
-    "mine": "add mined hard negatives to training triples that have none",
-    "train": "train an embedding model with the E5-mistral recipe",
-    "eval": "evaluate a model on BEIR-format retrieval and STS data",
-    "encode": "embed texts with a trained model",
-    "bench": "run a benchmark from benches/",
-    "quickstart": "the whole recipe on embedded defaults: local LLM, synth, clean, train, eval",
+    "mine": "add mined hard negatives to training triples that have none (needs e5x[mine])",
+    "train": "train an embedding model with the E5-mistral recipe (needs e5x[train])",
+    "eval": "evaluate a model on BEIR-format retrieval and STS data (needs e5x[eval])",
+    "encode": "embed texts with a trained model (needs e5x[train])",
+    "bench": "run a benchmark shipped in the package (kernels: needs e5x[train]) or in a checkout's benches/",
+    "quickstart": "the whole recipe on embedded defaults: local LLM, synth, clean, train, eval "
+                  "(needs e5x[all,local-llm])",
     "demo": "a few-second demo of the Rust data core on a generated sample",
 }
 
@@ -55,6 +57,7 @@ def _available() -> dict[str, str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from e5x import __version__
+    from e5x._extras import MissingExtra, missing_module_message
 
     parser = argparse.ArgumentParser(prog="e5x", description=__doc__.splitlines()[0],
                                      epilog=__doc__[__doc__.index("Exit status"):],
@@ -87,6 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         usage = isinstance(exc, (ValueError, KeyError, FileNotFoundError, NotADirectoryError, IsADirectoryError))
         text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+        if isinstance(exc, ImportError) and not isinstance(exc, MissingExtra):
+            text = missing_module_message(exc, prefer=args.command) or text  # a heavy import not checked first
         print(f"e5x {args.command}: error: {' '.join(text.split()) or type(exc).__name__}", file=sys.stderr)
         return EXIT_USAGE if usage else EXIT_FAILED
     except Exception as exc:  # noqa: BLE001 - a bug: still one line, with how to see more

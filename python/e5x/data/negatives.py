@@ -20,6 +20,7 @@ from typing import Any
 
 import polars as pl
 
+from e5x._extras import require
 from e5x.data.triples import REQUIRED, DataError, write_triples
 
 
@@ -78,6 +79,7 @@ def mine_hard_negatives(
     if todo.height == 0:
         return df.drop("_want"), MiningReport(df.height, 0, 0, len(candidates))
 
+    require("hard-negative mining", "mine")
     from datasets import Dataset
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.util import mine_hard_negatives as st_mine

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from e5x._extras import require
 from e5x.formats.benchmark import FormatError, load_beir, load_sts
 from e5x.tasks.instructions import TASK_INSTRUCTIONS, TYPE_DEFAULTS, canonical_task_name, instruction_for
 
@@ -182,6 +183,7 @@ def evaluate(config: EvalConfig | None = None, *, embedder: Embedder | None = No
     if not config.tasks:
         raise ValueError("EvalConfig.tasks is empty: give at least one BEIR folder or STS file")
     tasks = [resolve_task(t, config.split) for t in config.tasks]  # fail fast on bad paths
+    require("evaluation", "eval")
     if embedder is None:
         if not config.model:
             raise ValueError("EvalConfig.model is not set (or pass embedder=)")

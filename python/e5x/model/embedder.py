@@ -23,6 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from e5x._extras import require
 from e5x.model.config import CONFIG_NAME, EmbeddingSpec
 from e5x.model.text import QUERY_TEMPLATE, encode, pad_token_id
 
@@ -135,6 +136,7 @@ class Embedder:
         first dimensions of each embedding (renormalised), for a model trained with
         ``matryoshka_dims`` (its ``e5x.json`` lists them).
         """
+        require("loading a model", "train")
         import torch
         from transformers import AutoModel, AutoTokenizer
 

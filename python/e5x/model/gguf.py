@@ -75,7 +75,7 @@ def gguf_to_hf(
         import gguf  # noqa: F401  (transformers needs it to read the file)
     except ImportError as exc:
         raise ImportError(
-            "reading a GGUF file needs the 'gguf' package: pip install gguf"
+            "reading a GGUF file needs the 'gguf' package: pip install 'e5x[local-llm]' (or pip install gguf)"
         ) from exc
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

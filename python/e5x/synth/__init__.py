@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from e5x._extras import require
 from e5x.synth.config import DEFAULT_PRICES, EndpointConfig, StepConfig, SynthConfig
 from e5x.synth.plan import Plan, Request, build_plan, build_pool, example_requests, resolve_types
 from e5x.synth.response import token_count
@@ -180,6 +181,7 @@ def synthesize(
         desc = describe_plan(plan)
         say(format_plan(desc))
         return {"dry_run": True, **desc}
+    require("synthesis", "synth")
 
     fingerprint = plan.fingerprint()
     plan_path = out / "plan.json"

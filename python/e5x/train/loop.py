@@ -16,6 +16,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from e5x._extras import require
 from e5x.train.config import ConfigError, TrainConfig
 
 
@@ -45,6 +46,7 @@ def train(
     ``torchrun --nproc-per-node N`` for several GPUs/processes. ``on_step`` receives each
     step's metrics record (rank 0 and others alike).
     """
+    require("training", "train")
     import torch
 
     from e5x.data import BatchPlan, TripleStore, collate, shard
