@@ -27,10 +27,12 @@ def files(tmp_path: Path, monkeypatch) -> dict[str, Path]:
     no_data.write_text('[[sources]]\npath = "x.parquet"\n')
     typo = tmp_path / "typo.toml"
     typo.write_text("learning_rate = 1e-4\n")
+    bad_clean = tmp_path / "bad-clean.toml"
+    bad_clean.write_text('inputs = "runs/synth"\nexamples_per_reason = -1\n')
     empty_folder = tmp_path / "beir-without-qrels"
     empty_folder.mkdir()
     return {"pairs": pairs, "existing": existing, "blocker": blocker, "no_data": no_data, "typo": typo,
-            "beir": empty_folder, "missing": tmp_path / "missing.parquet"}  # fmt: skip
+            "beir": empty_folder, "missing": tmp_path / "missing.parquet", "bad_clean": bad_clean}  # fmt: skip
 
 
 CASES = [
@@ -48,6 +50,17 @@ CASES = [
     (["data", "fetch", "scifact"], EXIT_FAILED, "E5X_DATA_MIRROR"),
     (["eval", "{pairs}", "{missing}"], EXIT_USAGE, "missing.parquet"),
     (["quickstart", "--config", "{missing}.toml"], EXIT_USAGE, "not found"),
+    # Stage configs (e5x.config): validated before any work, the file or "override" and the field named.
+    (["eval", "{pairs}", "{missing}", "top_k=5"], EXIT_USAGE, "override: top_k: must be >= 10, got 5 (int)"),
+    (["eval", "{pairs}", "{missing}", "--batch-size", "0"], EXIT_USAGE, "override: batch_size: must be >= 1, got 0"),
+    (["eval", "{pairs}", "{missing}", "--dtype", "fp8"], EXIT_USAGE, "dtype: must be one of float32|bfloat16|float16"),
+    (["eval", "{pairs}"], EXIT_USAGE, "tasks: no tasks"),
+    (["clean", "{beir}", "dedup_fields=query"], EXIT_USAGE, "dedup_fields: must be a list of strings, got 'query'"),
+    (["clean", "{beir}", "dedup_feilds=[]"], EXIT_USAGE, "dedup_feilds: unknown key; did you mean 'dedup_fields'?"),
+    (["clean", "{bad_clean}"], EXIT_USAGE, "bad-clean.toml: inputs: must be a list of strings, got 'runs/synth' (str); "
+                                           "examples_per_reason: must be >= 0, got -1"),
+    (["clean", "{beir}", "--out", "{existing}", "--quality-checks", "bogus"], EXIT_USAGE, "quality_checks: unknown"),
+    (["clean"], EXIT_USAGE, "inputs: no inputs"),
 ]
 
 

@@ -25,18 +25,19 @@ answer.
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import polars as pl
+from annotated_types import Ge
 
+from e5x.config import ConfigError, load
 from e5x.synth.response import content_text
 from e5x.synth.store import read_log, write_json_atomic
 from e5x.tasks.taxonomy import TaskType, load_task_types, task_types
@@ -47,42 +48,30 @@ TRIPLE_COLUMNS = ("instruction", "query", "positive", "negative", "task_type", "
 @dataclass
 class CleanConfig:
     inputs: list[str] = field(default_factory=list)  # synth run dirs or responses.jsonl files
-    out: str = "triples.parquet"
-    report: str | None = None  # default: <out stem>.report.json
-    chart: str | None = None  # default: <out stem>.mix.png; "" disables
-    task_types_file: str | None = None  # default: the one in the run's config.json
+    out: str = "triples.parquet"  # the training triples (Parquet)
+    report: str | None = None  # the rejection report (JSON); default: <out stem>.report.json
+    chart: str | None = None  # the mix chart (PNG); default: <out stem>.mix.png; "" disables
+    task_types_file: str | None = None  # TOML with custom [task_types.NAME]; default: the run's own
     extract: bool = True  # recover a JSON object wrapped in prose or code fences
-    dedup_fields: tuple[str, ...] = ("query", "positive")
-    casefold: bool = False  # the recipe dedups by exact string match
-    semantic_checks: bool = True
+    dedup_fields: tuple[str, ...] = ("query", "positive")  # an example repeating these is a duplicate
+    casefold: bool = False  # dedup ignoring case (the recipe dedups by exact string match)
+    semantic_checks: bool = True  # reject identical fields and labels leaked into the input
     # Content checks of the quality gate: "all", "none", "-wrong_language",
-    # "prompt_echo=6", or a mapping {check: threshold | bool} (see e5x.clean.quality).
+    # "prompt_echo=6", or a table {check = threshold | true | false} (see e5x.clean.quality).
     quality_checks: str | dict[str, Any] = "all"
-    source: str = "synthetic"
-    examples_per_reason: int = 5
-    excerpt_chars: int = 300
+    source: str = "synthetic"  # the value of the source column
+    examples_per_reason: Annotated[int, Ge(0)] = 5  # rejected answers quoted in the report per reason
+    excerpt_chars: Annotated[int, Ge(1)] = 300  # characters of each quoted answer
 
-    @classmethod
-    def from_toml(cls, path: str | Path) -> CleanConfig:
-        """A config from a TOML file of CleanConfig fields (``[quality_checks]`` may be a
-        table of check = threshold | true | false)."""
-        from e5x.tasks.taxonomy import _read_toml
-
-        data = dict(_read_toml(Path(path)))
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"{path}: unknown key(s) {unknown}; known: {sorted(known)}")
-        if "dedup_fields" in data:
-            data["dedup_fields"] = tuple(data["dedup_fields"])
-        cfg = cls(**data)
+    def check(self) -> None:
         from e5x.clean.quality import parse_checks
 
+        if not self.inputs:
+            raise ConfigError("no inputs: give synth run directories or responses.jsonl files", field="inputs")
         try:
-            parse_checks(cfg.quality_checks)
+            parse_checks(self.quality_checks)
         except (TypeError, ValueError) as e:
-            raise ValueError(f"{path}: quality_checks: {e}") from None
-        return cfg
+            raise ConfigError(str(e), field="quality_checks") from None
 
     def paths(self) -> tuple[Path, Path, Path | None]:
         out = Path(self.out)
@@ -339,8 +328,14 @@ def _counts(frame: pl.DataFrame, key: str) -> dict[Any, int]:
     return dict(zip(g[key].to_list(), g["_n"].to_list()))
 
 
-def clean(config: CleanConfig | None = None, **overrides: Any) -> dict[str, Any]:
-    """Run the clean stage; returns the report (also written to ``report``).
+def clean(
+    config: CleanConfig | Mapping[str, Any] | str | Path | None = None,
+    overrides: Iterable[str] | Mapping[str, Any] = (),
+    **fields: Any,
+) -> dict[str, Any]:
+    """Run the clean stage on ``config`` (a CleanConfig, a dict or a TOML path) with
+    ``overrides`` (``"key=value"``) and ``fields`` applied; returns the report (also written
+    to ``report``).
 
     Columnar: the log becomes one polars frame and every rule below is an expression over
     it or a call into the Rust core; Python touches single rows only for the long_short
@@ -348,12 +343,8 @@ def clean(config: CleanConfig | None = None, **overrides: Any) -> dict[str, Any]
     from e5x.clean import core
     from e5x.clean import quality as q
 
-    cfg = config or CleanConfig()
-    for k, v in overrides.items():
-        if not hasattr(cfg, k):
-            raise TypeError(f"CleanConfig has no field {k!r}")
-        setattr(cfg, k, v)
-    checks = q.parse_checks(cfg.quality_checks)  # a bad setting fails before any work
+    cfg = load(CleanConfig, config, overrides, fields=fields)  # every bad setting fails before any work
+    checks = q.parse_checks(cfg.quality_checks)
     out_path, report_path, chart_path = cfg.paths()
     df, types, torn = _load(cfg)
     n = df.height

@@ -71,7 +71,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Only the chosen subcommand's module is imported (its options need it).
         if name == chosen:
             importlib.import_module(f"e5x.cli.{name}").configure(p)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    words = getattr(args, "config_words", None)  # a stage's [CONFIG.toml] [key=value ...]
+    if extra and isinstance(words, list) and not any(e.startswith("-") for e in extra):
+        words += extra  # argparse collects positional words only up to the first flag
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     module = importlib.import_module(f"e5x.cli.{args.command}")
     try:
         return int(module.run(args) or 0)

@@ -1,14 +1,17 @@
-"""``e5x clean``: synth responses -> validated, deduplicated training triples (Parquet).
+"""``e5x clean [CONFIG.toml] [INPUT...] [key=value ...]``: synth responses -> validated, deduplicated training triples (Parquet).
+
+INPUTs (synth run directories or responses.jsonl files) set ``inputs``.
 
 Examples:
   e5x clean runs/synth --out data/synthetic.parquet
   e5x clean runs/a runs/b --out data/syn.parquet --report data/syn.report.json --chart data/syn.png
   e5x clean runs/synth --quality-checks -wrong_language,prompt_echo=6
-  e5x clean runs/synth --config clean.toml     # CleanConfig fields; flags given here win
+  e5x clean clean.toml runs/synth out=data/syn.parquet casefold=true   # words given here win
 
-Quality checks (--quality-checks; default "all"): not_a_task=4, format_residue=0.5,
-degenerate=0.5, prompt_echo=8, too_few_words=0.5, wrong_language=0.5. "none" turns all
-off, "-NAME" one off, "NAME=X" sets a threshold; see `python -m pydoc e5x.clean.quality`.
+Quality checks (quality_checks, --quality-checks; default "all"): not_a_task=4,
+format_residue=0.5, degenerate=0.5, prompt_echo=8, too_few_words=0.5, wrong_language=0.5.
+"none" turns all off, "-NAME" one off, "NAME=X" sets a threshold; see
+`python -m pydoc e5x.clean.quality`.
 
 Writes the triples (instruction, query, positive, negative, task_type, language, model,
 source), a rejection report (counts by reason and field, examples) and a PNG of the
@@ -21,58 +24,38 @@ import argparse
 import json
 import sys
 
+from e5x.cli import _config_args as cli_config
+
+ALIASES = [
+    cli_config.alias("out"),
+    cli_config.alias("report"),
+    cli_config.alias("chart"),
+    cli_config.alias("task_types_file", "--task-types"),
+    cli_config.alias("extract", "--no-extract", value="false"),
+    cli_config.alias("dedup_fields", csv=True),
+    cli_config.alias("casefold", value="true"),
+    cli_config.alias("semantic_checks", "--no-semantic-checks", value="false"),
+    cli_config.alias("quality_checks"),
+    cli_config.alias("source"),
+]
+
 
 def configure(p: argparse.ArgumentParser) -> None:
-    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    from e5x.clean import CleanConfig
+
     p.epilog = __doc__.split("\n", 1)[1]
-    p.add_argument("inputs", nargs="*", help="synth run directories or responses.jsonl files")
-    p.add_argument("--config", help="TOML file of CleanConfig fields (flags given on the command line win)")
-    p.add_argument("--out", default="triples.parquet", help="output Parquet (default: %(default)s)")
-    p.add_argument("--report", help="rejection report JSON (default: <out>.report.json)")
-    p.add_argument("--chart", help="mix chart PNG (default: <out>.mix.png; '' to skip)")
-    p.add_argument("--task-types", dest="task_types_file", help="TOML with custom [task_types.NAME]")
-    p.add_argument("--no-extract", action="store_true", help="reject JSON wrapped in prose/code fences")
-    p.add_argument("--dedup-fields", default="query,positive", help="comma-separated (default: %(default)s)")
-    p.add_argument("--casefold", action="store_true", help="dedup ignoring case")
-    p.add_argument("--no-semantic-checks", action="store_true", help="skip identical-field / label-leak checks")
-    p.add_argument(
-        "--quality-checks",
-        default=None,
-        help='content checks: "all" (default), "none", "-NAME" (off), "NAME=THRESHOLD", comma-separated',
-    )
-    p.add_argument("--source", default="synthetic", help="value of the source column (default: %(default)s)")
+    cli_config.add_arguments(p, CleanConfig, ALIASES, positionals="[INPUT...]")
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
 
 
 def run(args: argparse.Namespace) -> int:
     from e5x.clean import CleanConfig, clean
+    from e5x.config import load
 
-    given = {
-        "inputs": list(args.inputs) or None,
-        "out": args.out if args.out != "triples.parquet" else None,
-        "report": args.report,
-        "chart": args.chart,
-        "task_types_file": args.task_types_file,
-        "extract": False if args.no_extract else None,
-        "dedup_fields": tuple(f.strip() for f in args.dedup_fields.split(",") if f.strip())
-        if args.dedup_fields != "query,positive"
-        else None,
-        "casefold": True if args.casefold else None,
-        "semantic_checks": False if args.no_semantic_checks else None,
-        "quality_checks": args.quality_checks,
-        "source": args.source if args.source != "synthetic" else None,
-    }
-    try:
-        cfg = CleanConfig.from_toml(args.config) if args.config else CleanConfig()
-        for k, v in given.items():
-            if v is not None:
-                setattr(cfg, k, v)
-        if not cfg.inputs:
-            raise ValueError("no inputs (give synth run directories or responses.jsonl files)")
-        report = clean(cfg)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"e5x clean: error: {e}", file=sys.stderr)
-        return 2
+    config, overrides, inputs = cli_config.parse(args, CleanConfig, ALIASES, positionals=True)
+    legacy = [f"inputs={cli_config.toml_list(inputs)}"] if inputs else []
+    cfg = load(CleanConfig, config, legacy + overrides)  # a bad setting: one line, exit 2
+    report = clean(cfg)
     if args.json:
         print(json.dumps(report, indent=2, ensure_ascii=False))
     else:

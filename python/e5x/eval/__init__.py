@@ -12,11 +12,15 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from annotated_types import Ge
 
 from e5x._extras import require
+from e5x.config import ConfigError, load
 from e5x.formats.benchmark import FormatError, load_beir, load_sts
 from e5x.tasks.instructions import TASK_INSTRUCTIONS, TYPE_DEFAULTS, canonical_task_name, instruction_for
 
@@ -51,31 +55,28 @@ class EvalConfig:
     per-task instruction by task name.
     """
 
-    model: str | None = None
+    model: str | None = None  # saved e5x model, LoRA adapter dir, or any HF model dir
+    # [NAME=]PATH: a BEIR folder (corpus.jsonl, queries.jsonl, qrels/) or an STS-B file or
+    # folder; or a registered evaluation set's name (scifact, stsb: fetched)
     tasks: list[str] = field(default_factory=list)
-    split: str = "test"
-    use_instructions: bool = True
-    instructions: dict[str, str] = field(default_factory=dict)
-    pooling: str | None = None
-    max_length: int | None = None
-    truncate_dim: int | None = None  # keep the first N embedding dimensions (Matryoshka)
-    batch_size: int = 32
-    device: str | None = None
-    dtype: str | None = None
-    top_k: int = 100
-    corpus_chunk_size: int = 50_000
-    ignore_identical_ids: bool = False
-    output: str | None = None
+    split: str = "test"  # qrels/STS split
+    use_instructions: bool = True  # false: bare queries (models trained without instructions)
+    instructions: dict[str, str] = field(default_factory=dict)  # task name -> query instruction
+    pooling: str | None = None  # override the model's pooling
+    max_length: Annotated[int, Ge(2)] | None = None  # truncate texts to this many tokens
+    truncate_dim: Annotated[int, Ge(1)] | None = None  # keep the first N embedding dimensions (Matryoshka)
+    batch_size: Annotated[int, Ge(1)] = 32
+    device: str | None = None  # cuda, cpu, cuda:1 ... (default: cuda if available)
+    dtype: Literal["float32", "bfloat16", "float16"] | None = None  # default: bf16 on GPU, fp32 on CPU
+    top_k: Annotated[int, Ge(10)] = 100  # documents kept per query (nDCG@10 and MRR@10 need 10)
+    corpus_chunk_size: Annotated[int, Ge(1)] = 50_000  # documents embedded and searched at once
+    ignore_identical_ids: bool = False  # drop hits whose id equals the query id
+    output: str | None = None  # write the results as JSON here
     show_progress: bool = True
 
-    def __post_init__(self) -> None:
-        if isinstance(self.tasks, (str, Path)):
-            self.tasks = [str(self.tasks)]
-        self.tasks = [str(t) for t in self.tasks]
-        if self.top_k < 10:
-            raise ValueError(f"top_k must be at least 10 (nDCG@10, MRR@10), got {self.top_k}")
-        if self.corpus_chunk_size < 1:
-            raise ValueError(f"corpus_chunk_size must be >= 1, got {self.corpus_chunk_size}")
+    def check(self) -> None:
+        if not self.tasks:
+            raise ConfigError("no tasks: give at least one BEIR folder, STS file or evaluation set name", field="tasks")
 
 
 @dataclass
@@ -171,17 +172,19 @@ def resolve_task(spec: str, split: str = "test") -> tuple[str, str, Path]:
     return canonical_task_name(name or default_name), kind, path
 
 
-def evaluate(config: EvalConfig | None = None, *, embedder: Embedder | None = None, **kwargs: Any) -> EvalReport:
-    """Run every task of ``config`` (or of ``EvalConfig(**kwargs)``); print and save results."""
+def evaluate(
+    config: EvalConfig | Mapping[str, Any] | str | Path | None = None,
+    overrides: Iterable[str] | Mapping[str, Any] = (),
+    *,
+    embedder: Embedder | None = None,
+    **fields: Any,
+) -> EvalReport:
+    """Run every task of ``config`` (an EvalConfig, a dict or a TOML path) with ``overrides``
+    (``"key=value"``) and ``fields`` applied; print and save results."""
     from e5x.eval.retrieval import evaluate_retrieval
     from e5x.eval.sts import evaluate_sts
 
-    if config is None:
-        config = EvalConfig(**kwargs)
-    elif kwargs:
-        raise TypeError("pass either an EvalConfig or keyword arguments, not both")
-    if not config.tasks:
-        raise ValueError("EvalConfig.tasks is empty: give at least one BEIR folder or STS file")
+    config = load(EvalConfig, config, overrides, fields=fields)
     tasks = [resolve_task(t, config.split) for t in config.tasks]  # fail fast on bad paths
     require("evaluation", "eval")
     if embedder is None:
