@@ -50,7 +50,7 @@ def test_batch_within_the_token_budget_runs_no_grad_cache(monkeypatch: pytest.Mo
     batch = make_batch(range(8))
     calls = []
     real = step._embed
-    monkeypatch.setattr(step, "_embed", lambda m, x: (calls.append(x["input_ids"].shape[0]), real(m, x))[1])
+    monkeypatch.setattr(step, "_embed", lambda m, x, **kw: (calls.append(x["input_ids"].shape[0]), real(m, x, **kw))[1])
     forward_backward(lora_model(), batch, chunk_size=None, chunk_tokens=10**6, temperature=0.02)
     assert calls == [batch.num_queries, batch.num_docs]
 

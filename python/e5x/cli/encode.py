@@ -12,6 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from e5x.model.pooling import POOLINGS
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="saved e5x model, LoRA adapter dir, or any HF model dir")
@@ -20,7 +22,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--field", default="text", help="JSONL field / Parquet column with the text")
     parser.add_argument("--query", action="store_true", help="embed as queries (with --instruction)")
     parser.add_argument("--instruction", help="task instruction for queries")
-    parser.add_argument("--pooling", choices=["last_token", "mean", "cls"])
+    parser.add_argument("--pooling", choices=list(POOLINGS))
     parser.add_argument("--max-length", type=int)
     parser.add_argument("--truncate-dim", type=int, help="keep the first N embedding dimensions (Matryoshka)")
     parser.add_argument("--batch-size", type=int, default=32)

@@ -16,13 +16,14 @@ from __future__ import annotations
 import argparse
 
 from e5x.cli import _config_args as cli_config
+from e5x.model.pooling import POOLINGS
 
 ALIASES = [
     cli_config.alias("split"),
     cli_config.alias("output", "-o", "--output"),
     cli_config.alias("use_instructions", "--no-instructions", value="false"),
     cli_config.alias("instructions", "--instruction", items=True),
-    cli_config.alias("pooling", choices=["last_token", "mean", "cls"]),
+    cli_config.alias("pooling", choices=list(POOLINGS)),
     cli_config.alias("max_length"),
     cli_config.alias("truncate_dim"),
     cli_config.alias("batch_size"),

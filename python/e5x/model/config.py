@@ -2,6 +2,7 @@
 
 Written next to every model that ``e5x.train`` saves and read by ``e5x.Embedder``, so
 inference applies exactly the pooling, instruction template and EOS rule of training.
+``pooling`` names an entry of ``e5x.model.pooling.POOLINGS``.
 """
 
 from __future__ import annotations
@@ -11,16 +12,15 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Literal
 
+from e5x.model.pooling import get_pooling
 from e5x.model.text import QUERY_TEMPLATE
 
 CONFIG_NAME = "e5x.json"
 
-Pooling = Literal["last_token", "mean", "cls"]
-
 
 @dataclass(frozen=True)
 class EmbeddingSpec:
-    pooling: Pooling = "last_token"
+    pooling: str = "last_token"
     normalize: bool = True
     query_template: str = QUERY_TEMPLATE
     max_length: int = 512
@@ -29,6 +29,9 @@ class EmbeddingSpec:
     # Leading dimensions trained as embeddings of their own (Matryoshka); any of them is a
     # valid Embedder(truncate_dim=...). Empty: only the full size was trained.
     matryoshka_dims: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        get_pooling(self.pooling)  # an unknown name fails where the spec is made or loaded
 
     def save(self, directory: str | Path) -> Path:
         path = Path(directory) / CONFIG_NAME
@@ -44,4 +47,7 @@ class EmbeddingSpec:
         if unknown:
             raise ValueError(f"{path}: unknown keys {unknown}; known keys are {sorted(known)}")
         data["matryoshka_dims"] = tuple(data.get("matryoshka_dims", ()))
-        return cls(**data)
+        try:
+            return cls(**data)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None

@@ -9,9 +9,11 @@ Loads three kinds of directories:
 - any Hugging Face encoder/decoder, with the pooling you choose (``last_token`` by
   default; a sentence-transformers directory's own pooling when it declares one).
 
-Queries get ``Instruct: {instruction}\\nQuery: {query}``; documents stay bare. For
-last-token pooling an EOS is appended exactly as in training (``e5x.model.text.encode``);
-mean/cls pooled encoders (BERT-style) are tokenized normally.
+Poolings are those of ``e5x.model.pooling``. Queries get
+``Instruct: {instruction}\\nQuery: {query}``; documents stay bare. Saved e5x models are
+tokenized as in training (``append_eos`` in ``e5x.json``); other models get an EOS appended
+(``e5x.model.text.encode``) when their pooling reads the last token only, and are tokenized
+normally otherwise (mean/cls pooled BERT-style encoders).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from e5x._extras import require
 from e5x.model.config import CONFIG_NAME, EmbeddingSpec
+from e5x.model.pooling import from_sentence_transformers, get_pooling
 from e5x.model.text import QUERY_TEMPLATE, encode, pad_token_id
 
 if TYPE_CHECKING:
@@ -33,7 +36,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-POOLINGS = ("last_token", "mean", "cls")
 OutputKind = Literal["numpy", "torch"]
 
 
@@ -51,13 +53,9 @@ def _sentence_transformers_spec(path: Path) -> dict[str, Any]:
     if pooling_module is not None:
         cfg_file = path / pooling_module.get("path", "") / "config.json"
         if cfg_file.is_file():
-            cfg = json.loads(cfg_file.read_text())
-            if cfg.get("pooling_mode_lasttoken"):
-                out["pooling"] = "last_token"
-            elif cfg.get("pooling_mode_cls_token"):
-                out["pooling"] = "cls"
-            elif cfg.get("pooling_mode_mean_tokens"):
-                out["pooling"] = "mean"
+            name = from_sentence_transformers(json.loads(cfg_file.read_text()))
+            if name is not None:
+                out["pooling"] = name
     sbert = path / "sentence_bert_config.json"
     if sbert.is_file():
         max_len = json.loads(sbert.read_text()).get("max_seq_length")
@@ -94,8 +92,7 @@ class Embedder:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.spec = spec or EmbeddingSpec()
-        if self.spec.pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.spec.pooling!r}")
+        self.pooling = get_pooling(self.spec.pooling)
         hidden = int(model.config.hidden_size)
         if truncate_dim is not None and not 1 <= truncate_dim <= hidden:
             raise ValueError(f"truncate_dim must be in 1..{hidden} (the model's hidden size), got {truncate_dim}")
@@ -155,12 +152,12 @@ class Embedder:
             st = _sentence_transformers_spec(path)
             chosen = pooling or st.get("pooling", "last_token")
             spec = EmbeddingSpec(
-                pooling=chosen,  # type: ignore[arg-type]
+                pooling=chosen,
                 normalize=st.get("normalize", True),
                 max_length=st.get("max_length", 512),
                 # EOS is the pooled token only for last-token pooling; BERT-style encoders
                 # already end with their own [SEP] and are tokenized as they were trained.
-                append_eos=chosen == "last_token",
+                append_eos=get_pooling(chosen).last_token_only,
             )
         overrides = {
             k: v
@@ -174,8 +171,9 @@ class Embedder:
             ).items()
             if v is not None
         }
-        if "pooling" in overrides and "append_eos" not in overrides:
-            overrides["append_eos"] = overrides["pooling"] == "last_token"
+        if "pooling" in overrides and "append_eos" not in overrides and overrides["pooling"] != spec.pooling:
+            # another pooling than the model's: tokenize as that pooling needs
+            overrides["append_eos"] = get_pooling(overrides["pooling"]).last_token_only
         spec = replace(spec, **overrides)
 
         adapter_dir = path if (path / "adapter_config.json").is_file() else None
@@ -283,17 +281,7 @@ class Embedder:
         import torch
 
         hidden = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
-        pooling = self.spec.pooling
-        if pooling == "last_token":
-            from e5x.kernels import last_token_pool
-
-            emb = last_token_pool(hidden, mask).float()
-        elif pooling == "mean":
-            m = mask.unsqueeze(-1).to(torch.float32)
-            emb = (hidden.float() * m).sum(1) / m.sum(1).clamp_min(1.0)
-        else:  # cls: the first real token (position 0 under right padding)
-            first = mask.argmax(dim=1)
-            emb = hidden[torch.arange(hidden.shape[0], device=hidden.device), first].float()
+        emb = self.pooling.pool(hidden, mask).float()
         if self.truncate_dim is not None:
             emb = emb[:, : self.truncate_dim]
         if self.spec.normalize:
@@ -339,4 +327,4 @@ def _load_with_adapter(base: Any, adapter_dir: Path) -> Any:
     return peft_model.merge_and_unload()
 
 
-__all__ = ["Embedder", "POOLINGS", "QUERY_TEMPLATE"]
+__all__ = ["Embedder", "QUERY_TEMPLATE"]

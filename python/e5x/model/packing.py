@@ -7,7 +7,8 @@ all sequences end to end in one ``[1, T]`` stream with
 - ``cu_seqlens`` boundaries (``[0, l0, l0+l1, ...]``, int32, the flash-attention layout),
 - position ids that restart at 0 for every sequence (RoPE sees each one from its start),
 - attention that never crosses a boundary (varlen attention; see ``attention_backends``),
-- last-token pooling by boundary index (``cu_seqlens[1:] - 1`` is each sequence's EOS).
+- pooling by boundary (``cu_seqlens[1:] - 1`` is each sequence's EOS, the last-token row;
+  any pooling of ``e5x.model.pooling`` reads the stream through its ``pool_packed``).
 
 The attention is an ``AttentionInterface`` function registered with transformers under
 ``ATTN_IMPLEMENTATION``. It reads the boundaries from the ``cu_seq_lens_q/k`` and
@@ -692,19 +693,25 @@ def packed_hidden_at(
     model: Any,
     packed: PackedBatch,
     *,
+    pooling: str = "last_token",
     backend: str = "auto",
     trim_last_layer: bool = True,
 ) -> torch.Tensor:
-    """Final hidden states at each sequence's last token, ``[B, H]``, from one packed stream.
+    """Each sequence's pooled final hidden states, ``[B, H]``, from one packed stream
+    (``pooling`` names an ``e5x.model.pooling`` entry; the default is the last token).
 
     On Llama/Mistral-style decoders this runs the layers itself so that it never computes what
-    the loss does not read: no LM head, the final norm only on the B pooled rows, and (with
-    ``trim_last_layer``) the last layer's query projection, attention output, MLP and norms only
-    for the pooled rows (keys/values still cover the whole stream). Other models go through
-    their own forward with ``position_ids`` + ``cu_seq_lens_*`` and are gathered after.
-    Gradient checkpointing follows each layer's ``gradient_checkpointing`` flag (see
-    ``e5x.model.fast.set_checkpointing`` for selective checkpointing).
+    the loss does not read: no LM head and, for a pooling that reads the last token only, the
+    final norm only on the B pooled rows and (with ``trim_last_layer``) the last layer's query
+    projection, attention output, MLP and norms only for the pooled rows (keys/values still
+    cover the whole stream). Other models go through their own forward with ``position_ids`` +
+    ``cu_seq_lens_*`` and are pooled after. Gradient checkpointing follows each layer's
+    ``gradient_checkpointing`` flag (see ``e5x.model.fast.set_checkpointing`` for selective
+    checkpointing).
     """
+    from e5x.model.pooling import get_pooling
+
+    pool = get_pooling(pooling)
     if not is_packing_enabled(model):
         raise RuntimeError("call e5x.model.packing.enable_packing(model) before packed forwards")
     device = next(model.parameters()).device
@@ -721,16 +728,19 @@ def packed_hidden_at(
         # DDP prepares its gradient reducer in its forward. All go through their own forward.
         out = model(input_ids=packed.input_ids, position_ids=packed.position_ids, use_cache=False, **kw)
         hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-        return hidden[0].index_select(0, packed.last_index)
+        return pool.pool_packed(hidden[0], packed)
 
     h = dec.embed_tokens(packed.input_ids)
     pos_emb = dec.rotary_emb(h, position_ids=packed.position_ids)
     layers = list(dec.layers)
-    n_full = len(layers) - 1 if trim_last_layer and _trimmable(layers[-1]) else len(layers)
+    trim = trim_last_layer and pool.last_token_only and _trimmable(layers[-1])
+    n_full = len(layers) - 1 if trim else len(layers)
     for layer in layers[:n_full]:
         h = layer(h, attention_mask=None, position_ids=packed.position_ids,
                   position_embeddings=pos_emb, **kw)
         h = h[0] if isinstance(h, tuple) else h
+    if not pool.last_token_only:
+        return pool.pool_packed(dec.norm(h[0]), packed)
     if n_full == len(layers):
         pooled = h[0].index_select(0, packed.last_index)
     else:
@@ -824,6 +834,7 @@ def embed_packed(
     model: Any,
     sequences: Sequence[Sequence[int]],
     *,
+    pooling: str = "last_token",
     normalize: bool = False,
     backend: str = "auto",
     trim_last_layer: bool = True,
@@ -831,12 +842,12 @@ def embed_packed(
 ) -> torch.Tensor:
     """Pooled embeddings ``[B, H]`` (input order) of token id lists, from one packed forward.
 
-    The drop-in for a padded forward + last-token pooling: the same sequences give the same
-    embeddings (``embed_padded``) up to rounding. ``normalize`` L2-normalises (the InfoNCE op
+    The drop-in for a padded forward + pooling: the same sequences give the same embeddings
+    (``embed_padded``) up to rounding. ``normalize`` L2-normalises (the InfoNCE op
     normalises itself, so training leaves it off).
     """
     packed = pack(sequences, pad_to_multiple_of=pad_to_multiple_of)
-    pooled = packed_hidden_at(model, packed, backend=backend, trim_last_layer=trim_last_layer)
+    pooled = packed_hidden_at(model, packed, pooling=pooling, backend=backend, trim_last_layer=trim_last_layer)
     if normalize:
         import torch.nn.functional as F
 
@@ -848,6 +859,7 @@ def embed_packed_inputs(
     model: Any,
     inputs: dict[str, torch.Tensor],
     *,
+    pooling: str = "last_token",
     backend: str = "auto",
     trim_last_layer: bool = True,
 ) -> torch.Tensor:
@@ -855,37 +867,23 @@ def embed_packed_inputs(
     side): the drop-in for ``e5x.train.step.embed`` once ``enable_packing(model)`` ran, so it
     returns float32 like that function (the pooled rows are few; the cast is free)."""
     packed = pack_padded(inputs["input_ids"], inputs["attention_mask"])
-    return packed_hidden_at(model, packed, backend=backend, trim_last_layer=trim_last_layer).float()
-
-
-def _last_token_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Contract-1 pooling when e5x.kernels provides it, else the same gather in torch."""
-    try:
-        from e5x.kernels import last_token_pool  # type: ignore[attr-defined]
-    except ImportError:
-        last_token_pool = None
-    if last_token_pool is not None:
-        return last_token_pool(hidden, mask)
-    import torch
-
-    width = mask.shape[1]
-    # highest position whose mask is 1: works for left and right padding
-    pos = torch.arange(width, device=mask.device).expand_as(mask)
-    last = torch.where(mask.bool(), pos, -1).amax(1)
-    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    return packed_hidden_at(model, packed, pooling=pooling, backend=backend,
+                            trim_last_layer=trim_last_layer).float()
 
 
 def embed_padded(
     model: Any,
     sequences: Sequence[Sequence[int]],
     *,
+    pooling: str = "last_token",
     pad_id: int = 0,
     padding_side: str = "right",
     normalize: bool = False,
 ) -> torch.Tensor:
-    """The padded reference: one padded forward and last-token pooling, ``[B, H]``."""
+    """The padded reference: one padded forward and ``pooling``, ``[B, H]``."""
     import torch.nn.functional as F
 
+    from e5x.model.pooling import get_pooling
     from e5x.model.text import pad
 
     device = next(model.parameters()).device
@@ -893,7 +891,7 @@ def embed_padded(
     ids, mask = ids.to(device), mask.to(device)
     out = model(input_ids=ids, attention_mask=mask, use_cache=False)
     hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-    pooled = _last_token_pool(hidden, mask)
+    pooled = get_pooling(pooling).pool(hidden, mask)
     return F.normalize(pooled.float(), dim=-1).to(pooled.dtype) if normalize else pooled
 
 
@@ -902,6 +900,7 @@ def embed_length_grouped(
     sequences: Sequence[Sequence[int]],
     *,
     max_tokens: int = 16384,
+    pooling: str = "last_token",
     pad_id: int = 0,
     padding_side: str = "right",
     normalize: bool = False,
@@ -912,7 +911,7 @@ def embed_length_grouped(
 
     chunks = length_grouped_chunks([len(s) for s in sequences], max_tokens)
     parts = [
-        embed_padded(model, [sequences[i] for i in c], pad_id=pad_id,
+        embed_padded(model, [sequences[i] for i in c], pooling=pooling, pad_id=pad_id,
                      padding_side=padding_side, normalize=normalize)
         for c in chunks
     ]

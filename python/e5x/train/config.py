@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from e5x.data.triples import Source, SourceStats
 from e5x.model.loading import LORA_TARGETS, TinyModelConfig
+from e5x.model.pooling import POOLINGS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -56,6 +57,9 @@ class TrainConfig:
     padding_side: Literal["left", "right"] = "right"
     task_homogeneous: bool = False
     # --- loss and batch
+    # How hidden states become an embedding (e5x.model.pooling; "mean" is the paper's
+    # ablation); saved in the model's e5x.json so inference pools the same way.
+    pooling: str = "last_token"
     batch_size: int = 2048  # global queries per step, across all ranks
     chunk_size: int = 32  # GradCache chunk (sequences per forward); >= batch disables it
     # GradCache chunk by tokens per forward instead (real tokens with packing, rows x
@@ -182,6 +186,7 @@ class TrainConfig:
             ("padding_side", ("left", "right")),
             ("distributed", ("ddp", "fsdp")),
             ("infonce_mode", ("auto", "fused", "lean", "backward")),
+            ("pooling", tuple(POOLINGS)),
         ):
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"{key} must be one of {allowed}, got {getattr(self, key)!r}")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from e5x.model.config import CONFIG_NAME, EmbeddingSpec
+from e5x.model.pooling import sentence_transformers_config
 from e5x.model.text import QUERY_TEMPLATE, eos_token_id, format_query
 
 
@@ -62,8 +63,10 @@ def write_sentence_transformers(
     hidden_size: int,
     max_length: int,
     prompts: dict[str, str],
+    pooling: str = "last_token",
 ) -> None:
-    """The sentence-transformers layout: Transformer -> last-token Pooling -> Normalize."""
+    """The sentence-transformers layout: Transformer -> Pooling (``pooling``, an
+    ``e5x.model.pooling`` entry) -> Normalize."""
     modules = [
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
         {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
@@ -73,18 +76,9 @@ def write_sentence_transformers(
     (directory / "sentence_bert_config.json").write_text(
         json.dumps({"max_seq_length": max_length, "do_lower_case": False}, indent=2) + "\n"
     )
-    pooling = {
-        "word_embedding_dimension": hidden_size,
-        "pooling_mode_cls_token": False,
-        "pooling_mode_mean_tokens": False,
-        "pooling_mode_max_tokens": False,
-        "pooling_mode_mean_sqrt_len_tokens": False,
-        "pooling_mode_weightedmean_tokens": False,
-        "pooling_mode_lasttoken": True,
-        "include_prompt": True,
-    }
+    pooling_config = sentence_transformers_config(pooling, hidden_size)
     (directory / "1_Pooling").mkdir(exist_ok=True)
-    (directory / "1_Pooling" / "config.json").write_text(json.dumps(pooling, indent=2) + "\n")
+    (directory / "1_Pooling" / "config.json").write_text(json.dumps(pooling_config, indent=2) + "\n")
     (directory / "2_Normalize").mkdir(exist_ok=True)
     config = {"prompts": prompts, "default_prompt_name": None, "similarity_fn_name": "cosine"}
     (directory / "config_sentence_transformers.json").write_text(json.dumps(config, indent=2) + "\n")
@@ -107,8 +101,10 @@ def save_model(
     padding_side: str,
     prompts: dict[str, str],
     matryoshka_dims: Sequence[int] = (),
+    pooling: str = "last_token",
 ) -> Path:
-    """Write adapter, merged model, tokenizer, e5x.json and sentence-transformers files.
+    """Write adapter, merged model, tokenizer, e5x.json and sentence-transformers files;
+    both pool with ``pooling`` (an ``e5x.model.pooling`` entry), as training did.
 
     Everything is written to ``<directory>.partial`` first and renamed into place at the end,
     so a failure never leaves a directory that looks like a whole model; an earlier model
@@ -130,9 +126,9 @@ def save_model(
     tok.padding_side = padding_side
     tok.model_max_length = max_length
     tok.save_pretrained(directory)
-    EmbeddingSpec(max_length=max_length, padding_side=padding_side,  # type: ignore[arg-type]
+    EmbeddingSpec(pooling=pooling, max_length=max_length, padding_side=padding_side,  # type: ignore[arg-type]
                   matryoshka_dims=tuple(matryoshka_dims)).save(directory)
-    write_sentence_transformers(directory, merged.config.hidden_size, max_length, prompts)
+    write_sentence_transformers(directory, merged.config.hidden_size, max_length, prompts, pooling)
     shutil.rmtree(final, ignore_errors=True)
     directory.rename(final)
     return final

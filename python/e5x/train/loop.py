@@ -158,7 +158,7 @@ def train(
                                         temperature=cfg.temperature, world=world,
                                         autocast=autocast, sync_chunks=sync, embed_fn=embed_fn,
                                         matryoshka_dims=cfg.matryoshka_dims,
-                                        mask_false_negatives=cfg.mask_false_negatives)
+                                        mask_false_negatives=cfg.mask_false_negatives, pooling=cfg.pooling)
                 masked = masked_negatives(batch, world) if cfg.mask_false_negatives else 0
                 if not fsdp:
                     average_gradients(params, world)  # FSDP reduce-scatters by itself
@@ -438,7 +438,8 @@ def _export(cfg: TrainConfig, model: Any, tokenizer: Any, directory: Path, world
     if world.rank == 0:
         model.eval()
         save_model(model.to("cpu") if fsdp else model, tokenizer, directory, max_length=cfg.max_length,
-                   padding_side=cfg.padding_side, prompts=prompts, matryoshka_dims=cfg.matryoshka_dims)
+                   padding_side=cfg.padding_side, prompts=prompts, matryoshka_dims=cfg.matryoshka_dims,
+                   pooling=cfg.pooling)
     if world.size > 1:
         import torch.distributed as dist
 

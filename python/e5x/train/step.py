@@ -10,6 +10,7 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -32,14 +33,15 @@ class World:
         return cls()
 
 
-def embed(model: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Last-layer hidden state at each sequence's EOS: ``[B, H]`` float32, not normalised."""
-    from e5x.kernels import last_token_pool
+def embed(model: Any, inputs: dict[str, torch.Tensor], pooling: str = "last_token") -> torch.Tensor:
+    """Last-layer hidden states pooled by ``pooling`` (``e5x.model.pooling``; the default
+    reads each sequence's EOS): ``[B, H]`` float32, not normalised."""
+    from e5x.model.pooling import get_pooling
 
     out = model(
         input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False
     )
-    return last_token_pool(out.last_hidden_state, inputs["attention_mask"]).float()
+    return get_pooling(pooling).pool(out.last_hidden_state, inputs["attention_mask"]).float()
 
 
 class _GatherWithGrad(torch.autograd.Function):
@@ -237,9 +239,10 @@ def forward_backward(
     world: World = World(),
     autocast: Any = None,
     sync_chunks: int | None = None,
-    embed_fn: Callable[[Any, dict[str, torch.Tensor]], torch.Tensor] | None = None,
+    embed_fn: Callable[..., torch.Tensor] | None = None,
     matryoshka_dims: Sequence[int] = (),
     mask_false_negatives: bool = True,
+    pooling: str = "last_token",
 ) -> torch.Tensor:
     """Loss of one step and its gradients accumulated into the parameters' ``.grad``.
 
@@ -253,7 +256,9 @@ def forward_backward(
     packed forward), else rows x the longest row of the chunk.
 
     ``sync_chunks`` (FSDP only) pads the number of re-forwards so every rank runs the same
-    number of collectives. ``embed_fn`` replaces ``embed`` (e.g. the packed forward).
+    number of collectives. ``embed_fn`` replaces ``embed`` (e.g. the packed forward); both are
+    called as ``embed(model, inputs, pooling=pooling)``, ``pooling`` naming an
+    ``e5x.model.pooling`` entry.
     ``matryoshka_dims``: see ``contrastive_loss``. ``mask_false_negatives`` drops documents
     whose text equals a row's positive or query from its negatives (needs the batch's group
     ids, see ``Batch``; without them nothing is masked).
@@ -262,7 +267,7 @@ def forward_backward(
     groups = None
     if mask_false_negatives and batch.query_groups is not None and batch.doc_groups is not None:
         groups = (batch.query_groups, batch.doc_groups)
-    embed = embed_fn or _embed
+    embed = partial(embed_fn or _embed, pooling=pooling)
     sides = [batch.queries, batch.docs]
     packed = embed_fn is not None if packed_cost is None else packed_cost
     bounds = [_side_bounds(side, chunk_size, chunk_tokens, packed) for side in sides]
