@@ -347,10 +347,10 @@ def test_config_from_toml_with_nested_tables_and_clear_errors(tmp_path: Path):
     )
     assert build_plan(SynthConfig.from_toml(f)).counts == {"qa": 4}
     f.write_text("n_exmaples = 3\n")
-    with pytest.raises(ValueError, match=r"synth.toml: unknown key\(s\) \['n_exmaples'\]"):
+    with pytest.raises(ValueError, match=r"synth.toml: n_exmaples: unknown key; did you mean 'n_examples'\?"):
         SynthConfig.from_toml(f)
     f.write_text("[endpoint]\nbase_ur = 'x'\n")
-    with pytest.raises(ValueError, match=r"\[endpoint\]: unknown key"):
+    with pytest.raises(ValueError, match=r"endpoint.base_ur: unknown key; did you mean 'base_url'\?"):
         SynthConfig.from_toml(f)
 
 

@@ -34,6 +34,18 @@ def cli(server: FakeOpenAI, out: Path, *args: str) -> list[str]:
     ]  # fmt: skip
 
 
+def cli_with_config(server: FakeOpenAI, out: Path, config: Path, body: str) -> list[str]:
+    """A small run of ``config``: flags and overrides win over the file, so only those for
+    fields ``body`` leaves alone are given."""
+    argv = ["synth", "--out", str(out), "--config", str(config)]
+    if "endpoint" not in body:
+        argv += ["--base-url", server.base_url, "--api-key-env", KEY_ENV]
+    for field, flags in (("n_examples", ["-n", "4"]), ("progress", ["--no-progress"]),
+                         ("task_weights", ["--task-weight", "sts=1"]), ("models", ["--model", "m"])):  # fmt: skip
+        argv += flags if field not in body else []
+    return argv
+
+
 def run_cli(argv: list[str], capsys) -> tuple[int, str]:
     try:
         code = main(argv)
@@ -53,22 +65,28 @@ FLAG_CASES = [
     (["--model", "=2"], "no model name"),
     (["--model", "m=-1"], "must be a finite number >= 0"),
     (["--price", "m=1"], "bad --price 'm=1'"),
-    (["--price", "m=1,nan"], "prices.m must be"),
-    (["--max-requests", "-1"], "max_requests must be an integer >= 0, got -1"),
-    (["--max-tokens-total", "-5"], "max_tokens_total must be an integer >= 0"),
-    (["--max-cost", "-1"], "max_cost_usd must be a finite number >= 0"),
-    (["--concurrency", "0"], "concurrency must be an integer >= 1"),
-    (["--tasks-per-brainstorm", "0"], "tasks_per_brainstorm must be an integer >= 1"),
-    (["-n", "-5"], "n_examples must be an integer in [0, 10_000_000], got -5"),
-    (["-n", "1000000000000"], "n_examples must be an integer in [0, 10_000_000]"),
-    (["--temperature", "nan"], "temperature must be a finite number >= 0"),
-    (["--top-p", "2"], "top_p must be in (0, 1]"),
-    (["--timeout", "0"], "timeout_s must be a positive number"),
-    (["--brainstorm-retries", "-1"], "brainstorm_retries must be an integer >= 0, got -1"),
-    (["--retry-after-max", "inf"], "retry_after_max_s must be a finite number >= 0"),
+    (["--price", "m=1,nan"], "prices.m[1]: must be a finite number"),
+    (["--max-requests", "-1"], "max_requests: must be >= 0, got -1"),
+    (["--max-tokens-total", "-5"], "max_tokens_total: must be >= 0"),
+    (["--max-cost", "-1"], "max_cost_usd: must be >= 0"),
+    (["--concurrency", "0"], "concurrency: must be >= 1"),
+    (["--tasks-per-brainstorm", "0"], "tasks_per_brainstorm: must be >= 1"),
+    (["-n", "-5"], "n_examples: must be >= 0, got -5"),
+    (["-n", "1000000000000"], "n_examples: must be <= 10_000_000"),
+    (["--temperature", "nan"], "temperature: must be a finite number"),
+    (["--top-p", "2"], "top_p: must be <= 1"),
+    (["--timeout", "0"], "timeout_s: must be > 0"),
+    (["--brainstorm-retries", "-1"], "brainstorm_retries: must be >= 0, got -1"),
+    (["--retry-after-max", "inf"], "retry_after_max_s: must be a finite number"),
     (["--task-weight", "bogus=1"], "unknown task type"),
     (["--config", "/nonexistent/synth.toml"], "/nonexistent/synth.toml"),
     (["--task-types", "/nonexistent/types.toml"], "/nonexistent/types.toml"),
+    # key=value words: the same fields, the same checks, named as overrides.
+    (["concurrency=0"], "override: concurrency: must be >= 1, got 0"),
+    (["task_weights=short_long"], "override: task_weights: must be a table of name = a number, got 'short_long'"),
+    (["concurency=4"], "override: concurency: unknown key; did you mean 'concurrency'?"),
+    (["examples.temprature=1"], "override: examples.temprature: unknown key; did you mean 'temperature'?"),
+    (["max_requests=ten"], "override: max_requests: must be an integer >= 0 or unset, got 'ten'"),
 ]
 
 
@@ -80,24 +98,24 @@ def test_bad_flags_exit_2_with_one_line(server: FakeOpenAI, tmp_path: Path, caps
 
 
 TOML_CASES = [
-    ('task_weights = "short_long"', "task_weights must be a table of name = a number, got 'short_long' (str)"),
-    ("task_weights = [1, 2]", "task_weights must be a table"),
-    ('n_examples = "ten"', "n_examples must be an integer, got 'ten'"),
-    ("n_examples = 2.5", "n_examples must be an integer, got 2.5"),
-    ("concurrency = true", "concurrency must be an integer, got True (bool)"),
-    ("max_requests = -3", "max_requests must be an integer >= 0, got -3"),
-    ("max_cost_usd = -0.5", "max_cost_usd must be a finite number >= 0"),
-    ('language_weights = "en"', "language_weights must be a table of name = a number or unset"),
-    ('brainstorm_requests = { long_short = "2" }', "brainstorm_requests must be a table of name = an integer"),
-    ('prices = { m = [1] }', "prices must be a table of name = a list of 2 numbers"),
-    ('endpoint = "http://x"', "endpoint must be a table, got 'http://x'"),
-    ('[examples]\ntemperature = "hot"', "examples.temperature must be a number or unset, got 'hot'"),
-    ('[examples]\nresponse_format = "yaml"', "examples.response_format must be one of none|json_object|json_schema"),
-    ('[examples]\nmodels = "gpt-4o"', "examples.models must be a table of name = a number"),
-    ('[endpoint]\nheaders = { x = 1 }', "endpoint.headers must be a table of name = a string"),
-    ("progress = 1", "progress must be true or false, got 1"),
-    ('fsync = "sometimes"', "fsync must be one of always|interval|never"),
-    ("n_exmaples = 3", "unknown key(s) ['n_exmaples']"),
+    ('task_weights = "short_long"', "task_weights: must be a table of name = a number, got 'short_long' (str)"),
+    ("task_weights = [1, 2]", "task_weights: must be a table"),
+    ('n_examples = "ten"', "n_examples: must be an integer >= 0 and <= 10_000_000, got 'ten'"),
+    ("n_examples = 2.5", "n_examples: must be an integer >= 0 and <= 10_000_000, got 2.5"),
+    ("concurrency = true", "concurrency: must be an integer >= 1, got True (bool)"),
+    ("max_requests = -3", "max_requests: must be >= 0, got -3"),
+    ("max_cost_usd = -0.5", "max_cost_usd: must be >= 0"),
+    ('language_weights = "en"', "language_weights: must be a table of name = a number or unset"),
+    ('brainstorm_requests = { long_short = "2" }', "brainstorm_requests.long_short: must be an integer"),
+    ('prices = { m = [1] }', "prices.m: must be a list of 2 numbers"),
+    ('endpoint = "http://x"', "endpoint: must be a table, got 'http://x'"),
+    ('[examples]\ntemperature = "hot"', "examples.temperature: must be a number >= 0 or unset, got 'hot'"),
+    ('[examples]\nresponse_format = "yaml"', "examples.response_format: must be one of none|json_object|json_schema"),
+    ('[examples]\nmodels = "gpt-4o"', "examples.models: must be a table of name = a number"),
+    ('[endpoint]\nheaders = { x = 1 }', "endpoint.headers.x: must be a string"),
+    ("progress = 1", "progress: must be true or false, got 1"),
+    ('fsync = "sometimes"', "fsync: must be one of always|interval|never"),
+    ("n_exmaples = 3", "n_exmaples: unknown key; did you mean 'n_examples'?"),
     ("this is = not toml", "invalid TOML"),
 ]
 
@@ -106,7 +124,7 @@ TOML_CASES = [
 def test_wrong_typed_config_fails_before_any_request(server: FakeOpenAI, tmp_path: Path, capsys, body, message):
     f = tmp_path / "synth.toml"
     f.write_text(body + "\n")
-    code, err = run_cli(cli(server, tmp_path / "run", "--config", str(f)), capsys)
+    code, err = run_cli(cli_with_config(server, tmp_path / "run", f, body), capsys)
     assert code == 2 and one_line(err), err
     assert message in err and str(f) in err, err
     assert server.arrivals == [] and not (tmp_path / "run").exists()
@@ -114,9 +132,9 @@ def test_wrong_typed_config_fails_before_any_request(server: FakeOpenAI, tmp_pat
 
 def test_wrong_types_from_python_fail_before_any_request(server: FakeOpenAI, tmp_path: Path):
     for kw, message in (
-        (dict(task_weights="short_long"), "task_weights must be a table"),
-        (dict(max_requests="10"), "max_requests must be an integer or unset"),
-        (dict(concurrency=4.0), "concurrency must be an integer"),
+        (dict(task_weights="short_long"), "task_weights: must be a table"),
+        (dict(max_requests="10"), "max_requests: must be an integer >= 0 or unset"),
+        (dict(concurrency=4.0), "concurrency: must be an integer"),
         (dict(n_examples=100, examples_per_task=1e-9), "plans more than 10_000_000 brainstorm requests"),
     ):
         cfg = SynthConfig(**kw)

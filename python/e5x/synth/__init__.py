@@ -23,11 +23,12 @@ import math
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from e5x._extras import require
+from e5x.config import load
 from e5x.synth.config import DEFAULT_PRICES, EndpointConfig, StepConfig, SynthConfig
 from e5x.synth.plan import Plan, Request, build_plan, build_pool, example_requests, resolve_types
 from e5x.synth.response import token_count
@@ -45,6 +46,7 @@ __all__ = [
     "build_plan",
     "describe_plan",
     "format_plan",
+    "load_config",
     "synthesize",
 ]
 
@@ -68,18 +70,16 @@ def read_run_json(path: Path) -> dict[str, Any]:
 RENDER_CHUNK = 20_000  # example prompts rendered (and held in memory) at a time
 
 
-def _load_config(config: SynthConfig | str | Path | dict[str, Any] | None, out: Path, resume: bool) -> SynthConfig:
-    if isinstance(config, SynthConfig):
-        return config
-    if isinstance(config, dict):
-        return SynthConfig.from_dict(config)
-    if config is not None:
-        return SynthConfig.from_toml(config)
-    if resume and (out / "config.json").exists():
-        return SynthConfig.from_dict(read_run_json(out / "config.json"), where=str(out / "config.json"))
-    if resume:
-        raise FileNotFoundError(f"nothing to resume: {out / 'config.json'} does not exist")
-    return SynthConfig()
+def load_config(config: SynthConfig | str | Path | Mapping[str, Any] | None,
+                overrides: Iterable[str] | Mapping[str, Any], out: Path, resume: bool) -> SynthConfig:  # fmt: skip
+    """The config a run uses: ``config`` with ``overrides``, or on a resume without one the
+    run directory's config.json with them."""
+    if config is None and resume:  # the run's own config, with the overrides given now
+        snapshot = out / "config.json"
+        if not snapshot.exists():
+            raise FileNotFoundError(f"nothing to resume: {snapshot} does not exist")
+        return load(SynthConfig, read_run_json(snapshot), overrides, where=str(snapshot))
+    return load(SynthConfig, config, overrides)
 
 
 def describe_plan(plan: Plan) -> dict[str, Any]:
@@ -156,9 +156,10 @@ def format_plan(desc: dict[str, Any]) -> str:
 
 
 def synthesize(
-    config: SynthConfig | str | Path | dict[str, Any] | None = None,
+    config: SynthConfig | str | Path | Mapping[str, Any] | None = None,
     out_dir: str | Path = "synth-run",
     *,
+    overrides: Iterable[str] | Mapping[str, Any] = (),
     resume: bool = False,
     dry_run: bool = False,
     echo: Callable[[str], None] | None = None,
@@ -166,13 +167,14 @@ def synthesize(
     """Run (or resume, or dry-run) a synth plan; returns the summary dict.
 
     ``config`` may be a SynthConfig, a dict, a TOML path, or None (resume: the run
-    directory's config.json; otherwise the defaults). On resume a given config may change
-    anything that does not change the plan (endpoint, budget, concurrency, ...).
+    directory's config.json; otherwise the defaults); ``overrides`` (``"key.sub=value"``)
+    apply on top. On resume a given config may change anything that does not change the
+    plan (endpoint, budget, concurrency, ...).
     """
     say = echo or (lambda s: print(s, file=sys.stderr))
     out = Path(out_dir)
-    cfg = _load_config(config, out, resume)
-    cfg.check()  # types and ranges first: task_weights="sts" must not become ["s", "t", "s"]
+    # Every field is validated before anything else: task_weights="sts" must not become ["s", "t", "s"].
+    cfg = load_config(config, overrides, out, resume)
     if cfg.task_types_file:  # config.json must work from any working directory
         cfg.task_types_file = str(Path(cfg.task_types_file).resolve())
     types = resolve_types(cfg)

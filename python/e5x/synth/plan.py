@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from e5x.config import load
 from e5x.synth.config import StepConfig, SynthConfig
 from e5x.synth.response import content_text
 from e5x.tasks.languages import default_language_weights, resolve_language_weights
@@ -150,7 +151,7 @@ def _distinct_languages(df: pl.DataFrame, a: str, b: str, weights: dict[str, flo
 
 def build_plan(cfg: SynthConfig, types: dict[str, TaskType] | None = None) -> Plan:
     """The whole plan; raises ValueError on any config problem before a request is made."""
-    cfg.check()
+    cfg = load(SynthConfig, cfg)
     types = types if types is not None else resolve_types(cfg)
     languages = resolve_language_weights(cfg.language_weights or default_language_weights())
     languages = {k: v for k, v in languages.items() if v > 0}
