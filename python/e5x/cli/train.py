@@ -16,6 +16,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", help="override output_dir")
     parser.add_argument("--max-steps", type=int, help="override max_steps")
     parser.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
+    parser.add_argument("--allow-config-change", action="append", default=[], metavar="FIELD[,FIELD]",
+                        help="resume although these config fields changed since the checkpoint (repeatable; "
+                             "e.g. max_steps to extend a finished run, lr, sources.0.data); without it a "
+                             "changed field stops the resume with exit 2")
     parser.add_argument("--check", action="store_true",
                         help="validate the config and data, print the data mix of an epoch, then exit "
                              "without loading a model")
@@ -57,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
     from e5x.train.loop import TrainingDiverged, train
 
     try:
-        result = train(cfg)
+        allowed = [name.strip() for arg in args.allow_config_change for name in arg.split(",") if name.strip()]
+        result = train(cfg, allow_config_change=allowed)
     except (ConfigError, DataError) as exc:  # e.g. an empty row found while loading the data
         print(f"e5x train: error: {exc}", file=sys.stderr)
         return 2

@@ -65,6 +65,11 @@ class Source:
             return True
         return False
 
+    def files(self) -> list[Path]:
+        """The Parquet files of ``path`` in the order they are read (a file, a folder's
+        files, or a glob's matches, sorted)."""
+        return _files(self.path)
+
 
 def _files(path: str) -> list[Path]:
     p = Path(path)

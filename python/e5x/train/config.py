@@ -196,6 +196,12 @@ class TrainConfig:
             raise ConfigError(str(exc)) from None
 
 
+# Fields that cannot change what a run computes: where its outputs go, how often it logs and
+# checkpoints. A resume compares every other field (fields added later included) with the
+# checkpoint's and refuses a change that ``train(..., allow_config_change=[...])`` does not allow.
+RESUME_FREE = frozenset({"output_dir", "resume", "save_every", "keep_checkpoints", "log_every", "progress"})
+
+
 def _registered(source: dict[str, Any], where: str) -> dict[str, Any]:
     """A source naming a registered training set trains on its prepared triples, with the
     registry's ratio unless the config gives one (its rows carry the instruction)."""

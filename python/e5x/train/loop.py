@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
@@ -39,12 +39,20 @@ def train(
     config: TrainConfig | dict[str, Any] | str | Path,
     *,
     on_step: Callable[[dict[str, Any]], None] | None = None,
+    allow_config_change: Iterable[str] = (),
 ) -> TrainResult:
     """Train an embedding model: LoRA on a decoder, EOS pooling, InfoNCE, GradCache.
 
     ``config`` is a ``TrainConfig``, a dict of its fields, or a TOML path. Launch with
     ``torchrun --nproc-per-node N`` for several GPUs/processes. ``on_step`` receives each
     step's metrics record (rank 0 and others alike).
+
+    A run resumes from the latest checkpoint in ``output_dir`` only with the config (every
+    field but ``RESUME_FREE``) and data that wrote it. ``allow_config_change`` names the
+    fields this call may change (``["max_steps"]`` extends a run, ``["lr"]``, or
+    ``["sources.0.data"]`` for new data); allowed changes take effect from the resumed step
+    and are listed in ``train_config.json``. It is an argument, not a config field, so that a
+    permission given once does not stay in a recipe and let later changes through unseen.
     """
     require("training", "train")
     import torch
@@ -53,8 +61,9 @@ def train(
     from e5x.train import checkpoint
     from e5x.train.step import average_gradients, forward_backward, masked_negatives, num_chunks
 
-    # 1. Config and data checks: everything that can fail does so before a model loads.
+    # 1. Config, data and resume checks: everything that can fail does so before a model loads.
     cfg = _as_config(config)
+    allow = checkpoint.check_allowed_names(list(allow_config_change))
     cfg.validate()
     world = _init_distributed()
     if cfg.batch_size % world.size:
@@ -69,9 +78,21 @@ def train(
     total_steps = plan.total_steps(cfg.epochs, cfg.max_steps)
     out = Path(cfg.output_dir)
     ckpt_root = out / "checkpoints"
-    if world.rank == 0:
+    last_ckpt = checkpoint.latest(ckpt_root) if cfg.resume else None
+    saved = checkpoint.read_state(last_ckpt) if last_ckpt is not None else {}
+    run = checkpoint.run_record(cfg, world.size, total_steps, known=saved.get("data_files"))
+    history = list(saved.get("config_changes", []))
+    if last_ckpt is not None:
+        changes = checkpoint.config_changes(last_ckpt, saved, run, allow)
+        history += [{"step": saved["step"], **c} for c in changes]
+        if total_steps < saved["step"]:
+            raise ConfigError(f"{last_ckpt}: cannot resume: the checkpoint is at step {saved['step']}, "
+                              f"beyond this run's {total_steps} steps (max_steps, epochs)")  # fmt: skip
+    if world.rank == 0:  # what runs: the config in effect and the changes resumes allowed
         out.mkdir(parents=True, exist_ok=True)
-        (out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=str) + "\n")
+        (out / "train_config.json").write_text(
+            json.dumps({**cfg.to_dict(), "config_changes": history}, indent=2, default=str) + "\n"
+        )
 
     # 2. Model: base decoder (no LM head) + LoRA on every linear layer.
     device = _device(world)
@@ -102,26 +123,24 @@ def train(
         _fully_shard(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, partial(_warmup_linear, warmup=cfg.warmup_steps, total=total_steps)
-    )
 
-    # 3. Resume: weights, optimiser, schedule, RNG; the data position is the step.
-    step, last_ckpt = 0, checkpoint.latest(ckpt_root) if cfg.resume else None
-    run_meta = {"batch_size": cfg.batch_size, "seed": cfg.seed, "world_size": world.size,
-                "total_steps": total_steps, "task_homogeneous": cfg.task_homogeneous}
+    # 3. Resume: weights, optimiser, RNG; the data position is the step.
+    step, state = 0, None
     if last_ckpt is not None:
         state = checkpoint.load(last_ckpt, world)
-        changed = {k: (state["meta"].get(k), v) for k, v in run_meta.items() if state["meta"].get(k) != v}
-        if changed:
-            raise ConfigError(
-                f"{last_ckpt}: cannot resume, settings changed since the checkpoint "
-                f"(was, now): {changed}; use a new output_dir or set resume = false"
-            )
-        _load_trainable(model, optimizer, state, fsdp)
-        scheduler.load_state_dict(state["scheduler"])
-        checkpoint.set_rng_state(state["rng"])
+        _load_trainable(model, optimizer, state, fsdp, last_ckpt)
         step = state["step"]
+    # The schedule is this config's, at this step: a resume with a changed lr, warmup or
+    # length continues as a run planned that way from the start would (the loaded
+    # optimiser's param groups still hold the old lr and weight decay).
+    for group in optimizer.param_groups:
+        group.update(lr=cfg.lr, initial_lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, partial(_warmup_linear, warmup=cfg.warmup_steps, total=total_steps), last_epoch=step - 1
+    )
+    if state is not None:
+        checkpoint.set_rng_state(state["rng"])
+    run_meta = {**run, "config_changes": history}
     metrics_path = out / "metrics.jsonl"
     if world.rank == 0:
         _truncate_metrics(metrics_path, step)
@@ -353,7 +372,19 @@ def _gather_trainable(model: Any, optimizer: Any, fsdp: bool) -> tuple[dict[str,
     return sd, optimizer.state_dict()
 
 
-def _load_trainable(model: Any, optimizer: Any, state: dict[str, Any], fsdp: bool) -> None:
+def _load_trainable(model: Any, optimizer: Any, state: dict[str, Any], fsdp: bool, path: Path) -> None:
+    # A resume that allowed a change of lora_r, lora_target_modules or the base model can
+    # meet an adapter that does not fit: say which, instead of a shape error from deep in torch.
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    saved = state["trainable"]
+    bad = [f"{n} is {tuple(v.shape)} there, {tuple(trainable[n].shape)} here" for n, v in saved.items()
+           if n in trainable and tuple(v.shape) != tuple(trainable[n].shape)]  # fmt: skip
+    bad += [f"{n} is not in the checkpoint" for n in trainable if n not in saved]
+    bad += [f"{n} is not in this model" for n in saved if n not in trainable]
+    if bad:
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise ConfigError(f"{path}: the checkpoint's adapter does not fit this model (lora_r, "
+                          f"lora_target_modules or the base model changed): {bad[0]}{more}")  # fmt: skip
     if fsdp:
         from torch.distributed.checkpoint.state_dict import (
             StateDictOptions,
@@ -367,13 +398,9 @@ def _load_trainable(model: Any, optimizer: Any, state: dict[str, Any], fsdp: boo
         return
     import torch
 
-    params = dict(model.named_parameters())
-    missing = [n for n, p in params.items() if p.requires_grad and n not in state["trainable"]]
-    if missing:
-        raise RuntimeError(f"checkpoint lacks trainable parameters {missing[:3]}... (different LoRA settings?)")
     with torch.no_grad():
         for name, value in state["trainable"].items():
-            params[name].copy_(value)
+            trainable[name].copy_(value)
     optimizer.load_state_dict(state["optimizer"])
 
 
