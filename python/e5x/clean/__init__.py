@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["CleanConfig", "clean"]
+__all__ = ["CleanConfig", "CleanReport", "clean"]
 
 
 def __getattr__(name: str) -> Any:

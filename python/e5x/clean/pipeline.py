@@ -32,7 +32,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypedDict
 
 import polars as pl
 from annotated_types import Ge
@@ -79,6 +79,26 @@ class CleanConfig:
         report = Path(self.report) if self.report else Path(f"{stem}.report.json")
         chart = None if self.chart == "" else Path(self.chart) if self.chart else Path(f"{stem}.mix.png")
         return out, report, chart
+
+
+class CleanReport(TypedDict):
+    """What ``clean`` returns, and writes to ``report`` as JSON."""
+
+    inputs: list[str]
+    output: str  # the triples
+    responses: int
+    kept: int
+    rejected: int
+    extracted_json: int  # kept answers whose JSON was recovered from prose or code fences
+    logs_with_torn_tail: int  # logs whose last line a kill cut off (that line is skipped)
+    by_reason: dict[str, int]
+    by_reason_field: dict[str, int]  # "reason:field" -> count
+    by_task_type: dict[str, dict[str, int]]  # task type -> kept/rejected
+    by_task_type_reason: dict[str, dict[str, int]]
+    quality_checks: dict[str, float]  # the checks that ran, with their thresholds
+    mix: dict[str, dict[str, int]]  # task_type/language/model -> value -> kept rows
+    examples: dict[str, list[dict[str, Any]]]  # a few rejected answers per reason
+    chart: str | None
 
 
 def _log_files(inputs: Sequence[str]) -> list[tuple[Path, Path | None]]:
@@ -332,7 +352,7 @@ def clean(
     config: CleanConfig | Mapping[str, Any] | str | Path | None = None,
     overrides: Iterable[str] | Mapping[str, Any] = (),
     **fields: Any,
-) -> dict[str, Any]:
+) -> CleanReport:
     """Run the clean stage on ``config`` (a CleanConfig, a dict or a TOML path) with
     ``overrides`` (``"key=value"``) and ``fields`` applied; returns the report (also written
     to ``report``).
@@ -506,7 +526,7 @@ def clean(
     examples = _examples(rej, types, cfg)
     kept_n = out.height
     lead = pl.int_range(pl.len(), dtype=idx).alias("_i")
-    report: dict[str, Any] = {
+    report: CleanReport = {
         "inputs": [str(p) for p in cfg.inputs],
         "output": str(out_path),
         "responses": n,

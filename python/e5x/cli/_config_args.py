@@ -49,10 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, aliases: list[Alia
                   positionals: str = "", legacy_config_flag: bool = True) -> None:  # fmt: skip
     """The positional words, ``--config`` and the alias flags; the field table as epilog."""
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    metavar = "[CONFIG.toml]" + (f" {positionals}" if positionals else "") + " [key=value ...]"
-    parser.add_argument(POSITIONALS, nargs="*", metavar=metavar,
-                        help="a TOML file of the fields below, then key=value overrides of them (dotted for "
-                             "nested tables; values are TOML literals, a bare word is a string)")  # fmt: skip
+    words = "[CONFIG.toml]" + (f" {positionals}" if positionals else "") + " [key=value ...]"
+    parser.add_argument(POSITIONALS, nargs="*", metavar="WORD",
+                        help=f"{words}: a TOML file of the fields below, then key=value overrides of them "
+                             "(dotted for nested tables; values are TOML literals, a bare word is a string)")  # fmt: skip
     if legacy_config_flag:
         parser.add_argument("--config", dest="config_flag", metavar="CONFIG.toml", help="the same as the positional")
     fields = {f.name: f for f in describe_fields(cls)}
