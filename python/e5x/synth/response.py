@@ -15,6 +15,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from e5x.synth.tokens import utf8_len
+
 # The raw value of an odd field is kept in the log (for the report), up to this size.
 MAX_RAW_CHARS = 2000
 
@@ -56,11 +58,6 @@ def token_count(v: Any) -> int | None:
     if isinstance(v, str) and v.strip().isdigit():
         return int(v.strip())
     return None
-
-
-def utf8_len(text: str | None) -> int:
-    # Byte-level BPE emits at least one byte per token, so bytes bound tokens from above.
-    return len(text.encode("utf-8", "surrogatepass")) if text else 0
 
 
 def _raw(v: Any) -> Any:
@@ -155,20 +152,4 @@ def parse_completion(body: Any, prompt_tokens_bound: int) -> Completion:
         model=body.get("model") if isinstance(body.get("model"), (str, type(None))) else _raw(body.get("model")),
         response_id=body.get("id") if isinstance(body.get("id"), (str, int, type(None))) else _raw(body.get("id")),
         extra=extra,
-    )
-
-
-# Tokens a chat template may add around the messages (role markers, a default system
-# prompt some templates insert): part of the reservation bound, see ``prompt_tokens_bound``.
-TEMPLATE_TOKENS_PER_MESSAGE = 8
-TEMPLATE_TOKENS_PER_REQUEST = 64
-
-
-def prompt_tokens_bound(messages: list[dict[str, Any]]) -> int:
-    """An upper bound on the prompt tokens of ``messages`` for any tokenizer that emits at
-    least one byte of text per token (byte-level BPE as in tiktoken, SentencePiece with
-    byte fallback), given a chat template adding at most the constants above."""
-    return (
-        sum(utf8_len(m.get("content")) + TEMPLATE_TOKENS_PER_MESSAGE for m in messages)
-        + TEMPLATE_TOKENS_PER_REQUEST
     )

@@ -16,13 +16,17 @@ settle. A reservation with neither (the process died with the call in flight) st
 counted at its worst case on every resume, so ``max_requests`` counts every call ever
 sent and the token and cost caps count what such a call may have cost.
 
-Token and cost caps reserve ``prompt_tokens_bound`` (UTF-8 bytes of the messages plus a
-chat-template allowance, see ``response.py``) plus the step's ``max_tokens`` per call in
-flight, then settle on the server's reported usage. For tokenizers with at least one
-byte per token (tiktoken, byte-fallback SentencePiece) and ``max_tokens`` set, a cap is
-never exceeded. A server counting more than that bound, or ``max_tokens = None`` (the
-completion reserve is then the type's typical size), can overshoot a cap by at most the
-excess of the calls in flight at once: ``concurrency`` x (actual - reserved) tokens.
+Token and cost caps reserve ``prompt_tokens_bound`` (see ``tokens.py``: the model's
+content tokens counted with tiktoken where it knows the model and has its BPE file, else
+the UTF-8 bytes of the messages; plus a chat-template allowance) plus the step's
+``max_tokens`` per call in flight, then settle on the server's reported usage. With
+``max_tokens`` set, a cap is never exceeded: in tiktoken mode by a server that tokenizes
+as tiktoken does (OpenAI, Azure OpenAI), in byte mode by any tokenizer with at least one
+byte per token (byte-level BPE, byte-fallback SentencePiece). A server counting more than
+the bound (a tiktoken-known model name served with another tokenizer, a template adding
+more than the allowance), or ``max_tokens = None`` (the completion reserve is then the
+type's typical size), can overshoot a cap by at most the excess of the calls in flight at
+once: ``concurrency`` x (actual - reserved) tokens.
 """
 
 from __future__ import annotations
@@ -40,8 +44,9 @@ from typing import Any
 
 from e5x.synth.config import StepConfig, SynthConfig
 from e5x.synth.plan import Request
-from e5x.synth.response import parse_completion, prompt_tokens_bound, token_count
+from e5x.synth.response import parse_completion, token_count
 from e5x.synth.store import AppendLog
+from e5x.synth.tokens import prompt_tokens_bound
 from e5x.tasks.taxonomy import TaskType
 
 REQUEST_ID_HEADER = "X-E5X-Request-Id"
@@ -228,7 +233,7 @@ class Runner:
     def _reserve(self, req: Request, step: StepConfig) -> tuple[int, float]:
         """Worst-case tokens and cost of one call (see the module docstring)."""
         completion = step.max_tokens or req.expected_completion_tokens
-        prompt = prompt_tokens_bound(req.messages)
+        prompt = prompt_tokens_bound(req.messages, req.model)
         return prompt + completion, self.cost(req.model, prompt, completion)
 
     def _over_budget(self, tokens: int, cost: float) -> str | None:
@@ -417,7 +422,7 @@ class Runner:
         latency = time.monotonic() - t0
         try:
             # Missing usage: bill the bound, so budgets stay on the safe side.
-            c = parse_completion(json.loads(body_bytes), prompt_tokens_bound(req.messages))
+            c = parse_completion(json.loads(body_bytes), prompt_tokens_bound(req.messages, req.model))
         except (ValueError, RecursionError) as e:  # MalformedBody and JSON errors
             return "malformed", f"unparseable response body ({e}): {body_bytes[:200]!r}", None
         pt, ct = c.prompt_tokens, c.completion_tokens
