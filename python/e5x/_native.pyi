@@ -8,6 +8,20 @@ Arrow data crosses as objects implementing the Arrow PyCapsule stream interface
 
 from typing import Any, final
 
+__all__ = [
+    "__version__",
+    "MAX_DEPTH",
+    "MAX_TEXT_BYTES",
+    "Validator",
+    "Deduplicator",
+    "QualityGate",
+    "task_problems",
+    "sample_placeholders",
+    "render",
+    "template_names",
+    "reason_codes",
+]
+
 __version__: str
 MAX_DEPTH: int
 MAX_TEXT_BYTES: int
