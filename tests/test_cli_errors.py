@@ -41,7 +41,7 @@ CASES = [
     (["convert", "table", "{pairs}", "--query", "nope", "-o", "{existing}"], EXIT_USAGE, "no column for query='nope'"),
     (["convert", "beir", "{beir}", "-o", "{existing}"], EXIT_USAGE, "train.tsv not found"),
     (["convert", "table", "{pairs}", "-o", "{blocker}/out.parquet"], EXIT_FAILED, "a-file"),
-    (["train", "{typo}"], EXIT_USAGE, "unknown key(s) ['learning_rate']"),
+    (["train", "{typo}"], EXIT_USAGE, "typo.toml: learning_rate: unknown key; did you mean 'lr'?"),
     (["train", "{missing}.toml"], EXIT_USAGE, "config file not found"),
     (["train", "{no_data}", "--check"], EXIT_USAGE, "x.parquet"),
     (["data", "fetch", "nope"], EXIT_USAGE, "unknown dataset 'nope'"),
@@ -61,6 +61,11 @@ CASES = [
                                            "examples_per_reason: must be >= 0, got -1"),
     (["clean", "{beir}", "--out", "{existing}", "--quality-checks", "bogus"], EXIT_USAGE, "quality_checks: unknown"),
     (["clean"], EXIT_USAGE, "inputs: no inputs"),
+    (["train", "{no_data}", "lr=-1", "--check"], EXIT_USAGE, "override: lr: must be >= 0, got -1 (int)"),
+    (["train", "{no_data}", "sources.0.ratio=half"], EXIT_USAGE, "override: sources[0].ratio: must be a number"),
+    (["train", "{no_data}", "lora_rr=8"], EXIT_USAGE, "override: lora_rr: unknown key; did you mean 'lora_r'?"),
+    (["train", "{no_data}", "--max-steps", "0"], EXIT_USAGE, "override: max_steps: must be >= 1, got 0"),
+    (["train"], EXIT_USAGE, "no recipe"),
 ]
 
 

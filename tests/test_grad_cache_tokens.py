@@ -120,6 +120,6 @@ def test_train_chunks_by_tokens_and_records_kernel_settings(tmp_path, monkeypatc
     assert rec["autotune"] is False and rec["sources"]["autotune"] == "environment"
     assert {"gemm_path", "gemm_fallback"} <= set(rec)
     assert json.loads((tmp_path / "tokens" / "train_config.json").read_text())["chunk_tokens"] == 60
-    with pytest.raises(Exception, match="chunk_tokens must be >= 1"):
+    with pytest.raises(Exception, match="chunk_tokens: must be >= 1"):
         dataclasses.replace(config(tmp_path, "bad"), chunk_tokens=0).validate()
     kernels.configure(mode="auto", chunk_mib=1024, autotune=True)

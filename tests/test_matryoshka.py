@@ -53,8 +53,10 @@ def _config(tmp: Path, **overrides) -> TrainConfig:
 
 
 def test_bad_dims_fail_before_training(tmp_path) -> None:
-    for bad, match in (([0], "integers >= 1"), ([8, 8], "duplicates"), (["8"], "integers >= 1"),
-                       ([True], "integers >= 1"), (8, "must be a list")):  # fmt: skip
+    for bad, match in (([0], r"matryoshka_dims\[0\]: must be >= 1"), ([8, 8], "duplicates"),
+                       (["8"], r"matryoshka_dims\[0\]: must be an integer >= 1"),
+                       ([True], r"matryoshka_dims\[0\]: must be an integer >= 1"),
+                       (8, "matryoshka_dims: must be a list of integers")):  # fmt: skip
         with pytest.raises(ConfigError, match=match):
             _config(tmp_path, matryoshka_dims=bad).validate()
     with pytest.raises(ConfigError, match=r"matryoshka_dims \[4, 32\] must be below the model's hidden size 32"):

@@ -4,8 +4,10 @@ A stage's config is a plain dataclass. Its annotations say what each field takes
 (``Annotated[float, Gt(0)]`` for a range, ``Literal[...]`` for a choice, ``list[str]`` for a
 list) and the comment beside or above a field says what it means (``--help`` shows it).
 What fields require of each other goes in the class's ``check()``, which raises
-``ConfigError(message, field=...)``; what a TOML file's location means (paths relative to
-it) goes in its classmethod ``from_toml_table(table, path) -> table``.
+``ConfigError(message, field=...)``. What a table given as a dict or a TOML file means
+before it is validated (paths relative to the file, a dataset name resolved to its files)
+goes in its classmethod ``from_table(table, path or None) -> table``; a config object is
+taken as it is.
 
 ``load(cls, source, overrides)`` builds one from an instance, a dict or a TOML file, applies
 dotted ``key.sub=value`` overrides (values are TOML literals: ``lr=1e-4``,
@@ -70,15 +72,18 @@ def load(
     defaults) with ``overrides`` applied (``"key.sub=value"`` strings, or a mapping of dotted
     keys to values), then ``fields`` (dotted keys to values: a stage's keyword arguments).
     Raises ConfigError naming the file (or ``where``) and every bad field."""
+    from_table = getattr(cls, "from_table", None)
     if isinstance(source, cls):
         data, where = to_dict(source), where or f"{cls.__name__} object"
-    elif isinstance(source, Mapping):
-        data, where = _plain(dict(source), ""), where or "config"
-    elif isinstance(source, (str, os.PathLike)):
-        data, where = read_toml(Path(source)), where or str(source)
-        from_file = getattr(cls, "from_toml_table", None)
-        if from_file is not None:
-            data = from_file(data, Path(source))
+    elif isinstance(source, (Mapping, str, os.PathLike)):
+        path = None if isinstance(source, Mapping) else Path(source)
+        data = _plain(dict(source), "") if path is None else read_toml(path)
+        where = where or ("config" if path is None else str(path))
+        if from_table is not None:
+            try:
+                data = from_table(data, path)
+            except ConfigError as e:
+                raise e.located(where) from None
     elif source is None:
         data, where = {}, where or "defaults"
     else:
@@ -91,7 +96,7 @@ def load(
     given.update((k, _plain(v, k)) for k, v in (fields or {}).items())
     for key, value in given.items():
         _set(data, cls, key, value)
-    overridden = {".".join(split_key(k)) for k in given}
+    overridden = {_dotted(split_key(k)) for k in given}
     cfg = _validate(cls, data, where, overridden)
     check = getattr(cfg, "check", None)
     if check is not None:
@@ -195,6 +200,14 @@ def _set(data: dict[str, Any], cls: type, key: str, value: Any) -> None:
         node = node[index]
         defaults = defaults.get(index) if isinstance(defaults, dict) else None
         tp = _child_type(tp, part)
+
+
+def _dotted(parts: list[str]) -> str:
+    """``["sources", "0", "ratio"]`` -> ``"sources[0].ratio"``, as errors name fields."""
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if p.isdigit() else f".{p}" if out else p
+    return out
 
 
 def _is_table(tp: Any) -> bool:

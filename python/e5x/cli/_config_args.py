@@ -82,7 +82,7 @@ def parse(args: argparse.Namespace, cls: type, aliases: list[Alias] = (),  # typ
     rest = []
     overrides = []
     for i, word in enumerate(words):
-        if i == 0 and word.lower().endswith(".toml") and "=" not in word:
+        if i == 0 and "=" not in word and (word.lower().endswith(".toml") or not positionals):
             if config:
                 raise ValueError(f"two config files: --config {config} and {word}")
             config = word

@@ -1,4 +1,6 @@
-"""``e5x clean [CONFIG.toml] [INPUT...] [key=value ...]``: synth responses -> validated, deduplicated training triples (Parquet).
+"""``e5x clean [CONFIG.toml] [INPUT...] [key=value ...]``: synth responses -> deduplicated training triples.
+
+Validated, quality-checked and deduplicated, written as Parquet.
 
 INPUTs (synth run directories or responses.jsonl files) set ``inputs``.
 

@@ -1,4 +1,6 @@
-"""``e5x synth [CONFIG.toml] [key=value ...] --out DIR``: generate synthetic data (two-step prompting) into a resumable run directory.
+"""``e5x synth [CONFIG.toml] [key=value ...] --out DIR``: synthetic data into a resumable run directory.
+
+Two-step prompting: brainstorm task pools, then one example per request.
 
 Examples:
   e5x synth configs/synth.toml --out runs/synth --dry-run
@@ -95,7 +97,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", help="brainstorm.top_p and examples.top_p")
     p.add_argument("--response-format", choices=["none", "json_object", "json_schema"],
                    help="brainstorm.response_format and examples.response_format")  # fmt: skip
-    p.add_argument("--price", action="append", metavar="MODEL=IN,OUT", help="prices.MODEL: USD per 1M tokens (repeatable)")
+    p.add_argument("--price", action="append", metavar="MODEL=IN,OUT",
+                   help="prices.MODEL: USD per 1M tokens (repeatable)")
     p.add_argument(
         "--local-llm", metavar="PATH.gguf|smollm2",
         help="start llama.cpp's server on loopback with this GGUF file (smollm2: the one shipped "

@@ -1,4 +1,9 @@
-"""``e5x train CONFIG.toml``: run the training recipe of a TOML config.
+"""``e5x train CONFIG.toml [key=value ...]``: run the training recipe of a TOML config.
+
+Examples:
+  e5x train configs/tiny-cpu.toml --check
+  e5x train configs/e5-mistral.toml lr=2e-4 max_steps=1000 output_dir=runs/short
+  e5x train configs/e5-mistral.toml sources.0.ratio=0.5 'matryoshka_dims=[1024, 256]'
 
 Several processes/GPUs: ``torchrun --nproc-per-node 8 -m e5x train CONFIG.toml``.
 """
@@ -10,12 +15,20 @@ import os
 import sys
 from typing import Any
 
+from e5x.cli import _config_args as cli_config
+
+ALIASES = [
+    cli_config.alias("output_dir"),
+    cli_config.alias("max_steps"),
+    cli_config.alias("resume", "--no-resume", value="false"),
+]
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="TOML recipe, e.g. configs/tiny-cpu.toml")
-    parser.add_argument("--output-dir", help="override output_dir")
-    parser.add_argument("--max-steps", type=int, help="override max_steps")
-    parser.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
+    from e5x.train.config import TrainConfig
+
+    parser.epilog = __doc__.split("\n", 1)[1]
+    cli_config.add_arguments(parser, TrainConfig, ALIASES, legacy_config_flag=False)
     parser.add_argument("--allow-config-change", action="append", default=[], metavar="FIELD[,FIELD]",
                         help="resume although these config fields changed since the checkpoint (repeatable; "
                              "e.g. max_steps to extend a finished run, lr, sources.0.data); without it a "
@@ -26,17 +39,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from e5x.config import load
     from e5x.data.triples import DataError
     from e5x.train.config import ConfigError, TrainConfig
 
     try:
-        cfg = TrainConfig.from_toml(args.config)
-        if args.output_dir:
-            cfg.output_dir = args.output_dir
-        if args.max_steps:
-            cfg.max_steps = args.max_steps
-        if args.no_resume:
-            cfg.resume = False
+        config, overrides, _ = cli_config.parse(args, TrainConfig, ALIASES)
+        if config is None:
+            raise ConfigError("no recipe: give a CONFIG.toml first, then key=value words")
+        args.config = config
+        cfg = load(TrainConfig, config, overrides)
         stats = cfg.validate(allow_missing=args.check)
         report = data_plan(cfg, stats) if args.check else ""
     except (ConfigError, DataError) as exc:

@@ -202,9 +202,11 @@ class SynthConfig:
         return load(cls, path)
 
     @classmethod
-    def from_toml_table(cls, table: dict[str, Any], path: Path) -> dict[str, Any]:
-        """Custom task types may live in the same file ([task_types.NAME]); a relative
+    def from_table(cls, table: dict[str, Any], path: Path | None) -> dict[str, Any]:
+        """Custom task types may live in the same TOML file ([task_types.NAME]); a relative
         task_types_file is relative to the file."""
+        if path is None:
+            return table
         table = dict(table)
         if table.pop("task_types", None) and "task_types_file" not in table:
             table["task_types_file"] = str(path.resolve())

@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from e5x._extras import require
+from e5x.config import load
 from e5x.train.config import ConfigError, TrainConfig
 
 
@@ -36,14 +37,16 @@ class TrainResult:
 
 
 def train(
-    config: TrainConfig | dict[str, Any] | str | Path,
+    config: TrainConfig | Mapping[str, Any] | str | Path,
+    overrides: Iterable[str] | Mapping[str, Any] = (),
     *,
     on_step: Callable[[dict[str, Any]], None] | None = None,
     allow_config_change: Iterable[str] = (),
 ) -> TrainResult:
     """Train an embedding model: LoRA on a decoder, EOS pooling, InfoNCE, GradCache.
 
-    ``config`` is a ``TrainConfig``, a dict of its fields, or a TOML path. Launch with
+    ``config`` is a ``TrainConfig``, a dict of its fields, or a TOML path; ``overrides``
+    (``"key.sub=value"``, ``"sources.0.ratio=0.5"``) apply on top. Launch with
     ``torchrun --nproc-per-node N`` for several GPUs/processes. ``on_step`` receives each
     step's metrics record (rank 0 and others alike).
 
@@ -62,7 +65,7 @@ def train(
     from e5x.train.step import average_gradients, forward_backward, masked_negatives, num_chunks
 
     # 1. Config, data and resume checks: everything that can fail does so before a model loads.
-    cfg = _as_config(config)
+    cfg = load(TrainConfig, config, overrides)
     allow = checkpoint.check_allowed_names(list(allow_config_change))
     cfg.validate()
     world = _init_distributed()
@@ -246,14 +249,6 @@ def train(
 
 
 # ---------------------------------------------------------------------------- helpers
-
-
-def _as_config(config: TrainConfig | dict[str, Any] | str | Path) -> TrainConfig:
-    if isinstance(config, TrainConfig):
-        return config
-    if isinstance(config, dict):
-        return TrainConfig.from_dict(config)
-    return TrainConfig.from_toml(config)
 
 
 def _warmup_linear(step: int, *, warmup: int, total: int) -> float:
