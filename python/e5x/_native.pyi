@@ -51,7 +51,10 @@ class Validator:
 @final
 class QualityGate:
     def __new__(
-        cls, checks: list[tuple[str, float]], types: list[tuple[str, str, list[tuple[str, int]]]]
+        cls,
+        checks: list[tuple[str, float]],
+        types: list[tuple[str, str, list[tuple[str, int]]]],
+        language_codes: list[tuple[str, str]] = ...,
     ) -> QualityGate: ...
     @property
     def checks(self) -> list[tuple[str, float]]: ...

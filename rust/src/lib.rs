@@ -29,7 +29,9 @@ mod python {
     use rayon::prelude::*;
 
     use crate::dedup::{row_hash, Dedup};
-    use crate::quality::{self, FieldPlan, GateScratch, QualityConfig, RowCtx, TypePlan};
+    use crate::quality::{
+        self, FieldPlan, GateScratch, Languages, QualityConfig, RowCtx, TypePlan,
+    };
     use crate::render::{RenderError, Template};
     use crate::sample::{self, Alias};
     use crate::validate::{utf8, validate_row, Reason, Rejection, SchemaSet, Scratch, Sink};
@@ -446,14 +448,22 @@ mod python {
     struct QualityGate {
         cfg: QualityConfig,
         plans: Vec<(String, Vec<String>, TypePlan)>,
+        languages: Languages,
     }
 
     #[pymethods]
     impl QualityGate {
         /// `checks`: (name, threshold; NaN = default) of the checks to run. `types`: per
         /// task type (name, prompt template, [(field, language part or -1)]).
+        /// `language_codes`: (language name as requests give it, ISO 639-1 code), which
+        /// lets wrong_language read function words before asking whatlang.
         #[new]
-        fn new(checks: Vec<(String, f64)>, types: Vec<TypeSpec>) -> PyResult<Self> {
+        #[pyo3(signature = (checks, types, language_codes=Vec::new()))]
+        fn new(
+            checks: Vec<(String, f64)>,
+            types: Vec<TypeSpec>,
+            language_codes: Vec<(String, String)>,
+        ) -> PyResult<Self> {
             let cfg = QualityConfig::from_pairs(&checks).map_err(PyValueError::new_err)?;
             let plans = types
                 .into_iter()
@@ -468,7 +478,11 @@ mod python {
                     (name, names, TypePlan::new(&template, fp, &cfg))
                 })
                 .collect();
-            Ok(QualityGate { cfg, plans })
+            Ok(QualityGate {
+                cfg,
+                plans,
+                languages: Languages::new(language_codes),
+            })
         }
 
         /// The checks that run, with their thresholds.
@@ -891,6 +905,7 @@ mod python {
                                             ctx: RowCtx {
                                                 task: gate_task,
                                                 language: gate_lang,
+                                                languages: Some(&g.languages),
                                             },
                                             scratch: &mut gate_scratch,
                                         };

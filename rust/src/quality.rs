@@ -26,6 +26,8 @@
 //! |                  |                          | for a field (its first LANG_WINDOW_BYTES) with at |
 //! |                  |                          | least that confidence (it abstains below, on text |
 //! |                  |                          | of few letters and on languages it does not know) |
+//! |                  |                          | and the field's stop words did not already show   |
+//! |                  |                          | the requested language (see `stopwords_show`)     |
 //!
 //! Words are runs of ASCII alphanumerics, `_` and non-ASCII bytes, compared with ASCII
 //! case folded. Per-word checks (echo spans, word shares) read a bounded window of each
@@ -416,7 +418,8 @@ fn count_words_upto(b: &[u8], need: usize) -> usize {
     let (mut tokens, mut lead3) = (b.first().is_some_and(|&x| x > b' ') as usize, 0usize);
     let mut start = 0;
     while start + 1 < b.len() {
-        let end = (start + 255).min(b.len() - 1);
+        // Chunks short enough to stop soon after `need`, long enough to vectorise.
+        let end = (start + 64).min(b.len() - 1);
         let (mut t, mut l) = (0u8, 0u8);
         for (&p, &c) in b[start..end].iter().zip(&b[start + 1..end + 1]) {
             t += ((p <= b' ') & (c > b' ')) as u8;
@@ -559,27 +562,35 @@ pub fn residue(s: &str) -> Option<String> {
             }
         }
     }
-    // Finders built once: building one per call cost as much as the search.
-    static JSON_KEY: LazyLock<memmem::Finder<'static>> =
-        LazyLock::new(|| memmem::Finder::new(b"\":"));
-    static LOREM: LazyLock<memmem::Finder<'static>> =
-        LazyLock::new(|| memmem::Finder::new(b"orem ipsum"));
-    static DICT_KEY: LazyLock<memmem::Finder<'static>> =
-        LazyLock::new(|| memmem::Finder::new(b"':"));
-    for (finder, quote) in [(&JSON_KEY, '"'), (&DICT_KEY, '\'')] {
-        if let Some(i) = finder.find(b) {
-            // `"key":` with an identifier key, or Python's `{'key':` / `, 'key':` (quotes
-            // are common in prose, so only after an object's `{` or `,`): an object spilled
-            // into the text.
-            let head = &s[..i];
-            if let Some(q) = head.rfind(quote) {
-                let opens = quote == '"' || head[..q].trim_end().ends_with(['{', ',']);
-                if opens && is_ident(&head[q + 1..]) {
-                    return Some(format!("object fragment {quote}{}{quote}:", &head[q + 1..]));
-                }
+    // `"key":` with an identifier key, or Python's `{'key':` / `, 'key':` (quotes are
+    // common in prose, so only after an object's `{` or `,`): an object spilled into the
+    // text. Colons are rare, so one pass for them finds both kinds; each kind is judged
+    // at its first occurrence.
+    let mut seen = [false; 2];
+    for i in memchr::memchr_iter(b':', b) {
+        let Some(k) = i.checked_sub(1).and_then(|q| match b[q] {
+            b'"' => Some(0),
+            b'\'' => Some(1),
+            _ => None,
+        }) else {
+            continue;
+        };
+        if std::mem::replace(&mut seen[k], true) {
+            continue;
+        }
+        let (head, quote) = (&s[..i - 1], if k == 0 { '"' } else { '\'' });
+        if let Some(q) = head.rfind(quote) {
+            let opens = quote == '"' || head[..q].trim_end().ends_with(['{', ',']);
+            if opens && is_ident(&head[q + 1..]) {
+                return Some(format!("object fragment {quote}{}{quote}:", &head[q + 1..]));
             }
         }
+        if seen == [true, true] {
+            break;
+        }
     }
+    static LOREM: LazyLock<memmem::Finder<'static>> =
+        LazyLock::new(|| memmem::Finder::new(b"orem ipsum"));
     // "Lorem ipsum" or "lorem ipsum", without lowercasing a copy.
     if LOREM.find(prefix(s, 96).as_bytes()).is_some() {
         return Some("lorem ipsum filler".into());
@@ -637,6 +648,138 @@ fn unknown_lookalike(name: &str, got: whatlang::Lang) -> bool {
     }
 }
 
+// ------------------------------------------------------------------------------ stop words
+
+/// Languages with a stop-word list (the stop-words crate: NLTK's list where it has one,
+/// else Stopwords ISO), as ISO 639-1 codes; a language is one bit of a u64.
+pub const STOPWORD_LANGS: [&str; 61] = [
+    "af", "ar", "az", "bg", "bn", "br", "ca", "cs", "da", "de", "el", "en", "eo", "es", "et", "eu",
+    "fa", "fi", "fr", "ga", "gl", "gu", "ha", "he", "hi", "hr", "hu", "hy", "id", "it", "ja", "kk",
+    "ko", "ku", "la", "lt", "lv", "mr", "ms", "ne", "nl", "no", "pl", "pt", "ro", "ru", "sk", "sl",
+    "so", "st", "sv", "sw", "tg", "th", "tl", "tr", "uk", "ur", "vi", "yo", "zh",
+];
+
+/// Stop-word lists of languages that share most of their function words: a hit in a
+/// sibling's list is not evidence against the language asked for.
+const STOPWORD_SIBLINGS: [&[&str]; 8] = [
+    &["da", "no", "sv"],
+    &["nl", "af"],
+    &["hr", "sl"],
+    &["cs", "sk"],
+    &["hi", "mr", "ne"],
+    &["id", "ms", "tl"],
+    &["ru", "uk", "kk", "tg", "bg"],
+    &["es", "gl", "pt", "ca"],
+];
+
+/// Stop-word score (see stopword_scores) the requested language needs in a field's first
+/// words to count as shown, and how many times any other language's it must be.
+pub const STOPWORD_MIN: f32 = 1.5;
+/// Words read for stop words when the first WINDOW_WORDS do not settle the language.
+pub const STOPWORD_WORDS: usize = 32;
+pub const STOPWORD_MARGIN: f32 = 1.25;
+
+type WordMap = std::collections::HashMap<u64, u64, std::hash::BuildHasherDefault<IdHasher>>;
+
+/// Word hash (as `words_into` makes it) -> the languages whose list holds the word.
+static STOPWORDS: LazyLock<WordMap> = LazyLock::new(|| {
+    let mut by_word = WordMap::default();
+    let mut buf = Vec::new();
+    for (bit, code) in STOPWORD_LANGS.iter().enumerate() {
+        for w in stop_words::lookup(code).unwrap_or_default() {
+            // Entries of two words ("don't" is "don" + "t" here) cannot match one word.
+            if !words_into(w, 1, &mut buf) && buf.len() == 1 {
+                *by_word.entry(buf[0]).or_insert(0) |= 1u64 << bit;
+            }
+        }
+    }
+    by_word
+});
+
+/// Bit of `code` in STOPWORD_LANGS.
+fn stopword_bit(code: &str) -> Option<u8> {
+    STOPWORD_LANGS
+        .iter()
+        .position(|c| *c == code)
+        .map(|i| i as u8)
+}
+
+/// Per language bit: its bit and its siblings' (see STOPWORD_SIBLINGS).
+static SIBLING_MASKS: LazyLock<[u64; 64]> = LazyLock::new(|| {
+    let mut masks = [0u64; 64];
+    for (bit, code) in STOPWORD_LANGS.iter().enumerate() {
+        masks[bit] = STOPWORD_SIBLINGS
+            .iter()
+            .filter(|g| g.contains(code))
+            .flat_map(|g| g.iter())
+            .filter_map(|c| stopword_bit(c))
+            .fold(1u64 << bit, |m, b| m | 1u64 << b);
+    }
+    masks
+});
+
+/// Language names (as requests name them) that have a stop-word list, with its bit.
+#[derive(Default, Debug, Clone)]
+pub struct Languages {
+    bits: std::collections::HashMap<String, u8>,
+}
+
+impl Languages {
+    /// From (language name, ISO 639-1 code) pairs; codes without a list are left out.
+    pub fn new<I: IntoIterator<Item = (String, String)>>(names_codes: I) -> Languages {
+        let bits = names_codes
+            .into_iter()
+            .filter_map(|(name, code)| stopword_bit(&code).map(|b| (name, b)))
+            .collect();
+        Languages { bits }
+    }
+
+    fn bit(&self, name: &str) -> Option<u8> {
+        self.bits.get(name).copied()
+    }
+}
+
+/// Stop-word scores of `words` for the language of `bit` and for the best other language
+/// outside its siblings: each word that is a stop word adds 1/k to each of the k
+/// languages whose list holds it, so words many languages share count little.
+fn stopword_scores(words: &[u64], bit: u8) -> (f32, f32) {
+    let table = &*STOPWORDS;
+    let siblings = SIBLING_MASKS[bit as usize & 63];
+    let mut scores = [0f32; 64];
+    let (mut mine, mut best_other) = (0f32, 0f32);
+    for w in words {
+        let Some(&langs) = table.get(w) else {
+            continue;
+        };
+        let others = langs & !siblings;
+        let is_mine = langs >> bit & 1;
+        let holders = others.count_ones() as u64 + is_mine;
+        if holders == 0 {
+            continue; // a word of the siblings' lists only
+        }
+        let share = 1.0 / holders as f32;
+        mine += is_mine as f32 * share;
+        let mut rest = others;
+        while rest != 0 {
+            let b = rest.trailing_zeros() as usize;
+            scores[b] += share;
+            best_other = best_other.max(scores[b]);
+            rest &= rest - 1;
+        }
+    }
+    (mine, best_other)
+}
+
+/// Whether `words` (hashes of a field's first words) show the language of `bit` by its
+/// stop words (see stopword_scores): a score of at least STOPWORD_MIN, and STOPWORD_MARGIN
+/// times any other language's. Function words are what a text cannot avoid, so this is
+/// strong evidence for the language; its absence is no evidence against it (the caller
+/// then asks whatlang).
+fn stopwords_show(words: &[u64], bit: u8) -> bool {
+    let (mine, other) = stopword_scores(words, bit);
+    mine >= STOPWORD_MIN && mine >= STOPWORD_MARGIN * other
+}
+
 // ------------------------------------------------------------------------------ the gate
 
 /// What the gate knows about one field of a task type.
@@ -673,6 +816,8 @@ pub struct RowCtx<'a> {
     pub task: Option<&'a str>,
     /// Requested language(s), parts joined with '-' (bitext: "English-French").
     pub language: Option<&'a str>,
+    /// Which language names have stop-word lists (None: whatlang alone).
+    pub languages: Option<&'a Languages>,
 }
 
 /// Reusable buffers of one thread.
@@ -682,6 +827,12 @@ pub struct GateScratch {
     words: Vec<(Vec<u64>, bool)>,
     task_key: String,
     task_spans: SpanSet,
+    /// The row's language parts, as (name, stop-word bit), for `lang_key`.
+    lang_key: String,
+    lang_parts: Vec<(String, Option<u8>)>,
+    /// (field, language part) of fields whose stop words did not show their language.
+    unsettled: Vec<(usize, usize)>,
+    longer_window: Vec<u64>,
 }
 
 /// (distinct words, count of the most frequent) of a window of word hashes: an
@@ -760,7 +911,7 @@ pub fn check_row(
             }
         }
     }
-    if cfg.degenerate.is_some() || cfg.prompt_echo.is_some() {
+    if cfg.degenerate.is_some() || cfg.prompt_echo.is_some() || cfg.wrong_language.is_some() {
         if sc.words.len() < values.len() {
             sc.words.resize_with(values.len(), Default::default);
         }
@@ -855,16 +1006,51 @@ pub fn check_row(
         }
     }
     if let (Some(conf), Some(lang)) = (cfg.wrong_language, ctx.language) {
-        let parts: Vec<&str> = lang.split('-').map(str::trim).collect();
-        for (k, name, v) in present() {
-            let Some(want) = plan
-                .fields
-                .get(k)
-                .and_then(|f| f.lang_part)
-                .and_then(|p| parts.get(p))
-            else {
+        if sc.lang_key != lang || sc.lang_parts.is_empty() {
+            sc.lang_parts = lang
+                .split('-')
+                .map(str::trim)
+                .map(|p| (p.to_string(), ctx.languages.and_then(|l| l.bit(p))))
+                .collect();
+            sc.lang_key.clear();
+            sc.lang_key.push_str(lang);
+        }
+        // Fields whose function words show their language need no whatlang; a short
+        // field (one window of words) that does not is left alone when a sibling field
+        // of the same language part did, as language ID on a few words is noise.
+        let mut shown = 0u64; // bit p: a field of language part p showed its language
+        let mut unsettled = std::mem::take(&mut sc.unsettled);
+        unsettled.clear();
+        for (k, _, _) in present() {
+            let Some(p) = plan.fields.get(k).and_then(|f| f.lang_part) else {
                 continue;
             };
+            let Some((_, bit)) = sc.lang_parts.get(p) else {
+                continue;
+            };
+            let (window, more) = (&sc.words[k].0, sc.words[k].1);
+            // A window that does not settle it gets a longer one, where the text has it.
+            let show = |b: u8, longer: &mut Vec<u64>| {
+                stopwords_show(window, b)
+                    || more && {
+                        words_into(values[k].unwrap_or_default(), STOPWORD_WORDS, longer);
+                        stopwords_show(longer, b)
+                    }
+            };
+            if bit.is_some_and(|b| show(b, &mut sc.longer_window)) {
+                shown |= 1u64 << p.min(63);
+            } else {
+                unsettled.push((k, p));
+            }
+        }
+        let mut verdict = None;
+        for &(k, p) in &unsettled {
+            let (name, v) = (names[k].as_str(), values[k].unwrap_or_default());
+            let (window, more) = (&sc.words[k].0, sc.words[k].1);
+            if !more && window.len() < WINDOW_WORDS && shown >> p.min(63) & 1 == 1 {
+                continue;
+            }
+            let want = sc.lang_parts[p].0.as_str();
             let text = prefix(v, LANG_WINDOW_BYTES);
             if text.chars().filter(|c| c.is_alphabetic()).count() < LANG_MIN_LETTERS {
                 continue;
@@ -883,7 +1069,7 @@ pub fn check_row(
                 None => got == whatlang::Lang::Eng && !unknown_lookalike(want, got),
             };
             if wrong {
-                return rej(
+                verdict = rej(
                     Reason::WrongLanguage,
                     name,
                     format!(
@@ -892,7 +1078,12 @@ pub fn check_row(
                         info.confidence()
                     ),
                 );
+                break;
             }
+        }
+        sc.unsettled = unsettled;
+        if verdict.is_some() {
+            return verdict;
         }
     }
     None
@@ -988,10 +1179,24 @@ mod tests {
         glucose. Plants absorb sunlight through chlorophyll in their leaves, take in carbon \
         dioxide from the air and water from the soil, and release oxygen as a by-product.";
 
+    static LANGS: LazyLock<Languages> = LazyLock::new(|| {
+        Languages::new(
+            [
+                ("English", "en"),
+                ("German", "de"),
+                ("French", "fr"),
+                ("Spanish", "es"),
+                ("Swahili", "sw"),
+            ]
+            .map(|(n, c)| (n.to_string(), c.to_string())),
+        )
+    });
+
     fn en() -> RowCtx<'static> {
         RowCtx {
             task: Some("Given a biology question, retrieve passages that explain the answer."),
             language: Some("English"),
+            languages: Some(&LANGS),
         }
     }
 
@@ -1112,7 +1317,7 @@ mod tests {
         );
         let en = "The committee approved the new budget after a long debate on Tuesday.";
         let fr = "Le comité a approuvé le nouveau budget après un long débat mardi dernier.";
-        let run = |a: &str, b: &str| {
+        let run = |a: &str, b: &str, with_lists: bool| {
             check_row(
                 &c,
                 &p,
@@ -1122,14 +1327,97 @@ mod tests {
                 RowCtx {
                     task: None,
                     language: Some("English-French"),
+                    languages: with_lists.then_some(&*LANGS),
                 },
                 &mut GateScratch::default(),
             )
             .map(|r| r.field.unwrap())
         };
-        assert_eq!(run(en, fr), None);
-        assert_eq!(run(en, en).as_deref(), Some("S2"));
-        assert_eq!(run(fr, fr).as_deref(), Some("S1"));
+        for with_lists in [false, true] {
+            assert_eq!(run(en, fr, with_lists), None);
+            assert_eq!(run(en, en, with_lists).as_deref(), Some("S2"));
+            assert_eq!(run(fr, fr, with_lists).as_deref(), Some("S1"));
+        }
+    }
+
+    #[test]
+    fn every_stopword_language_has_a_list() {
+        assert!(STOPWORD_LANGS.len() <= 64);
+        for code in STOPWORD_LANGS {
+            let words = stop_words::lookup(code).unwrap_or_default();
+            assert!(words.len() >= 20, "{code}: {} stop words", words.len());
+        }
+        assert!(STOPWORD_SIBLINGS
+            .iter()
+            .flat_map(|g| g.iter())
+            .all(|c| stopword_bit(c).is_some()));
+    }
+
+    fn window(text: &str) -> Vec<u64> {
+        let mut w = Vec::new();
+        words_into(text, WINDOW_WORDS, &mut w);
+        w
+    }
+
+    #[test]
+    fn stop_words_show_the_language() {
+        let bit = |c| stopword_bit(c).unwrap();
+        let en = window("The committee approved the new budget after a long debate on Tuesday.");
+        // Dense technical prose can hold too few function words in its first words: no
+        // evidence, so whatlang decides.
+        assert!(!stopwords_show(&window(DOC), bit("en")));
+        let nl = window("Het comité keurde de nieuwe begroting goed na een lang debat op dinsdag.");
+        let ru = window("Комитет одобрил новый бюджет после долгих дебатов во вторник и в среду.");
+        let fr =
+            window("Le comité a approuvé le nouveau budget après un long débat mardi dernier.");
+        let all = [
+            "en", "fr", "es", "de", "it", "pt", "pl", "nl", "ro", "ru", "sv",
+        ];
+        for (words, lang) in [(&en, "en"), (&nl, "nl"), (&ru, "ru")] {
+            assert!(stopwords_show(words, bit(lang)), "{lang}");
+        }
+        // Never evidence for a language the text is not in.
+        for (words, lang) in [(&en, "en"), (&nl, "nl"), (&ru, "ru"), (&fr, "fr")] {
+            for other in all.iter().filter(|o| **o != lang) {
+                assert!(
+                    !stopwords_show(words, bit(other)),
+                    "{lang} text shown as {other}"
+                );
+            }
+        }
+        // Few words, or words of no list: no evidence either way.
+        assert!(!stopwords_show(
+            &window("photosynthesis chlorophyll glucose"),
+            bit("en")
+        ));
+    }
+
+    #[test]
+    fn short_field_rides_on_a_sibling_that_shows_the_language() {
+        // A short English query whatlang might misread is not judged when the document
+        // of the same row shows English by its function words; a document that does not
+        // is still judged (and rejected) by whatlang.
+        let c = QualityConfig::default();
+        let query = "photosynthesis chlorophyll glucose sugar energy leaves";
+        assert_eq!(check(&c, query, DOC, [None, None], en()), None);
+        let de = "Die Photosynthese wandelt Lichtenergie in chemische Energie um, die in \
+                  Glukose gespeichert wird. Pflanzen nehmen Sonnenlicht über das Chlorophyll auf.";
+        assert_eq!(
+            check(
+                &c,
+                "how plants make sugar from light",
+                de,
+                [None, None],
+                en()
+            ),
+            Some((Reason::WrongLanguage, "d".into()))
+        );
+        // Without lists (no Languages given) the result is whatlang's alone.
+        let bare = RowCtx {
+            languages: None,
+            ..en()
+        };
+        assert_eq!(check(&c, query, DOC, [None, None], bare), None);
     }
 
     #[test]

@@ -212,6 +212,7 @@ class QualityGate:
         schemas: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         from e5x.clean import quality
+        from e5x.tasks.languages import NAME_TO_CODE
         from e5x.tasks.taxonomy import task_types
 
         self.checks = quality.parse_checks(checks)
@@ -219,7 +220,9 @@ class QualityGate:
         merged = {n: t.schema for n, t in types.items()}
         merged.update(schemas or {})
         row_checks = [(k, float(v)) for k, v in self.checks.items() if k != "not_a_task"]
-        self._native = _native.QualityGate(row_checks, quality.gate_types(types, merged))
+        self._native = _native.QualityGate(
+            row_checks, quality.gate_types(types, merged), sorted(NAME_TO_CODE.items())
+        )
 
     def __repr__(self) -> str:
         from e5x.clean.quality import describe

@@ -25,9 +25,12 @@ Checks and default thresholds (a check that fires names the field and why):
                           stricter
     wrong_language   0.5  the language identified by whatlang (on the first 160 bytes of
                           each field) differs from the requested one with at least this
-                          confidence; it abstains on short text and on languages it does
-                          not know (for those only a confident English counts); bitext
-                          checks each side against its own language; lower = stricter
+                          confidence; fields whose first words are clearly stop words of
+                          the requested language skip whatlang, and so do short fields
+                          beside one that did; it abstains on short text and on languages
+                          it does not know (for those only a confident English counts);
+                          bitext checks each side against its own language; lower =
+                          stricter
     not_a_task       4    a brainstormed task definition with fewer words than this, made
                           mostly of identifiers (snake_case, camelCase), or with format
                           residue; rejected before examples are asked for it (synth) and
