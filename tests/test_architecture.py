@@ -12,11 +12,6 @@ import e5x
 PACKAGE = Path(e5x.__file__).parent
 STAGES = ["tasks", "synth", "clean", "data", "train", "eval"]  # the order data flows in
 FOUNDATIONS = {"formats", "model", "kernels"}
-# Known exceptions, each with where it is and what removes it; the test fails when one goes
-# away so that this list only shrinks.
-KNOWN = {
-    ("synth", "clean"): "synth/plan.py uses the native wrapper e5x.clean.core (it belongs at the package root)",
-}
 
 
 def imports() -> dict[tuple[str, str], set[str]]:
@@ -45,11 +40,9 @@ def test_stages_flow_one_way_over_foundations() -> None:
     for (src, dst), files in edges.items():
         later = src in STAGES and dst in STAGES and STAGES.index(dst) > STAGES.index(src)
         foundation_on_stage = src in FOUNDATIONS and dst in STAGES
-        if (later or foundation_on_stage) and (src, dst) not in KNOWN:
+        if later or foundation_on_stage:
             wrong[f"{src} -> {dst}"] = sorted(files)
     assert not wrong, f"imports against the pipeline's direction: {wrong}"
-    gone = [k for k in KNOWN if k not in edges]
-    assert not gone, f"fixed, remove from KNOWN: {gone}"
 
 
 def test_the_walk_sees_a_planted_violation(tmp_path, monkeypatch) -> None:

@@ -13,7 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from e5x.clean import CleanConfig, clean, core
+from e5x import core
+from e5x.clean import CleanConfig, clean
 from e5x.clean import quality as q
 from e5x.tasks.taxonomy import task_types
 

@@ -1,4 +1,4 @@
-"""e5x.clean.core.Deduplicator (Rust) against its pure-Python twin."""
+"""e5x.core.Deduplicator (Rust) against its pure-Python twin."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from e5x.clean import core
+from e5x import core
 from e5x.clean.reference import dedup_ref, normalize_ref
 
 # Characters assigned in Python's Unicode database (so both sides agree on NFKC and

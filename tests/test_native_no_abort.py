@@ -12,11 +12,11 @@ import threading
 import polars as pl
 import pytest
 
-from e5x.clean import core
+from e5x import core
 
 
 def run_isolated(code: str) -> subprocess.CompletedProcess[str]:
-    prog = "import polars as pl\nfrom e5x.clean import core\n" + textwrap.dedent(code)
+    prog = "import polars as pl\nfrom e5x import core\n" + textwrap.dedent(code)
     return subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True, timeout=120)
 
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 import e5x
 from e5x import _native
-from e5x.clean import core
+from e5x import core
 from e5x.clean.reference import BLOCK, render_ref, sample_ref
 
 weights = st.lists(st.floats(0.0, 10.0, allow_nan=False), min_size=1, max_size=7).filter(lambda w: sum(w) > 0)
@@ -42,7 +42,7 @@ def test_sample_crosses_blocks_like_reference() -> None:
 
 def test_sample_same_for_any_thread_count() -> None:
     code = (
-        "import polars as pl, e5x.clean.core as c;"
+        "import polars as pl, e5x.core as c;"
         "df=c.sample_placeholders({'a':{'x':1.0,'y':2.0,'z':0.5},'b':list('pqrs')},200000,11);"
         "print(df.hash_rows().sum())"
     )

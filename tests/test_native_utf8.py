@@ -8,7 +8,7 @@ import polars as pl
 import pyarrow as pa
 import pytest
 
-from e5x.clean import core
+from e5x import core
 
 ROW = b'{"S1": "a cat", "S2": "%s", "S3": "yes"}'
 # (bad bytes, offset of the first invalid byte in them)

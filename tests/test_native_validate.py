@@ -1,4 +1,4 @@
-"""e5x.clean.core.validate (Rust) against its pure-Python twin, plus targeted cases."""
+"""e5x.core.validate (Rust) against its pure-Python twin, plus targeted cases."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from e5x.clean import core
+from e5x import core
 from e5x.clean.reference import MAX_DEPTH, validate_ref
 from e5x.tasks.schemas import SCHEMAS
 

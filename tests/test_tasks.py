@@ -270,7 +270,7 @@ PROMPT_GUIDELINES: dict[str, dict[str, str]] = {
 
 
 def _render(template: str, name: str) -> str:
-    from e5x.clean import core
+    from e5x import core
     import polars as pl
 
     names = template_placeholders(template)

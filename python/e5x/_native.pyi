@@ -3,7 +3,7 @@
 Arrow data crosses as objects implementing the Arrow PyCapsule stream interface
 (``__arrow_c_stream__``): polars Series/DataFrame in, Arrow tables/chunked arrays out
 (wrap them with ``pl.DataFrame(...)`` / ``pl.Series(...)``). Use the typed wrappers in
-``e5x.clean.core`` rather than this module directly.
+``e5x.core`` rather than this module directly.
 """
 
 from typing import Any, final

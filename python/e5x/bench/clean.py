@@ -3,7 +3,7 @@
 Generates E5-style short-long retrieval samples (~1.5 KB each, a few % invalid and a
 few % duplicate), then times in one process:
 
-  e5x          e5x.clean.core.validate(unpack=True, json=False) + Deduplicator.add (Rust, all
+  e5x          e5x.core.validate(unpack=True, json=False) + Deduplicator.add (Rust, all
                cores), and the same in one call with dedup fused into validation; then the
                fused call with the quality gate on (all checks, and all but wrong_language),
                each row carrying its task, requested language and asked-for words
@@ -39,7 +39,7 @@ import numpy as np
 import polars as pl
 import psutil
 
-from e5x.clean import core
+from e5x import core
 from e5x.tasks.schemas import SCHEMAS
 
 FIELDS = ["user_query", "positive_document", "hard_negative_document"]

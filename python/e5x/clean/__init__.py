@@ -1,9 +1,9 @@
 """e5x.clean: raw LLM responses -> validated, deduplicated training triples.
 
 ``clean(CleanConfig(inputs=[run_dir], out="triples.parquet"))`` runs the Rust validator
-(``e5x.clean.core``) over every answer of a synth run, drops exact duplicates, and writes
+(``e5x.core``) over every answer of a synth run, drops exact duplicates, and writes
 contract-3 Parquet plus a rejection report (JSON) and a task-type/language mix chart (PNG).
-The pipeline module is imported lazily so ``e5x.clean.core`` stays cheap to import.
+The pipeline module is imported lazily so ``import e5x.clean.decontaminate`` stays light.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 As the E5-mistral authors did for their synthetic data, a training text overlaps an
 evaluation text when the two are equal once case and spacing are ignored (Unicode NFKC,
 runs of whitespace collapsed, full case folding). The matching is the Rust core's
-deduplicator (``e5x.clean.core.Deduplicator``: xxh3-128 of the normalised text, all
+deduplicator (``e5x.core.Deduplicator``: xxh3-128 of the normalised text, all
 cores), so millions of training rows against every evaluation set take seconds.
 
 Evaluation texts come from BEIR folders (the queries of a split and the documents judged
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import polars as pl
 
-from e5x.clean.core import Deduplicator
+from e5x.core import Deduplicator
 
 TEXT_COLUMNS = ("query", "positive", "negative")
 

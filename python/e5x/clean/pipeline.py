@@ -360,7 +360,7 @@ def clean(
     Columnar: the log becomes one polars frame and every rule below is an expression over
     it or a call into the Rust core; Python touches single rows only for the long_short
     label check and for the handful of report examples."""
-    from e5x.clean import core
+    from e5x import core
     from e5x.clean import quality as q
 
     cfg = load(CleanConfig, config, overrides, fields=fields)  # every bad setting fails before any work

@@ -60,7 +60,7 @@ def _responses(prompts: list[str], langs: list[str], seed: int) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     import polars as pl
 
-    from e5x.clean import core
+    from e5x import core
 
     t0 = time.perf_counter()
     ph = core.sample_placeholders(PLACEHOLDERS, args.rows, args.seed)

@@ -32,7 +32,7 @@ MAX_TASK_CHARS = 500
 
 
 def _core() -> Any:
-    from e5x.clean import core
+    from e5x import core
 
     return core
 

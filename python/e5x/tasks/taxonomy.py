@@ -11,7 +11,7 @@ A :class:`TaskType` bundles, for one kind of embedding task (DESIGN.md §2):
 - ``mapping``: which answer fields become (query, positive, negative).
 
 Templates use ``{name}`` placeholders and ``{{``/``}}`` for literal braces (the syntax of
-``e5x.clean.core.render``). Users add task types from a TOML file (:func:`load_task_types`).
+``e5x.core.render``). Users add task types from a TOML file (:func:`load_task_types`).
 """
 
 from __future__ import annotations
