@@ -28,7 +28,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from e5x.synth import SynthSummary
 
 from e5x.cli import _config_args as cli_config
 
@@ -134,7 +137,7 @@ def overrides_of(args: argparse.Namespace) -> tuple[str | None, list[str]]:
     return config, flags + overrides  # key=value words last: they win
 
 
-def _synthesize_with_local_llm(cfg: Any, args: argparse.Namespace) -> dict[str, Any]:
+def _synthesize_with_local_llm(cfg: Any, args: argparse.Namespace) -> SynthSummary:
     import os
     from pathlib import Path
 

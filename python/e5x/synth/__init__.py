@@ -25,7 +25,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypedDict, overload
 
 from e5x._extras import require
 from e5x.config import load
@@ -41,8 +41,10 @@ __all__ = [
     "FatalAPIError",
     "Plan",
     "RunDirError",
+    "DryRunReport",
     "StepConfig",
     "SynthConfig",
+    "SynthSummary",
     "build_plan",
     "describe_plan",
     "format_plan",
@@ -52,6 +54,120 @@ __all__ = [
 
 PLAN_VERSION = 1
 RUN_FILES = ("config.json", "plan.json", "responses.jsonl", "errors.jsonl", "calls.jsonl", "pools.json", "summary.json")
+
+
+class PlanRow(TypedDict):
+    """One step and task type of a plan: requests and expected tokens and cost."""
+
+    step: str  # "brainstorm" or "examples"
+    task_type: str
+    requests: int
+    models: dict[str, int]  # model -> requests
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float | None  # None: a model without a price
+
+
+class PlanTotals(TypedDict):
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float | None
+
+
+class PlanDescription(TypedDict):
+    """What ``describe_plan`` returns."""
+
+    rows: list[PlanRow]
+    total: PlanTotals
+    fingerprint: str
+
+
+class DryRunReport(PlanDescription):
+    """What ``synthesize(..., dry_run=True)`` returns: the plan, nothing sent."""
+
+    dry_run: Literal[True]
+
+
+class BrainstormProgress(TypedDict):
+    planned: int
+    answered: int
+    retries_answered: int  # extra requests of types whose answers gave no usable task
+
+
+class ExamplesProgress(TypedDict):
+    planned: int
+    answered: int
+    by_type: dict[str, int]  # planned examples per task type
+
+
+class ExhaustedType(TypedDict):
+    answers: int  # brainstorm answers, none of which gave a usable task
+    retries: int  # brainstorm_retries, all spent
+
+
+class BudgetCalls(TypedDict):
+    sent: int  # every call reserved before sending, all sessions
+    stored: int  # answers stored
+    lost_in_flight: int  # calls a kill left without an outcome
+
+
+class BudgetTokens(TypedDict):
+    billed: int  # the server's usage of stored answers
+    reserved: int  # worst case of the calls lost in flight
+
+
+class BudgetCost(TypedDict):
+    billed: float
+    reserved: float
+
+
+class Budget(TypedDict):
+    """What the caps count: billed + reserved."""
+
+    calls: BudgetCalls
+    tokens: BudgetTokens
+    cost_usd: BudgetCost
+
+
+class RetryAfterStats(TypedDict):
+    received: int
+    max_s: float | None  # longest wait asked for
+    capped: int  # waits cut to cap_s
+    cap_s: float
+
+
+class SynthSummary(TypedDict):
+    """What ``synthesize`` returns after a run, and writes to summary.json.
+
+    Counters named ``*_this_session`` cover this session only; the others cover the
+    run directory (every session)."""
+
+    run_dir: str
+    complete: bool  # every planned request answered
+    stop_reason: str | None  # a budget cap or a fatal error stopped the run
+    fatal: str | None
+    brainstorm: BrainstormProgress
+    examples: ExamplesProgress
+    waiting_for_brainstorm: list[str]  # task types whose examples wait for a complete pool
+    brainstorm_exhausted: dict[str, ExhaustedType]
+    answered_before: int
+    answered_this_session: int
+    api_calls_total: int
+    budget: Budget
+    errors_this_session: dict[str, int]  # failed attempts by kind
+    failed_this_session: dict[str, int]  # requests given up, by last error kind
+    retry_after: RetryAfterStats
+    finish_reasons: dict[str, int]
+    refusals: int
+    rejected_answers: dict[str, int]  # stored but unusable answers, by reason
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+    elapsed_s: float
+    requests_per_s: float | None
+    mean_latency_s: float | None
+    pools: dict[str, dict[str, int]]  # task type -> pool size and build_pool's counters
 
 
 class RunDirError(ValueError):
@@ -82,10 +198,10 @@ def load_config(config: SynthConfig | str | Path | Mapping[str, Any] | None,
     return load(SynthConfig, config, overrides)
 
 
-def describe_plan(plan: Plan) -> dict[str, Any]:
+def describe_plan(plan: Plan) -> PlanDescription:
     """Requests, expected tokens and cost per step and task type (for --dry-run)."""
     cfg = plan.config
-    rows: list[dict[str, Any]] = []
+    rows: list[PlanRow] = []
 
     def add(step: str, name: str, chunks: Iterable[list[Request]], step_cfg: StepConfig) -> None:
         models: Counter[str] = Counter()
@@ -130,16 +246,16 @@ def describe_plan(plan: Plan) -> dict[str, Any]:
             example_requests(plan, name, pool, k, RENDER_CHUNK) for k in range(0, plan.counts[name], RENDER_CHUNK)
         )
         add("examples", name, chunks, cfg.examples)
-    total = {
+    total: PlanTotals = {
         "requests": sum(r["requests"] for r in rows),
         "prompt_tokens": sum(r["prompt_tokens"] for r in rows),
         "completion_tokens": sum(r["completion_tokens"] for r in rows),
-        "cost_usd": None if any(r["cost_usd"] is None for r in rows) else round(sum(r["cost_usd"] for r in rows), 4),
+        "cost_usd": None if any(r["cost_usd"] is None for r in rows) else round(sum(r["cost_usd"] or 0.0 for r in rows), 4),
     }
     return {"rows": rows, "total": total, "fingerprint": plan.fingerprint()}
 
 
-def format_plan(desc: dict[str, Any]) -> str:
+def format_plan(desc: PlanDescription) -> str:
     lines = [f"{'step':<11}{'task type':<13}{'requests':>9}{'prompt tok':>12}{'compl tok':>12}{'cost $':>11}  models"]
     for r in desc["rows"]:
         cost = "n/a" if r["cost_usd"] is None else f"{r['cost_usd']:.4f}"
@@ -155,16 +271,50 @@ def format_plan(desc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+ConfigInput = SynthConfig | str | Path | Mapping[str, Any] | None
+
+
+@overload
 def synthesize(
-    config: SynthConfig | str | Path | Mapping[str, Any] | None = None,
+    config: ConfigInput = None,
+    out_dir: str | Path = "synth-run",
+    *,
+    overrides: Iterable[str] | Mapping[str, Any] = (),
+    resume: bool = False,
+    dry_run: Literal[False] = False,
+    echo: Callable[[str], None] | None = None,
+) -> SynthSummary: ...
+@overload
+def synthesize(
+    config: ConfigInput = None,
+    out_dir: str | Path = "synth-run",
+    *,
+    overrides: Iterable[str] | Mapping[str, Any] = (),
+    resume: bool = False,
+    dry_run: Literal[True],
+    echo: Callable[[str], None] | None = None,
+) -> DryRunReport: ...
+@overload
+def synthesize(
+    config: ConfigInput = None,
     out_dir: str | Path = "synth-run",
     *,
     overrides: Iterable[str] | Mapping[str, Any] = (),
     resume: bool = False,
     dry_run: bool = False,
     echo: Callable[[str], None] | None = None,
-) -> dict[str, Any]:
-    """Run (or resume, or dry-run) a synth plan; returns the summary dict.
+) -> SynthSummary | DryRunReport: ...
+def synthesize(
+    config: ConfigInput = None,
+    out_dir: str | Path = "synth-run",
+    *,
+    overrides: Iterable[str] | Mapping[str, Any] = (),
+    resume: bool = False,
+    dry_run: bool = False,
+    echo: Callable[[str], None] | None = None,
+) -> SynthSummary | DryRunReport:
+    """Run (or resume, or dry-run) a synth plan; returns its SynthSummary (also written to
+    summary.json), or with ``dry_run`` the plan as a DryRunReport.
 
     ``config`` may be a SynthConfig, a dict, a TOML path, or None (resume: the run
     directory's config.json; otherwise the defaults); ``overrides`` (``"key.sub=value"``)
@@ -182,7 +332,8 @@ def synthesize(
     if dry_run:
         desc = describe_plan(plan)
         say(format_plan(desc))
-        return {"dry_run": True, **desc}
+        report: DryRunReport = {"dry_run": True, **desc}
+        return report
     require("synthesis", "synth")
 
     fingerprint = plan.fingerprint()
@@ -308,7 +459,7 @@ def brainstorm_retry(plan: Plan, name: str, k: int) -> Request:
     )
 
 
-def _run_locked(plan: Plan, out: Path, say: Callable[[str], None]) -> dict[str, Any]:
+def _run_locked(plan: Plan, out: Path, say: Callable[[str], None]) -> SynthSummary:
     cfg = plan.config
     log_path, err_path = out / "responses.jsonl", out / "errors.jsonl"
     stats, seen, records = _load_state(out, say)
@@ -319,7 +470,7 @@ def _run_locked(plan: Plan, out: Path, say: Callable[[str], None]) -> dict[str, 
     calls_log = AppendLog(out / "calls.jsonl", fsync=cfg.fsync, fsync_interval_s=cfg.fsync_interval_s)
     runner = Runner(cfg, plan.types, log, errlog, stats, calls_log, say)
     t0 = time.monotonic()
-    pools_info: dict[str, Any] = {}
+    pools_info: dict[str, dict[str, int]] = {}
     waiting: list[str] = []
     exhausted: dict[str, int] = {}  # task type -> unusable brainstorm answers, retries spent
     n_examples = plan.n_examples
@@ -413,7 +564,7 @@ def _run_locked(plan: Plan, out: Path, say: Callable[[str], None]) -> dict[str, 
     b_done = sum(r.id in answered_ids for r in plan.brainstorm)
     e_done = sum(i in answered_ids for i in plan.example_ids())
     complete = b_done == len(plan.brainstorm) and e_done == n_examples
-    summary = {
+    summary: SynthSummary = {
         "run_dir": str(out),
         "complete": complete,
         "stop_reason": runner.stop_reason,
@@ -468,7 +619,7 @@ def _run_locked(plan: Plan, out: Path, say: Callable[[str], None]) -> dict[str, 
     return summary
 
 
-def format_summary(s: dict[str, Any]) -> str:
+def format_summary(s: SynthSummary) -> str:
     state = "complete" if s["complete"] else f"INCOMPLETE ({s['stop_reason'] or 'some requests failed; rerun with --resume'})"
     lines = [
         f"e5x synth: {state}",
