@@ -269,3 +269,34 @@ def test_gguf_to_hf_rejects_bad_files(tmp_path):
     bad.write_text("hello")
     with pytest.raises(ValueError, match=r"bad\.gguf is not a GGUF file"):
         gguf_to_hf(bad, tmp_path / "out")
+
+
+def test_local_endpoint_points_the_config_at_its_server_and_stops_it(fake, tmp_path, monkeypatch):
+    from e5x.synth import SynthConfig
+    from e5x.synth.local_server import LOCAL_KEY_ENV, local_endpoint
+
+    launcher, gguf = fake
+    monkeypatch.delenv(LOCAL_KEY_ENV, raising=False)
+    cfg = SynthConfig()
+    cfg.endpoint.provider = "azure"
+    cfg.examples.models = {"mine": 1.0}
+    with local_endpoint(cfg, gguf, log_path=tmp_path / "llm.log", launcher=launcher, model_alias="smol") as s:
+        assert cfg.endpoint.provider == "openai" and cfg.endpoint.base_url == s.base_url
+        assert cfg.endpoint.api_key() == s.api_key and cfg.endpoint.api_key_env == LOCAL_KEY_ENV
+        assert cfg.brainstorm.models == cfg.examples.models == {"smol": 1.0}
+        assert cfg.brainstorm.response_format == cfg.examples.response_format == "json_schema"
+        pid = s.pid
+    assert pid is not None and not _alive(pid) and (tmp_path / "llm.log").read_text()
+
+    # Steps left out of model_steps keep their models; json_schema=False keeps the formats.
+    cfg = SynthConfig()
+    cfg.endpoint.api_key_env = "E5X_TEST_LOCAL_KEY"
+    monkeypatch.setenv("E5X_TEST_LOCAL_KEY", "kept")
+    cfg.examples.models = {"mine": 1.0}
+    cfg.examples.response_format = "none"
+    said: list[str] = []
+    with local_endpoint(cfg, gguf, log_path=tmp_path / "llm2.log", launcher=launcher, model_alias="smol",
+                        model_steps=["brainstorm"], json_schema=False, say=said.append):  # fmt: skip
+        assert cfg.brainstorm.models == {"smol": 1.0} and cfg.examples.models == {"mine": 1.0}
+        assert cfg.examples.response_format == "none" and cfg.endpoint.api_key() == "kept"
+    assert len(said) == 2 and "llm2.log" in said[0] and "smol" in said[1]

