@@ -122,6 +122,19 @@ def test_quality_junk_passes_with_the_gate_off(tmp_path: Path):
     assert report["quality_checks"] == {}
 
 
+def test_quality_mixed_log_judges_each_answer_as_alone(tmp_path: Path):
+    """Good and junk answers in one log get the verdicts each kind gets in a log of its own
+    (polars 2.1 once panicked here formatting the not_a_task messages)."""
+    good, junk = load("quality_good.jsonl"), load("quality_junk.jsonl")
+    alone = Counter()
+    for name, entries in (("good", good), ("junk", junk)):
+        (tmp_path / name).mkdir()
+        alone += Counter(run_clean(tmp_path / name, entries)[0]["by_reason"])
+    mixed, _ = run_clean(tmp_path, good + junk, examples_per_reason=100)
+    assert mixed["by_reason"] == dict(alone) and alone["not_a_task"] >= 1
+    assert all(e["message"].startswith("task definition ") for e in mixed["examples"]["not_a_task"])
+
+
 def test_quality_report_says_why(tmp_path: Path):
     junk = load("quality_junk.jsonl")
     report, _ = run_clean(tmp_path, junk, examples_per_reason=2, excerpt_chars=40)

@@ -259,3 +259,61 @@ def test_mixed_task_types_keep_log_order_and_mapping(tmp_path: Path):
     assert list(ex) == ["label_in_input", "duplicate", "identical_fields", "empty_response"]
     assert report["by_task_type"]["long_short"] == {"rejected": 1, "kept": 2}
     assert report["mix"]["task_type"] == {"long_short": 2, "short_long": 1, "sts": 1, "short_short": 1, "long_long": 1, "bitext": 1}
+
+
+CLASSIFICATION_TYPES = """
+[task_types.intent]
+brainstorm_prompt = "List {n_tasks} intent classification tasks."
+prompt = "Task: {task}. Write a user message and its intent as JSON."
+fields = { message = "a user message", label = "its intent", misleading_label = "a close but wrong intent" }
+mapping = { query = "message", positive = "label", negative = "misleading_label" }
+
+[task_types.topic]
+brainstorm_prompt = "List {n_tasks} topic classification tasks."
+prompt = "Task: {task}. Write a text and its topic as JSON."
+fields = { text = "a text", label = "its topic" }
+mapping = { query = "text", positive = "label" }
+"""
+# A type whose mapped field may be null: the stage parses every answer's JSON in Python
+# instead of reading the validator's columns.
+NULLABLE_TYPE = """
+[task_types.faq]
+brainstorm_prompt = "List {n_tasks} FAQ tasks."
+prompt = "Task: {task}. Write a question and its answer as JSON."
+mapping = { query = "question", positive = "answer" }
+schema = { type = "object", required = ["question", "answer"], properties = { question = { type = ["string", "null"] }, answer = { type = "string" } } }
+"""  # noqa: E501
+
+
+@pytest.mark.parametrize("columnar", [True, False], ids=["columnar", "json"])
+def test_label_leak_applies_to_classification_types_from_toml(tmp_path: Path, columnar: bool):
+    """A TOML task type whose answers carry label (and misleading_label) fields gets the
+    label_in_input rule of long_short, whatever its name and input field."""
+    types = tmp_path / "types.toml"
+    types.write_text(CLASSIFICATION_TYPES + ("" if columnar else NULLABLE_TYPE))
+    records = [
+        rec(0, "intent", {"message": "This is a Refund Request for order 12.", "label": "refund request", "misleading_label": "order status"}),
+        rec(1, "intent", {"message": "Where is my parcel? order status please.", "label": "delivery tracking", "misleading_label": "Order Status"}),
+        rec(2, "intent", {"message": "Cancel it? yes", "label": "yes", "misleading_label": "no"}),  # short labels occur by chance
+        rec(3, "intent", {"message": "Please end my subscription", "label": "cancellation", "misleading_label": "refund request"}),
+        rec(4, "topic", {"text": "The stock market rallied as interest rates fell.", "label": "interest rates"}),
+        rec(5, "topic", {"text": "The team won the final in extra time.", "label": "sports"}),
+    ]  # fmt: skip
+    run = write_run(tmp_path / "run", records)
+    cfg = CleanConfig(inputs=[str(run)], out=str(tmp_path / "t.parquet"), chart="", task_types_file=str(types))
+    report = clean(cfg, quality_checks="none")
+    assert report["by_reason"] == {"label_in_input": 3}
+    assert report["by_reason_field"] == {"label_in_input:label": 2, "label_in_input:misleading_label": 1}
+    assert [(e["id"], e["message"]) for e in report["examples"]["label_in_input"]] == [
+        ("examples-intent-000000", "label 'refund request' appears verbatim in message"),
+        ("examples-intent-000001", "misleading_label 'Order Status' appears verbatim in message"),
+        ("examples-topic-000004", "label 'interest rates' appears verbatim in text"),
+    ]
+    df = pl.read_parquet(tmp_path / "t.parquet")
+    assert df.select("task_type", "query", "positive", "negative").rows() == [
+        ("intent", "Cancel it? yes", "yes", "no"),
+        ("intent", "Please end my subscription", "cancellation", "refund request"),
+        ("topic", "The team won the final in extra time.", "sports", None),
+    ]
+    # The rule is part of the semantic checks: off, every answer is kept.
+    assert clean(cfg, quality_checks="none", semantic_checks=False)["kept"] == len(records)

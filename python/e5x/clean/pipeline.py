@@ -10,7 +10,9 @@ Every answer either becomes a triple or is rejected with exactly one reason:
     <validator codes>  not_json, missing_field, wrong_type, empty_string, too_long,
                        unexpected_field, ... from the Rust validator, with the field
     identical_fields   query == positive, or positive == negative (no training signal)
-    label_in_input     a classification label appears verbatim in the input text
+    label_in_input     a classification answer's label or misleading_label appears
+                       verbatim in its input text (any task type whose schema has them)
+    missing_instruction  the log holds no task definition for the answer
     not_a_task         the brainstormed task definition the answer was written for is
                        not an instruction (``e5x.clean.quality``)
     <quality codes>    format_residue, degenerate, prompt_echo, too_few_words,
@@ -29,7 +31,7 @@ import io
 import json
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, TypedDict
@@ -139,14 +141,20 @@ _LOG_COLUMNS = ("id", "task_type", "model", "content", "refusal", "finish_reason
 # Python's str.isspace() set, which str.split()/str.strip() use. Polars' default (Rust's
 # White_Space) lacks \x1c-\x1f, so the columnar checks name these characters explicitly
 # to give exactly the answers of the per-row Python rules they replace.
-_PY_SPACE = "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680" + "".join(map(chr, range(0x2000, 0x200B))) + "\u2028\u2029\u202f\u205f\u3000"
+_PY_SPACE = (
+    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680"
+    + "".join(map(chr, range(0x2000, 0x200B)))
+    + "\u2028\u2029\u202f\u205f\u3000"
+)
 _PY_SPACE_RUN = "[" + "".join(f"\\x{{{ord(c):x}}}" for c in _PY_SPACE) + "]+"
 # Whitespace that " ".join(s.split()) rewrites: runs of 2+, or one that is not a plain
 # space. Single spaces are left alone, so most text has no match and is not copied.
 _PY_SPACE_FIX = _PY_SPACE_RUN[:-1] + "{2,}|[" + "".join(f"\\x{{{ord(c):x}}}" for c in _PY_SPACE if c != " ") + "]"
 # Columns validate() adds itself; a schema field of the same name cannot be unpacked.
 _VERDICT_COLUMNS = frozenset({"ok", "reason", "field", "message", "extracted", "json"})
-_LABEL_FIELDS = ("label", "misleading_label")  # the classification label check (long_short)
+# The label fields of a classification answer (long_short's, or a custom type's): the
+# label_in_input rule checks that none appears in the input (see _label_fields).
+_LABEL_FIELDS = ("label", "misleading_label")
 
 
 def _ndjson_schema(placeholders: Sequence[str]) -> dict[str, Any]:
@@ -163,6 +171,8 @@ def _ndjson_schema(placeholders: Sequence[str]) -> dict[str, Any]:
         "finish_reason": pl.Utf8,
         "meta": pl.Struct(meta),
     }
+
+
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
@@ -201,13 +211,18 @@ def _read_examples(log: Path, placeholders: Sequence[str] = ()) -> tuple[pl.Data
             raw = None
         if raw is not None:
             meta = pl.col("meta")
-            return raw.filter(pl.col("step") == "examples").select(
+            examples = raw.filter(pl.col("step") == "examples").select(
                 pl.col("id").fill_null("None"),  # f"{r.get('id')}"
-                "task_type", "model", "content", "refusal", "finish_reason",
+                "task_type",
+                "model",
+                "content",
+                "refusal",
+                "finish_reason",
                 meta.struct.field("task").alias("instruction"),
                 meta.struct.field("language").alias("language"),
                 *[meta.struct.field("placeholders").struct.field(p).alias(p) for p in placeholders],
-            ), len(data) - end  # fmt: skip
+            )
+            return examples, len(data) - end
     del data
     records, dropped = read_log(log)
     cols: dict[str, list[Any]] = {k: [] for k in (*_LOG_COLUMNS, *placeholders)}
@@ -271,37 +286,214 @@ def _norm(e: pl.Expr) -> pl.Expr:
     return e.str.replace_all(_PY_SPACE_FIX, " ").str.strip_chars(" ")
 
 
+def clean(
+    config: CleanConfig | Mapping[str, Any] | str | Path | None = None,
+    overrides: Iterable[str] | Mapping[str, Any] = (),
+    **fields: Any,
+) -> CleanReport:
+    """Run the clean stage on ``config`` (a CleanConfig, a dict or a TOML path) with
+    ``overrides`` (``"key=value"``) and ``fields`` applied; returns the report (also written
+    to ``report``).
+
+    Columnar: the log becomes one polars frame and every rule below is an expression over
+    it or a call into the Rust core; Python touches single rows only for the label check
+    of classification types and for the handful of report examples. Each step rejects
+    some answers (recorded in a :class:`_Verdicts`) and hands the rest to the next."""
+    from e5x.clean import quality as q
+
+    cfg = load(CleanConfig, config, overrides, fields=fields)  # every bad setting fails before any work
+    checks = q.parse_checks(cfg.quality_checks)
+    answers, types, torn = _load(cfg)
+    answers = answers.with_row_index("_i")
+    verdicts = _Verdicts(answers.schema["_i"])
+
+    open_rows = _reject_before_parsing(answers, types, verdicts)
+    if "not_a_task" in checks:
+        open_rows = _reject_non_tasks(open_rows, types, int(checks["not_a_task"]), verdicts)
+    kept = pl.DataFrame(schema={k: pl.Utf8 for k in TRIPLE_COLUMNS})
+    extracted = 0
+    if open_rows.height:
+        valid, extracted = _validate(open_rows, types, checks, cfg, verdicts)
+        if valid.height:
+            kept = _dedup(_apply_rules(valid, types, cfg, verdicts), cfg, verdicts)
+
+    out_path, report_path, chart_path = cfg.paths()
+    triples = _write_triples(kept, cfg.source, out_path)
+    report = _report(cfg, verdicts.per_answer(answers), triples, types, checks, extracted, torn)
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(report_path, report)
+    if chart_path is not None:
+        mix_chart(triples, chart_path, rejected=report["by_reason"])
+    return report
+
+
+@dataclass
+class _Verdicts:
+    """The rejected answers, each recorded once by the step that rejected it: row (``_i``),
+    reason and field, the message where the step wrote one (the report writes the others
+    from the reason), and the answer each duplicate repeats. An answer not here is kept."""
+
+    index: pl.DataType  # the dtype of ``_i``
+    rejected: list[pl.DataFrame] = field(default_factory=list)  # _i, reason, field
+    messages: list[pl.DataFrame] = field(default_factory=list)  # _i, _msg, _has_msg
+    duplicate_of: list[pl.DataFrame] = field(default_factory=list)  # _i, _dup: the id it repeats
+
+    def reject(self, hits: pl.DataFrame) -> None:
+        """Record ``hits``: ``_i``, ``reason``, ``field`` and, if the step wrote them, ``_msg``."""
+        self.rejected.append(hits.select("_i", "reason", "field"))
+        if "_msg" in hits.columns:
+            self.messages.append(hits.select("_i", "_msg", pl.lit(True).alias("_has_msg")))
+
+    def per_answer(self, answers: pl.DataFrame) -> pl.DataFrame:
+        """One row per answer, in log order, with its reason (null = kept) and field, the
+        message written when it was rejected, and the id a duplicate repeats."""
+        i: dict[str, Any] = {"_i": self.index}
+        tables = (
+            (self.rejected, {**i, "reason": pl.Utf8, "field": pl.Utf8}),
+            (self.messages, {**i, "_msg": pl.Utf8, "_has_msg": pl.Boolean}),
+            (self.duplicate_of, {**i, "_dup": pl.Utf8}),
+        )
+        rows = answers.select("_i", "id", "task_type", "model", "content", "refusal")
+        for frames, schema in tables:
+            table = pl.concat([pl.DataFrame(schema=schema), *frames], how="vertical_relaxed")
+            rows = rows.join(table, on="_i", how="left", maintain_order="left")
+        return rows
+
+
+def _reject_before_parsing(answers: pl.DataFrame, types: dict[str, TaskType], verdicts: _Verdicts) -> pl.DataFrame:
+    """Rejects answers whose log record alone rules them out (refusal, truncated,
+    content_filter, empty_response, unknown_task_type, in this order of precedence);
+    returns the others."""
+    c = pl.col
+    content_empty = c("content").is_null() | (c("content").str.strip_chars(_PY_SPACE) == "")
+    reason = (
+        pl.when(c("refusal").is_not_null() & (c("refusal") != ""))
+        .then(pl.lit("refusal"))
+        .when(c("finish_reason") == "length")
+        .then(pl.lit("truncated"))
+        .when(c("finish_reason") == "content_filter")
+        .then(pl.lit("content_filter"))
+        .when(content_empty)
+        .then(pl.lit("empty_response"))
+        .when(c("task_type").is_null() | ~c("task_type").is_in(list(types)))
+        .then(pl.lit("unknown_task_type"))
+        .otherwise(None)
+    )
+    answers = answers.with_columns(reason.alias("_pre"))
+    rejected = answers.filter(c("_pre").is_not_null())
+    verdicts.reject(rejected.select("_i", c("_pre").alias("reason"), pl.lit(None, dtype=pl.Utf8).alias("field")))
+    return answers.filter(c("_pre").is_null()).drop("_pre")
+
+
+def _reject_non_tasks(
+    rows: pl.DataFrame, types: dict[str, TaskType], min_words: int, verdicts: _Verdicts
+) -> pl.DataFrame:
+    """Rejects answers written for a brainstormed task definition that is not an
+    instruction (not_a_task; symmetric types have a fixed one); returns the others. Each
+    distinct task definition is checked once."""
+    from e5x import core
+
+    c = pl.col
+    asymmetric = [n for n, t in types.items() if not t.symmetric]
+    brainstormed = c("task_type").is_in(asymmetric) & c("instruction").is_not_null()
+    tasks = rows.filter(brainstormed)["instruction"].unique().to_list()
+    problems = {t: p for t, p in zip(tasks, core.task_problems(tasks, min_words)) if p}
+    if not problems:
+        return rows
+    hit = (brainstormed & c("instruction").is_in(list(problems))).fill_null(False)
+    problem = c("instruction").replace_strict(problems, return_dtype=pl.Utf8)
+    # concat_str, not pl.format: polars 2.1's format panics on some filtered string columns.
+    message = pl.concat_str(pl.lit("task definition "), c("instruction"), pl.lit(": "), problem)
+    hits = rows.filter(hit).select(
+        "_i",
+        pl.lit("not_a_task").alias("reason"),
+        pl.lit("instruction").alias("field"),
+        message.alias("_msg"),
+    )
+    verdicts.reject(hits)
+    return rows.filter(~hit)
+
+
+def _validate(
+    rows: pl.DataFrame,
+    types: dict[str, TaskType],
+    checks: dict[str, float],
+    cfg: CleanConfig,
+    verdicts: _Verdicts,
+) -> tuple[pl.DataFrame, int]:
+    """Runs the Rust validator, with the quality gate's content checks in its pass, and
+    rejects what fails with the validator's reason, field and message. Returns the valid
+    answers with their triple fields (``query``, ``positive``, ``negative``) and labels,
+    and how many of them had their JSON recovered from prose or code fences."""
+    from e5x import core
+    from e5x.clean import quality as q
+
+    schemas = {name: t.schema for name, t in types.items()}
+    validator = core.Validator(schemas)
+    columnar = _fields_columnar(types, schemas, validator.unpack_columns)
+    gate: dict[str, Any] = {}
+    if any(k != "not_a_task" for k in checks):
+        gate = {
+            # Every check named: a mapping modifies the defaults, and these are final.
+            "gate": core.QualityGate({k: checks.get(k, False) for k in q.DEFAULTS}, types, schemas),
+            "gate_tasks": rows["instruction"],
+            "gate_languages": rows["language"],
+            "gate_min_words": dict(q.min_words_columns(rows, types)),
+        }
+    v = validator.validate(
+        rows["content"],
+        rows["task_type"],
+        extract=cfg.extract,
+        unpack=columnar,
+        json=not columnar,
+        **gate,
+    )
+    rows = pl.concat(
+        [
+            rows.select("_i", "task_type", "instruction", "id", "language", "model"),
+            v.select("ok", "reason", "field", "message", "extracted"),
+            _map_fields(v, rows["task_type"], types, columnar),
+        ],
+        how="horizontal",
+    )
+    invalid = rows.filter(~pl.col("ok"))
+    reason = pl.col("reason").fill_null("invalid")
+    verdicts.reject(invalid.select("_i", reason, "field", pl.col("message").alias("_msg")))
+    valid = rows.filter(pl.col("ok"))
+    _require_mapped_fields(valid, types)
+    return valid, valid.filter(pl.col("extracted")).height
+
+
 def _fields_columnar(types: dict[str, TaskType], schemas: dict[str, dict[str, Any]], unpack: list[str]) -> bool:
     """Whether every field the stage reads can come from ``validate(unpack=True)``: each
-    mapped field (and long_short's labels) must be a string property of its schema."""
+    mapped field (and each label field) must be a string property of its schema."""
     if _VERDICT_COLUMNS & set(unpack):
         return False
     for name, t in types.items():
         props = schemas[name].get("properties") or {}
-        need = [t.mapping.query, t.mapping.positive] + ([t.mapping.negative] if t.mapping.negative else [])
-        if t.name == "long_short":
-            need += _LABEL_FIELDS
+        need = [t.mapping.query, t.mapping.positive, *([t.mapping.negative] if t.mapping.negative else [])]
+        need += _label_fields(t)
         if any(not isinstance(props.get(f), dict) or props[f].get("type") != "string" for f in need):
             return False
     return True
 
 
-def _map_fields(
-    v: pl.DataFrame, tt: pl.Series, types: dict[str, TaskType], columnar: bool
-) -> pl.DataFrame:
-    """query/positive/negative (and long_short's raw label values) of the validated rows."""
+def _map_fields(v: pl.DataFrame, tt: pl.Series, types: dict[str, TaskType], columnar: bool) -> pl.DataFrame:
+    """query/positive/negative (and, for classification types, the raw label values in
+    ``_label``/``_misleading_label``) of the validated rows."""
+    labels = {n: _label_fields(t) for n, t in types.items()}
     if columnar:
         ttc = pl.col("_tt")
         present = set(tt.unique().drop_nulls().to_list())
         sel = {n: t for n, t in types.items() if n in present}
-        ls = [n for n, t in sel.items() if t.name == "long_short"]
+        negatives = {n: pl.col(t.mapping.negative) if t.mapping.negative else None for n, t in sel.items()}
         exprs = [
             _by_type(ttc, {n: pl.col(t.mapping.query) for n, t in sel.items()}).alias("query"),
             _by_type(ttc, {n: pl.col(t.mapping.positive) for n, t in sel.items()}).alias("positive"),
-            _by_type(ttc, {n: pl.col(t.mapping.negative) if t.mapping.negative else None for n, t in sel.items()}).alias("negative"),
+            _by_type(ttc, negatives).alias("negative"),
         ]
         for f in _LABEL_FIELDS:  # obj.get(f, "") of a string field
-            exprs.append(_by_type(ttc, {n: pl.col(f).fill_null("") for n in ls}).alias(f"_{f}"))
+            exprs.append(_by_type(ttc, {n: pl.col(f).fill_null("") for n in sel if f in labels[n]}).alias(f"_{f}"))
         return v.with_columns(tt.alias("_tt")).select(exprs)
     # Fallback for schemas whose mapped fields are not plain strings: parse the JSON.
     cols: dict[str, list[Any]] = {"query": [], "positive": [], "negative": [], "_label": [], "_misleading_label": []}
@@ -315,30 +507,164 @@ def _map_fields(
         cols["positive"].append(obj[t.mapping.positive])
         cols["negative"].append(obj.get(t.mapping.negative) if t.mapping.negative else None)
         for f in _LABEL_FIELDS:
-            cols[f"_{f}"].append(str(obj.get(f, "")) if t.name == "long_short" else None)
+            cols[f"_{f}"].append(str(obj.get(f, "")) if f in labels[name] else None)
     return pl.DataFrame(cols, schema={c: pl.Utf8 for c in cols})
 
 
-def _label_leaks(rows: pl.DataFrame) -> tuple[list[int], list[str]]:
-    """Rows (``_i``) whose classification label appears verbatim in the input, with the field.
+def _require_mapped_fields(valid: pl.DataFrame, types: dict[str, TaskType]) -> None:
+    """Raise if a valid answer lacks its query or positive: only a schema that makes a
+    mapped field optional lets one through, and such an answer cannot become a triple."""
+    missing = valid.filter(pl.col("query").is_null() | pl.col("positive").is_null())
+    if missing.height:
+        row = missing.row(0, named=True)
+        t = types[row["task_type"]]
+        f = t.mapping.query if row["query"] is None else t.mapping.positive
+        raise ValueError(
+            f"answer {row['id']} ({row['task_type']}) has no field {f!r}, which the task type maps to a triple"
+        )
 
-    Python over long_short rows only: casefold() has no exact polars equivalent."""
-    hit_i: list[int] = []
-    hit_f: list[str] = []
-    for i, q, lab, mis in rows.select("_i", "query", "_label", "_misleading_label").iter_rows():
-        text = None
-        for f, raw in (("label", lab), ("misleading_label", mis)):
-            label = raw.strip().casefold()
+
+def _apply_rules(
+    valid: pl.DataFrame, types: dict[str, TaskType], cfg: CleanConfig, verdicts: _Verdicts
+) -> pl.DataFrame:
+    """The recipe's rules on valid answers, in order of precedence: each rejects some of
+    the answers the rules before it kept. Returns the answers no rule rejects."""
+    rules: list[Callable[[pl.DataFrame, dict[str, TaskType]], pl.DataFrame]] = []
+    if cfg.semantic_checks:
+        rules += [_identical_fields, _label_in_input]
+    rules.append(_missing_instruction)
+    rows = valid
+    for rule in rules:
+        hits = rule(rows, types)
+        verdicts.reject(hits)
+        rows = rows.join(hits.select("_i"), on="_i", how="anti", maintain_order="left")
+    return rows
+
+
+def _identical_fields(rows: pl.DataFrame, types: dict[str, TaskType]) -> pl.DataFrame:
+    """identical_fields: query == positive, or positive == negative, up to whitespace; the
+    pair carries no training signal. The field is the second of the two."""
+    tt = pl.col("task_type")
+    positive = _norm(pl.col("positive"))
+    same_qp = _norm(pl.col("query")) == positive
+    same_np = pl.col("negative").is_not_null() & (_norm(pl.col("negative")) == positive)
+    positive_field = _by_type(tt, {n: pl.lit(t.mapping.positive) for n, t in types.items()})
+    negatives = {n: pl.lit(t.mapping.negative) if t.mapping.negative else None for n, t in types.items()}
+    negative_field = _by_type(tt, negatives)
+    return rows.filter(same_qp | same_np).select(
+        "_i",
+        pl.lit("identical_fields").alias("reason"),
+        pl.when(same_qp).then(positive_field).otherwise(negative_field).alias("field"),
+    )
+
+
+def _label_in_input(rows: pl.DataFrame, types: dict[str, TaskType]) -> pl.DataFrame:
+    """label_in_input: a classification answer (a type with label fields, see
+    :func:`_label_fields`) whose label or misleading label appears verbatim, casefolded,
+    in its input (the query); the field is the label that leaked.
+
+    Python over those rows only: casefold() has no exact polars equivalent."""
+    hits: dict[str, list[Any]] = {"_i": [], "reason": [], "field": [], "_msg": []}
+    classification = [n for n, t in types.items() if _label_fields(t)]
+    candidates = rows.filter(pl.col("task_type").is_in(classification))
+    label_columns = [f"_{f}" for f in _LABEL_FIELDS]
+    for i, tt, text, *raw_labels in candidates.select("_i", "task_type", "query", *label_columns).iter_rows():
+        folded = None
+        for f, raw in zip(_LABEL_FIELDS, raw_labels):
+            label = (raw or "").strip().casefold()
             # Short labels ("yes", "no") occur in text by chance; only flag labels of 2+ words
             # or of 12+ characters, where verbatim presence means the label leaked.
             if label and (len(label.split()) >= 2 or len(label) >= 12):
-                if text is None:
-                    text = q.casefold()
-                if label in text:
-                    hit_i.append(i)
-                    hit_f.append(f)
+                if folded is None:
+                    folded = text.casefold()
+                if label in folded:
+                    hits["_i"].append(i)
+                    hits["reason"].append("label_in_input")
+                    hits["field"].append(f)
+                    hits["_msg"].append(f"{f} {raw!r} appears verbatim in {types[tt].mapping.query}")
                     break
-    return hit_i, hit_f
+    schema: dict[str, Any] = {"_i": rows.schema["_i"], "reason": pl.Utf8, "field": pl.Utf8, "_msg": pl.Utf8}
+    return pl.DataFrame(hits, schema=schema)
+
+
+def _label_fields(t: TaskType) -> list[str]:
+    """The label fields of a classification type: those of ``_LABEL_FIELDS`` its schema
+    has (long_short's, or a custom type's written the same way), except its input."""
+    return [f for f in _LABEL_FIELDS if f in t.fields and f != t.mapping.query]
+
+
+def _missing_instruction(rows: pl.DataFrame, types: dict[str, TaskType]) -> pl.DataFrame:
+    """missing_instruction: the log holds no task definition for the answer."""
+    no_instruction = pl.col("instruction").is_null() | (pl.col("instruction") == "")
+    return rows.filter(no_instruction).select(
+        "_i", pl.lit("missing_instruction").alias("reason"), pl.lit(None, dtype=pl.Utf8).alias("field")
+    )
+
+
+def _dedup(rows: pl.DataFrame, cfg: CleanConfig, verdicts: _Verdicts) -> pl.DataFrame:
+    """Rejects exact duplicates (``dedup_fields``) of an earlier answer, in log order;
+    returns the first of each."""
+    from e5x import core
+
+    if not rows.height:
+        return rows
+    # "" = no negative, so keys stay non-null.
+    keys = rows.select("instruction", "query", "positive", pl.col("negative").fill_null(""))
+    unknown = [f for f in cfg.dedup_fields if f not in keys.columns]
+    if unknown:
+        raise ValueError(f"dedup_fields {unknown} not among {sorted(keys.columns)}")
+    verdict = core.Deduplicator(casefold=cfg.casefold).add(keys, list(cfg.dedup_fields))
+    rows = pl.concat([rows, verdict], how="horizontal")
+    dups = rows.filter(~pl.col("keep"))
+    verdicts.reject(dups.select("_i", pl.lit("duplicate").alias("reason"), pl.lit(None, dtype=pl.Utf8).alias("field")))
+    verdicts.duplicate_of.append(dups.select("_i", rows["id"].gather(dups["duplicate_of"]).alias("_dup")))
+    return rows.filter(pl.col("keep"))
+
+
+def _write_triples(kept: pl.DataFrame, source: str, path: Path) -> pl.DataFrame:
+    """The kept answers as training triples (``TRIPLE_COLUMNS``), written to ``path``."""
+    triples = kept.select(
+        *TRIPLE_COLUMNS[:-1],
+        pl.lit(source, dtype=pl.Utf8).alias("source"),
+    ).cast({k: pl.Utf8 for k in TRIPLE_COLUMNS})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    triples.write_parquet(path)
+    return triples
+
+
+def _report(
+    cfg: CleanConfig,
+    rows: pl.DataFrame,
+    triples: pl.DataFrame,
+    types: dict[str, TaskType],
+    checks: dict[str, float],
+    extracted: int,
+    torn: int,
+) -> CleanReport:
+    """The report of a run: ``rows`` holds one verdict per answer (see
+    :meth:`_Verdicts.per_answer`), ``triples`` what was written."""
+    out_path, _, chart_path = cfg.paths()
+    rej = rows.filter(pl.col("reason").is_not_null())
+    with_field = rej.filter(pl.col("field").is_not_null() & (pl.col("field") != ""))
+    reason_field = with_field.select("_i", pl.concat_str("reason", pl.lit(":"), "field").alias("k"))
+    lead = pl.int_range(pl.len()).alias("_i")  # row order, for _counts' ties
+    return {
+        "inputs": [str(p) for p in cfg.inputs],
+        "output": str(out_path),
+        "responses": rows.height,
+        "kept": triples.height,
+        "rejected": rows.height - triples.height,
+        "extracted_json": extracted,
+        "logs_with_torn_tail": torn,
+        "by_reason": _counts(rej, "reason"),
+        "by_reason_field": _counts(reason_field, "k"),
+        "by_task_type": _type_counts(rows),
+        "by_task_type_reason": _type_reason_counts(rej),
+        "quality_checks": checks,
+        "mix": {k: _counts(triples.select(lead, k), k) for k in ("task_type", "language", "model")},
+        "examples": _examples(rej, types, cfg),
+        "chart": str(chart_path) if chart_path else None,
+    }
 
 
 def _counts(frame: pl.DataFrame, key: str) -> dict[Any, int]:
@@ -346,208 +672,6 @@ def _counts(frame: pl.DataFrame, key: str) -> dict[Any, int]:
     g = frame.group_by(key).agg(pl.len().alias("_n"), pl.col("_i").min().alias("_first"))
     g = g.sort(["_n", "_first"], descending=[True, False])
     return dict(zip(g[key].to_list(), g["_n"].to_list()))
-
-
-def clean(
-    config: CleanConfig | Mapping[str, Any] | str | Path | None = None,
-    overrides: Iterable[str] | Mapping[str, Any] = (),
-    **fields: Any,
-) -> CleanReport:
-    """Run the clean stage on ``config`` (a CleanConfig, a dict or a TOML path) with
-    ``overrides`` (``"key=value"``) and ``fields`` applied; returns the report (also written
-    to ``report``).
-
-    Columnar: the log becomes one polars frame and every rule below is an expression over
-    it or a call into the Rust core; Python touches single rows only for the long_short
-    label check and for the handful of report examples."""
-    from e5x import core
-    from e5x.clean import quality as q
-
-    cfg = load(CleanConfig, config, overrides, fields=fields)  # every bad setting fails before any work
-    checks = q.parse_checks(cfg.quality_checks)
-    out_path, report_path, chart_path = cfg.paths()
-    df, types, torn = _load(cfg)
-    n = df.height
-    df = df.with_row_index("_i")
-    idx = df.schema["_i"]
-    c = pl.col
-
-    # Rejections that need no parsing, in this order of precedence.
-    content_empty = c("content").is_null() | (c("content").str.strip_chars(_PY_SPACE) == "")
-    pre = (
-        pl.when(c("refusal").is_not_null() & (c("refusal") != "")).then(pl.lit("refusal"))
-        .when(c("finish_reason") == "length").then(pl.lit("truncated"))
-        .when(c("finish_reason") == "content_filter").then(pl.lit("content_filter"))
-        .when(content_empty).then(pl.lit("empty_response"))
-        .when(c("task_type").is_null() | ~c("task_type").is_in(list(types))).then(pl.lit("unknown_task_type"))
-        .otherwise(None)
-    )  # fmt: skip
-    df = df.with_columns(pre.alias("_pre"))
-    vmsgs = [pl.DataFrame(schema={"_i": idx, "_vmsg": pl.Utf8, "_val": pl.Boolean})]
-    if "not_a_task" in checks:
-        # Brainstormed task definitions that are not instructions (symmetric types have a
-        # fixed one); each distinct task is checked once.
-        asym = [n for n, t in types.items() if not t.symmetric]
-        open_rows = c("_pre").is_null() & c("task_type").is_in(asym) & c("instruction").is_not_null()
-        uniq = df.filter(open_rows)["instruction"].unique().to_list()
-        bad_tasks = {t: p for t, p in zip(uniq, core.task_problems(uniq, int(checks["not_a_task"]))) if p}
-        if bad_tasks:
-            hit = open_rows & c("instruction").is_in(list(bad_tasks))
-            df = df.with_columns(pl.when(hit).then(pl.lit("not_a_task")).otherwise(c("_pre")).alias("_pre"))
-            vmsgs.append(
-                df.filter(c("_pre") == "not_a_task").select(
-                    "_i",
-                    pl.format("task definition {}: {}", c("instruction"), c("instruction").replace_strict(bad_tasks, return_dtype=pl.Utf8)).alias("_vmsg"),
-                    pl.lit(True).alias("_val"),
-                )
-            )  # fmt: skip
-    todo = df.filter(c("_pre").is_null()).select("_i", "task_type", "instruction", "id", "language", "model")
-
-    # The Rust validator, on everything not already rejected.
-    # Messages are written only for the report's examples (_message), from these columns.
-    pre_field = pl.when(c("_pre") == "not_a_task").then(pl.lit("instruction")).otherwise(pl.lit(None, pl.Utf8))
-    rejects = [df.filter(c("_pre").is_not_null()).select("_i", c("_pre").alias("reason"), pre_field.alias("field"))]
-    dup_ids = pl.DataFrame(schema={"_i": idx, "_dup": pl.Utf8})
-    acc = None
-    extracted = 0
-    if todo.height:
-        schemas = {name: t.schema for name, t in types.items()}
-        validator = core.Validator(schemas)
-        columnar = _fields_columnar(types, schemas, validator.unpack_columns)
-        open_df = df.filter(c("_pre").is_null())
-        gate_kw: dict[str, Any] = {}
-        if any(k != "not_a_task" for k in checks):
-            gate_kw = {
-                # Every check named: a mapping modifies the defaults, and these are final.
-                "gate": core.QualityGate({k: checks.get(k, False) for k in q.DEFAULTS}, types, schemas),
-                "gate_tasks": todo["instruction"],
-                "gate_languages": todo["language"],
-                "gate_min_words": dict(q.min_words_columns(open_df, types)),
-            }
-        v = validator.validate(
-            open_df["content"],
-            todo["task_type"],
-            extract=cfg.extract,
-            unpack=columnar,
-            json=not columnar,
-            **gate_kw,
-        )
-        mapped = _map_fields(v, todo["task_type"], types, columnar)
-        todo = pl.concat([todo, v.select("ok", "reason", "field", "message", "extracted"), mapped], how="horizontal")
-        extracted = int(todo.filter(c("ok") & c("extracted")).height)
-        bad = todo.filter(~c("ok"))
-        rejects.append(bad.select("_i", c("reason").fill_null("invalid"), "field"))
-        vmsgs.append(bad.select("_i", c("message").alias("_vmsg"), pl.lit(True).alias("_val")))
-        acc = todo.filter(c("ok"))
-
-    if acc is not None and acc.height:
-        missing = acc.filter(c("query").is_null() | c("positive").is_null())
-        if missing.height:  # only a schema with optional mapped fields can get here
-            row = missing.row(0, named=True)
-            t = types[row["task_type"]]
-            f = t.mapping.query if row["query"] is None else t.mapping.positive
-            raise ValueError(f"answer {row['id']} ({row['task_type']}) has no field {f!r}, which the task type maps to a triple")
-        # Map to triples and apply the recipe's semantic constraints.
-        sem_reason = pl.lit(None, dtype=pl.Utf8)
-        sem_field = pl.lit(None, dtype=pl.Utf8)
-        if cfg.semantic_checks:
-            tt = c("task_type")
-            pn = _norm(c("positive"))
-            same_qp = _norm(c("query")) == pn
-            same_np = c("negative").is_not_null() & (_norm(c("negative")) == pn)
-            ls_names = [n for n, t in types.items() if t.name == "long_short"]
-            acc = acc.with_columns(
-                pl.when(same_qp).then(pl.lit("identical_fields"))
-                .when(same_np).then(pl.lit("identical_fields")).alias("_sem"),
-                pl.when(same_qp).then(_by_type(tt, {n: pl.lit(t.mapping.positive) for n, t in types.items()}))
-                .when(same_np).then(_by_type(tt, {n: pl.lit(t.mapping.negative) if t.mapping.negative else None for n, t in types.items()}))
-                .alias("_semf"),
-            )  # fmt: skip
-            if ls_names:
-                hit_i, hit_f = _label_leaks(acc.filter(c("_sem").is_null() & tt.is_in(ls_names)))
-                if hit_i:
-                    hits = pl.DataFrame({"_i": hit_i, "_lf": hit_f}, schema={"_i": idx, "_lf": pl.Utf8})
-                    acc = acc.join(hits, on="_i", how="left", maintain_order="left").with_columns(
-                        pl.when(c("_lf").is_not_null()).then(pl.lit("label_in_input")).otherwise(c("_sem")).alias("_sem"),
-                        pl.coalesce("_lf", "_semf").alias("_semf"),
-                    )
-            sem_reason, sem_field = c("_sem"), c("_semf")
-        no_instr = c("instruction").is_null() | (c("instruction") == "")
-        acc = acc.with_columns(
-            pl.when(sem_reason.is_not_null()).then(sem_reason)
-            .when(no_instr).then(pl.lit("missing_instruction")).alias("_r"),
-            pl.when(sem_reason.is_not_null()).then(sem_field).alias("_f"),
-        )  # fmt: skip
-        rejects.append(acc.filter(c("_r").is_not_null()).select("_i", c("_r").alias("reason"), c("_f").alias("field")))
-        cand = acc.filter(c("_r").is_null())
-
-        # Exact dedup over kept rows, in log order.
-        if cand.height:
-            dcols = cand.select("instruction", "query", "positive", c("negative").fill_null(""))  # "" = no negative, so keys stay non-null
-            bad_fields = [f for f in cfg.dedup_fields if f not in dcols.columns]
-            if bad_fields:
-                raise ValueError(f"dedup_fields {bad_fields} not among {sorted(dcols.columns)}")
-            d = core.Deduplicator(casefold=cfg.casefold).add(dcols, list(cfg.dedup_fields))
-            cand = pl.concat([cand, d], how="horizontal")
-            dups = cand.filter(~c("keep"))
-            rejects.append(dups.select("_i", pl.lit("duplicate").alias("reason"), pl.lit(None, pl.Utf8).alias("field")))
-            dup_ids = dups.select("_i", cand["id"].gather(dups["duplicate_of"]).alias("_dup"))
-            cand = cand.filter(c("keep"))
-        kept = cand
-    else:
-        kept = pl.DataFrame(schema={k: pl.Utf8 for k in TRIPLE_COLUMNS})
-    out = kept.select(
-        "instruction", "query", "positive", "negative", "task_type", "language", "model",
-        pl.lit(cfg.source, dtype=pl.Utf8).alias("source"),
-    ).cast({k: pl.Utf8 for k in TRIPLE_COLUMNS})  # fmt: skip
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out.write_parquet(out_path)
-
-    # The report: one verdict per row (reason null = kept).
-    verdict = pl.concat(rejects, how="vertical_relaxed")
-    rows = (
-        df.select("_i", "id", "task_type", "model", "content", "refusal")
-        .join(verdict, on="_i", how="left", maintain_order="left")
-        .join(pl.concat(vmsgs, how="vertical_relaxed"), on="_i", how="left", maintain_order="left")
-        .join(dup_ids, on="_i", how="left", maintain_order="left")
-    )
-    if acc is not None and "_label" in acc.columns:
-        rows = rows.join(acc.select("_i", "_label", "_misleading_label"), on="_i", how="left", maintain_order="left")
-    rej = rows.filter(c("reason").is_not_null())
-    by_reason = _counts(rej, "reason")
-    by_reason_field = _counts(
-        rej.filter(c("field").is_not_null() & (c("field") != "")).select("_i", pl.format("{}:{}", "reason", "field").alias("k")), "k"
-    )
-    per_type = _type_counts(rows)
-    per_type_reason: dict[str, dict[str, int]] = {}
-    for tt_name in sorted(set(rej["task_type"].fill_null("None").to_list())):
-        sub = rej.filter(c("task_type").fill_null("None") == tt_name)
-        per_type_reason[tt_name] = _counts(sub, "reason")
-    examples = _examples(rej, types, cfg)
-    kept_n = out.height
-    lead = pl.int_range(pl.len(), dtype=idx).alias("_i")
-    report: CleanReport = {
-        "inputs": [str(p) for p in cfg.inputs],
-        "output": str(out_path),
-        "responses": n,
-        "kept": kept_n,
-        "rejected": n - kept_n,
-        "extracted_json": extracted,
-        "logs_with_torn_tail": torn,
-        "by_reason": by_reason,
-        "by_reason_field": by_reason_field,
-        "by_task_type": per_type,
-        "by_task_type_reason": per_type_reason,
-        "quality_checks": checks,
-        "mix": {k: _counts(out.select(lead, k), k) for k in ("task_type", "language", "model")},
-        "examples": examples,
-        "chart": str(chart_path) if chart_path else None,
-    }
-    report_path.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(report_path, report)
-    if chart_path is not None:
-        mix_chart(out, chart_path, rejected=by_reason)
-    return report
 
 
 def _type_counts(rows: pl.DataFrame) -> dict[str, dict[str, int]]:
@@ -569,9 +693,13 @@ def _type_counts(rows: pl.DataFrame) -> dict[str, dict[str, int]]:
     return dict(sorted(out.items()))
 
 
-def _examples(
-    rej: pl.DataFrame, types: dict[str, TaskType], cfg: CleanConfig
-) -> dict[str, list[dict[str, Any]]]:
+def _type_reason_counts(rej: pl.DataFrame) -> dict[str, dict[str, int]]:
+    """Rejections by reason (as :func:`_counts`) per task type ("None" if missing), keys sorted."""
+    tt = pl.col("task_type").fill_null("None")
+    return {name: _counts(rej.filter(tt == name), "reason") for name in sorted(set(rej.select(tt)["task_type"]))}
+
+
+def _examples(rej: pl.DataFrame, types: dict[str, TaskType], cfg: CleanConfig) -> dict[str, list[dict[str, Any]]]:
     """The first ``examples_per_reason`` rows of each reason, with their messages."""
     # Keys in the order each reason first occurs (as a defaultdict filled in row order).
     first = rej.group_by("reason").agg(pl.col("_i").min()).sort("_i")["reason"].to_list()
@@ -597,9 +725,10 @@ def _examples(
 
 
 def _message(row: dict[str, Any], types: dict[str, TaskType]) -> str | None:
+    """The report's message for a rejected row: the one its step wrote, else one from its reason."""
     r = row["reason"]
-    if row["_val"]:
-        return row["_vmsg"]  # the validator's own message
+    if row["_has_msg"]:
+        return row["_msg"]
     if r == "refusal":
         return str(row["refusal"])
     if r == "truncated":
@@ -614,16 +743,11 @@ def _message(row: dict[str, Any], types: dict[str, TaskType]) -> str | None:
         return "the log has no task definition for this answer"
     if r == "duplicate":
         return f"duplicate of {row['_dup']}"
-    if r == "not_a_task":
-        return "the task definition is not an instruction"
     if r == "identical_fields":
         m = types[row["task_type"]].mapping
         if row["field"] == m.positive:
             return f"{m.positive} equals {m.query}"
         return f"{m.negative} equals {m.positive}"
-    if r == "label_in_input":
-        f = row["field"]
-        return f"{f} {row['_' + f]!r} appears verbatim in input_text"
     raise AssertionError(f"no message for reason {r!r}")
 
 
@@ -666,4 +790,3 @@ def mix_chart(
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
