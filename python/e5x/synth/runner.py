@@ -8,7 +8,9 @@ and jitter, honouring ``Retry-After`` up to ``retry_after_max_s``; each failed a
 logged to ``errors.jsonl``. An answer of any shape is stored (see ``response.py``):
 truncated, refused, empty or odd ones too, with ``rejected`` naming why it cannot be used,
 so a paid answer is never asked for twice; ``e5x clean`` rejects them with their reason.
-The openai client's own retries are off (``max_retries=0``) so every retry is ours.
+Requests go through a ``ChatClient`` (see ``client.py``; the OpenAI/Azure one by
+default), which sends one attempt and reports a fault as transient or fatal; every retry
+is the runner's.
 
 Budgets survive kill -9: before a call is sent, a reservation (its id and worst-case
 tokens and cost) is appended to ``calls.jsonl``; answers and errors name the call they
@@ -32,7 +34,6 @@ once: ``concurrency`` x (actual - reserved) tokens.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import json
 import random
 import sys
@@ -42,6 +43,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from e5x.synth.client import ChatClient, FatalFault, OpenAIChatClient, TransientFault
+from e5x.synth.client import retry_after_seconds as retry_after_seconds  # re-exported for callers of runner
 from e5x.synth.config import StepConfig, SynthConfig
 from e5x.synth.plan import Request
 from e5x.synth.response import parse_completion, token_count
@@ -49,12 +52,7 @@ from e5x.synth.store import AppendLog
 from e5x.synth.tokens import prompt_tokens_bound
 from e5x.tasks.taxonomy import TaskType
 
-REQUEST_ID_HEADER = "X-E5X-Request-Id"
 LONG_PAUSE_S = 10.0  # a Retry-After pause this long is said on stderr, not only logged
-
-
-class FatalAPIError(RuntimeError):
-    """An error no retry can fix (bad key, unknown model): the run stops."""
 
 
 @dataclass
@@ -129,29 +127,6 @@ class TokenBucket:
         self.level = min(self.capacity, self.level + amount)
 
 
-def retry_after_seconds(headers: Any) -> float | None:
-    """Seconds from ``retry-after-ms`` / ``retry-after`` (seconds or an HTTP date)."""
-    if headers is None:
-        return None
-    ms = headers.get("retry-after-ms")
-    if ms:
-        try:
-            return max(0.0, float(ms) / 1000.0)
-        except ValueError:
-            pass
-    ra = headers.get("retry-after")
-    if not ra:
-        return None
-    try:
-        return max(0.0, float(ra))
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(ra)
-        except (TypeError, ValueError):
-            return None
-        return max(0.0, when.timestamp() - time.time())
-
-
 class Runner:
     def __init__(
         self,
@@ -162,7 +137,10 @@ class Runner:
         stats: Stats,
         calls_log: AppendLog | None = None,
         say: Callable[[str], None] | None = None,
+        client: ChatClient | None = None,
     ) -> None:
+        """``client`` sends the requests; None: an OpenAIChatClient for ``cfg.endpoint``,
+        made at the first request."""
         self.cfg = cfg
         self.types = types
         self.log = log
@@ -185,44 +163,20 @@ class Runner:
         self._inflight = 0
         self._rpm = TokenBucket(cfg.rpm) if cfg.rpm else None
         self._tpm = TokenBucket(cfg.tpm) if cfg.tpm else None
-        self._client: Any = None
+        self._client = client
         self._rand = random.Random()
         self._bar: Any = None
         self._last_postfix = 0.0
 
     # ---- client -----------------------------------------------------------------------
-    def client(self) -> Any:
+    def client(self) -> ChatClient:
         if self._client is None:
-            import openai
-
-            httpx2 = _httpx()
-
-            ep = self.cfg.endpoint
-            key = ep.api_key()
-            if key is None:
-                raise FatalAPIError(f"environment variable {ep.key_env} (endpoint.api_key_env) is not set")
-            n = self.cfg.concurrency
-            # One pooled connection per concurrency slot, all kept alive between requests.
-            limits = httpx2.Limits(max_connections=n, max_keepalive_connections=n)
-            http = _http_client(self.cfg.http_backend)(limits=limits, timeout=self.cfg.timeout_s)
-            common: dict[str, Any] = dict(
-                api_key=key,
-                max_retries=0,  # retries are ours: counted, logged, Retry-After honoured
-                timeout=self.cfg.timeout_s,
-                default_headers=ep.headers or None,
-                http_client=http,
-            )
-            if ep.provider == "azure":
-                self._client = openai.AsyncAzureOpenAI(
-                    azure_endpoint=ep.azure_endpoint, api_version=ep.api_version, base_url=ep.base_url, **common
-                )
-            else:
-                self._client = openai.AsyncOpenAI(base_url=ep.base_url, **common)
+            self._client = OpenAIChatClient(self.cfg)
         return self._client
 
     async def aclose(self) -> None:
         if self._client is not None:
-            await self._client.close()
+            await self._client.aclose()
             self._client = None
 
     # ---- accounting ---------------------------------------------------------------------
@@ -387,44 +341,22 @@ class Runner:
     async def _attempt(
         self, req: Request, kwargs: dict[str, Any], attempt: int, tpm_tokens: int, call: str
     ) -> tuple[str | None, str, float | None]:
-        """One HTTP call. Returns (None, "", None) once the answer is stored, else the error."""
-        import openai
-
+        """One call. Returns (None, "", None) once the answer is stored, else the fault's
+        kind, detail and Retry-After."""
         t0 = time.monotonic()
         self._inflight += 1
         try:
-            # client.post skips the SDK's per-call TypedDict transform and pydantic parsing
-            # (half of its CPU per request); routing, auth, Azure deployment URLs and error
-            # mapping are still the SDK's. We parse the body ourselves (malformed -> retry).
-            raw = await self.client().post(
-                "/chat/completions",
-                body=kwargs,
-                cast_to=_httpx().Response,
-                options={"headers": {REQUEST_ID_HEADER: req.id}},
-            )
-            body_bytes = raw.content
-        except openai.APIStatusError as e:
-            code = e.status_code
-            ra = retry_after_seconds(e.response.headers)
-            if code == 429:
-                return "rate_limited", str(e), ra
-            if code in (401, 403):
-                return "auth", str(e), None
-            if code == 404:
-                return "not_found", str(e), None
-            if code in (400, 422):
-                return "bad_request", str(e), None
-            return f"http_{code}", str(e), ra
-        except openai.APIConnectionError as e:  # APITimeoutError included
-            return _transport_kind(e), f"{e}: {e.__cause__!r}", None
+            body = await self.client().chat(kwargs, request_id=req.id)
+        except (TransientFault, FatalFault) as e:
+            return e.kind, e.detail, getattr(e, "retry_after", None)
         finally:
             self._inflight -= 1
         latency = time.monotonic() - t0
         try:
             # Missing usage: bill the bound, so budgets stay on the safe side.
-            c = parse_completion(json.loads(body_bytes), prompt_tokens_bound(req.messages, req.model))
-        except (ValueError, RecursionError) as e:  # MalformedBody and JSON errors
-            return "malformed", f"unparseable response body ({e}): {body_bytes[:200]!r}", None
+            c = parse_completion(body, prompt_tokens_bound(req.messages, req.model))
+        except (ValueError, RecursionError) as e:  # MalformedBody
+            return "malformed", f"unparseable response body ({e}): {json.dumps(body, default=str)[:200]!r}", None
         pt, ct = c.prompt_tokens, c.completion_tokens
         rec = {
             "id": req.id,
@@ -476,53 +408,6 @@ class Runner:
             f"ref={s.refusals} rej={sum(s.rejected.values())}",
             refresh=False,
         )
-
-
-def _httpx() -> Any:
-    """The SDK's HTTP library: ``httpx2`` for openai >= 3, ``httpx`` before."""
-    try:
-        import httpx2
-
-        return httpx2
-    except ImportError:
-        import httpx
-
-        return httpx
-
-
-def _transport_kind(exc: BaseException) -> str:
-    """"timeout" or "connection", from the root cause: the SDK's aiohttp transport reports a
-    dropped connection as a connect timeout, which would mislabel the fault."""
-    chain: list[BaseException] = []
-    e: BaseException | None = exc
-    while e is not None and len(chain) < 10:
-        chain.append(e)
-        e = e.__cause__ or e.__context__
-    root = chain[-1]
-    if isinstance(root, TimeoutError) or "Timeout" in type(root).__name__:
-        return "timeout"
-    if isinstance(root, (ConnectionError, OSError)) or "Disconnect" in type(root).__name__:
-        return "connection"
-    return "timeout" if any("Timeout" in type(x).__name__ for x in chain) else "connection"
-
-
-def _http_client(backend: str) -> Any:
-    """The openai SDK's aiohttp transport costs ~40% less CPU per request than httpx."""
-    import openai
-
-    if backend == "aiohttp" or backend == "auto":
-        try:
-            import aiohttp  # noqa: F401
-        except ImportError:
-            if backend == "aiohttp":
-                raise
-        else:
-            aio = getattr(openai, "DefaultAioHttpClient", None)  # openai >= 1.80
-            if aio is not None:
-                return aio
-            if backend == "aiohttp":
-                raise RuntimeError("http_backend='aiohttp' needs openai >= 1.80")
-    return openai.DefaultAsyncHttpxClient
 
 
 def progress_bar(total: int, initial: int, desc: str, enabled: bool) -> Any:
