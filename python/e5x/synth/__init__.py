@@ -460,159 +460,185 @@ def brainstorm_retry(plan: Plan, name: str, k: int) -> Request:
     )
 
 
-def _run_locked(plan: Plan, out: Path, say: Callable[[str], None]) -> SynthSummary:
-    cfg = plan.config
-    log_path, err_path = out / "responses.jsonl", out / "errors.jsonl"
-    stats, seen, records = _load_state(out, say)
-    prior = stats.answered
+class _Session:
+    """One session of a run: brainstorm -> task pools -> examples, over one Runner.
 
-    log = AppendLog(log_path, fsync=cfg.fsync, fsync_interval_s=cfg.fsync_interval_s)
-    errlog = AppendLog(err_path, fsync="never")
-    calls_log = AppendLog(out / "calls.jsonl", fsync=cfg.fsync, fsync_interval_s=cfg.fsync_interval_s)
-    runner = Runner(cfg, plan.types, log, errlog, stats, calls_log, say)
-    t0 = time.monotonic()
-    pools_info: dict[str, dict[str, int]] = {}
-    waiting: list[str] = []
-    exhausted: dict[str, int] = {}  # task type -> unusable brainstorm answers, retries spent
-    n_examples = plan.n_examples
-    planned_b_ids = {r.id for r in plan.brainstorm}
+    ``seen`` and ``records`` are the answered ids and brainstorm answers of earlier
+    sessions; what this session adds is the runner's."""
 
-    async def fill_pool(name: str, answers: list[dict[str, Any]]) -> tuple[list[str], dict[str, int]] | None:
+    def __init__(self, plan: Plan, out: Path, runner: Runner, seen: set[str], records: list[dict[str, Any]],
+                 say: Callable[[str], None]) -> None:  # fmt: skip
+        self.plan, self.cfg, self.out, self.runner, self.say = plan, plan.config, out, runner, say
+        self.seen = seen
+        self.records = records
+        self.pools_info: dict[str, dict[str, int]] = {}
+        self.waiting: list[str] = []  # task types whose examples wait for a complete pool
+        self.exhausted: dict[str, int] = {}  # task type -> unusable brainstorm answers, retries spent
+        self._planned_brainstorm = {r.id for r in plan.brainstorm}
+
+    async def run(self) -> None:
+        try:
+            await self.brainstorm()
+            if self.runner.fatal:
+                return
+            ready = await self.pools()
+            if self.runner.fatal:
+                return
+            if self.runner.stop_reason is None and self.plan.n_examples:
+                await self.examples(ready)
+        finally:
+            await self.runner.aclose()
+
+    async def brainstorm(self) -> None:
+        """Step 1: the planned brainstorm requests not answered yet."""
+        planned = self.plan.brainstorm
+        if not planned:
+            return
+        todo = [r for r in planned if r.id not in self.seen]
+        bar = progress_bar(len(planned), len(planned) - len(todo), "brainstorm", self.cfg.progress)
+        try:
+            await self.runner.run(todo, self.cfg.brainstorm, bar)
+        finally:
+            bar.close()
+
+    async def pools(self) -> dict[str, list[str] | None]:
+        """The task types whose examples can be asked for, with their task pool (None for
+        symmetric types, which need none); written to pools.json. A type whose brainstorm
+        is incomplete or gives no usable task waits."""
+        plan = self.plan
+        answers: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for rec in [*self.records, *self.runner.brainstorm_records]:
+            answers[rec["task_type"]].append(rec)
+        answered_ids = self.seen | self.runner.answered_ids
+        ready: dict[str, list[str] | None] = {}
+        asym: list[str] = []
+        for name in plan.skeleton:
+            if plan.types[name].symmetric:
+                ready[name] = None
+            elif any(r.task_type == name and r.id not in answered_ids for r in plan.brainstorm):
+                self.waiting.append(name)  # pool must be complete so resumes render the same prompts
+            else:
+                asym.append(name)
+        filled = await asyncio.gather(*(self.fill_pool(name, answers[name]) for name in asym))
+        pools: dict[str, list[str]] = {}
+        for name, pool in zip(asym, filled):
+            if pool is None:
+                self.waiting.append(name)
+            else:
+                ready[name] = pools[name] = pool
+        if pools and not self.runner.fatal:
+            write_json_atomic(self.out / "pools.json", {"pools": pools, "stats": self.pools_info})
+        return ready
+
+    async def fill_pool(self, name: str, answers: list[dict[str, Any]]) -> list[str] | None:
         """The type's pool; while it is empty, ask again, up to ``brainstorm_retries``
         extra requests. None when it stays empty (the type then waits)."""
+        cfg, runner = self.cfg, self.runner
         while True:
             pool, pstats = build_pool(answers)
-            pools_info[name] = {"size": len(pool), **pstats}
+            self.pools_info[name] = {"size": len(pool), **pstats}
             if pool:
-                return pool, pstats
-            retries = sum(r["id"] not in planned_b_ids for r in answers)
+                return pool
+            retries = sum(r["id"] not in self._planned_brainstorm for r in answers)
             if retries >= cfg.brainstorm_retries:
-                exhausted[name] = len(answers)
-                say(
+                self.exhausted[name] = len(answers)
+                self.say(
                     f"e5x synth: task type {name!r}: none of its {len(answers)} brainstorm answers gives a "
                     f"usable task and its brainstorm_retries={cfg.brainstorm_retries} are spent; its examples wait"
                 )
                 return None
             if runner.stop_reason is not None:
                 return None
-            req = brainstorm_retry(plan, name, retries)
-            say(f"e5x synth: task type {name!r}: no usable task in {len(answers)} brainstorm answer(s); asking again ({req.id})")
+            req = brainstorm_retry(self.plan, name, retries)
+            self.say(f"e5x synth: task type {name!r}: no usable task in {len(answers)} brainstorm answer(s); "
+                     f"asking again ({req.id})")  # fmt: skip
             await runner.run([req], cfg.brainstorm)
             got = [r for r in runner.brainstorm_records if r["id"] == req.id]
             if not got:  # failed or stopped: a resume asks again under the same id
                 return None
             answers = [*answers, *got]
 
-    async def main() -> None:
+    async def examples(self, ready: dict[str, list[str] | None]) -> None:
+        """Step 2: the examples of the ready types not answered yet, rendered a chunk at a time."""
+        plan, runner = self.plan, self.runner
+        done = sum(i in self.seen for i in plan.example_ids())
+        bar = progress_bar(plan.n_examples, done, "examples", self.cfg.progress)
         try:
-            todo = [r for r in plan.brainstorm if r.id not in seen]
-            if plan.brainstorm:
-                bar = progress_bar(len(plan.brainstorm), len(plan.brainstorm) - len(todo), "brainstorm", cfg.progress)
-                try:
-                    await runner.run(todo, cfg.brainstorm, bar)
-                finally:
-                    bar.close()
-            if runner.fatal:
-                return
-            answered_b: dict[str, list[dict[str, Any]]] = defaultdict(list)
-            for rec in [*records, *runner.brainstorm_records]:
-                answered_b[rec["task_type"]].append(rec)
-            answered_ids = seen | runner.answered_ids
-            ready: dict[str, list[str] | None] = {}
-            asym: list[str] = []
-            for name in plan.skeleton:
-                if plan.types[name].symmetric:
-                    ready[name] = None
-                elif any(r.task_type == name and r.id not in answered_ids for r in plan.brainstorm):
-                    waiting.append(name)  # pool must be complete so resumes render the same prompts
-                else:
-                    asym.append(name)
-            filled = await asyncio.gather(*(fill_pool(name, answered_b[name]) for name in asym))
-            pools: dict[str, list[str]] = {}
-            for name, got in zip(asym, filled):
-                if got is None:
-                    waiting.append(name)
-                else:
-                    ready[name] = pools[name] = got[0]
-            if runner.fatal:
-                return
-            if pools:
-                write_json_atomic(out / "pools.json", {"pools": pools, "stats": pools_info})
-            if runner.stop_reason is None and n_examples:
-                done = sum(i in seen for i in plan.example_ids())
-                bar = progress_bar(n_examples, done, "examples", cfg.progress)
-                try:
-                    for name, pool in ready.items():
-                        for start in range(0, plan.counts[name], RENDER_CHUNK):
-                            chunk = example_requests(plan, name, pool, start, RENDER_CHUNK)
-                            todo2 = [r for r in chunk if r.id not in seen]
-                            if todo2 and runner.stop_reason is None:
-                                await runner.run(todo2, cfg.examples, bar)
-                finally:
-                    bar.close()
+            for name, pool in ready.items():
+                for start in range(0, plan.counts[name], RENDER_CHUNK):
+                    chunk = example_requests(plan, name, pool, start, RENDER_CHUNK)
+                    todo = [r for r in chunk if r.id not in self.seen]
+                    if todo and runner.stop_reason is None:
+                        await runner.run(todo, self.cfg.examples, bar)
         finally:
-            await runner.aclose()
+            bar.close()
 
+    def summary(self, stats: Stats, prior: int, elapsed: float) -> SynthSummary:
+        plan, cfg, runner = self.plan, self.cfg, self.runner
+        answered_ids = self.seen | runner.answered_ids
+        b_done = sum(r.id in answered_ids for r in plan.brainstorm)
+        e_done = sum(i in answered_ids for i in plan.example_ids())
+        return {
+            "run_dir": str(self.out),
+            "complete": b_done == len(plan.brainstorm) and e_done == plan.n_examples,
+            "stop_reason": runner.stop_reason,
+            "fatal": runner.fatal,
+            "brainstorm": {
+                "planned": len(plan.brainstorm),
+                "answered": b_done,
+                "retries_answered": sum(i.startswith("brainstorm-") for i in answered_ids) - b_done,
+            },
+            "examples": {"planned": plan.n_examples, "answered": e_done, "by_type": plan.counts},
+            "waiting_for_brainstorm": self.waiting,
+            "brainstorm_exhausted": {
+                name: {"answers": n, "retries": cfg.brainstorm_retries} for name, n in self.exhausted.items()
+            },
+            "answered_before": prior,
+            "answered_this_session": stats.answered_now,
+            "api_calls_total": stats.calls,
+            "budget": {
+                "calls": {"sent": stats.calls, "stored": stats.answered, "lost_in_flight": stats.lost_calls},
+                "tokens": {"billed": stats.tokens, "reserved": stats.lost_tokens},
+                "cost_usd": {"billed": round(stats.cost_usd, 6), "reserved": round(stats.lost_cost_usd, 6)},
+            },
+            "errors_this_session": dict(stats.errors),
+            "failed_this_session": dict(stats.failed),
+            "retry_after": {
+                "received": len(stats.retry_after),
+                "max_s": max(stats.retry_after, default=None),
+                "capped": stats.retry_after_capped,
+                "cap_s": cfg.retry_after_max_s,
+            },
+            "finish_reasons": dict(stats.finish),
+            "refusals": stats.refusals,
+            "rejected_answers": dict(stats.rejected),
+            "prompt_tokens": stats.prompt_tokens,
+            "completion_tokens": stats.completion_tokens,
+            "cost_usd": round(stats.cost_usd, 6),
+            "elapsed_s": round(elapsed, 3),
+            "requests_per_s": round(stats.answered_now / elapsed, 2) if elapsed > 0 else None,
+            "mean_latency_s": round(stats.latency_sum / stats.answered_now, 4) if stats.answered_now else None,
+            "pools": self.pools_info,
+        }
+
+
+def _run_locked(plan: Plan, out: Path, say: Callable[[str], None]) -> SynthSummary:
+    cfg = plan.config
+    stats, seen, records = _load_state(out, say)
+    prior = stats.answered
+    log = AppendLog(out / "responses.jsonl", fsync=cfg.fsync, fsync_interval_s=cfg.fsync_interval_s)
+    errlog = AppendLog(out / "errors.jsonl", fsync="never")
+    calls_log = AppendLog(out / "calls.jsonl", fsync=cfg.fsync, fsync_interval_s=cfg.fsync_interval_s)
+    runner = Runner(cfg, plan.types, log, errlog, stats, calls_log, say)
+    session = _Session(plan, out, runner, seen, records, say)
+    t0 = time.monotonic()
     try:
-        asyncio.run(main())
+        asyncio.run(session.run())
     finally:
         log.close()
         errlog.close()
         calls_log.close()
-    elapsed = time.monotonic() - t0
-
-    answered_ids = seen | runner.answered_ids
-    b_done = sum(r.id in answered_ids for r in plan.brainstorm)
-    e_done = sum(i in answered_ids for i in plan.example_ids())
-    complete = b_done == len(plan.brainstorm) and e_done == n_examples
-    summary: SynthSummary = {
-        "run_dir": str(out),
-        "complete": complete,
-        "stop_reason": runner.stop_reason,
-        "fatal": runner.fatal,
-        "brainstorm": {
-            "planned": len(plan.brainstorm),
-            "answered": b_done,
-            # Extra requests of types whose answers gave no usable task.
-            "retries_answered": sum(i.startswith("brainstorm-") for i in answered_ids) - b_done,
-        },
-        "examples": {"planned": n_examples, "answered": e_done, "by_type": plan.counts},
-        "waiting_for_brainstorm": waiting,
-        # Types whose brainstorm answers (planned + retries) gave no usable task.
-        "brainstorm_exhausted": {
-            name: {"answers": n, "retries": cfg.brainstorm_retries} for name, n in exhausted.items()
-        },
-        "answered_before": prior,
-        "answered_this_session": stats.answered_now,
-        "api_calls_total": stats.calls,
-        # Calls: every one sent (reserved before sending, all sessions); answers stored;
-        # calls a kill left in flight (outcome unknown, counted at their reservation).
-        # Tokens/cost: billed = the server's usage of stored answers; reserved = the
-        # worst case of the calls lost in flight. Caps count billed + reserved.
-        "budget": {
-            "calls": {"sent": stats.calls, "stored": stats.answered, "lost_in_flight": stats.lost_calls},
-            "tokens": {"billed": stats.tokens, "reserved": stats.lost_tokens},
-            "cost_usd": {"billed": round(stats.cost_usd, 6), "reserved": round(stats.lost_cost_usd, 6)},
-        },
-        "errors_this_session": dict(stats.errors),
-        "failed_this_session": dict(stats.failed),
-        "retry_after": {
-            "received": len(stats.retry_after),
-            "max_s": max(stats.retry_after, default=None),
-            "capped": stats.retry_after_capped,
-            "cap_s": cfg.retry_after_max_s,
-        },
-        "finish_reasons": dict(stats.finish),
-        "refusals": stats.refusals,
-        "rejected_answers": dict(stats.rejected),
-        "prompt_tokens": stats.prompt_tokens,
-        "completion_tokens": stats.completion_tokens,
-        "cost_usd": round(stats.cost_usd, 6),
-        "elapsed_s": round(elapsed, 3),
-        "requests_per_s": round(stats.answered_now / elapsed, 2) if elapsed > 0 else None,
-        "mean_latency_s": round(stats.latency_sum / stats.answered_now, 4) if stats.answered_now else None,
-        "pools": pools_info,
-    }
+    summary = session.summary(stats, prior, time.monotonic() - t0)
     write_json_atomic(out / "summary.json", summary)
     say(format_summary(summary))
     if runner.fatal:
