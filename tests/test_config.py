@@ -134,6 +134,8 @@ def test_dotted_overrides_are_toml_literals_and_win(tmp_path: Path) -> None:
     assert load(Demo, None, ["name=1e3"]).name == "1e3"
     # A mapping of dotted keys to values is the same.
     assert load(Demo, None, {"inner.temperature": 2, "steps": 3}) == Demo(steps=3, inner=Inner(temperature=2.0))
+    # One override given as a bare string is that override, not a sequence of letters.
+    assert load(Demo, None, "steps=3") == load(Demo, None, ["steps=3"]) == Demo(steps=3)
 
 
 def test_bad_overrides_are_named(tmp_path: Path) -> None:

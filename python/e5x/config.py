@@ -91,6 +91,8 @@ def load(
                           where=where or "config")  # fmt: skip
     if isinstance(overrides, Mapping):
         given = {k: _plain(v, k) for k, v in overrides.items()}
+    elif isinstance(overrides, str):  # one override, not a sequence of letters
+        given = dict([parse_override(overrides, cls)])
     else:
         given = dict(parse_override(text, cls) for text in overrides)
     given.update((k, _plain(v, k)) for k, v in (fields or {}).items())
