@@ -191,6 +191,7 @@ fn is_word_char(c: char) -> bool {
 /// Bytes that belong to words: ASCII alphanumerics, `_`, and every byte of a non-ASCII
 /// character (so a word is a run of them; non-ASCII punctuation is rare enough in the
 /// places this looks that joining across it does not matter).
+#[cfg(any(test, not(target_arch = "x86_64")))]
 const WORD_BYTE: [bool; 256] = {
     let mut t = [false; 256];
     let mut i = 0;
@@ -205,10 +206,19 @@ const WORD_BYTE: [bool; 256] = {
 /// Hash of the word `b[start..end]`, ASCII case folded (`| 0x20` on every byte, which
 /// also folds some Latin-1 pairs: harmless for matching), never 0 (0 = empty slot).
 /// Reads 8 bytes at a time, masked to the word (no copy).
-#[inline]
+#[inline(always)]
 fn hash_word(b: &[u8], start: usize, end: usize) -> u64 {
     let len = end - start;
     let mut h = (len as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+    if len <= 8 && start + 8 <= b.len() {
+        // Most words: the loop below, once, without its branches.
+        let v = u64::from_le_bytes(b[start..start + 8].try_into().expect("8 bytes"));
+        let mask = u64::MAX >> (64 - 8 * len);
+        h = (h ^ ((v | 0x2020_2020_2020_2020) & mask))
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .rotate_left(29);
+        return h | 1;
+    }
     let mut i = start;
     while i < end {
         let take = (end - i).min(8);
@@ -233,26 +243,106 @@ fn hash_word(b: &[u8], start: usize, end: usize) -> u64 {
     h | 1
 }
 
+/// Bit i set = `b[i]` is a word byte (WORD_BYTE), for the 64 bytes of `b` (zero-padded).
+#[cfg(any(test, not(target_arch = "x86_64")))]
+#[inline]
+fn word_mask_scalar(b: &[u8]) -> u64 {
+    b.iter()
+        .take(64)
+        .enumerate()
+        .fold(0u64, |m, (i, &x)| m | (WORD_BYTE[x as usize] as u64) << i)
+}
+
+/// `word_mask_scalar` of a full 64-byte block, 16 bytes per step with SSE2 (baseline
+/// on x86_64): `x | 0x20` in `a..=z` is a letter, then digits, `_` and bytes >= 0x80.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn word_mask_64(b: &[u8; 64]) -> u64 {
+    use std::arch::x86_64::*;
+    // SAFETY: SSE2 is part of the x86_64 baseline; loads are unaligned and in bounds.
+    unsafe {
+        let mut m = 0u64;
+        for k in 0..4 {
+            let x = _mm_loadu_si128(b.as_ptr().add(16 * k) as *const __m128i);
+            // Unsigned `lo <= v <= hi` as `min(v - lo, hi - lo) == v - lo`.
+            let in_range = |v: __m128i, lo: i8, span: i8| {
+                let t = _mm_sub_epi8(v, _mm_set1_epi8(lo));
+                _mm_cmpeq_epi8(_mm_min_epu8(t, _mm_set1_epi8(span)), t)
+            };
+            let letter = in_range(_mm_or_si128(x, _mm_set1_epi8(0x20)), b'a' as i8, 25);
+            let digit = in_range(x, b'0' as i8, 9);
+            let under = _mm_cmpeq_epi8(x, _mm_set1_epi8(b'_' as i8));
+            let word = _mm_or_si128(_mm_or_si128(letter, digit), _mm_or_si128(under, x));
+            m |= (_mm_movemask_epi8(word) as u32 as u64) << (16 * k);
+        }
+        m
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[inline]
+fn word_mask_64(b: &[u8; 64]) -> u64 {
+    word_mask_scalar(b)
+}
+
+/// The 64 bytes of `b` from `base`, zero-padded (in `pad`) past its end.
+#[inline]
+fn block<'a>(b: &'a [u8], base: usize, pad: &'a mut [u8; 64]) -> &'a [u8; 64] {
+    match b.get(base..base + 64) {
+        Some(full) => full.try_into().expect("64 bytes"),
+        None => {
+            let tail = &b[base..];
+            pad[..tail.len()].copy_from_slice(tail);
+            pad[tail.len()..].fill(0);
+            pad
+        }
+    }
+}
+
+/// Word-byte bits of `b[base..base + 64]`; bits past the end of `b` are 0.
+#[inline]
+fn word_mask_at(b: &[u8], base: usize) -> u64 {
+    word_mask_64(block(b, base, &mut [0; 64]))
+}
+
 /// Hashes of the words of `text`, at most `limit`; returns whether the text had more.
+/// Word boundaries come from 64-byte masks of word bytes (one block's mask serves the
+/// ~10 words in it).
 fn words_into(text: &str, limit: usize, out: &mut Vec<u64>) -> bool {
     out.clear();
     let b = text.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        while i < b.len() && !WORD_BYTE[b[i] as usize] {
-            i += 1;
+    let mut start = None; // a word that runs to the end of the previous block
+    let mut base = 0;
+    while base < b.len() {
+        let mut m = word_mask_at(b, base);
+        if let Some(s) = start {
+            let ends = !m;
+            if ends == 0 {
+                base += 64;
+                continue;
+            }
+            let e = ends.trailing_zeros();
+            out.push(hash_word(b, s, base + e as usize));
+            start = None;
+            m &= u64::MAX << e;
         }
-        if i == b.len() {
-            break;
+        while m != 0 {
+            if out.len() == limit {
+                return true;
+            }
+            let s = m.trailing_zeros();
+            let e = s + (!(m >> s)).trailing_zeros(); // bits past the text are 0
+            if e == 64 {
+                start = Some(base + s as usize);
+                break;
+            }
+            out.push(hash_word(b, base + s as usize, base + e as usize));
+            m &= u64::MAX << e;
         }
-        if out.len() == limit {
-            return true;
-        }
-        let start = i;
-        while i < b.len() && WORD_BYTE[b[i] as usize] {
-            i += 1;
-        }
-        out.push(hash_word(b, start, i));
+        base += 64;
+    }
+    if let Some(s) = start {
+        out.push(hash_word(b, s, b.len()));
     }
     false
 }
@@ -329,6 +419,9 @@ type IdSet = HashSet<u64, std::hash::BuildHasherDefault<IdHasher>>;
 #[derive(Default, Debug, Clone)]
 pub struct SpanSet {
     set: IdSet,
+    /// One bit per hash (its top bits), ~16 bits per span: nearly every window of a
+    /// field misses the set, and this answers that without probing it.
+    bloom: Vec<u64>,
 }
 
 impl SpanSet {
@@ -339,6 +432,17 @@ impl SpanSet {
                 self.set.insert(span_hash(w));
             }
         }
+        let bits = (16 * self.set.len()).next_power_of_two().max(64);
+        self.bloom = vec![0; bits / 64];
+        for &h in &self.set {
+            let i = self.bloom_bit(h);
+            self.bloom[i / 64] |= 1 << (i % 64);
+        }
+    }
+
+    #[inline]
+    fn bloom_bit(&self, h: u64) -> usize {
+        (h >> 40) as usize & (self.bloom.len() * 64 - 1)
     }
 
     /// The literal text of a `{name}` template: placeholders split it into segments (a
@@ -379,7 +483,11 @@ impl SpanSet {
 
     #[inline]
     fn has(&self, h: u64) -> bool {
-        self.set.contains(&h)
+        if self.bloom.is_empty() {
+            return false;
+        }
+        let i = self.bloom_bit(h);
+        self.bloom[i / 64] >> (i % 64) & 1 == 1 && self.set.contains(&h)
     }
 
     pub fn len(&self) -> usize {
@@ -393,46 +501,125 @@ impl SpanSet {
 
 // ------------------------------------------------------------------------------ field stats
 
-/// (non-space characters, ASCII digits + punctuation) of `b`: non-space = ASCII
-/// non-space bytes + UTF-8 lead bytes. Branch-free over u8 lanes, so it vectorises.
+/// (non-space, digit or punctuation) bits of a 64-byte block: non-space = ASCII
+/// non-space bytes + UTF-8 lead bytes.
+#[cfg(any(test, not(target_arch = "x86_64")))]
+#[inline]
+fn symbol_masks_scalar(b: &[u8; 64]) -> (u64, u64) {
+    b.iter().enumerate().fold((0, 0), |(n, s), (i, &x)| {
+        let nonspace = ((x > b' ') & (x < 0x80)) | (x >= 0xC0);
+        let symbol = x.is_ascii_digit() | x.is_ascii_punctuation();
+        (n | (nonspace as u64) << i, s | (symbol as u64) << i)
+    })
+}
+
+/// `symbol_masks_scalar`, 16 bytes per step with SSE2. Digits and punctuation are the
+/// ranges 0x21..=0x40, 0x5B..=0x60 and 0x7B..=0x7E.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn symbol_masks(b: &[u8; 64]) -> (u64, u64) {
+    use std::arch::x86_64::*;
+    // SAFETY: SSE2 is part of the x86_64 baseline; loads are unaligned and in bounds.
+    unsafe {
+        let in_range = |v: __m128i, lo: u8, span: u8| {
+            let t = _mm_sub_epi8(v, _mm_set1_epi8(lo as i8));
+            _mm_cmpeq_epi8(_mm_min_epu8(t, _mm_set1_epi8(span as i8)), t)
+        };
+        let (mut nonspace, mut symbols) = (0u64, 0u64);
+        for k in 0..4 {
+            let x = _mm_loadu_si128(b.as_ptr().add(16 * k) as *const __m128i);
+            let ascii = in_range(x, 0x21, 0x7F - 0x21);
+            let lead = _mm_cmpeq_epi8(_mm_max_epu8(x, _mm_set1_epi8(0xC0u8 as i8)), x);
+            let sym = _mm_or_si128(
+                in_range(x, 0x21, 0x40 - 0x21),
+                _mm_or_si128(
+                    in_range(x, 0x5B, 0x60 - 0x5B),
+                    in_range(x, 0x7B, 0x7E - 0x7B),
+                ),
+            );
+            let n = _mm_movemask_epi8(_mm_or_si128(ascii, lead)) as u32 as u64;
+            nonspace |= n << (16 * k);
+            symbols |= (_mm_movemask_epi8(sym) as u32 as u64) << (16 * k);
+        }
+        (nonspace, symbols)
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[inline]
+fn symbol_masks(b: &[u8; 64]) -> (u64, u64) {
+    symbol_masks_scalar(b)
+}
+
+/// (non-space characters, ASCII digits + punctuation) of `b`, 64 bytes at a time.
 #[inline]
 fn symbol_counts(b: &[u8]) -> (usize, usize) {
     let (mut nonspace, mut symbols) = (0usize, 0usize);
-    for cur in b.chunks(255) {
-        let (mut n, mut s) = (0u8, 0u8);
-        for &x in cur {
-            n += ((x > b' ') & (x < 0x80)) as u8 | (x >= 0xC0) as u8;
-            s += (x.is_ascii_digit() | x.is_ascii_punctuation()) as u8;
-        }
-        nonspace += n as usize;
-        symbols += s as usize;
+    for base in (0..b.len()).step_by(64) {
+        let (n, s) = symbol_masks(block(b, base, &mut [0; 64])); // 0: neither
+        nonspace += n.count_ones() as usize;
+        symbols += s.count_ones() as usize;
     }
     (nonspace, symbols)
 }
 
+/// (whitespace or control byte `<= b' '`, UTF-8 lead byte of 3) bits of a 64-byte block.
+#[cfg(any(test, not(target_arch = "x86_64")))]
+#[inline]
+fn space_lead3_masks_scalar(b: &[u8; 64]) -> (u64, u64) {
+    b.iter().enumerate().fold((0, 0), |(s, l), (i, &x)| {
+        (
+            s | ((x <= b' ') as u64) << i,
+            l | (((x & 0xF0) == 0xE0) as u64) << i,
+        )
+    })
+}
+
+/// `space_lead3_masks_scalar`, 16 bytes per step with SSE2.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn space_lead3_masks(b: &[u8; 64]) -> (u64, u64) {
+    use std::arch::x86_64::*;
+    // SAFETY: SSE2 is part of the x86_64 baseline; loads are unaligned and in bounds.
+    unsafe {
+        let (mut space, mut lead3) = (0u64, 0u64);
+        for k in 0..4 {
+            let x = _mm_loadu_si128(b.as_ptr().add(16 * k) as *const __m128i);
+            let sp = _mm_cmpeq_epi8(_mm_min_epu8(x, _mm_set1_epi8(b' ' as i8)), x);
+            let hi = _mm_and_si128(x, _mm_set1_epi8(0xF0u8 as i8));
+            let l3 = _mm_cmpeq_epi8(hi, _mm_set1_epi8(0xE0u8 as i8));
+            space |= (_mm_movemask_epi8(sp) as u32 as u64) << (16 * k);
+            lead3 |= (_mm_movemask_epi8(l3) as u32 as u64) << (16 * k);
+        }
+        (space, lead3)
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[inline]
+fn space_lead3_masks(b: &[u8; 64]) -> (u64, u64) {
+    space_lead3_masks_scalar(b)
+}
+
 /// Words of `b` as too_few_words counts them: whitespace-separated tokens, or half the
 /// characters of unspaced scripts (3-byte UTF-8: CJK, kana, Thai), whichever is more.
-/// Stops once `need` is reached (the answer is then `>= need`).
+/// Stops once `need` is reached (the answer is then `>= need`). A token starts at a
+/// non-space byte after a space byte (or at the start), counted 64 bytes at a time.
 #[inline]
 fn count_words_upto(b: &[u8], need: usize) -> usize {
-    let (mut tokens, mut lead3) = (b.first().is_some_and(|&x| x > b' ') as usize, 0usize);
-    let mut start = 0;
-    while start + 1 < b.len() {
-        // Chunks short enough to stop soon after `need`, long enough to vectorise.
-        let end = (start + 64).min(b.len() - 1);
-        let (mut t, mut l) = (0u8, 0u8);
-        for (&p, &c) in b[start..end].iter().zip(&b[start + 1..end + 1]) {
-            t += ((p <= b' ') & (c > b' ')) as u8;
-            l += ((c & 0xF0) == 0xE0) as u8;
-        }
-        tokens += t as usize;
-        lead3 += l as usize;
+    let (mut tokens, mut lead3) = (0usize, 0usize);
+    let mut prev_space = 1u64; // before the text
+    for base in (0..b.len()).step_by(64) {
+        // Zero padding reads as spaces: no lead bytes, no token starts.
+        let (space, l3) = space_lead3_masks(block(b, base, &mut [0; 64]));
+        let starts = !space & (space << 1 | prev_space);
+        prev_space = space >> 63;
+        tokens += starts.count_ones() as usize;
+        lead3 += l3.count_ones() as usize;
         if tokens.max(lead3 / 2) >= need {
             break;
         }
-        start = end;
     }
-    lead3 += b.first().is_some_and(|&x| (x & 0xF0) == 0xE0) as usize;
     tokens.max(lead3 / 2)
 }
 
@@ -679,21 +866,64 @@ pub const STOPWORD_MIN: f32 = 1.5;
 pub const STOPWORD_WORDS: usize = 32;
 pub const STOPWORD_MARGIN: f32 = 1.25;
 
-type WordMap = std::collections::HashMap<u64, u64, std::hash::BuildHasherDefault<IdHasher>>;
+/// Word hash (as `words_into` makes it, never 0) -> the languages whose list holds the
+/// word: open addressing with linear probing, a quarter full, so a lookup (most words of a
+/// text are in it or miss at once) is a probe or two without hashing again.
+struct StopTable {
+    /// (word hash, languages, how many languages).
+    slots: Vec<(u64, u64, u32)>,
+}
 
-/// Word hash (as `words_into` makes it) -> the languages whose list holds the word.
-static STOPWORDS: LazyLock<WordMap> = LazyLock::new(|| {
-    let mut by_word = WordMap::default();
+impl StopTable {
+    #[inline]
+    fn slot(&self, h: u64) -> usize {
+        (h >> 32) as usize & (self.slots.len() - 1)
+    }
+
+    fn add(&mut self, h: u64, bit: usize) {
+        let mut i = self.slot(h);
+        while self.slots[i].0 != 0 && self.slots[i].0 != h {
+            i = (i + 1) & (self.slots.len() - 1);
+        }
+        let slot = &mut self.slots[i];
+        slot.0 = h;
+        slot.1 |= 1u64 << bit;
+        slot.2 = slot.1.count_ones();
+    }
+
+    /// The languages of `h` (0: in no list) and how many they are.
+    #[inline]
+    fn get(&self, h: u64) -> (u64, u32) {
+        let mut i = self.slot(h);
+        loop {
+            let (k, langs, ones) = self.slots[i];
+            if k == h || k == 0 {
+                return (langs, ones);
+            }
+            i = (i + 1) & (self.slots.len() - 1);
+        }
+    }
+}
+
+static STOPWORDS: LazyLock<StopTable> = LazyLock::new(|| {
+    let lists: Vec<_> = STOPWORD_LANGS
+        .iter()
+        .map(|code| stop_words::lookup(code).unwrap_or_default())
+        .collect();
+    let words: usize = lists.iter().map(|l| l.len()).sum();
+    let mut table = StopTable {
+        slots: vec![(0, 0, 0); (4 * words).next_power_of_two()],
+    };
     let mut buf = Vec::new();
-    for (bit, code) in STOPWORD_LANGS.iter().enumerate() {
-        for w in stop_words::lookup(code).unwrap_or_default() {
+    for (bit, list) in lists.iter().enumerate() {
+        for w in list.iter() {
             // Entries of two words ("don't" is "don" + "t" here) cannot match one word.
             if !words_into(w, 1, &mut buf) && buf.len() == 1 {
-                *by_word.entry(buf[0]).or_insert(0) |= 1u64 << bit;
+                table.add(buf[0], bit);
             }
         }
     }
-    by_word
+    table
 });
 
 /// Bit of `code` in STOPWORD_LANGS.
@@ -739,6 +969,25 @@ impl Languages {
     }
 }
 
+/// Languages of the word `w` that count against the language of `bit` (outside its
+/// siblings), whether `bit` is one of its languages, and among how many of the two its
+/// weight is shared (0: the word is in none of them).
+#[inline]
+fn stopword_holders(table: &StopTable, w: u64, bit: u8, siblings: u64) -> (u64, u64, u32) {
+    let (langs, ones) = table.get(w);
+    let others = langs & !siblings;
+    let is_mine = langs >> bit & 1;
+    // ones(others) = ones(langs) - ones(langs & siblings), the latter mostly 0 or 1: no
+    // popcount instruction in the x86_64 baseline.
+    let near = langs & siblings;
+    let near_ones = if near & near.wrapping_sub(1) == 0 {
+        (near != 0) as u32
+    } else {
+        near.count_ones()
+    };
+    (others, is_mine, ones - near_ones + is_mine as u32)
+}
+
 /// Stop-word scores of `words` for the language of `bit` and for the best other language
 /// outside its siblings: each word that is a stop word adds 1/k to each of the k
 /// languages whose list holds it, so words many languages share count little.
@@ -747,13 +996,8 @@ fn stopword_scores(words: &[u64], bit: u8) -> (f32, f32) {
     let siblings = SIBLING_MASKS[bit as usize & 63];
     let mut scores = [0f32; 64];
     let (mut mine, mut best_other) = (0f32, 0f32);
-    for w in words {
-        let Some(&langs) = table.get(w) else {
-            continue;
-        };
-        let others = langs & !siblings;
-        let is_mine = langs >> bit & 1;
-        let holders = others.count_ones() as u64 + is_mine;
+    for &w in words {
+        let (others, is_mine, holders) = stopword_holders(table, w, bit, siblings);
         if holders == 0 {
             continue; // a word of the siblings' lists only
         }
@@ -776,6 +1020,29 @@ fn stopword_scores(words: &[u64], bit: u8) -> (f32, f32) {
 /// strong evidence for the language; its absence is no evidence against it (the caller
 /// then asks whatlang).
 fn stopwords_show(words: &[u64], bit: u8) -> bool {
+    // First the score of `bit` and a bound on every other language's: the shares of all
+    // words that count for some other language (a float sum over a superset of each
+    // language's words, in the same order, so never below its score). Most fields
+    // settle here without scoring each language.
+    let (table, siblings) = (&*STOPWORDS, SIBLING_MASKS[bit as usize & 63]);
+    let (mut mine, mut bound) = (0f32, 0f32);
+    for &w in words {
+        let (others, is_mine, holders) = stopword_holders(table, w, bit, siblings);
+        if holders == 0 {
+            continue;
+        }
+        let share = 1.0 / holders as f32;
+        mine += is_mine as f32 * share;
+        if others != 0 {
+            bound += share;
+        }
+    }
+    if mine < STOPWORD_MIN {
+        return false;
+    }
+    if mine >= STOPWORD_MARGIN * bound {
+        return true;
+    }
     let (mine, other) = stopword_scores(words, bit);
     mine >= STOPWORD_MIN && mine >= STOPWORD_MARGIN * other
 }
@@ -1465,6 +1732,103 @@ mod tests {
         assert!(count_words_upto(b"  two words\nand x", 2) >= 2);
         assert_eq!(count_words_upto("日本語の文章".as_bytes(), 100), 3);
         assert_eq!(symbol_counts(b"ab 1,"), (4, 2));
+    }
+
+    /// The byte-at-a-time tokeniser the block masks must agree with.
+    fn words_reference(text: &str, limit: usize) -> (Vec<u64>, bool) {
+        let (b, mut out, mut i) = (text.as_bytes(), Vec::new(), 0);
+        while i < b.len() {
+            while i < b.len() && !WORD_BYTE[b[i] as usize] {
+                i += 1;
+            }
+            if i == b.len() {
+                break;
+            }
+            if out.len() == limit {
+                return (out, true);
+            }
+            let start = i;
+            while i < b.len() && WORD_BYTE[b[i] as usize] {
+                i += 1;
+            }
+            out.push(hash_word(b, start, i));
+        }
+        (out, false)
+    }
+
+    #[test]
+    fn block_tokeniser_matches_byte_loop_on_random_text() {
+        const PIECES: [&str; 16] = [
+            " ", "  ", "\n", "a", "Zq", "_", "9", "@", "[", "`", "{", "é", "日本", "—", "x_1", ".",
+        ];
+        let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let mut out = Vec::new();
+        for _ in 0..2000 {
+            let len = next() % 200;
+            let text: String = (0..len).map(|_| PIECES[(next() % 16) as usize]).collect();
+            for limit in [0, 1, 12, 32, usize::MAX] {
+                let more = words_into(&text, limit, &mut out);
+                assert_eq!(
+                    (out.clone(), more),
+                    words_reference(&text, limit),
+                    "{text:?}"
+                );
+            }
+            let mut block = [0u8; 64];
+            for x in block.iter_mut() {
+                *x = next() as u8;
+            }
+            assert_eq!(word_mask_64(&block), word_mask_scalar(&block));
+        }
+    }
+
+    /// The pairwise count the block masks must agree with (when it does not stop early).
+    fn count_words_reference(b: &[u8]) -> usize {
+        let first = b.first().is_some_and(|&x| x > b' ') as usize;
+        let tokens = first + b.windows(2).filter(|w| w[0] <= b' ' && w[1] > b' ').count();
+        let lead3 = b.iter().filter(|&&x| (x & 0xF0) == 0xE0).count();
+        tokens.max(lead3 / 2)
+    }
+
+    #[test]
+    fn block_word_count_matches_pairwise_count_on_random_text() {
+        const PIECES: [&str; 8] = [" ", "\t", "a", "bc", "日本", "é", "\u{1}", "."];
+        let mut rng = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        for _ in 0..2000 {
+            let len = next() % 300;
+            let text: String = (0..len).map(|_| PIECES[(next() % 8) as usize]).collect();
+            let b = text.as_bytes();
+            let full = count_words_reference(b);
+            assert_eq!(count_words_upto(b, usize::MAX), full, "{text:?}");
+            let need = (next() % 40) as usize;
+            let got = count_words_upto(b, need);
+            assert!(
+                if full >= need {
+                    got >= need
+                } else {
+                    got == full
+                },
+                "{text:?}"
+            );
+            let mut block = [0u8; 64];
+            for x in block.iter_mut() {
+                *x = next() as u8;
+            }
+            assert_eq!(space_lead3_masks(&block), space_lead3_masks_scalar(&block));
+            assert_eq!(symbol_masks(&block), symbol_masks_scalar(&block));
+        }
     }
 
     #[test]
