@@ -26,17 +26,18 @@ import functools
 import json
 import math
 import os
+import sys
 import textwrap
 import types
 import typing
 from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePath
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
-try:
+if sys.version_info >= (3, 11):
     import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
+else:
+    import tomli as tomllib
 
 __all__ = ["ConfigError", "FieldInfo", "describe_fields", "field_names", "load", "parse_override", "to_dict"]
 
@@ -77,7 +78,7 @@ def load(
         data, where = to_dict(source), where or f"{cls.__name__} object"
     elif isinstance(source, (Mapping, str, os.PathLike)):
         path = None if isinstance(source, Mapping) else Path(source)
-        data = _plain(dict(source), "") if path is None else read_toml(path)
+        data = _plain(dict(cast(Mapping[str, Any], source)), "") if path is None else read_toml(path)
         where = where or ("config" if path is None else str(path))
         if from_table is not None:
             try:
@@ -145,7 +146,7 @@ def parse_override(text: str, cls: type | None = None) -> tuple[str, Any]:
     return key, value
 
 
-def field_names(cls: type) -> list[str]:
+def field_names(cls: Any) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]
 
 
@@ -260,7 +261,8 @@ def _validate(cls: type[T], data: dict[str, Any], where: str, overridden: set[st
     for field, value in _non_finite(data, ""):  # NaN and infinity are no setting of any field
         problems[field] = (_where_of(field, where, overridden), f"must be a finite number, got {_shown(value)}")
     try:
-        cfg = _adapter(cls).validate_json(json.dumps(data), strict=True)
+        # ignore: a class is Hashable, which the stub of functools.cache does not see
+        cfg = _adapter(cls).validate_json(json.dumps(data), strict=True)  # type: ignore[arg-type]
     except pydantic.ValidationError as exc:
         for err in exc.errors(include_url=False):
             field, message = _explain(cls, err)
@@ -277,7 +279,7 @@ def _unknown_keys(value: Any, tp: Any, key: str) -> Iterable[tuple[str, str]]:
         for k, v in value.items():
             sub = f"{key}.{k}" if key else k
             if k in field_names(tp):
-                yield from _unknown_keys(v, _hints(tp)[k], sub)
+                yield from _unknown_keys(v, _hints(tp)[k], sub)  # type: ignore[arg-type]  # a class is Hashable
             else:
                 yield sub, unknown_key(k, tp)
     elif isinstance(value, dict) and typing.get_origin(tp) in (dict, Mapping):
@@ -354,7 +356,7 @@ def _explain(cls: type, err: Mapping[str, Any]) -> tuple[str, str]:
     return path, f"must be {describe(tp)}, got {_shown(value)}"
 
 
-def unknown_key(name: str, cls: type) -> str:
+def unknown_key(name: str, cls: Any) -> str:
     known = field_names(cls)
     close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
     if not close:  # a part or a long form is no close match: max_step, learning_rate -> lr
@@ -406,7 +408,7 @@ def _child_type(tp: Any, part: Any) -> Any:
     """The annotation of ``tp``'s member ``part`` (a field, a key or an index), or None."""
     tp = _strip_none(tp)
     if dataclasses.is_dataclass(tp):
-        return _hints(tp).get(part)
+        return _hints(tp).get(part)  # type: ignore[arg-type]  # a class is Hashable
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (dict, Mapping) and len(args) == 2:
         return args[1]
@@ -545,7 +547,7 @@ def _field_docs(cls: type) -> dict[str, str]:
     for node in getattr(body, "body", []):
         if not isinstance(node, ast.AnnAssign) or not isinstance(node.target, ast.Name):
             continue
-        above = []
+        above: list[str] = []
         line = node.lineno - 1
         while line >= 1 and lines[line - 1].strip().startswith("#"):
             text = comments.get(line, "")

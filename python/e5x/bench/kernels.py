@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     methods = [m for m in methods if m == "e5x"] + variants + [m for m in methods if m != "e5x"]
     dtype = torch.bfloat16
 
-    header = dict(device=device_name(dev), **versions(),
+    header: dict[str, Any] = dict(device=device_name(dev), **versions(),
                   date=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                   shape=f"Bd = 2 Bq, H = {h}, L = {args.seq_len}, {str(dtype).replace('torch.', '')} inputs, tau {TAU}")
     ceiling = matmul_ceiling(dev, dtype)

@@ -112,8 +112,8 @@ def parse_checks(setting: str | Mapping[str, Any] | None) -> dict[str, float]:
             elif item.startswith("-"):
                 items.append((item[1:].strip(), False))
             elif "=" in item:
-                k, v = item.split("=", 1)
-                items.append((k.strip(), v.strip()))
+                k, threshold = item.split("=", 1)
+                items.append((k.strip(), threshold.strip()))
             else:
                 items.append((item, True))
     else:

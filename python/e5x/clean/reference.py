@@ -268,7 +268,7 @@ def dedup_ref(
     first: dict[tuple[str | None, ...], int] = {}
     out, idx = [], 0
     for rows in batches:
-        res = []
+        res: list[int | None] = []
         for row in rows:
             key = tuple(None if v is None else normalize_ref(v, casefold) for v in row)
             if key in first:
@@ -314,7 +314,8 @@ class ChaCha8:
     def __init__(self, seed: int, stream: int) -> None:
         kb = seed.to_bytes(8, "little") + bytes(24)
         self.key = [int.from_bytes(kb[i : i + 4], "little") for i in range(0, 32, 4)]
-        self.stream, self.counter, self.buf = stream, 0, []
+        self.buf: list[int] = []
+        self.stream, self.counter = stream, 0
 
     def next_u32(self) -> int:
         if not self.buf:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -72,7 +73,7 @@ def _list(args: argparse.Namespace) -> int:
     from e5x.data.public import is_prepared
     from e5x.data.registry import datasets
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for ds in datasets(args.kind):
         where = status(ds.name)
         state = "prepared" if ds.kind == "train" and is_prepared(ds.name) else (f"fetched ({where})" if where else "no")

@@ -11,8 +11,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from e5x.model.pooling import POOLINGS
+
+if TYPE_CHECKING:
+    import polars as pl
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -31,7 +35,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
-def read_texts(path: Path, field: str) -> tuple[list[str], object | None]:
+def read_texts(path: Path, field: str) -> tuple[list[str], pl.DataFrame | None]:
     """Texts of a file, plus the Parquet frame they came from (kept for the output)."""
     suffix = path.suffix.lower()
     if suffix == ".txt":
@@ -94,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
         import polars as pl
 
         base = frame if frame is not None else pl.DataFrame({args.field: texts})
-        base.with_columns(  # type: ignore[union-attr]
+        base.with_columns(
             pl.Series("embedding", emb, dtype=pl.Array(pl.Float32, emb.shape[1]))
         ).write_parquet(out)
     print(f"wrote {out}: {emb.shape[0]} x {emb.shape[1]}")

@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"e5x train: error: {exc}", file=sys.stderr)
         return 2
     if args.check:
-        unprepared = [s.dataset for s in cfg.sources if s.unprepared]
+        unprepared = [s.dataset for s in cfg.sources if s.dataset and s.unprepared]
         absent = [f"{s.label} ({s.path})" for s in cfg.sources if s.missing and not s.dataset]
         if unprepared or absent:
             print(report)

@@ -368,10 +368,10 @@ def _place(src: Path, f: SourceFile, target: Path, *, move: bool) -> None:
                     if rel is None or not member.isfile():
                         continue
                     (target / rel).parent.mkdir(parents=True, exist_ok=True)
-                    fin = tf.extractfile(member)
-                    assert fin is not None  # a regular file
-                    with fin, (target / rel).open("wb") as fout:
-                        shutil.copyfileobj(fin, fout, CHUNK)
+                    member_in = tf.extractfile(member)
+                    assert member_in is not None  # a regular file
+                    with member_in, (target / rel).open("wb") as fout:
+                        shutil.copyfileobj(member_in, fout, CHUNK)
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as exc:
         raise FetchError(f"{src}: not a readable {f.unpack} archive ({exc})") from None
     if move:

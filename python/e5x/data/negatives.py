@@ -89,7 +89,9 @@ def mine_hard_negatives(
     pairs = df.select("query", "positive").unique(maintain_order=True)
     asking = set(todo["query"].to_list())
     pairs = pairs.filter(pl.col("query").is_in(list(asking)))
-    prompts = {k: v for k, v in (("query_prompt", query_prompt), ("corpus_prompt", passage_prompt)) if v}
+    prompts: dict[str, Any] = {
+        k: v for k, v in (("query_prompt", query_prompt), ("corpus_prompt", passage_prompt)) if v
+    }
     state = random.getstate()
     random.seed(seed)  # sentence-transformers samples with the `random` module
     try:
@@ -97,7 +99,8 @@ def mine_hard_negatives(
             Dataset.from_dict({"query": pairs["query"].to_list(), "positive": pairs["positive"].to_list()}),
             st, anchor_column_name="query", positive_column_name="positive", corpus=candidates,
             range_min=range_min, range_max=min(range_max, len(candidates)), relative_margin=relative_margin,
-            num_negatives=1, sampling_strategy=sampling, output_format="triplet",
+            num_negatives=1, sampling_strategy=sampling,  # type: ignore[arg-type]  # checked: "random" or "top"
+            output_format="triplet",
             batch_size=batch_size, verbose=show_progress, **prompts,
         )
     finally:

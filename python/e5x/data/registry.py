@@ -128,7 +128,8 @@ def _entry(name: str, raw: dict[str, Any]) -> Dataset:
     data = dict(raw)
     try:
         files = tuple(SourceFile(**f) for spec in data.pop("files") for f in _expand(spec))
-        ds = Dataset(name=name, files=files, **{k: tuple(v) if k == "instructions" else v for k, v in data.items()})
+        fields: dict[str, Any] = {k: tuple(v) if k == "instructions" else v for k, v in data.items()}
+        ds = Dataset(name=name, files=files, **fields)
     except (TypeError, KeyError) as exc:
         raise ValueError(f"{where}: {exc}") from None
     if ds.kind not in KINDS or ds.layout not in LAYOUTS:

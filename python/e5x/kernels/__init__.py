@@ -209,6 +209,8 @@ def pooled_info_nce(
     )
     C.flush(pending)
     groups = C.resolve_groups(q_hidden.shape[0], d_hidden.shape[0], q_hidden.device, q_groups, d_groups)
+    q_emb: torch.Tensor | None
+    d_emb: torch.Tensor | None
     if C.pick_backend(backend, q_hidden) == "torch":
         from .reference import pooled_info_nce_ref
 
@@ -223,4 +225,7 @@ def pooled_info_nce(
                 q_hidden, d_hidden, q_idx, d_idx, pos, t, reduction, want_embeddings=return_embeddings,
                 groups=groups,
             )
-    return (loss, q_emb, d_emb) if return_embeddings else loss
+    if not return_embeddings:
+        return loss
+    assert q_emb is not None and d_emb is not None  # want_embeddings=True
+    return loss, q_emb, d_emb

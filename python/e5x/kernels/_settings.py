@@ -56,7 +56,8 @@ def configure(**kw: Any) -> KernelSettings:
     unknown = set(kw) - set(_ENV)
     if unknown:
         raise TypeError(f"unknown kernel settings {sorted(unknown)}; known: {sorted(_ENV)}")
-    _default = replace(_default, **{k: (float(v) if k == "chunk_mib" else v) for k, v in kw.items()})
+    changes: dict[str, Any] = {k: (float(v) if k == "chunk_mib" else v) for k, v in kw.items()}
+    _default = replace(_default, **changes)
     return current()
 
 

@@ -449,7 +449,7 @@ def _lse2(
     store = s_out is not None
     pos, qg, dg = mask if mask is not None else (rq, rq, rq)  # never read without MASK_FN
     args = (q, d, rq, rd, m, s, s_out if store else m, pos, qg, dg, bq, bd, h, split,
-            s_out.stride(0) if store else 0, scale2, _bucket(bq), _bucket(bd))
+            s_out.stride(0) if s_out is not None else 0, scale2, _bucket(bq), _bucket(bd))
     flags = dict(PRECISION=_precision(q.dtype), UPCAST=_upcast(q.dtype), STORE_S=store,
                  MASK_FN=mask is not None)
     if meta is None:
@@ -539,7 +539,7 @@ def _dscores_window(
     mask = groups is not None and not from_s
     qg, dg = groups if groups is not None else (pos, pos)  # never read without MASK_FN
     args = (q_raw, d_raw, q_rstd, d_rstd, lse2, pos, coef, out, s_in if from_s else out, qg, dg,
-            r0, n, c0, m, bq, bd, h, out.stride(0), s_in.stride(0) if from_s else 0, scale2,
+            r0, n, c0, m, bq, bd, h, out.stride(0), s_in.stride(0) if s_in is not None else 0, scale2,
             _bucket(n), _bucket(m))
     flags = dict(PRECISION=_precision(q_raw.dtype), UPCAST=_upcast(q_raw.dtype), FROM_S=from_s,
                  MASK_FN=mask)
@@ -563,6 +563,7 @@ def _infonce_backward(
     # r_d: gradient w.r.t. the raw pooled document rows, accumulated over query chunks
     r_d = torch.zeros((bd, h), dtype=torch.float32, device=d_raw.device) if need_d else None
     if need_d and g_d_emb is not None:  # de -> R = rstd * de (see _pool_norm_bwd)
+        assert r_d is not None
         r_d += g_d_emb.float() * d_rstd[:, None]
     # per row: dA [Bd] in the compute dtype + its fp32 Rq row [H]
     rows = _chunk_len(bq, bd * q_raw.element_size() + 4 * h)
@@ -576,10 +577,12 @@ def _infonce_backward(
             r_q = _mm_f32(ds, d_raw)  # [n, H], complete for these rows: finish them now
             if g_q_emb is not None:
                 r_q += g_q_emb[r0 : r0 + n].float() * q_rstd[r0 : r0 + n, None]
+            assert grad_q is not None
             _pool_backward(q_raw, h, 0, q_idx, q_rstd, r_q, grad_q, normalize, row0=r0)
         if need_d:
             _mm_f32(ds.T, q_raw[r0 : r0 + n], acc=r_d)
     if need_d:
+        assert r_d is not None and grad_d is not None
         _pool_backward(d_raw, h, 0, d_idx, d_rstd, r_d, grad_d, normalize)
     return grad_q, grad_d
 
@@ -619,8 +622,10 @@ def _fused_loss_and_grads(
     else:  # lean, documents only: the log-sum-exp is all the first pass has to give
         lse2 = _lse2(q_raw, d_raw, q_rstd, d_rstd, scale2, mask=_rows_mask(pos, groups, 0, bq))
     if acc_d:
+        assert r_d is not None and grad_d is not None
         _pool_backward(d_raw, h, 0, d_idx, d_rstd, r_d, grad_d, normalize)
     elif need_d:
+        assert grad_d is not None
         _column_pass(q_raw, d_raw, d_idx, q_rstd, d_rstd, lse2, pos, coef, scale2, normalize, grad_d,
                      groups)
     return lse2, grad_q, grad_d
@@ -748,8 +753,9 @@ class _PooledInfoNCE(torch.autograd.Function):
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         q_raw, q_emb, q_rstd = _pool(q_hidden, q_idx, normalize, raw=True, emb=want_emb)
         d_raw, d_emb, d_rstd = _pool(d_hidden, d_idx, normalize, raw=True, emb=want_emb)
+        assert q_raw is not None and d_raw is not None  # raw=True
         bq, h = q_raw.shape
-        groups = (qg, dg) if qg is not None else None
+        groups = (qg, dg) if qg is not None and dg is not None else None  # both or neither
         fused = ctx.fused = mode != "backward"
         ctx.settings = S.current()  # the backward runs outside this call's argument scope
         if fused:
@@ -846,6 +852,7 @@ class _Pool(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, hidden: torch.Tensor, idx: torch.Tensor, normalize: bool) -> torch.Tensor:  # type: ignore[override]
         _, emb, rstd = _pool(hidden, idx, normalize, raw=False, emb=True)
+        assert emb is not None  # emb=True
         ctx.save_for_backward(hidden, idx, rstd)
         ctx.normalize = normalize
         return emb

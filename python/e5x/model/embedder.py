@@ -159,7 +159,7 @@ class Embedder:
                 # already end with their own [SEP] and are tokenized as they were trained.
                 append_eos=get_pooling(chosen).last_token_only,
             )
-        overrides = {
+        overrides: dict[str, Any] = {
             k: v
             for k, v in dict(
                 pooling=pooling,

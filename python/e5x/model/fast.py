@@ -176,6 +176,8 @@ def _dropout_linear_class() -> type:
     class DropoutLinear(torch.nn.Module):
         """A bias-free ``lora_A`` with its input dropout built in (see ``fuse_lora_dropout``)."""
 
+        weight: torch.Tensor  # lora_A's Parameter, put in place by fuse_lora_dropout
+
         def __init__(self, p: float) -> None:
             super().__init__()
             self.p = p

@@ -71,7 +71,7 @@ def build_tiny_model(cfg: TinyModelConfig, vocab_size: int) -> PreTrainedModel:
     import torch
     from transformers import LlamaConfig, LlamaModel, MistralConfig, MistralModel
 
-    kwargs = dict(
+    kwargs: dict[str, Any] = dict(
         vocab_size=vocab_size,
         hidden_size=cfg.hidden_size,
         intermediate_size=cfg.intermediate_size,
@@ -82,6 +82,8 @@ def build_tiny_model(cfg: TinyModelConfig, vocab_size: int) -> PreTrainedModel:
         bos_token_id=1,
         eos_token_id=2,
     )
+    config: Any  # of the class that goes with cls
+    cls: type[PreTrainedModel]
     if cfg.arch == "mistral":
         config, cls = MistralConfig(**kwargs), MistralModel
     elif cfg.arch == "llama":
@@ -148,12 +150,12 @@ def apply_lora(
         # peft still calls transformers' deprecated `is_gradient_checkpointing` (a warning
         # the user can do nothing about).
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        model = get_peft_model(model, config)
+        peft_model = get_peft_model(model, config)
     if fuse_dropout:
         from e5x.model.fast import fuse_lora_dropout
 
-        fuse_lora_dropout(model)  # same numbers, far fewer saved activations on CPU
-    return model
+        fuse_lora_dropout(peft_model)  # same numbers, far fewer saved activations on CPU
+    return peft_model
 
 
 def trainable_parameters(model: Any) -> int:

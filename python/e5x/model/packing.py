@@ -254,7 +254,7 @@ DEFAULT_ATTN_SHAPE = (128, 32, 8)
 
 def attention_shape(model: Any) -> tuple[int, int, int]:
     """(head_dim, query heads, key/value heads) of a decoder (HF or peft-wrapped)."""
-    cfg = getattr(decoder_of(model) or hf_model(model), "config", None)
+    cfg: Any = getattr(decoder_of(model) or hf_model(model), "config", None)
     heads = getattr(cfg, "num_attention_heads", None)
     if not heads:
         return DEFAULT_ATTN_SHAPE
@@ -419,7 +419,7 @@ def varlen_attention(
         if fn is None:
             raise RuntimeError("backend 'flash_attn' asked for but flash_attn is not installed")
         dtype = q.dtype
-        window = (sliding_window - 1, 0) if use_window else (-1, -1)
+        window = (sliding_window - 1, 0) if use_window and sliding_window is not None else (-1, -1)
         q, k, v = (_low_precision(x).contiguous() for x in (q, k, v))
         out = fn(q, k, v, cu_q, cu_k, max_q, max_k,
                  dropout_p=0.0, softmax_scale=scale, causal=causal, window_size=window)
@@ -445,7 +445,8 @@ def varlen_attention(
             kwargs["enable_gqa"] = hq != hkv
         if "window_size" in params:
             kwargs["window_size"] = (
-                (sliding_window - 1, 0) if use_window else ((-1, 0) if causal else (-1, -1))
+                (sliding_window - 1, 0) if use_window and sliding_window is not None
+                else ((-1, 0) if causal else (-1, -1))
             )
         else:  # torch 2.9/2.10 signature
             kwargs["is_causal"] = causal

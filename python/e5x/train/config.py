@@ -159,7 +159,7 @@ class TrainConfig:
         for i, s in enumerate(self.sources):
             if not s.path:
                 raise ConfigError(f"[sources[{i}]] needs a path (training triples) or a dataset (e5x data list)")
-        unprepared = [s.dataset for s in self.sources if s.unprepared]
+        unprepared = [s.dataset for s in self.sources if s.dataset and s.unprepared]
         if unprepared and not allow_missing:
             raise ConfigError(f"{len(unprepared)} dataset source(s) not prepared yet: {', '.join(unprepared)} "
                               f"(e5x data prepare CONFIG.toml fetches and converts them)")  # fmt: skip

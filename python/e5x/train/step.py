@@ -148,7 +148,7 @@ def contrastive_loss(
 
     docs, offset = gather_documents(d, world)
     positive_index = torch.arange(q.shape[0], device=q.device)
-    masking: dict[str, torch.Tensor] = {}
+    masking: dict[str, Any] = {}
     if groups is not None:
         masking = {"q_groups": groups[0], "d_groups": gather_ids(groups[1], world)[0]}
     losses = [
