@@ -31,8 +31,13 @@ def files(tmp_path: Path, monkeypatch) -> dict[str, Path]:
     bad_clean.write_text('inputs = "runs/synth"\nexamples_per_reason = -1\n')
     empty_folder = tmp_path / "beir-without-qrels"
     empty_folder.mkdir()
+    logs = {}
+    for name, body in (("empty_log", b""), ("junk_log", b'garbage\n\x00\x01binary\n[1, 2]\n"a string"\n')):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "responses.jsonl").write_bytes(body)
+        logs[name] = tmp_path / name
     return {"pairs": pairs, "existing": existing, "blocker": blocker, "no_data": no_data, "typo": typo,
-            "beir": empty_folder, "missing": tmp_path / "missing.parquet", "bad_clean": bad_clean}  # fmt: skip
+            "beir": empty_folder, "missing": tmp_path / "missing.parquet", "bad_clean": bad_clean, **logs}  # fmt: skip
 
 
 CASES = [
@@ -61,6 +66,9 @@ CASES = [
                                            "examples_per_reason: must be >= 0, got -1"),
     (["clean", "{beir}", "--out", "{existing}", "--quality-checks", "bogus"], EXIT_USAGE, "quality_checks: unknown"),
     (["clean"], EXIT_USAGE, "inputs: no inputs"),
+    # Nothing usable to clean: an error, and no 0-row triples file in place of a result.
+    (["clean", "{empty_log}", "--out", "{existing}"], EXIT_USAGE, "no responses to clean"),
+    (["clean", "{junk_log}", "--out", "{existing}"], EXIT_USAGE, "no responses to clean"),
     (["train", "{no_data}", "lr=-1", "--check"], EXIT_USAGE, "override: lr: must be >= 0, got -1 (int)"),
     (["train", "{no_data}", "sources.0.ratio=half"], EXIT_USAGE, "override: sources[0].ratio: must be a number"),
     (["train", "{no_data}", "lora_rr=8"], EXIT_USAGE, "override: lora_rr: unknown key; did you mean 'lora_r'?"),
@@ -79,6 +87,8 @@ def test_bad_input_is_one_line_with_the_documented_code(argv, code, text, files,
     assert err.count("\n") == 1 and "Traceback" not in err, err
     assert text in err
     assert files["existing"].read_bytes() == before  # nothing already produced is lost
+    if argv[0] == "clean":  # nor a report or chart beside it
+        assert sorted(p.name for p in files["existing"].parent.glob("existing*")) == ["existing.parquet"]
 
 
 def test_a_bug_is_one_line_too(files, monkeypatch, capsys) -> None:

@@ -52,6 +52,8 @@ def read_log(path: Path, *, repair: bool = False) -> tuple[list[dict[str, Any]],
             continue
         if isinstance(rec, dict):
             records.append(rec)
+        else:  # valid JSON but not a record: as corrupt as a broken line
+            bad += 1
     if bad:
         import warnings
 
