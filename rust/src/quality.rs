@@ -870,8 +870,8 @@ pub const STOPWORD_MARGIN: f32 = 1.25;
 /// word: open addressing with linear probing, a quarter full, so a lookup (most words of a
 /// text are in it or miss at once) is a probe or two without hashing again.
 struct StopTable {
-    /// (word hash, languages, how many languages).
-    slots: Vec<(u64, u64, u32)>,
+    /// (word hash, languages, how many languages, 1 / how many).
+    slots: Vec<(u64, u64, u32, f32)>,
 }
 
 impl StopTable {
@@ -889,16 +889,17 @@ impl StopTable {
         slot.0 = h;
         slot.1 |= 1u64 << bit;
         slot.2 = slot.1.count_ones();
+        slot.3 = 1.0 / slot.2 as f32;
     }
 
-    /// The languages of `h` (0: in no list) and how many they are.
+    /// The languages of `h` (0: in no list), how many they are and its reciprocal.
     #[inline]
-    fn get(&self, h: u64) -> (u64, u32) {
+    fn get(&self, h: u64) -> (u64, u32, f32) {
         let mut i = self.slot(h);
         loop {
-            let (k, langs, ones) = self.slots[i];
+            let (k, langs, ones, inv) = self.slots[i];
             if k == h || k == 0 {
-                return (langs, ones);
+                return (langs, ones, inv);
             }
             i = (i + 1) & (self.slots.len() - 1);
         }
@@ -912,7 +913,7 @@ static STOPWORDS: LazyLock<StopTable> = LazyLock::new(|| {
         .collect();
     let words: usize = lists.iter().map(|l| l.len()).sum();
     let mut table = StopTable {
-        slots: vec![(0, 0, 0); (4 * words).next_power_of_two()],
+        slots: vec![(0, 0, 0, 0.0); (4 * words).next_power_of_two()],
     };
     let mut buf = Vec::new();
     for (bit, list) in lists.iter().enumerate() {
@@ -970,22 +971,26 @@ impl Languages {
 }
 
 /// Languages of the word `w` that count against the language of `bit` (outside its
-/// siblings), whether `bit` is one of its languages, and among how many of the two its
-/// weight is shared (0: the word is in none of them).
+/// siblings), whether `bit` is one of its languages, and the share of its weight each of
+/// them gets, `1 / (others + mine)` (0: the word is in none of them).
 #[inline]
-fn stopword_holders(table: &StopTable, w: u64, bit: u8, siblings: u64) -> (u64, u64, u32) {
-    let (langs, ones) = table.get(w);
+fn stopword_share(table: &StopTable, w: u64, bit: u8, siblings: u64) -> (u64, u64, f32) {
+    let (langs, ones, inv) = table.get(w);
     let others = langs & !siblings;
     let is_mine = langs >> bit & 1;
-    // ones(others) = ones(langs) - ones(langs & siblings), the latter mostly 0 or 1: no
-    // popcount instruction in the x86_64 baseline.
-    let near = langs & siblings;
-    let near_ones = if near & near.wrapping_sub(1) == 0 {
-        (near != 0) as u32
+    // Mostly no sibling holds the word: then the holders are all its languages, and the
+    // share is the table's (no popcount instruction in the x86_64 baseline, no division).
+    let near = langs & siblings & !(1u64 << bit);
+    if near == 0 {
+        return (others, is_mine, inv);
+    }
+    let holders = ones - near.count_ones();
+    let share = if holders == 0 {
+        0.0
     } else {
-        near.count_ones()
+        1.0 / holders as f32
     };
-    (others, is_mine, ones - near_ones + is_mine as u32)
+    (others, is_mine, share)
 }
 
 /// Stop-word scores of `words` for the language of `bit` and for the best other language
@@ -997,11 +1002,10 @@ fn stopword_scores(words: &[u64], bit: u8) -> (f32, f32) {
     let mut scores = [0f32; 64];
     let (mut mine, mut best_other) = (0f32, 0f32);
     for &w in words {
-        let (others, is_mine, holders) = stopword_holders(table, w, bit, siblings);
-        if holders == 0 {
+        let (others, is_mine, share) = stopword_share(table, w, bit, siblings);
+        if share == 0.0 {
             continue; // a word of the siblings' lists only
         }
-        let share = 1.0 / holders as f32;
         mine += is_mine as f32 * share;
         let mut rest = others;
         while rest != 0 {
@@ -1027,11 +1031,10 @@ fn stopwords_show(words: &[u64], bit: u8) -> bool {
     let (table, siblings) = (&*STOPWORDS, SIBLING_MASKS[bit as usize & 63]);
     let (mut mine, mut bound) = (0f32, 0f32);
     for &w in words {
-        let (others, is_mine, holders) = stopword_holders(table, w, bit, siblings);
-        if holders == 0 {
+        let (others, is_mine, share) = stopword_share(table, w, bit, siblings);
+        if share == 0.0 {
             continue;
         }
-        let share = 1.0 / holders as f32;
         mine += is_mine as f32 * share;
         if others != 0 {
             bound += share;
