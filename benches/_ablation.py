@@ -51,7 +51,7 @@ def train_quickstart(args: argparse.Namespace, output_dir: Path, sources: list[d
     """e5x.train with the quickstart's training settings, --steps steps, seed 0. A training
     stopped by SIGTERM (it checkpoints and returns) ends the benchmark: rerun it to resume."""
     from e5x.quickstart import DEFAULTS
-    from e5x.train import TrainConfig, train
+    from e5x.training import TrainConfig, train
 
     fields = dict(DEFAULTS["train"], model=args.model, max_steps=args.steps, output_dir=str(output_dir), seed=0,
                   progress=False, sources=sources, **overrides)  # fmt: skip

@@ -4,7 +4,7 @@ Generates N training triples (query, positive, negative; random words, ~60% of n
 null) with a few planted overlaps (evaluation texts with case and spacing changed), then
 finds the overlaps, in one process:
 
-  e5x      e5x.clean.decontaminate.find_overlaps: the Rust deduplicator (NFKC, whitespace,
+  e5x      e5x.cleaning.decontaminate.find_overlaps: the Rust deduplicator (NFKC, whitespace,
            case folding, xxh3-128; all cores)
   python   the same normalisation in Python (unicodedata NFKC, str.casefold, split/join)
            and a set of the evaluation texts
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import polars as pl
 
-from e5x.clean.decontaminate import EvalTexts, eval_texts, find_overlaps
+from e5x.cleaning.decontaminate import EvalTexts, eval_texts, find_overlaps
 
 WORDS = ("the of and to in is that for it as with was on be by this are or from at which an have protein cell "
          "gene expression patients study results café naïve Straße 日本語 データ москва данные").split()  # fmt: skip

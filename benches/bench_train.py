@@ -17,7 +17,7 @@ memories compare), with a fresh AdamW over the LoRA parameters:
                big matmul outputs (torch selective activation checkpointing); on GPU the plan
                is sized from measured peaks to stay under the plain loop's peak (--keep)
   e5x+liger    + liger-kernel fused RMSNorm/SwiGLU/RoPE (only when liger_kernel imports, GPU)
-  e5x-train    what ``e5x.train()`` runs: ``e5x.train.step.forward_backward`` with GradCache
+  e5x-train    what ``e5x.train()`` runs: ``e5x.training.step.forward_backward`` with GradCache
                at the recipe's chunking (configs/e5-mistral.toml: chunk_tokens, else chunk_size;
                --gradcache-chunk / --gradcache-tokens override it), the packed forward and the e5x variant's checkpointing plan;
                documents laid out as the trainer's Batch (positives first), so its loss
@@ -244,7 +244,7 @@ def trainer_step(device: torch.device, chunk_size: int | None, chunk_tokens: int
 
     from e5x.data.batch import Batch
     from e5x.model.text import pad
-    from e5x.train.step import forward_backward
+    from e5x.training.step import forward_backward
 
     extra: dict[str, Any] = {}
     if chunk_tokens and "chunk_tokens" in inspect.signature(forward_backward).parameters:
@@ -267,7 +267,7 @@ def recipe_chunking() -> tuple[int | None, int | None]:
     defaults where the file is missing or silent)."""
     import tomllib
 
-    from e5x.train.config import TrainConfig
+    from e5x.training.config import TrainConfig
 
     cfg = TrainConfig()
     try:

@@ -10,7 +10,7 @@ from pathlib import Path
 import e5x
 
 PACKAGE = Path(e5x.__file__).parent
-STAGES = ["tasks", "synth", "clean", "data", "train", "eval"]  # the order data flows in
+STAGES = ["tasks", "synth", "cleaning", "data", "training", "eval"]  # the order data flows in
 FOUNDATIONS = {"formats", "model", "kernels"}
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from e5x.train import checkpoint
-from e5x.train.checkpoint import CheckpointError
-from e5x.train.step import World
+from e5x.training import checkpoint
+from e5x.training.checkpoint import CheckpointError
+from e5x.training.step import World
 
 
 def save(root: Path, step: int) -> Path:
@@ -99,7 +99,7 @@ def test_training_resumes_from_the_previous_checkpoint_when_the_latest_is_trunca
     import signal
 
     from _tiny import toy_triples
-    from e5x.train import TrainConfig, train
+    from e5x.training import TrainConfig, train
 
     data = tmp_path / "toy.parquet"
     toy_triples(128, seed=0).write_parquet(data)
@@ -159,7 +159,7 @@ def _stop_at(step: int):
 def half_run(tmp_path_factory) -> tuple[Path, Path]:
     """A run of 4 steps stopped at step 2 (its checkpoint): the data file and the run folder."""
     from _tiny import toy_triples
-    from e5x.train import train
+    from e5x.training import train
 
     tmp = tmp_path_factory.mktemp("resume")
     data = tmp / "toy.parquet"
@@ -200,8 +200,8 @@ def _no_model(*args, **kwargs):
     ],
 )
 def test_a_changed_field_is_refused_before_the_model_loads(run_copy, monkeypatch, changes, said):
-    import e5x.train.loop as loop
-    from e5x.train import ConfigError, train
+    import e5x.training.loop as loop
+    from e5x.training import ConfigError, train
 
     data, out = run_copy
     if changes.get("sources"):
@@ -220,9 +220,9 @@ def test_a_changed_field_is_refused_before_the_model_loads(run_copy, monkeypatch
 def test_changed_data_is_refused_and_a_touched_file_is_not(tmp_path, monkeypatch):
     import os
 
-    import e5x.train.loop as loop
+    import e5x.training.loop as loop
     from _tiny import toy_triples
-    from e5x.train import ConfigError, train
+    from e5x.training import ConfigError, train
 
     data = tmp_path / "toy.parquet"
     toy_triples(64, seed=0).write_parquet(data)
@@ -241,7 +241,7 @@ def test_changed_data_is_refused_and_a_touched_file_is_not(tmp_path, monkeypatch
 
 
 def test_an_allowed_lr_reaches_the_optimizer(run_copy):
-    from e5x.train import train
+    from e5x.training import train
 
     data, out = run_copy
     result = train(_recipe(data, out, lr=0.0), allow_config_change=["lr"], on_step=_stop_at(3))
@@ -260,8 +260,8 @@ def test_an_allowed_lr_reaches_the_optimizer(run_copy):
 
 
 def test_extending_a_finished_run_with_max_steps(run_copy):
-    from e5x.train import ConfigError, train
-    from e5x.train.loop import _warmup_linear
+    from e5x.training import ConfigError, train
+    from e5x.training.loop import _warmup_linear
 
     data, out = run_copy
     finished = train(_recipe(data, out))  # the same config resumes and finishes
@@ -335,7 +335,7 @@ def _toml(recipe: dict) -> str:
 @pytest.fixture
 def records(tmp_path):
     from _tiny import toy_triples
-    from e5x.train import TrainConfig
+    from e5x.training import TrainConfig
 
     data = tmp_path / "toy.parquet"
     toy_triples(16, seed=0).write_parquet(data)
@@ -361,8 +361,8 @@ def test_every_field_but_the_free_ones_is_checked(records):
     """Fields added to TrainConfig later are checked without anyone listing them."""
     import dataclasses
 
-    from e5x.train import ConfigError
-    from e5x.train.config import RESUME_FREE
+    from e5x.training import ConfigError
+    from e5x.training.config import RESUME_FREE
 
     cfg, record, state = records
     checked = 0
@@ -385,7 +385,7 @@ def test_every_field_but_the_free_ones_is_checked(records):
 def test_a_field_the_checkpoint_predates_counts_as_its_default(records):
     import dataclasses
 
-    from e5x.train import ConfigError
+    from e5x.training import ConfigError
 
     cfg, record, state = records
     del state["config"]["mask_false_negatives"]  # written before the field existed
@@ -398,7 +398,7 @@ def test_a_field_the_checkpoint_predates_counts_as_its_default(records):
 def test_sources_allow_covers_what_they_hold_and_names_must_be_fields(records):
     import dataclasses
 
-    from e5x.train import ConfigError
+    from e5x.training import ConfigError
 
     cfg, record, state = records
     two = dataclasses.replace(cfg, sources=[*cfg.sources, dataclasses.replace(cfg.sources[0], ratio=0.5)])
@@ -416,7 +416,7 @@ def test_sources_allow_covers_what_they_hold_and_names_must_be_fields(records):
 def test_a_checkpoint_without_a_recorded_config_checks_what_it_recorded(records):
     import dataclasses
 
-    from e5x.train import ConfigError
+    from e5x.training import ConfigError
 
     cfg, record, _ = records
     legacy = {"step": 2, "batch_size": 8, "seed": 1, "world_size": 1, "total_steps": 4, "task_homogeneous": False}

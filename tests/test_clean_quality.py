@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from e5x import core
-from e5x.clean import CleanConfig, clean
-from e5x.clean import quality as q
+from e5x.cleaning import CleanConfig, clean
+from e5x.cleaning import quality as q
 from e5x.tasks.taxonomy import task_types
 
 FIXTURES = Path(__file__).parent / "fixtures"

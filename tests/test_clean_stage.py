@@ -12,8 +12,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from e5x.clean import CleanConfig, clean
-from e5x.clean.pipeline import TRIPLE_COLUMNS
+from e5x.cleaning import CleanConfig, clean
+from e5x.cleaning.pipeline import TRIPLE_COLUMNS
 
 NO_GATE = {"quality_checks": "none"}
 SL = {"user_query": "q1", "positive_document": "long doc one", "hard_negative_document": "long neg one"}

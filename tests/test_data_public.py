@@ -130,7 +130,7 @@ def test_prepare_refuses_an_eval_set() -> None:
 
 
 def test_training_config_sources_by_dataset_name(tmp_path, monkeypatch, capsys) -> None:
-    from e5x.train.config import ConfigError, TrainConfig
+    from e5x.training.config import ConfigError, TrainConfig
 
     monkeypatch.setenv("E5X_CACHE_DIR", str(tmp_path / "cache"))
     cfg_path = tmp_path / "mix.toml"

@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 
 from e5x.cli import main
-from e5x.clean.decontaminate import decontaminate, eval_texts, find_overlaps
+from e5x.cleaning.decontaminate import decontaminate, eval_texts, find_overlaps
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ from e5x.data import batch as batch_mod
 from e5x.data.batch import normalize_text, text_group_id
 from e5x.data.triples import Source
 from e5x.model.loading import apply_lora
-from e5x.train.step import World, average_gradients, embed, forward_backward, masked_negatives
+from e5x.training.step import World, average_gradients, embed, forward_backward, masked_negatives
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -184,7 +184,7 @@ def test_two_process_gloo_masking_equals_one_process(tmp_path) -> None:
 
 
 def test_tiny_training_run_logs_masked_counts_and_masking_changes_the_loss(tmp_path) -> None:
-    from e5x.train import TrainConfig, train
+    from e5x.training import TrainConfig, train
 
     data = tmp_path / "cls.parquet"
     classification_rows(64, seed=4).write_parquet(data)

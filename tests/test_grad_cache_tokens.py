@@ -8,7 +8,7 @@ import socket
 import pytest
 import torch
 
-from e5x.train.step import World, chunk_bounds, forward_backward, num_chunks
+from e5x.training.step import World, chunk_bounds, forward_backward, num_chunks
 from test_train_step import grads, lora_model, make_batch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -45,7 +45,7 @@ def test_grad_cache_by_tokens_equals_full_batch() -> None:
 
 def test_batch_within_the_token_budget_runs_no_grad_cache(monkeypatch: pytest.MonkeyPatch) -> None:
     """A batch that fits the budget takes the one-forward path (no extra no-grad forward)."""
-    import e5x.train.step as step
+    import e5x.training.step as step
 
     batch = make_batch(range(8))
     calls = []
@@ -67,7 +67,7 @@ def test_gather_backward_is_one_reduce_scatter(monkeypatch: pytest.MonkeyPatch) 
     lives in test_train_step.py::test_two_process_gloo_equals_one_process."""
     import torch.distributed as dist
 
-    import e5x.train.step as step
+    import e5x.training.step as step
 
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     monkeypatch.setenv("MASTER_PORT", str(_free_port()))
@@ -103,7 +103,7 @@ def test_train_chunks_by_tokens_and_records_kernel_settings(tmp_path, monkeypatc
 
     import e5x.kernels as kernels
     from e5x.kernels import _settings
-    from e5x.train import train
+    from e5x.training import train
     from test_train_run import config
 
     for var in ("E5X_INFONCE_MODE", "E5X_INFONCE_CHUNK_MIB", "E5X_AUTOTUNE", "E5X_FLEX_COMPILE"):

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from _tiny import toy_triples
-from e5x.train import ConfigError, TrainConfig, train
-from e5x.train.step import World, contrastive_loss
+from e5x.training import ConfigError, TrainConfig, train
+from e5x.training.step import World, contrastive_loss
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

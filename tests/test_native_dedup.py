@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from e5x import core
-from e5x.clean.reference import dedup_ref, normalize_ref
+from e5x.cleaning.reference import dedup_ref, normalize_ref
 
 # Characters assigned in Python's Unicode database (so both sides agree on NFKC and
 # case folding), plus whitespace and compatibility characters that normalise.

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 import e5x
 from e5x import _native
 from e5x import core
-from e5x.clean.reference import BLOCK, render_ref, sample_ref
+from e5x.cleaning.reference import BLOCK, render_ref, sample_ref
 
 weights = st.lists(st.floats(0.0, 10.0, allow_nan=False), min_size=1, max_size=7).filter(lambda w: sum(w) > 0)
 

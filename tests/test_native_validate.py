@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from e5x import core
-from e5x.clean.reference import MAX_DEPTH, validate_ref
+from e5x.cleaning.reference import MAX_DEPTH, validate_ref
 from e5x.tasks.schemas import SCHEMAS
 
 # Small limits so hypothesis reaches too_short / too_long; "a/b" checks pointer escaping;

@@ -117,8 +117,8 @@ def test_unknown_pooling_is_a_one_line_error_naming_the_known_ones(tmp_path: Pat
 
 def test_train_config_validates_pooling(tmp_path: Path) -> None:
     from _tiny import toy_triples
-    from e5x.train import TrainConfig
-    from e5x.train.config import ConfigError
+    from e5x.training import TrainConfig
+    from e5x.training.config import ConfigError
 
     data = tmp_path / "toy.parquet"
     toy_triples(8).write_parquet(data)
@@ -178,7 +178,7 @@ def test_packed_forward_equals_padded_forward(name: str, monkeypatch: pytest.Mon
 def trained_mean(tmp_path_factory):  # type: ignore[no-untyped-def]
     from test_train_run import config
 
-    from e5x.train import train
+    from e5x.training import train
 
     tmp = tmp_path_factory.mktemp("mean")
     n = torch.get_num_threads()
@@ -197,7 +197,7 @@ def test_mean_pooling_trains_exports_and_reloads(trained_mean) -> None:  # type:
     from e5x.model.config import EmbeddingSpec
     from e5x.model.embedder import Embedder
     from e5x.model.text import tokenize
-    from e5x.train.step import embed
+    from e5x.training.step import embed
 
     cfg, result = trained_mean
     first, last = sum(result.losses[:5]) / 5, sum(result.losses[-5:]) / 5
@@ -233,7 +233,7 @@ def test_mean_pooling_trains_exports_and_reloads(trained_mean) -> None:  # type:
 def test_packed_mean_training_matches_padded(tmp_path: Path) -> None:
     from test_train_run import config
 
-    from e5x.train import train
+    from e5x.training import train
 
     kw = dict(max_steps=3, batch_size=8, chunk_size=4, lora_dropout=0.0, save_every=100, pooling="mean")
     padded = train(config(tmp_path, "padded", **kw))

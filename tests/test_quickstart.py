@@ -34,7 +34,7 @@ def test_full_recipe_config_loads_and_names_the_paper_settings():
     assert t["model"] == "mistralai/Mistral-7B-v0.1" and t["batch_size"] == 2048
     assert (t["lr"], t["warmup_steps"], t["max_length"]) == (1e-4, 100, 512)
     assert cfg["eval"]["sts_pairs"] == cfg["eval"]["scifact_corpus"] == 0  # the whole test sets
-    from e5x.train import TrainConfig
+    from e5x.training import TrainConfig
 
     TrainConfig.from_dict({**t, "output_dir": "x"})  # every [train] key is a TrainConfig field
 

@@ -45,7 +45,7 @@ def test_padding_sides_keep_eos_at_last_real_position() -> None:
 def test_exported_tokenizer_appends_eos_itself(tmp_path) -> None:
     from transformers import AutoTokenizer
 
-    from e5x.train.export import eos_appending_tokenizer
+    from e5x.training.export import eos_appending_tokenizer
 
     for make in (llama_style_tokenizer, tiny_tokenizer):
         tok = make()

@@ -8,7 +8,7 @@ import pytest
 
 from _tiny import toy_triples
 from e5x.data import DataError
-from e5x.train import ConfigError, TrainConfig, train
+from e5x.training import ConfigError, TrainConfig, train
 
 REPO = Path(__file__).resolve().parent.parent
 

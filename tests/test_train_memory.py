@@ -17,7 +17,7 @@ from _tiny import TINY, tiny_model, tiny_tokenizer
 from e5x.data.batch import Batch
 from e5x.model.loading import apply_lora
 from e5x.model.text import format_query, tokenize
-from e5x.train.step import embed, forward_backward
+from e5x.training.step import embed, forward_backward
 
 # Proportions of a real decoder (SmolLM2: I = 2.67 H, 3 query heads per KV head; LoRA rank
 # small next to H) at a size that runs in well under a second.

@@ -11,8 +11,8 @@ import torch
 
 from _tiny import toy_triples
 from e5x.model.text import tokenize
-from e5x.train import TrainConfig, TrainingDiverged, train
-from e5x.train.step import embed
+from e5x.training import TrainConfig, TrainingDiverged, train
+from e5x.training.step import embed
 
 TINY = {"arch": "mistral", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
         "num_attention_heads": 4, "num_key_value_heads": 2}
@@ -128,7 +128,7 @@ def test_resume_after_sigterm_has_same_loss_curve(tmp_path) -> None:
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch) -> None:
-    import e5x.train.step as step_mod
+    import e5x.training.step as step_mod
 
     real = step_mod.contrastive_loss
     calls = {"n": 0}
@@ -167,7 +167,7 @@ def test_packed_training_matches_padded(tmp_path) -> None:
 
 
 def test_export_is_all_or_nothing(tmp_path, monkeypatch) -> None:
-    import e5x.train.export as export
+    import e5x.training.export as export
     from _tiny import tiny_model, tiny_tokenizer
     from e5x.model.loading import apply_lora
 

@@ -13,7 +13,7 @@ from _tiny import tiny_model, tiny_tokenizer
 from e5x.data.batch import Batch
 from e5x.model.loading import apply_lora
 from e5x.model.text import format_query, tokenize
-from e5x.train.step import World, average_gradients, embed, forward_backward
+from e5x.training.step import World, average_gradients, embed, forward_backward
 
 QUERIES = [format_query(f"code {c}", "Find the code") for c in
            ["abcd", "qzx", "mnopqrst", "ab", "kkkk", "lorem ipsum dolor", "zz", "hello there"]]
@@ -126,8 +126,8 @@ def _worker(rank: int, world_size: int, port: int, out: str, strategy: str) -> N
         batch = make_batch(range(rank * per, (rank + 1) * per))
         world = World.current()
         if strategy == "fsdp":
-            from e5x.train.loop import _fully_shard
-            from e5x.train.step import num_chunks
+            from e5x.training.loop import _fully_shard
+            from e5x.training.step import num_chunks
 
             _fully_shard(model)
             n = torch.tensor([num_chunks(batch, 3)])

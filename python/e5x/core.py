@@ -10,7 +10,7 @@ object per row; the native calls release the GIL and use every core.
 - :func:`sample_placeholders` — weighted draws (alias method, ChaCha8, seeded; the same
   seed gives the same draws on every platform and thread count).
 - :func:`render` — fill ``{name}`` templates from a frame of values.
-- :class:`QualityGate` — content checks of valid answers (``e5x.clean.quality``), run by
+- :class:`QualityGate` — content checks of valid answers (``e5x.cleaning.quality``), run by
   :func:`validate` in the same pass; :func:`task_problems` — the ``not_a_task`` check.
 """
 
@@ -196,9 +196,9 @@ def validate(
 
 
 class QualityGate:
-    """The content checks of :mod:`e5x.clean.quality` for a set of task types.
+    """The content checks of :mod:`e5x.cleaning.quality` for a set of task types.
 
-    ``checks``: a setting as :func:`e5x.clean.quality.parse_checks` takes it ("all",
+    ``checks``: a setting as :func:`e5x.cleaning.quality.parse_checks` takes it ("all",
     "-wrong_language", {"prompt_echo": 6}, ...). ``types``: task type name -> TaskType
     (default: the built-ins); each type's prompt template is what prompt_echo compares
     against. ``schemas`` as for :func:`validate`. ``not_a_task`` is not a row check; see
@@ -211,7 +211,7 @@ class QualityGate:
         types: Mapping[str, Any] | None = None,
         schemas: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
-        from e5x.clean import quality
+        from e5x.cleaning import quality
         from e5x.tasks.languages import NAME_TO_CODE
         from e5x.tasks.taxonomy import task_types
 
@@ -225,7 +225,7 @@ class QualityGate:
         )
 
     def __repr__(self) -> str:
-        from e5x.clean.quality import describe
+        from e5x.cleaning.quality import describe
 
         return f"QualityGate({describe(self.checks)})"
 

@@ -323,7 +323,7 @@ def quickstart(
         return value
 
     # Check the training config before spending minutes on the LLM (it names bad keys).
-    from e5x.train import TrainConfig, train
+    from e5x.training import TrainConfig, train
 
     train_fields = dict(cfg["train"])
     train_fields.setdefault("output_dir", str(out / "train"))
@@ -331,7 +331,7 @@ def quickstart(
     TrainConfig.from_dict({**train_fields, "model": train_fields["model"] or "x"})
 
     # 1-3. Local LLM -> synthetic examples -> cleaned triples.
-    from e5x.clean import CleanConfig, clean
+    from e5x.cleaning import CleanConfig, clean
 
     synth_dir = timed("synthesize (local LLM)", lambda: _synthesize(cfg, out, say))
     data = out / "data"
@@ -394,7 +394,7 @@ def quickstart(
 def clean_summary(report: Mapping[str, Any], kept: int) -> list[str]:
     """What the LLM's answers were worth: kept and rejected counts by reason, the quality
     checks applied, one example message per reason, and a plain word when nothing was kept."""
-    from e5x.clean.quality import describe
+    from e5x.cleaning.quality import describe
 
     lines = [f"{kept} of {report['responses']} synthetic examples kept "
              f"(rejected by reason: {report['by_reason'] or 'none'})",

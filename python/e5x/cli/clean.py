@@ -13,7 +13,7 @@ Examples:
 Quality checks (quality_checks, --quality-checks; default "all"): not_a_task=4,
 format_residue=0.5, degenerate=0.5, prompt_echo=8, too_few_words=0.5, wrong_language=0.5.
 "none" turns all off, "-NAME" one off, "NAME=X" sets a threshold; see
-`python -m pydoc e5x.clean.quality`.
+`python -m pydoc e5x.cleaning.quality`.
 
 Writes the triples (instruction, query, positive, negative, task_type, language, model,
 source), a rejection report (counts by reason and field, examples) and a PNG of the
@@ -43,7 +43,7 @@ ALIASES = [
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    from e5x.clean import CleanConfig
+    from e5x.cleaning import CleanConfig
 
     p.epilog = __doc__.split("\n", 1)[1]
     cli_config.add_arguments(p, CleanConfig, ALIASES, positionals="[INPUT...]")
@@ -51,7 +51,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from e5x.clean import CleanConfig, clean
+    from e5x.cleaning import CleanConfig, clean
     from e5x.config import load
 
     config, overrides, inputs = cli_config.parse(args, CleanConfig, ALIASES, positionals=True)
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2, ensure_ascii=False))
     else:
-        from e5x.clean.quality import describe
+        from e5x.cleaning.quality import describe
 
         reasons = ", ".join(f"{k} {v}" for k, v in report["by_reason"].items()) or "none"
         print(

@@ -53,7 +53,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def _names_of(items: list[str]) -> list[str]:
     """Dataset names, expanding a training config into its ``dataset = ...`` sources."""
-    from e5x.train.config import TrainConfig
+    from e5x.training.config import TrainConfig
 
     names: list[str] = []
     for item in items:
@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     from e5x.data.download import fetch
     from e5x.data.registry import UnknownDataset
     from e5x.data.triples import DataError
-    from e5x.train.config import ConfigError
+    from e5x.training.config import ConfigError
 
     if args.verb == "list":
         return _list(args)

@@ -7,7 +7,7 @@ evaluation sets (case and spacing ignored), and say which.
 EVAL is a BEIR folder (its split's queries and judged documents), an STS-B file or folder,
 a registered evaluation set (scifact, stsb), or a .txt / .jsonl file of texts. The report
 (``OUT`` with ``.overlaps.parquet``, or --report) lists each overlap: training row, column,
-evaluation set, where in it, and the text. See ``e5x.clean.decontaminate``.
+evaluation set, where in it, and the text. See ``e5x.cleaning.decontaminate``.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import polars as pl
 
-    from e5x.clean.decontaminate import decontaminate
+    from e5x.cleaning.decontaminate import decontaminate
     from e5x.data.triples import write_triples
 
     if not args.output and not args.report:

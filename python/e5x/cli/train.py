@@ -25,7 +25,7 @@ ALIASES = [
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    from e5x.train.config import TrainConfig
+    from e5x.training.config import TrainConfig
 
     parser.epilog = __doc__.split("\n", 1)[1]
     cli_config.add_arguments(parser, TrainConfig, ALIASES, legacy_config_flag=False)
@@ -41,7 +41,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from e5x.config import load
     from e5x.data.triples import DataError
-    from e5x.train.config import ConfigError, TrainConfig
+    from e5x.training.config import ConfigError, TrainConfig
 
     try:
         config, overrides, _ = cli_config.parse(args, TrainConfig, ALIASES)
@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{args.config}: OK\n{report}")
         return 0
 
-    from e5x.train.loop import TrainingDiverged, train
+    from e5x.training.loop import TrainingDiverged, train
 
     try:
         allowed = [name.strip() for arg in args.allow_config_change for name in arg.split(",") if name.strip()]
@@ -97,7 +97,7 @@ def data_plan(cfg: Any, stats: list[Any]) -> str:
     run's length, as the training loop will plan them; sources not prepared yet (``None``
     stats) are listed and left out of the plan."""
     from e5x.data import BatchPlan
-    from e5x.train.config import ConfigError
+    from e5x.training.config import ConfigError
 
     ready = [i for i, st in enumerate(stats) if st is not None]
     counts: dict[int, int] = {}

@@ -117,7 +117,7 @@ def prepare(
     """``prepared_path(name)``, made if needed (see the module docstring). ``mine=None``
     skips mining (rows without a hard negative then train on in-batch negatives only).
     ``decontaminate`` names evaluation sets (registered names, BEIR folders, STS-B files:
-    ``e5x.clean.decontaminate``) whose test texts are dropped from the prepared rows (the
+    ``e5x.cleaning.decontaminate``) whose test texts are dropped from the prepared rows (the
     overlaps go to ``NAME.overlaps.parquet``)."""
     ds = get(name)
     if ds.kind != "train":
@@ -144,7 +144,7 @@ def prepare(
         )  # fmt: skip
         info.update(mined=True, miner=mine.model, mined_rows=report.mined, prompts=[q_prompt, p_prompt])
     if decontaminate:
-        from e5x.clean.decontaminate import decontaminate as drop_overlaps
+        from e5x.cleaning.decontaminate import decontaminate as drop_overlaps
         from e5x.data.download import resolve
 
         df, overlaps = drop_overlaps(df, [resolve(spec) for spec in decontaminate])

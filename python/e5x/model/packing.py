@@ -865,7 +865,7 @@ def embed_packed_inputs(
     trim_last_layer: bool = True,
 ) -> torch.Tensor:
     """``embed_packed`` for a padded ``{"input_ids", "attention_mask"}`` batch (any padding
-    side): the drop-in for ``e5x.train.step.embed`` once ``enable_packing(model)`` ran, so it
+    side): the drop-in for ``e5x.training.step.embed`` once ``enable_packing(model)`` ran, so it
     returns float32 like that function (the pooled rows are few; the cast is free)."""
     packed = pack_padded(inputs["input_ids"], inputs["attention_mask"])
     return packed_hidden_at(model, packed, pooling=pooling, backend=backend,

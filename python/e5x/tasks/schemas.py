@@ -1,6 +1,6 @@
 """JSON Schemas of one LLM-written example, per task type (DESIGN.md §2).
 
-These are the schemas the Rust validator (``e5x.clean``) checks every raw response
+These are the schemas the Rust validator (``e5x.core``) checks every raw response
 against. Strict on purpose: weaker models ignore the guidelines, and every rejection
 must name its reason and field.
 """

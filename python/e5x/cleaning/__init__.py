@@ -1,9 +1,9 @@
-"""e5x.clean: raw LLM responses -> validated, deduplicated training triples.
+"""e5x.cleaning (``e5x.clean``): raw LLM responses -> validated, deduplicated training triples.
 
 ``clean(CleanConfig(inputs=[run_dir], out="triples.parquet"))`` runs the Rust validator
 (``e5x.core``) over every answer of a synth run, drops exact duplicates, and writes
 contract-3 Parquet plus a rejection report (JSON) and a task-type/language mix chart (PNG).
-The pipeline module is imported lazily so ``import e5x.clean.decontaminate`` stays light.
+The pipeline module is imported lazily so ``import e5x.cleaning.decontaminate`` stays light.
 """
 
 from __future__ import annotations
@@ -16,12 +16,8 @@ __all__ = ["CleanConfig", "CleanReport", "clean"]
 
 def __getattr__(name: str) -> Any:
     if name in __all__:
-        value = getattr(importlib.import_module("e5x.clean.pipeline"), name)
+        value = getattr(importlib.import_module("e5x.cleaning.pipeline"), name)
         globals()[name] = value
         return value
-    raise AttributeError(f"module 'e5x.clean' has no attribute {name!r}")
+    raise AttributeError(f"module 'e5x.cleaning' has no attribute {name!r}")
 
-
-from e5x._stage import make_module_callable  # noqa: E402
-
-make_module_callable(__name__, "clean")

@@ -32,8 +32,8 @@ import torch
 
 from e5x.data.triples import Source
 from e5x.model.loading import TinyModelConfig
-from e5x.train.config import RESUME_FREE, ConfigError, TrainConfig
-from e5x.train.step import World
+from e5x.training.config import RESUME_FREE, ConfigError, TrainConfig
+from e5x.training.step import World
 
 PREFIX = "step-"
 

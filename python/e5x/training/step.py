@@ -18,7 +18,7 @@ import torch.distributed as dist
 
 from e5x.data.batch import Batch
 
-_log = logging.getLogger("e5x.train")
+_log = logging.getLogger("e5x.training")
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,10 @@ Every answer either becomes a triple or is rejected with exactly one reason:
                        verbatim in its input text (any task type whose schema has them)
     missing_instruction  the log holds no task definition for the answer
     not_a_task         the brainstormed task definition the answer was written for is
-                       not an instruction (``e5x.clean.quality``)
+                       not an instruction (``e5x.cleaning.quality``)
     <quality codes>    format_residue, degenerate, prompt_echo, too_few_words,
                        wrong_language: the quality gate, run inside the validator's pass
-                       (``quality_checks``; see ``e5x.clean.quality`` for each check)
+                       (``quality_checks``; see ``e5x.cleaning.quality`` for each check)
     duplicate          exact duplicate of an earlier kept example (``dedup_fields``)
 
 The report holds counts by reason (and reason:field), per task type (and per task type
@@ -59,14 +59,14 @@ class CleanConfig:
     casefold: bool = False  # dedup ignoring case (the recipe dedups by exact string match)
     semantic_checks: bool = True  # reject identical fields and labels leaked into the input
     # Content checks of the quality gate: "all", "none", "-wrong_language",
-    # "prompt_echo=6", or a table {check = threshold | true | false} (see e5x.clean.quality).
+    # "prompt_echo=6", or a table {check = threshold | true | false} (see e5x.cleaning.quality).
     quality_checks: str | dict[str, Any] = "all"
     source: str = "synthetic"  # the value of the source column
     examples_per_reason: Annotated[int, Ge(0)] = 5  # rejected answers quoted in the report per reason
     excerpt_chars: Annotated[int, Ge(1)] = 300  # characters of each quoted answer
 
     def check(self) -> None:
-        from e5x.clean.quality import parse_checks
+        from e5x.cleaning.quality import parse_checks
 
         if not self.inputs:
             raise ConfigError("no inputs: give synth run directories or responses.jsonl files", field="inputs")
@@ -255,7 +255,7 @@ def _read_examples(log: Path, placeholders: Sequence[str] = ()) -> tuple[pl.Data
 
 
 def _load(cfg: CleanConfig) -> tuple[pl.DataFrame, dict[str, TaskType], int]:
-    from e5x.clean.quality import placeholder_names
+    from e5x.cleaning.quality import placeholder_names
 
     logs = _log_files(cfg.inputs)
     types = _types_for(cfg, [d for _, d in logs if d is not None])
@@ -299,7 +299,7 @@ def clean(
     it or a call into the Rust core; Python touches single rows only for the label check
     of classification types and for the handful of report examples. Each step rejects
     some answers (recorded in a :class:`_Verdicts`) and hands the rest to the next."""
-    from e5x.clean import quality as q
+    from e5x.cleaning import quality as q
 
     cfg = load(CleanConfig, config, overrides, fields=fields)  # every bad setting fails before any work
     checks = q.parse_checks(cfg.quality_checks)
@@ -430,7 +430,7 @@ def _validate(
     answers with their triple fields (``query``, ``positive``, ``negative``) and labels,
     and how many of them had their JSON recovered from prose or code fences."""
     from e5x import core
-    from e5x.clean import quality as q
+    from e5x.cleaning import quality as q
 
     schemas = {name: t.schema for name, t in types.items()}
     validator = core.Validator(schemas)

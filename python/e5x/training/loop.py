@@ -18,7 +18,7 @@ from typing import Any
 
 from e5x._extras import require
 from e5x.config import load
-from e5x.train.config import ConfigError, TrainConfig
+from e5x.training.config import ConfigError, TrainConfig
 
 
 class TrainingDiverged(RuntimeError):
@@ -61,8 +61,8 @@ def train(
     import torch
 
     from e5x.data import BatchPlan, TripleStore, collate, shard
-    from e5x.train import checkpoint
-    from e5x.train.step import average_gradients, forward_backward, masked_negatives, num_chunks
+    from e5x.training import checkpoint
+    from e5x.training.step import average_gradients, forward_backward, masked_negatives, num_chunks
 
     # 1. Config, data and resume checks: everything that can fail does so before a model loads.
     cfg = load(TrainConfig, config, overrides)
@@ -303,7 +303,7 @@ def _init_distributed() -> Any:
     import torch
     import torch.distributed as dist
 
-    from e5x.train.step import World
+    from e5x.training.step import World
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
@@ -438,7 +438,7 @@ def _plot_losses(metrics_path: Path, png: Path) -> None:
 
 
 def _export(cfg: TrainConfig, model: Any, tokenizer: Any, directory: Path, world: Any, fsdp: bool) -> Path:
-    from e5x.train.export import query_prompt, save_model
+    from e5x.training.export import query_prompt, save_model
 
     prompts = {"query": query_prompt(cfg.default_instruction), "document": ""}
     for s in cfg.sources:

@@ -1,4 +1,4 @@
-"""Training: the E5-mistral recipe (LoRA, EOS pooling, InfoNCE, GradCache, DDP/FSDP2).
+"""e5x.training (``e5x.train``): the E5-mistral recipe (LoRA, EOS pooling, InfoNCE, GradCache, DDP/FSDP2).
 
 From Python::
 
@@ -18,21 +18,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from e5x.train.config import ConfigError, TrainConfig
+from e5x.training.config import ConfigError, TrainConfig
 
 __all__ = ["ConfigError", "TrainConfig", "TrainResult", "TrainingDiverged", "train"]
 
 
 def __getattr__(name: str) -> Any:
-    # ``e5x.train.loop`` is light too (torch is imported inside ``train``), but resolving
-    # these lazily keeps ``import e5x.train`` to the config alone.
+    # ``e5x.training.loop`` is light too (torch is imported inside ``train``), but resolving
+    # these lazily keeps ``import e5x.training`` to the config alone.
     if name in ("train", "TrainResult", "TrainingDiverged"):
-        from e5x.train import loop
+        from e5x.training import loop
 
         return getattr(loop, name)
-    raise AttributeError(f"module 'e5x.train' has no attribute {name!r}")
+    raise AttributeError(f"module 'e5x.training' has no attribute {name!r}")
 
-
-from e5x._stage import make_module_callable  # noqa: E402
-
-make_module_callable(__name__, "train")
