@@ -253,6 +253,18 @@ fn word_mask_scalar(b: &[u8]) -> u64 {
         .fold(0u64, |m, (i, &x)| m | (WORD_BYTE[x as usize] as u64) << i)
 }
 
+/// Bytes of `v` in `lo..=lo + span` (unsigned), as `min(v - lo, span) == v - lo`.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn in_range(v: std::arch::x86_64::__m128i, lo: u8, span: u8) -> std::arch::x86_64::__m128i {
+    use std::arch::x86_64::*;
+    // SAFETY: SSE2 is part of the x86_64 baseline.
+    unsafe {
+        let t = _mm_sub_epi8(v, _mm_set1_epi8(lo as i8));
+        _mm_cmpeq_epi8(_mm_min_epu8(t, _mm_set1_epi8(span as i8)), t)
+    }
+}
+
 /// `word_mask_scalar` of a full 64-byte block, 16 bytes per step with SSE2 (baseline
 /// on x86_64): `x | 0x20` in `a..=z` is a letter, then digits, `_` and bytes >= 0x80.
 #[cfg(target_arch = "x86_64")]
@@ -264,13 +276,8 @@ fn word_mask_64(b: &[u8; 64]) -> u64 {
         let mut m = 0u64;
         for k in 0..4 {
             let x = _mm_loadu_si128(b.as_ptr().add(16 * k) as *const __m128i);
-            // Unsigned `lo <= v <= hi` as `min(v - lo, hi - lo) == v - lo`.
-            let in_range = |v: __m128i, lo: i8, span: i8| {
-                let t = _mm_sub_epi8(v, _mm_set1_epi8(lo));
-                _mm_cmpeq_epi8(_mm_min_epu8(t, _mm_set1_epi8(span)), t)
-            };
-            let letter = in_range(_mm_or_si128(x, _mm_set1_epi8(0x20)), b'a' as i8, 25);
-            let digit = in_range(x, b'0' as i8, 9);
+            let letter = in_range(_mm_or_si128(x, _mm_set1_epi8(0x20)), b'a', 25);
+            let digit = in_range(x, b'0', 9);
             let under = _mm_cmpeq_epi8(x, _mm_set1_epi8(b'_' as i8));
             let word = _mm_or_si128(_mm_or_si128(letter, digit), _mm_or_si128(under, x));
             m |= (_mm_movemask_epi8(word) as u32 as u64) << (16 * k);
@@ -521,10 +528,6 @@ fn symbol_masks(b: &[u8; 64]) -> (u64, u64) {
     use std::arch::x86_64::*;
     // SAFETY: SSE2 is part of the x86_64 baseline; loads are unaligned and in bounds.
     unsafe {
-        let in_range = |v: __m128i, lo: u8, span: u8| {
-            let t = _mm_sub_epi8(v, _mm_set1_epi8(lo as i8));
-            _mm_cmpeq_epi8(_mm_min_epu8(t, _mm_set1_epi8(span as i8)), t)
-        };
         let (mut nonspace, mut symbols) = (0u64, 0u64);
         for k in 0..4 {
             let x = _mm_loadu_si128(b.as_ptr().add(16 * k) as *const __m128i);
