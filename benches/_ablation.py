@@ -39,15 +39,21 @@ def results_file(title: str, name: str, args: argparse.Namespace, versions: dict
         path.write_text("\n".join(lines) + "\n")
 
     train = DEFAULTS["train"]
-    out(f"# {title}  device: CPU {platform.machine()}, {os.cpu_count()} cores, {args.threads} torch threads  "
-        f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})")
+    out(
+        f"# {title}  device: CPU {platform.machine()}, {os.cpu_count()} cores, {args.threads} torch threads  "
+        f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})"
+    )
     out(f"# python {platform.python_version()}, " + ", ".join(f"{k} {v}" for k, v in versions.items()))
-    out(f"# base model {args.model}; {args.steps} steps x {train['batch_size']} queries, max length "
-        f"{train['max_length']}, lr {train['lr']}, warmup {train['warmup_steps']}")
+    out(
+        f"# base model {args.model}; {args.steps} steps x {train['batch_size']} queries, max length "
+        f"{train['max_length']}, lr {train['lr']}, warmup {train['warmup_steps']}"
+    )
     return out
 
 
-def train_quickstart(args: argparse.Namespace, output_dir: Path, sources: list[dict[str, Any]], **overrides: Any) -> Any:
+def train_quickstart(
+    args: argparse.Namespace, output_dir: Path, sources: list[dict[str, Any]], **overrides: Any
+) -> Any:
     """e5x.train with the quickstart's training settings, --steps steps, seed 0. A training
     stopped by SIGTERM (it checkpoints and returns) ends the benchmark: rerun it to resume."""
     from e5x.quickstart import DEFAULTS
@@ -62,8 +68,14 @@ def train_quickstart(args: argparse.Namespace, output_dir: Path, sources: list[d
 
 
 # The evaluation of every ablation: last-token pooling with instructions, max length 64.
-EVAL = {"sts_pairs": 0, "scifact_queries": 0, "max_length": 64, "batch_size": 32, "pooling": "last_token",
-        "use_instructions": True}
+EVAL = {
+    "sts_pairs": 0,
+    "scifact_queries": 0,
+    "max_length": 64,
+    "batch_size": 32,
+    "pooling": "last_token",
+    "use_instructions": True,
+}
 
 
 def eval_sets(args: argparse.Namespace, work: Path) -> tuple[list[str], dict[str, dict[str, int]]]:

@@ -83,8 +83,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--planted", type=int, default=100)
-    ap.add_argument("--data", default=os.environ.get("E5X_DATA_MIRROR", str(Path(__file__).parents[2] / "shared/data")),
-                    help="folder with scifact/ and sts/stsbenchmark/ (default: $E5X_DATA_MIRROR, ../shared/data)")
+    ap.add_argument(
+        "--data",
+        default=os.environ.get("E5X_DATA_MIRROR", str(Path(__file__).parents[2] / "shared/data")),
+        help="folder with scifact/ and sts/stsbenchmark/ (default: $E5X_DATA_MIRROR, ../shared/data)",
+    )
     args = ap.parse_args()
     data = Path(args.data)
     evals = [eval_texts(data / "scifact"), eval_texts(data / "sts" / "stsbenchmark")]

@@ -108,7 +108,11 @@ def main() -> None:
     import e5x
 
     cpu_model = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in line),
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if "model name" in line
+        ),
         platform.processor(),
     )
     print(f"# bench_synth  device: CPU {cpu_model}, {os.cpu_count()} cores; load average at start {os.getloadavg()}")

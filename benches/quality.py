@@ -155,7 +155,9 @@ def check_dual_pool(base: str | Path, max_length: int) -> str:
         dual.pooling = pooling
         diffs.append(float(abs(ref.encode(texts) - dual.encode(texts)).max()))
     if max(diffs) > 1e-4:
-        raise AssertionError(f"dual-pool encoder differs from Embedder: max |diff| last-token {diffs[0]}, mean {diffs[1]}")
+        raise AssertionError(
+            f"dual-pool encoder differs from Embedder: max |diff| last-token {diffs[0]}, mean {diffs[1]}"
+        )
     return f"dual-pool encoder == Embedder on 3 texts: max |diff| last-token {diffs[0]:.1e}, mean {diffs[1]:.1e}"
 
 
@@ -213,8 +215,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float)
     ap.add_argument("--warmup-steps", type=int)
     ap.add_argument("--save-every", type=int, default=25, help="checkpoint interval (curve points)")
-    ap.add_argument("--train-budget-min", type=float, default=0.0,
-                    help="stop training cleanly after this many minutes (0 = no limit)")
+    ap.add_argument(
+        "--train-budget-min",
+        type=float,
+        default=0.0,
+        help="stop training cleanly after this many minutes (0 = no limit)",
+    )
     ap.add_argument("--n-examples", type=int, help="synthetic examples")
     ap.add_argument("--nice", type=int, default=19, help="niceness after synthesis (the LLM server runs un-niced)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads")
@@ -243,9 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    machine = args.machine or (
-        f"cpu-{os.cpu_count()}core" if device == "cpu" else device.lower().replace(" ", "-")
-    )
+    machine = args.machine or (f"cpu-{os.cpu_count()}core" if device == "cpu" else device.lower().replace(" ", "-"))
     result_path = Path(args.results) / f"quality-{machine}.txt"
     result_path.parent.mkdir(parents=True, exist_ok=True)
     fh = open(result_path, "w")  # noqa: SIM115
@@ -323,11 +327,27 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{train_dir}: no training checkpoint to evaluate")
     final_step = max(ckpts)
     train_s = sum(r["seconds"] for r in metrics)
-    record["train"] = {"config": {k: train_cfg[k] for k in ("batch_size", "max_length", "lr", "warmup_steps",
-                                                             "temperature", "lora_r", "lora_alpha", "max_steps",
-                                                             "weight_decay", "chunk_size")},
-                       "sources": train_cfg["sources"], "steps_done": final_step, "train_seconds": train_s,
-                       "losses": [r["loss"] for r in metrics]}
+    record["train"] = {
+        "config": {
+            k: train_cfg[k]
+            for k in (
+                "batch_size",
+                "max_length",
+                "lr",
+                "warmup_steps",
+                "temperature",
+                "lora_r",
+                "lora_alpha",
+                "max_steps",
+                "weight_decay",
+                "chunk_size",
+            )
+        },
+        "sources": train_cfg["sources"],
+        "steps_done": final_step,
+        "train_seconds": train_s,
+        "losses": [r["loss"] for r in metrics],
+    }
     summary_path = qs_dir / "quickstart.json"
     if summary_path.exists():
         record["quickstart"] = json.loads(summary_path.read_text())

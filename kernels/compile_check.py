@@ -44,16 +44,28 @@ def main(argv: list[str] | None = None) -> int:
         # sizes/strides divisible by 16 (H = 4096). Without it loads are not vectorised and
         # the software pipeliner stays off, so shared memory would be understated.
         names = list(sig)
-        attrs = {(names.index(n),): [["tt.divisibility", 16]] for n, t in sig.items()
-                 if t != "constexpr" and n not in ("scale2", "inv_t", "row0", "n_rows", "SPLIT", "Bq", "Bd")}
+        attrs = {
+            (names.index(n),): [["tt.divisibility", 16]]
+            for n, t in sig.items()
+            if t != "constexpr" and n not in ("scale2", "inv_t", "row0", "n_rows", "SPLIT", "Bq", "Bd")
+        }
         t0 = time.time()
-        k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs), target=target,
-                           options=dict(num_warps=num_warps, num_stages=num_stages))
+        k = triton.compile(
+            ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs),
+            target=target,
+            options=dict(num_warps=num_warps, num_stages=num_stages),
+        )
         md = k.metadata
-        row = dict(kernel=fn.__name__, consts={c: v for c, v in consts.items()}, num_warps=num_warps,
-                   num_stages=num_stages, shared=getattr(md, "shared", None),
-                   n_regs=getattr(k, "n_regs", None), n_spills=getattr(k, "n_spills", None),
-                   seconds=round(time.time() - t0, 2))
+        row = dict(
+            kernel=fn.__name__,
+            consts={c: v for c, v in consts.items()},
+            num_warps=num_warps,
+            num_stages=num_stages,
+            shared=getattr(md, "shared", None),
+            n_regs=getattr(k, "n_regs", None),
+            n_spills=getattr(k, "n_spills", None),
+            seconds=round(time.time() - t0, 2),
+        )
         results.append(row)
         print(f"{fn.__name__:16s} ok  shared={row['shared']}  {row['consts']}  warps={num_warps} stages={num_stages}")
 
@@ -67,32 +79,120 @@ def main(argv: list[str] | None = None) -> int:
             # epilogues; fp16 compiles like bf16, so one 16-bit type carries the masked variants.
             for fused in (False, True):
                 for mask in (False, True) if dt != "fp16" else (False,):
-                    compile_one(T._lse_fwd, {"Q": f"*{dt}", "D": f"*{dt}", "RQ": "*fp32", "RD": "*fp32",
-                                             "M_OUT": "*fp32", "L_OUT": "*fp32", "S_OUT": "*fp32", "POS": "*i64",
-                                             "QG": "*i64", "DG": "*i64", "Bq": "i32",
-                                             "Bd": "i32", "H": "i32", "SPLIT": "i32", "stride_s": "i32",
-                                             "scale2": "fp32", "KEY_M": "i32", "KEY_N": "i32"},
-                                dict(consts, STORE_S=fused, MASK_FN=mask), cfg["num_warps"], cfg["num_stages"])
-                    compile_one(T._dscores, {"Q": f"*{dt}", "D": f"*{dt}", "RQ": "*fp32", "RD": "*fp32",
-                                             "LSE2": "*fp32", "POS": "*i64", "COEF": "*fp32", "DS": f"*{dt}",
-                                             "S_IN": "*fp32", "QG": "*i64", "DG": "*i64", "row0": "i32",
-                                             "n_rows": "i32", "col0": "i32", "n_cols": "i32", "Bq": "i32",
-                                             "Bd": "i32", "H": "i32", "stride_ds": "i32", "stride_s": "i32",
-                                             "scale2": "fp32", "KEY_M": "i32", "KEY_N": "i32"},
-                                dict(consts, FROM_S=fused, MASK_FN=mask), cfg["num_warps"], cfg["num_stages"])
+                    compile_one(
+                        T._lse_fwd,
+                        {
+                            "Q": f"*{dt}",
+                            "D": f"*{dt}",
+                            "RQ": "*fp32",
+                            "RD": "*fp32",
+                            "M_OUT": "*fp32",
+                            "L_OUT": "*fp32",
+                            "S_OUT": "*fp32",
+                            "POS": "*i64",
+                            "QG": "*i64",
+                            "DG": "*i64",
+                            "Bq": "i32",
+                            "Bd": "i32",
+                            "H": "i32",
+                            "SPLIT": "i32",
+                            "stride_s": "i32",
+                            "scale2": "fp32",
+                            "KEY_M": "i32",
+                            "KEY_N": "i32",
+                        },
+                        dict(consts, STORE_S=fused, MASK_FN=mask),
+                        cfg["num_warps"],
+                        cfg["num_stages"],
+                    )
+                    compile_one(
+                        T._dscores,
+                        {
+                            "Q": f"*{dt}",
+                            "D": f"*{dt}",
+                            "RQ": "*fp32",
+                            "RD": "*fp32",
+                            "LSE2": "*fp32",
+                            "POS": "*i64",
+                            "COEF": "*fp32",
+                            "DS": f"*{dt}",
+                            "S_IN": "*fp32",
+                            "QG": "*i64",
+                            "DG": "*i64",
+                            "row0": "i32",
+                            "n_rows": "i32",
+                            "col0": "i32",
+                            "n_cols": "i32",
+                            "Bq": "i32",
+                            "Bd": "i32",
+                            "H": "i32",
+                            "stride_ds": "i32",
+                            "stride_s": "i32",
+                            "scale2": "fp32",
+                            "KEY_M": "i32",
+                            "KEY_N": "i32",
+                        },
+                        dict(consts, FROM_S=fused, MASK_FN=mask),
+                        cfg["num_warps"],
+                        cfg["num_stages"],
+                    )
         for normalize in (True, False):
-            compile_one(T._pool_norm_fwd, {"X": f"*{dt}", "IDX": "*i64", "RAW": f"*{dt}", "E": f"*{dt}",
-                                           "RSTD": "*fp32", "stride_xb": "i64", "stride_xl": "i64", "H": "i32"},
-                        dict(NORMALIZE=normalize, WRITE_RAW=True, WRITE_E=True, EPS=T.NORM_EPS, BLOCK_H=1024), 8, 1)
-            compile_one(T._pool_norm_bwd, {"X": f"*{dt}", "IDX": "*i64", "RSTD": "*fp32", "R": "*fp32",
-                                           "DX": f"*{dt}", "row0": "i32", "stride_xb": "i64", "stride_xl": "i64",
-                                           "stride_gb": "i64", "stride_gl": "i64", "stride_r": "i64", "H": "i32"},
-                        dict(NORMALIZE=normalize, BLOCK_H=1024), 8, 1)
-        compile_one(T._rowdot, {"Q": f"*{dt}", "D": f"*{dt}", "POS": "*i64", "RQ": "*fp32", "RD": "*fp32",
-                                "LSE2": "*fp32", "OUT": "*fp32", "H": "i32", "inv_t": "fp32"},
-                    dict(BLOCK_H=1024), 8, 1)
-    compile_one(T._lse_merge, {"M": "*fp32", "L": "*fp32", "OUT": "*fp32", "Bq": "i32", "SPLIT": "i32"},
-                dict(BLOCK=256), 2, 1)
+            compile_one(
+                T._pool_norm_fwd,
+                {
+                    "X": f"*{dt}",
+                    "IDX": "*i64",
+                    "RAW": f"*{dt}",
+                    "E": f"*{dt}",
+                    "RSTD": "*fp32",
+                    "stride_xb": "i64",
+                    "stride_xl": "i64",
+                    "H": "i32",
+                },
+                dict(NORMALIZE=normalize, WRITE_RAW=True, WRITE_E=True, EPS=T.NORM_EPS, BLOCK_H=1024),
+                8,
+                1,
+            )
+            compile_one(
+                T._pool_norm_bwd,
+                {
+                    "X": f"*{dt}",
+                    "IDX": "*i64",
+                    "RSTD": "*fp32",
+                    "R": "*fp32",
+                    "DX": f"*{dt}",
+                    "row0": "i32",
+                    "stride_xb": "i64",
+                    "stride_xl": "i64",
+                    "stride_gb": "i64",
+                    "stride_gl": "i64",
+                    "stride_r": "i64",
+                    "H": "i32",
+                },
+                dict(NORMALIZE=normalize, BLOCK_H=1024),
+                8,
+                1,
+            )
+        compile_one(
+            T._rowdot,
+            {
+                "Q": f"*{dt}",
+                "D": f"*{dt}",
+                "POS": "*i64",
+                "RQ": "*fp32",
+                "RD": "*fp32",
+                "LSE2": "*fp32",
+                "OUT": "*fp32",
+                "H": "i32",
+                "inv_t": "fp32",
+            },
+            dict(BLOCK_H=1024),
+            8,
+            1,
+        )
+    compile_one(
+        T._lse_merge, {"M": "*fp32", "L": "*fp32", "OUT": "*fp32", "Bq": "i32", "SPLIT": "i32"}, dict(BLOCK=256), 2, 1
+    )
     # The GPU launch path wraps the GEMM kernels in triton.autotune; building the wrappers
     # checks their tuning keys name real kernel arguments (Triton raises otherwise).
     for name, fn in (("lse", T._lse_fwd), ("dscores", T._dscores)):

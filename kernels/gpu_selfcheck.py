@@ -39,8 +39,9 @@ def rel(a: torch.Tensor, b: torch.Tensor, floor: float = 1e-30) -> float:
     return float((a - b).norm() / b.norm().clamp_min(floor))
 
 
-def case(bq: int, k: int, extra: int, h: int, seq: int, dtype: torch.dtype, seed: int,
-         env: dict[str, str] | None = None) -> dict:
+def case(
+    bq: int, k: int, extra: int, h: int, seq: int, dtype: torch.dtype, seed: int, env: dict[str, str] | None = None
+) -> dict:
     import e5x.kernels as K
 
     with patch.dict(os.environ, env or {}):
@@ -88,9 +89,22 @@ def _case(K, bq: int, k: int, extra: int, h: int, seq: int, dtype: torch.dtype, 
         keep = torch.zeros(grad.shape[:2], dtype=torch.bool, device=dev)
         keep[torch.arange(grad.shape[0]), last.to(dev)] = True
         stray += int(torch.count_nonzero(grad[~keep]))
-    out = dict(bq=bq, bd=bd, k=k, extra=extra, h=h, seq=seq, dtype=str(dtype).replace("torch.", ""),
-               loss=float(loss), ref_loss=float(ref), loss_rel=rel(loss, ref, 1.0), gq_rel=rel(gq, rq),
-               gd_rel=rel(gd, rd), stray_nonzero=stray, ms_one_call=round(ms, 3))
+    out = dict(
+        bq=bq,
+        bd=bd,
+        k=k,
+        extra=extra,
+        h=h,
+        seq=seq,
+        dtype=str(dtype).replace("torch.", ""),
+        loss=float(loss),
+        ref_loss=float(ref),
+        loss_rel=rel(loss, ref, 1.0),
+        gq_rel=rel(gq, rq),
+        gd_rel=rel(gd, rd),
+        stray_nonzero=stray,
+        ms_one_call=round(ms, 3),
+    )
     out["ok"] = out["loss_rel"] <= loss_tol and out["gq_rel"] <= grad_tol and out["gd_rel"] <= grad_tol and stray == 0
     return out
 
@@ -103,8 +117,11 @@ def environment() -> dict:
         from e5x.kernels import triton_pooled_info_nce as T
 
         mm = getattr(T, "_MM_OUT_DTYPE", None)
-        out["gemm_path"] = {True: "torch.mm(out_dtype=float32)", False: "bf16-output mm + upcast (fallback)",
-                            None: "not used yet"}.get(mm, repr(mm))
+        out["gemm_path"] = {
+            True: "torch.mm(out_dtype=float32)",
+            False: "bf16-output mm + upcast (fallback)",
+            None: "not used yet",
+        }.get(mm, repr(mm))
         for name in ("GEMM_FALLBACK", "_FALLBACK_REASON"):
             if getattr(T, name, None):
                 out["gemm_fallback_reason"] = str(getattr(T, name))
@@ -168,8 +185,11 @@ def main(argv: list[str] | None = None) -> int:
     global DEVICE
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json")
-    ap.add_argument("--dry-run", action="store_true",
-                    help="CPU under TRITON_INTERPRET=1 at tiny sizes: proves the script runs, times nothing")
+    ap.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="CPU under TRITON_INTERPRET=1 at tiny sizes: proves the script runs, times nothing",
+    )
     args = ap.parse_args(argv)
     if args.dry_run:
         if os.environ.get("TRITON_INTERPRET") != "1":

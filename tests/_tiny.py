@@ -18,8 +18,14 @@ import polars as pl
 
 from e5x.model.loading import TinyModelConfig, build_byte_tokenizer, build_tiny_model
 
-TINY = TinyModelConfig(arch="mistral", hidden_size=32, intermediate_size=64,
-                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+TINY = TinyModelConfig(
+    arch="mistral",
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+)
 
 
 def tiny_tokenizer() -> Any:
@@ -41,9 +47,14 @@ def llama_style_tokenizer(add_eos_token: bool = False) -> Any:
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    return LlamaTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
-                              unk_token="<unk>", add_bos_token=True,
-                              add_eos_token=add_eos_token)
+    return LlamaTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        add_bos_token=True,
+        add_eos_token=add_eos_token,
+    )
 
 
 def _code(rng: random.Random) -> str:
@@ -56,16 +67,18 @@ def toy_triples(n: int = 256, seed: int = 0, negatives: bool = True, source: str
     rows = []
     for _ in range(n):
         code, other = _code(rng), _code(rng)
-        rows.append({
-            "instruction": "Find the code",
-            "query": code,
-            "positive": f"the code {code} is here",
-            "negative": f"the code {other} is here" if negatives else None,
-            "task_type": "short_short",
-            "language": "English",
-            "model": "toy",
-            "source": source,
-        })
+        rows.append(
+            {
+                "instruction": "Find the code",
+                "query": code,
+                "positive": f"the code {code} is here",
+                "negative": f"the code {other} is here" if negatives else None,
+                "task_type": "short_short",
+                "language": "English",
+                "model": "toy",
+                "source": source,
+            }
+        )
     return pl.DataFrame(rows, schema={c: pl.Utf8 for c in rows[0]})
 
 

@@ -234,8 +234,11 @@ def test_changed_data_is_refused_and_a_touched_file_is_not(tmp_path, monkeypatch
     toy_triples(64, seed=1).write_parquet(data)
     before = _snapshot(out)
     monkeypatch.setattr(loop, "_load_model", _no_model)
-    with pytest.raises(ConfigError, match=r"sources\.0\.data was \"1 file\(s\), [0-9,]+ bytes, sha256 [0-9a-f]{16}\", "
-                                          r"now \"1 file\(s\), .*--allow-config-change sources\.0\.data "):
+    with pytest.raises(
+        ConfigError,
+        match=r"sources\.0\.data was \"1 file\(s\), [0-9,]+ bytes, sha256 [0-9a-f]{16}\", "
+        r"now \"1 file\(s\), .*--allow-config-change sources\.0\.data ",
+    ):
         train(_recipe(data, out, max_steps=2))
     assert _snapshot(out) == before
 
@@ -313,8 +316,10 @@ def test_cli_allow_config_change_takes_fields_and_lists(run_copy, capsys):
     rc = main(["train", str(recipe), "--allow-config-change", "max_length,lr", "--allow-config-change", "temperature"])
     assert rc == 0, capsys.readouterr().err
     ran = json.loads((out / "train_config.json").read_text())
-    assert [(c["field"], c["old"], c["new"]) for c in ran["config_changes"]] == [("max_length", 40, 48),
-                                                                                 ("temperature", 0.02, 0.05)]
+    assert [(c["field"], c["old"], c["new"]) for c in ran["config_changes"]] == [
+        ("max_length", 40, 48),
+        ("temperature", 0.02, 0.05),
+    ]
 
 
 def _toml(recipe: dict) -> str:
@@ -405,7 +410,8 @@ def test_sources_allow_covers_what_they_hold_and_names_must_be_fields(records):
     with pytest.raises(ConfigError, match=r"sources was \[.*now \[.*--allow-config-change sources "):
         checkpoint.config_changes(Path("ck"), state, record(two))
     assert [c["field"] for c in checkpoint.config_changes(Path("ck"), state, record(two), allow=["sources"])] == [
-        "sources"]
+        "sources"
+    ]
     with pytest.raises(ConfigError, match="'lrr' is not a config field"):
         checkpoint.check_allowed_names(["lrr"])
     assert checkpoint.check_allowed_names(["sources.0.data", "lr"]) == ["sources.0.data", "lr"]

@@ -170,7 +170,10 @@ def test_quality_chart_has_rejections(tmp_path: Path):
         ("none", {}),
         ("-wrong_language", {k: v for k, v in q.DEFAULTS.items() if k != "wrong_language"}),
         ("none,prompt_echo=6", {"prompt_echo": 6.0}),
-        ({"wrong_language": False, "degenerate": 0.4}, {**{k: v for k, v in q.DEFAULTS.items() if k != "wrong_language"}, "degenerate": 0.4}),
+        (
+            {"wrong_language": False, "degenerate": 0.4},
+            {**{k: v for k, v in q.DEFAULTS.items() if k != "wrong_language"}, "degenerate": 0.4},
+        ),
         ("too_few_words=off", {k: v for k, v in q.DEFAULTS.items() if k != "too_few_words"}),
     ],
 )
@@ -203,9 +206,15 @@ def test_quality_cli_flag_and_toml(tmp_path: Path, capsys):
     out = str(tmp_path / "t.parquet")
     assert main(["clean", str(run), "--out", out, "--chart", "", "--json", "--quality-checks", "none,degenerate"]) == 0
     rep = json.loads(capsys.readouterr().out)
-    assert rep["quality_checks"] == {"degenerate": 0.5} and set(rep["by_reason"]) <= {"degenerate", "identical_fields", "duplicate"}
+    assert rep["quality_checks"] == {"degenerate": 0.5} and set(rep["by_reason"]) <= {
+        "degenerate",
+        "identical_fields",
+        "duplicate",
+    }
     toml = tmp_path / "clean.toml"
-    toml.write_text(f'inputs = ["{run}"]\nout = "{out}"\nchart = ""\n[quality_checks]\nwrong_language = false\nprompt_echo = 6\n')
+    toml.write_text(
+        f'inputs = ["{run}"]\nout = "{out}"\nchart = ""\n[quality_checks]\nwrong_language = false\nprompt_echo = 6\n'
+    )
     assert main(["clean", "--config", str(toml), "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)
     assert "wrong_language" not in rep["quality_checks"] and rep["quality_checks"]["prompt_echo"] == 6
@@ -237,7 +246,11 @@ def sts_rows(draw: st.DrawFn) -> list[tuple[str, str, int | None]]:
 
 def kept(rows: list[tuple[str, str, int | None]], checks) -> list[bool]:
     texts = pl.Series([r[0] for r in rows], dtype=pl.String)
-    tt = "sts" if all(r[1].count("-") == 0 for r in rows) else pl.Series(["bitext" if "-" in r[1] else "sts" for r in rows])
+    tt = (
+        "sts"
+        if all(r[1].count("-") == 0 for r in rows)
+        else pl.Series(["bitext" if "-" in r[1] else "sts" for r in rows])
+    )
     v = core.validate(
         texts,
         tt,
@@ -276,7 +289,9 @@ def test_quality_turning_a_check_off_never_rejects_more(rows, check):
 
 
 @SETTINGS
-@given(values=st.lists(st.text(max_size=80), min_size=3, max_size=3), lang=st.text(max_size=20), task=st.text(max_size=40))
+@given(
+    values=st.lists(st.text(max_size=80), min_size=3, max_size=3), lang=st.text(max_size=20), task=st.text(max_size=40)
+)
 def test_quality_gate_never_raises_on_valid_utf8(values, lang, task):
     obj = dict(zip(("S1", "S2", "S3"), values))
     texts = pl.Series([json.dumps(obj, ensure_ascii=False), json.dumps(obj)], dtype=pl.String)

@@ -47,10 +47,19 @@ def sample_records() -> list[dict]:
     return [
         # kept
         rec(0, "short_long", SL),
-        rec(1, "long_short", {"input_text": "The battery died after two days.", "label": "negative", "misleading_label": "neutral"}),
+        rec(
+            1,
+            "long_short",
+            {"input_text": "The battery died after two days.", "label": "negative", "misleading_label": "neutral"},
+        ),
         rec(2, "short_short", {"input": "Paris", "positive_document": "capital of France"}, language="French"),
         rec(3, "long_long", {"input": "a" * 50, "positive_document": "b" * 50}),
-        rec(4, "sts", {"S1": "A cat sits.", "S2": "A cat is sitting.", "S3": "A dog runs."}, task="Retrieve semantically similar text."),
+        rec(
+            4,
+            "sts",
+            {"S1": "A cat sits.", "S2": "A cat is sitting.", "S3": "A dog runs."},
+            task="Retrieve semantically similar text.",
+        ),
         rec(5, "bitext", {"S1": "Hello", "S2": "Bonjour", "S3": "Bonsoir"}, language="English-French"),
         rec(6, "sts", "```json\n" + json.dumps({"S1": "x1", "S2": "x2", "S3": "x3"}) + "\n```"),  # extracted
         # rejected before the validator
@@ -66,11 +75,24 @@ def sample_records() -> list[dict]:
         rec(15, "sts", {"S1": "a", "S2": "b", "S3": "c", "extra": "d"}),
         # semantic checks
         rec(16, "short_short", {"input": "same text", "positive_document": "same  text"}),
-        rec(17, "long_short", {"input_text": "This is clearly about customer support quality.", "label": "customer support", "misleading_label": "billing"}),
+        rec(
+            17,
+            "long_short",
+            {
+                "input_text": "This is clearly about customer support quality.",
+                "label": "customer support",
+                "misleading_label": "billing",
+            },
+        ),
         # duplicate of 0 (same query and positive)
         rec(18, "short_long", {**SL, "hard_negative_document": "a different negative"}),
         # brainstorm answers are not examples
-        {"id": "brainstorm-short_long-000000", "step": "brainstorm", "task_type": "short_long", "content": '{"tasks": []}'},
+        {
+            "id": "brainstorm-short_long-000000",
+            "step": "brainstorm",
+            "task_type": "short_long",
+            "content": '{"tasks": []}',
+        },
     ]
 
 
@@ -84,7 +106,11 @@ def test_clean_writes_triples_report_and_chart(tmp_path: Path):
     assert df.height == report["kept"] == 7 and report["responses"] == 19 and report["rejected"] == 12
     rows = {r["task_type"] + str(r["query"]): r for r in df.to_dicts()}
     sl = rows["short_longq1"]
-    assert (sl["instruction"], sl["positive"], sl["negative"]) == ("task for short_long", "long doc one", "long neg one")
+    assert (sl["instruction"], sl["positive"], sl["negative"]) == (
+        "task for short_long",
+        "long doc one",
+        "long neg one",
+    )
     assert sl["model"] == "big" and sl["source"] == "synthetic" and sl["language"] == "English"
     ls = rows["long_shortThe battery died after two days."]
     assert (ls["positive"], ls["negative"]) == ("negative", "neutral")
@@ -181,7 +207,7 @@ def test_custom_task_type_through_synth_and_clean(tmp_path: Path, monkeypatch):
 
     types = tmp_path / "types.toml"
     types.write_text(
-        '[task_types.faq]\n'
+        "[task_types.faq]\n"
         'brainstorm_prompt = "List {n_tasks} FAQ tasks as JSON {{\\"tasks\\": [..]}}."\n'
         'prompt = "Task: {task}. Write a {tone} FAQ entry in {language} as JSON with question, answer."\n'
         'fields = { question = "a question", answer = "its answer" }\n'
@@ -240,7 +266,15 @@ def test_mixed_task_types_keep_log_order_and_mapping(tmp_path: Path):
         ("short_long", "sl q", "sl pos", "sl neg", "task for short_long", "English", "big"),
         ("sts", "shared one", "shared two", "sts three", "task for sts", "English", "big"),
         ("short_short", "ss in", "ss pos", None, "task for short_short", "German", "big"),
-        ("long_short", "long text about billing", "billing question", "refund", "task for long_short", "English", "big"),
+        (
+            "long_short",
+            "long text about billing",
+            "billing question",
+            "refund",
+            "task for long_short",
+            "English",
+            "big",
+        ),
         ("long_long", "ll in", "ll pos", None, "task for long_long", "English", "small"),
         ("bitext", "hello", "bonjour", "salut", "task for bitext", "English-French", "big"),
         ("long_short", "Great phone.", "positive", "negative", "task for long_short", "English", "big"),
@@ -258,7 +292,14 @@ def test_mixed_task_types_keep_log_order_and_mapping(tmp_path: Path):
     assert [e["message"] for e in ex["identical_fields"]] == ["positive_document equals input", "S3 equals S2"]
     assert list(ex) == ["label_in_input", "duplicate", "identical_fields", "empty_response"]
     assert report["by_task_type"]["long_short"] == {"rejected": 1, "kept": 2}
-    assert report["mix"]["task_type"] == {"long_short": 2, "short_long": 1, "sts": 1, "short_short": 1, "long_long": 1, "bitext": 1}
+    assert report["mix"]["task_type"] == {
+        "long_short": 2,
+        "short_long": 1,
+        "sts": 1,
+        "short_short": 1,
+        "long_long": 1,
+        "bitext": 1,
+    }
 
 
 CLASSIFICATION_TYPES = """

@@ -78,7 +78,10 @@ def test_exit_code_of_the_console_command(benches: Path) -> None:
     code = "import sys; from e5x.cli import main; sys.exit(main())"
     proc = subprocess.run(
         [sys.executable, "-c", code, "bench", "--benches-dir", str(benches), "fail"],
-        check=False, capture_output=True, text=True, timeout=60,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 3, proc.stderr
     assert "failing on purpose" in proc.stdout
@@ -90,9 +93,7 @@ def test_name_without_bench_prefix(benches: Path, capfd: pytest.CaptureFixture[s
 
 
 @pytest.mark.parametrize("argv", [["--list"], []])
-def test_list_shows_first_docstring_line(
-    benches: Path, argv: list[str], capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_list_shows_first_docstring_line(benches: Path, argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "--benches-dir", str(benches), *argv]) == 0
     out = capsys.readouterr().out
     rows = {line.split()[0]: line for line in out.splitlines()[1:]}

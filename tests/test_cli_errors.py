@@ -62,8 +62,12 @@ CASES = [
     (["eval", "{pairs}"], EXIT_USAGE, "tasks: no tasks"),
     (["clean", "{beir}", "dedup_fields=query"], EXIT_USAGE, "dedup_fields: must be a list of strings, got 'query'"),
     (["clean", "{beir}", "dedup_feilds=[]"], EXIT_USAGE, "dedup_feilds: unknown key; did you mean 'dedup_fields'?"),
-    (["clean", "{bad_clean}"], EXIT_USAGE, "bad-clean.toml: inputs: must be a list of strings, got 'runs/synth' (str); "
-                                           "examples_per_reason: must be >= 0, got -1"),
+    (
+        ["clean", "{bad_clean}"],
+        EXIT_USAGE,
+        "bad-clean.toml: inputs: must be a list of strings, got 'runs/synth' (str); "
+        "examples_per_reason: must be >= 0, got -1",
+    ),
     (["clean", "{beir}", "--out", "{existing}", "--quality-checks", "bogus"], EXIT_USAGE, "quality_checks: unknown"),
     (["clean"], EXIT_USAGE, "inputs: no inputs"),
     # Nothing usable to clean: an error, and no 0-row triples file in place of a result.

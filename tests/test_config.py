@@ -118,8 +118,10 @@ def test_range(data, message) -> None:
 
 def test_every_problem_is_on_one_line_and_checks_run_after_types(tmp_path: Path) -> None:
     path = toml(tmp_path, 'lr = -1\nsteps = "x"\nbogus = 1\n')
-    assert error(path) == (f"{path}: bogus: unknown key; known keys: lr, steps, name, langs, pair, mode, limit, flag, "
-                           "inner; lr: must be > 0, got -1 (int); steps: must be an integer >= 1, got 'x' (str)")
+    assert error(path) == (
+        f"{path}: bogus: unknown key; known keys: lr, steps, name, langs, pair, mode, limit, flag, "
+        "inner; lr: must be > 0, got -1 (int); steps: must be an integer >= 1, got 'x' (str)"
+    )
     assert error({"limit": 20}) == "config: limit: must be <= steps (10), got 20"  # the class's own check()
     assert error({"limit": 5}, ["steps=2"]) == "config: limit: must be <= steps (2), got 5"
 
@@ -146,7 +148,8 @@ def test_bad_overrides_are_named(tmp_path: Path) -> None:
     assert error(path, ["lr.x=1"]) == "override: lr.x: lr is not a table"
     # A problem in the file and one in an override: each is named by where it came from.
     assert error(toml(tmp_path, "steps = 0\n"), ["lr=0"]) == (
-        f"override: lr: must be > 0, got 0 (int); {path}: steps: must be >= 1, got 0 (int)")
+        f"override: lr: must be > 0, got 0 (int); {path}: steps: must be >= 1, got 0 (int)"
+    )
 
 
 def test_missing_and_malformed_files(tmp_path: Path) -> None:

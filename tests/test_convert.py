@@ -50,7 +50,11 @@ def test_beir_scores_documents_and_errors(tmp_path):
     root = _beir(tmp_path, "q1\td1\t2\nq1\td2\t1\nq2\td3\t0\nq2\td2\t2\n")
     t = beir_triples(root)
     # score 0 is not a positive; the generic retrieval instruction for an unknown folder name
-    assert list(zip(t["query"], t["positive"], strict=True)) == [("first?", "T1 one"), ("first?", "two"), ("second?", "two")]
+    assert list(zip(t["query"], t["positive"], strict=True)) == [
+        ("first?", "T1 one"),
+        ("first?", "two"),
+        ("second?", "two"),
+    ]
     assert set(t["instruction"]) == {"Given a query, retrieve relevant documents that answer the query"}
     assert beir_triples(root, min_score=2)["positive"].to_list() == ["T1 one", "two"]
     with pytest.raises(DataError, match="no judgement scored >= 3"):
@@ -59,7 +63,9 @@ def test_beir_scores_documents_and_errors(tmp_path):
         beir_triples(root, "dev")
 
     missing_doc = _beir(tmp_path / "a", "q1\td1\t1\nq2\td9\t1\n")
-    with pytest.raises(DataError, match=r"train\.tsv: judgement 2 \('q2', 'd9'\): document 'd9' is not in .*corpus\.jsonl"):
+    with pytest.raises(
+        DataError, match=r"train\.tsv: judgement 2 \('q2', 'd9'\): document 'd9' is not in .*corpus\.jsonl"
+    ):
         beir_triples(missing_doc)
     missing_query = _beir(tmp_path / "b", "q7\td1\t1\n")
     with pytest.raises(DataError, match=r"judgement 1 \('q7', 'd1'\): query 'q7' is not in .*queries\.jsonl"):
@@ -96,7 +102,9 @@ def test_tables_in_every_format_give_the_same_triples(tmp_path):
     df.write_parquet(paths["parquet"])
     df.write_ndjson(paths["jsonl"])
     df.write_csv(paths["csv"])
-    paths["tsv"].write_text("anchor\tpos\tneg\ttask\n" + "".join(f"{r['anchor']}\t{r['pos']}\t{r['neg']}\t{r['task']}\n" for r in rows))
+    paths["tsv"].write_text(
+        "anchor\tpos\tneg\ttask\n" + "".join(f"{r['anchor']}\t{r['pos']}\t{r['neg']}\t{r['task']}\n" for r in rows)
+    )
     for fmt, path in paths.items():
         t, dropped = table_triples(path, query="anchor", positive="pos", negative="neg", instruction_column="task")
         assert dropped == 0, fmt
@@ -151,7 +159,9 @@ def test_cli_convert(shared_data, tmp_path, capsys):
     out2 = tmp_path / "pairs.parquet"
     assert cli(["convert", "table", str(table), "--query", "a", "--positive", "b", "-o", str(out2)]) == 2
     assert "row 1: column 'b' (positive) is empty or null" in capsys.readouterr().err and not out2.exists()
-    assert cli(["convert", "table", str(table), "--query", "a", "--positive", "b", "--drop-empty", "-o", str(out2)]) == 0
+    assert (
+        cli(["convert", "table", str(table), "--query", "a", "--positive", "b", "--drop-empty", "-o", str(out2)]) == 0
+    )
     assert "note: no instruction" in capsys.readouterr().out
     assert cli(["convert", "table", str(table), "--query", "a", "--positive", "b", "--negative", "c",
                 "--instruction", "find it", "--drop-empty", "-o", str(out2)]) == 0  # fmt: skip

@@ -83,7 +83,9 @@ def test_plan_task_homogeneous() -> None:
 
 def test_collate_layout_and_shard(tmp_path) -> None:
     df = toy_triples(4)
-    df = df.with_columns(pl.when(pl.int_range(pl.len()) == 1).then(None).otherwise(pl.col("negative")).alias("negative"))
+    df = df.with_columns(
+        pl.when(pl.int_range(pl.len()) == 1).then(None).otherwise(pl.col("negative")).alias("negative")
+    )
     df.write_parquet(tmp_path / "t.parquet")
     store = TripleStore([Source(str(tmp_path / "t.parquet"))])
     tok = tiny_tokenizer()
@@ -105,8 +107,9 @@ def test_collate_layout_and_shard(tmp_path) -> None:
 def test_mixed_sources_keep_their_own_instructions(tmp_path) -> None:
     toy_triples(5, seed=1).write_parquet(tmp_path / "a.parquet")
     toy_triples(5, seed=2).drop("instruction").write_parquet(tmp_path / "b.parquet")
-    store = TripleStore([Source(str(tmp_path / "a.parquet"), instruction="Task A"),
-                         Source(str(tmp_path / "b.parquet"))])  # b: no instruction at all
+    store = TripleStore(
+        [Source(str(tmp_path / "a.parquet"), instruction="Task A"), Source(str(tmp_path / "b.parquet"))]
+    )  # b: no instruction at all
     plan = BatchPlan(store.sizes, [1.0, 1.0], batch_size=10, seed=0)
     pairs = plan.batch(0)
     rows = store.rows(pairs.tolist())

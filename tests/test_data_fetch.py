@@ -187,7 +187,8 @@ def test_a_part_left_by_a_killed_fetch_is_resumed(env, server):
 
 def test_files_an_interrupted_multi_file_fetch_completed_are_not_fetched_again(env, tmp_path, monkeypatch):
     reg = tmp_path / "two.toml"
-    reg.write_text(textwrap.dedent("""
+    reg.write_text(
+        textwrap.dedent("""
         [datasets.two]
         kind = "eval"
         description = "two files"
@@ -200,7 +201,8 @@ def test_files_an_interrupted_multi_file_fetch_completed_are_not_fetched_again(e
         url = "URL/a.parquet"
         [[datasets.two.files]]
         url = "URL/b.parquet"
-    """))
+    """)
+    )
     with DataServer({"/a.parquet": pairs_parquet()}) as s:  # b.parquet is missing: 404
         reg.write_text(reg.read_text().replace("URL", s.url))
         env(s.url)

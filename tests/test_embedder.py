@@ -22,8 +22,15 @@ TEXTS = ["a", "the cat sat on the mat", "hello world, hello again and again", "x
 
 def _save_tiny(tmp_path: Path, arch: str, spec: EmbeddingSpec | None = EmbeddingSpec()) -> Path:
     tok = build_byte_tokenizer()
-    cfg = TinyModelConfig(arch=arch, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                          num_attention_heads=4, num_key_value_heads=2, seed=3)
+    cfg = TinyModelConfig(
+        arch=arch,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        seed=3,
+    )
     model = build_tiny_model(cfg, len(tok))
     d = tmp_path / arch
     model.save_pretrained(d)
@@ -68,8 +75,11 @@ def test_eos_is_appended_and_survives_truncation(tmp_path):
     eos = emb.tokenizer.eos_token_id
     assert [s[-1] for s in ids] == [eos, eos]
     assert len(ids[0]) == 8 and ids[1][0] == emb.tokenizer.bos_token_id
-    np.testing.assert_allclose(emb.encode(["a long text that is truncated"]),
-                               _manual_last_token(d, ["a long text that is truncated"], 8), atol=2e-5)
+    np.testing.assert_allclose(
+        emb.encode(["a long text that is truncated"]),
+        _manual_last_token(d, ["a long text that is truncated"], 8),
+        atol=2e-5,
+    )
 
 
 def test_batching_and_length_sorting_keep_input_order(tmp_path):
@@ -165,7 +175,11 @@ def test_minilm_mean_pooling_matches_sentence_transformers(minilm_path):
     emb = Embedder.from_pretrained(minilm_path, show_progress=False, device="cpu")
     # the sentence-transformers config decides: mean pooling, normalised, 256 tokens, no EOS
     assert (emb.spec.pooling, emb.spec.normalize, emb.spec.max_length, emb.spec.append_eos) == (
-        "mean", True, 256, False)
+        "mean",
+        True,
+        256,
+        False,
+    )
     texts = ["A man is playing a guitar.", "The quick brown fox " * 80, "x"]
     st = SentenceTransformer(str(minilm_path), device="cpu")
     np.testing.assert_allclose(emb.encode(texts, batch_size=2), st.encode(texts), atol=1e-5)

@@ -115,13 +115,13 @@ def test_empty_corpus_and_other_whole_file_errors(tmp_path):
 
 def test_malformed_sts_lines(tmp_path):
     f = tmp_path / "sts-test.csv"
-    f.write_text("g\tf\ty\t1\t3.0\tA \"quoted\" one.\tB.\textra\tcols\ng\tf\ty\t2\t4.5\tC.\n")
+    f.write_text('g\tf\ty\t1\t3.0\tA "quoted" one.\tB.\textra\tcols\ng\tf\ty\t2\t4.5\tC.\n')
     with pytest.raises(FormatError, match=r"sts-test\.csv:2: expected at least 7 TAB-separated fields"):
         load_sts(f)
     f.write_text("g\tf\ty\t1\tfive\tA.\tB.\n")
     with pytest.raises(FormatError, match=r"sts-test\.csv:1: score 'five' is not a number"):
         load_sts(f)
-    f.write_text("g\tf\ty\t1\t3.0\tA \"quoted\" one.\tB.\textra\tcols\n")
+    f.write_text('g\tf\ty\t1\t3.0\tA "quoted" one.\tB.\textra\tcols\n')
     sts = load_sts(tmp_path)
     assert (sts.sentences1, sts.sentences2, sts.scores) == (['A "quoted" one.'], ["B."], [3.0])
     f.write_text("\n")

@@ -130,10 +130,17 @@ def test_evaluate_end_to_end_with_instructions(tiny_dir, small_beir, shared_data
 
     sts_file = tmp_path / "sts" / "sts-test.csv"
     sts_file.parent.mkdir()
-    sts_file.write_text("".join((shared_data / "sts" / "stsbenchmark" / "sts-test.csv").read_text().splitlines(True)[:40]))
+    sts_file.write_text(
+        "".join((shared_data / "sts" / "stsbenchmark" / "sts-test.csv").read_text().splitlines(True)[:40])
+    )
     out = tmp_path / "res" / "results.json"
-    cfg = EvalConfig(model=str(tiny_dir), tasks=[str(small_beir), f"STSBenchmark={sts_file}"],
-                     output=str(out), show_progress=False, corpus_chunk_size=17)
+    cfg = EvalConfig(
+        model=str(tiny_dir),
+        tasks=[str(small_beir), f"STSBenchmark={sts_file}"],
+        output=str(out),
+        show_progress=False,
+        corpus_chunk_size=17,
+    )
     report = evaluate(cfg)
     sf, sts = report["SciFact"], report["STSBenchmark"]
     assert sf.instruction == TASK_INSTRUCTIONS["SciFact"]
@@ -159,8 +166,7 @@ def test_cli_eval_and_encode(tiny_dir, small_beir, tmp_path, capsys):
     from e5x.cli import main
 
     out = tmp_path / "r.json"
-    assert main(["eval", str(tiny_dir), str(small_beir), "-o", str(out), "-q",
-                 "--instruction", "SciFact=Find it"]) == 0
+    assert main(["eval", str(tiny_dir), str(small_beir), "-o", str(out), "-q", "--instruction", "SciFact=Find it"]) == 0
     printed = capsys.readouterr().out
     assert "SciFact" in printed and "ndcg_at_10" in printed
     assert json.loads(out.read_text())["results"][0]["instruction"] == "Find it"
@@ -171,14 +177,43 @@ def test_cli_eval_and_encode(tiny_dir, small_beir, tmp_path, capsys):
     assert arr.shape == (2, 32)
     from e5x.model.embedder import Embedder
 
-    np.testing.assert_allclose(arr, Embedder.from_pretrained(tiny_dir, show_progress=False).encode(["first text", "second text"]), atol=1e-6)
+    np.testing.assert_allclose(
+        arr, Embedder.from_pretrained(tiny_dir, show_progress=False).encode(["first text", "second text"]), atol=1e-6
+    )
     (tmp_path / "q.jsonl").write_text('{"text": "a"}\n{"txt": "b"}\n')
-    assert main(["encode", str(tiny_dir), str(tmp_path / "q.jsonl"), "-o", str(tmp_path / "q.parquet"), "--query",
-                 "--instruction", "Find"]) == 1
+    assert (
+        main(
+            [
+                "encode",
+                str(tiny_dir),
+                str(tmp_path / "q.jsonl"),
+                "-o",
+                str(tmp_path / "q.parquet"),
+                "--query",
+                "--instruction",
+                "Find",
+            ]
+        )
+        == 1
+    )
     assert "q.jsonl:2: no string field 'text'" in capsys.readouterr().err
     (tmp_path / "q.jsonl").write_text('{"text": "a"}\n')
-    assert main(["encode", str(tiny_dir), str(tmp_path / "q.jsonl"), "-o", str(tmp_path / "q.parquet"), "--query",
-                 "--instruction", "Find", "-q"]) == 0
+    assert (
+        main(
+            [
+                "encode",
+                str(tiny_dir),
+                str(tmp_path / "q.jsonl"),
+                "-o",
+                str(tmp_path / "q.parquet"),
+                "--query",
+                "--instruction",
+                "Find",
+                "-q",
+            ]
+        )
+        == 0
+    )
     import polars as pl
 
     df = pl.read_parquet(tmp_path / "q.parquet")

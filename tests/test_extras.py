@@ -52,7 +52,8 @@ def inputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     pl.DataFrame({"query": [f"q{i}" for i in range(8)], "positive": [f"p{i}" for i in range(8)]}).write_parquet(
         tmp_path / "pairs.parquet")  # fmt: skip
     (tmp_path / "cfg.toml").write_text(
-        'batch_size = 4\n[tiny_model]\narch = "mistral"\n[[sources]]\npath = "pairs.parquet"\n')
+        'batch_size = 4\n[tiny_model]\narch = "mistral"\n[[sources]]\npath = "pairs.parquet"\n'
+    )
     run = tmp_path / "run"
     run.mkdir()
     answer = {"S1": "A cat sits on the mat.", "S2": "A cat is sitting on a mat.", "S3": "Stocks fell sharply today."}

@@ -40,8 +40,14 @@ def classification_rows(n: int, seed: int) -> pl.DataFrame:
     rows = []
     for i in range(n):
         label, other = rng.sample(LABELS, 2)
-        rows.append({"instruction": "Classify the news topic", "query": f"headline {i} about {label.strip().lower()}",
-                     "positive": label, "negative": other if i % 4 else None})
+        rows.append(
+            {
+                "instruction": "Classify the news topic",
+                "query": f"headline {i} about {label.strip().lower()}",
+                "positive": label,
+                "negative": other if i % 4 else None,
+            }
+        )
     return pl.DataFrame(rows, schema={c: pl.Utf8 for c in rows[0]})
 
 
@@ -172,8 +178,9 @@ def test_two_process_gloo_masking_equals_one_process(tmp_path) -> None:
     assert labels[0] & labels[1]  # some label occurs on both ranks
     out = str(tmp_path / "rank0.pt")
     # Collated here: polars' thread pool does not survive a fork, the workers only train.
-    halves = [collate(store, np.array([[0, i] for i in range(k * 5, k * 5 + 5)]), tiny_tokenizer(), 32)
-              for k in range(2)]
+    halves = [
+        collate(store, np.array([[0, i] for i in range(k * 5, k * 5 + 5)]), tiny_tokenizer(), 32) for k in range(2)
+    ]
     assert halves[0].num_docs != halves[1].num_docs  # uneven hard negatives: padded gathers
     mp.start_processes(_worker, args=(2, _free_port(), halves, out), nprocs=2, join=True, start_method="fork")
     got = torch.load(out)
@@ -188,13 +195,32 @@ def test_tiny_training_run_logs_masked_counts_and_masking_changes_the_loss(tmp_p
 
     data = tmp_path / "cls.parquet"
     classification_rows(64, seed=4).write_parquet(data)
-    tiny = {"arch": "mistral", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-            "num_attention_heads": 4, "num_key_value_heads": 2}
+    tiny = {
+        "arch": "mistral",
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+    }
     runs = {}
     for mask in (True, False):
-        cfg = TrainConfig(tiny_model=tiny, sources=[{"path": str(data), "name": "cls"}], output_dir=str(tmp_path / str(mask)),
-                          batch_size=16, chunk_size=16, max_length=32, lr=5e-3, warmup_steps=1, max_steps=3,
-                          save_every=10, precision="fp32", progress=False, seed=1, mask_false_negatives=mask)
+        cfg = TrainConfig(
+            tiny_model=tiny,
+            sources=[{"path": str(data), "name": "cls"}],
+            output_dir=str(tmp_path / str(mask)),
+            batch_size=16,
+            chunk_size=16,
+            max_length=32,
+            lr=5e-3,
+            warmup_steps=1,
+            max_steps=3,
+            save_every=10,
+            precision="fp32",
+            progress=False,
+            seed=1,
+            mask_false_negatives=mask,
+        )
         result = train(cfg)
         records = [json.loads(x) for x in (tmp_path / str(mask) / "metrics.jsonl").read_text().splitlines()]
         runs[mask] = (result.losses, [r["masked_negatives"] for r in records])

@@ -27,8 +27,7 @@ def test_gpu_check_dry_run_passes_within_six_minutes_of_step_limits(tmp_path: Pa
     pytest.importorskip("peft")
     env = {k: v for k, v in os.environ.items() if not k.startswith("E5X_")}  # the script's defaults
     env.update(OUT=str(tmp_path), PYTHON=sys.executable)
-    proc = subprocess.run(["bash", str(SCRIPT), "--dry-run"], env=env, capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run(["bash", str(SCRIPT), "--dry-run"], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "DRY RUN PASSED" in proc.stdout
 
@@ -54,6 +53,11 @@ def test_gpu_check_dry_run_passes_within_six_minutes_of_step_limits(tmp_path: Pa
 
 
 def test_gpu_check_rejects_unknown_arguments(tmp_path: Path) -> None:
-    proc = subprocess.run(["bash", str(SCRIPT), "--dryrun"], env={**os.environ, "OUT": str(tmp_path)},
-                          capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(
+        ["bash", str(SCRIPT), "--dryrun"],
+        env={**os.environ, "OUT": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert proc.returncode == 2 and "usage" in proc.stderr

@@ -128,8 +128,9 @@ def test_no_host_sync_in_forward_and_backward(monkeypatch: pytest.MonkeyPatch, m
     q_groups, d_groups = torch.arange(6), torch.arange(12) // 2
     counter = SyncCounter(monkeypatch)
     loss = K.info_nce(q, d, pos, backend="triton", mode=mode, q_groups=q_groups, d_groups=d_groups)
-    loss2 = K.pooled_info_nce(qh, dh, q_mask, d_mask, positive_index=pos, backend="triton", mode=mode,
-                              q_groups=q_groups, d_groups=d_groups)
+    loss2 = K.pooled_info_nce(
+        qh, dh, q_mask, d_mask, positive_index=pos, backend="triton", mode=mode, q_groups=q_groups, d_groups=d_groups
+    )
     (loss + loss2).backward()
     assert counter.calls == []
     assert q.grad is not None and qh.grad is not None
@@ -180,8 +181,9 @@ def _fake_cuda_mm(monkeypatch: pytest.MonkeyPatch, exc: BaseException):  # type:
     return T, tried
 
 
-def test_gemm_fallback_is_logged_once_and_recorded(monkeypatch: pytest.MonkeyPatch,
-                                                   caplog: pytest.LogCaptureFixture) -> None:
+def test_gemm_fallback_is_logged_once_and_recorded(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     T, tried = _fake_cuda_mm(monkeypatch, TypeError("mm() got an unexpected keyword argument 'out_dtype'"))
     a, b = torch.randn(3, 8).bfloat16(), torch.randn(8, 5).bfloat16()
     with caplog.at_level(logging.WARNING, logger="e5x.kernels"):
@@ -214,8 +216,16 @@ def test_autotune_keys_are_bucketed(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tunes are keyed on power-of-two buckets of the rows/columns a launch covers: a ragged
     tail chunk and another rank's document count reuse the tune of the full ones."""
     T = triton_module()
-    assert [T._bucket(n) for n in (1, 16, 17, 1000, 1024, 1025, 4090, 4096)] == \
-        [16, 16, 32, 1024, 1024, 2048, 4096, 4096]
+    assert [T._bucket(n) for n in (1, 16, 17, 1000, 1024, 1025, 4090, 4096)] == [
+        16,
+        16,
+        32,
+        1024,
+        1024,
+        2048,
+        4096,
+        4096,
+    ]
     for kernel in (T._lse_fwd, T._dscores):
         assert {"KEY_M", "KEY_N"} <= set(kernel.arg_names)
     monkeypatch.setattr(T, "INTERPRET", False)
@@ -321,8 +331,22 @@ def test_launch_count_of_the_small_batch_path(monkeypatch: pytest.MonkeyPatch) -
             inside[0] -= 1
 
     monkeypatch.setattr(cls, "run", run)
-    free = ("empty", "view", "slice", "unsqueeze", "squeeze", "detach", "transpose", "select", "expand",
-            "alias", "_unsafe_view", "as_strided", "permute", "t.default")
+    free = (
+        "empty",
+        "view",
+        "slice",
+        "unsqueeze",
+        "squeeze",
+        "detach",
+        "transpose",
+        "select",
+        "expand",
+        "alias",
+        "_unsafe_view",
+        "as_strided",
+        "permute",
+        "t.default",
+    )
 
     class Count(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]

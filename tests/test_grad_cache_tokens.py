@@ -112,8 +112,9 @@ def test_train_chunks_by_tokens_and_records_kernel_settings(tmp_path, monkeypatc
     kw = dict(max_steps=2, batch_size=8, lora_dropout=0.0, save_every=100)
     by_rows = train(config(tmp_path, "rows", chunk_size=4, **kw))
     monkeypatch.setenv("E5X_AUTOTUNE", "0")
-    by_tokens = train(config(tmp_path, "tokens", chunk_tokens=60, infonce_mode="lean", infonce_chunk_mib=64,
-                             flex_compile=False, **kw))
+    by_tokens = train(
+        config(tmp_path, "tokens", chunk_tokens=60, infonce_mode="lean", infonce_chunk_mib=64, flex_compile=False, **kw)
+    )
     assert by_tokens.losses == pytest.approx(by_rows.losses, rel=1e-4, abs=1e-5)
     rec = json.loads((tmp_path / "tokens" / "kernels.json").read_text())
     assert rec["mode"] == "lean" and rec["chunk_mib"] == 64 and rec["flex_compile"] is False

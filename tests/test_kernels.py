@@ -81,8 +81,17 @@ CASES = [
     Case("odd_h_left_pad_k1", bq=3, k=1, h=37, seq=5, side="left"),
     Case("k3_right_pad_none", bq=4, k=3, h=33, seq=4, reduction="none"),
     Case("cross_rank_k2", bq=3, k=2, h=24, seq=3, extra_before=4, extra_after=2, side="left"),
-    Case("explicit_index_sum", bq=5, k=0, h=48, seq=3, extra_after=3, reduction="sum",
-         explicit_index=True, use_last_index=True),
+    Case(
+        "explicit_index_sum",
+        bq=5,
+        k=0,
+        h=48,
+        seq=3,
+        extra_after=3,
+        reduction="sum",
+        explicit_index=True,
+        use_last_index=True,
+    ),
 ]
 
 
@@ -133,8 +142,9 @@ def test_pooled_info_nce_matches_float64(case: Case, dtype: torch.dtype) -> None
     if case.reduction == "none":  # per-row upstream weights exercise the per-row coefficients
         upstream = torch.linspace(0.5, 2.0, case.bq, device=DEVICE)
     loss, gq, gd = run(qh, dh, masks, kwargs, "triton", upstream)
-    ref_loss, ref_gq, ref_gd = run(qh.double(), dh.double(), masks, kwargs, "torch",
-                                   None if upstream is None else upstream.double())
+    ref_loss, ref_gq, ref_gd = run(
+        qh.double(), dh.double(), masks, kwargs, "torch", None if upstream is None else upstream.double()
+    )
     loss_tol, grad_tol = TOL[dtype]
     assert loss.dtype == torch.float32
     # floor 1: a loss near 0 is a difference of logits up to 1/tau = 50, whose absolute
@@ -164,8 +174,9 @@ def test_default_group_layout_and_hard_negatives() -> None:
     want = torch.logsumexp(s, dim=1) - s[torch.arange(4), torch.arange(4) * 3]
     torch.testing.assert_close(got, want)
     if K._checks.triton_usable(q.to(DEVICE)):
-        tri = K.info_nce(q.float().to(DEVICE), d.float().to(DEVICE), temperature=0.05,
-                         reduction="none", backend="triton")
+        tri = K.info_nce(
+            q.float().to(DEVICE), d.float().to(DEVICE), temperature=0.05, reduction="none", backend="triton"
+        )
         torch.testing.assert_close(tri.double().cpu(), want, rtol=1e-5, atol=1e-5)
 
 
@@ -311,10 +322,12 @@ def test_unknown_mode_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
         K.info_nce(q, torch.randn(4, 16, device=DEVICE), backend="triton")
 
 
-@pytest.mark.parametrize("available, want", [(float("inf"), "fused"), (2 * 4 * 8 * 16, "fused"),
-                                             (2 * 4 * 8 * 16 - 1, "lean")])
-def test_auto_mode_goes_lean_when_the_accumulator_would_not_fit(monkeypatch: pytest.MonkeyPatch,
-                                                                available: float, want: str) -> None:
+@pytest.mark.parametrize(
+    "available, want", [(float("inf"), "fused"), (2 * 4 * 8 * 16, "fused"), (2 * 4 * 8 * 16 - 1, "lean")]
+)
+def test_auto_mode_goes_lean_when_the_accumulator_would_not_fit(
+    monkeypatch: pytest.MonkeyPatch, available: float, want: str
+) -> None:
     """auto = fused while its fp32 [Bd, H] accumulator (here 4 * 8 * 16 bytes) takes at most
     half of the available device memory, else lean; the loss and gradients stay right."""
     if not K._checks.triton_usable(torch.zeros(1, device=DEVICE)):
@@ -448,8 +461,9 @@ else:
     raise SystemExit("backend='triton' ran without triton")
 """
     env = dict(os.environ)
-    res = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, env=env,
-                         timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-c", code], check=False, capture_output=True, text=True, env=env, timeout=120
+    )
     assert res.returncode == 0, res.stderr
     assert "clear error" in res.stdout
 
@@ -508,8 +522,9 @@ def test_kernels_compile_for_hopper_without_a_gpu() -> None:
     if not os.path.exists(script):
         pytest.skip("kernels/ workbench not present (tests run outside the repository)")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    res = subprocess.run([sys.executable, script, "--arch", "90"], check=False, capture_output=True, text=True,
-                         env=env, timeout=300)
+    res = subprocess.run(
+        [sys.executable, script, "--arch", "90"], check=False, capture_output=True, text=True, env=env, timeout=300
+    )
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
     assert "kernel variants compiled for sm_90" in res.stdout
 
@@ -562,8 +577,9 @@ def test_false_negative_reference_and_count_follow_the_rule() -> None:
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("mode", MODES)
-def test_false_negative_masking_matches_float64_in_every_mode(monkeypatch: pytest.MonkeyPatch, mode: str,
-                                                              dtype: torch.dtype) -> None:
+def test_false_negative_masking_matches_float64_in_every_mode(
+    monkeypatch: pytest.MonkeyPatch, mode: str, dtype: torch.dtype
+) -> None:
     """Pooled hidden states with padding, hard negatives and documents of "other ranks"
     around ours, duplicates everywhere, a chunk budget small enough for several row and
     column chunks: fused (mask in the stored score tiles), lean and backward (mask applied
@@ -599,15 +615,23 @@ def test_false_negative_masking_per_row_upstream_and_embeddings() -> None:
     d = protos[dg] + 0.1 * torch.randn(bd, 20, generator=gen)
     q = protos[qg[:, 0]] + 0.5 * torch.randn(bq, 20, generator=gen)
     plain = K.info_nce(q.double(), d.double(), temperature=0.1, reduction="none", backend="torch")
-    masked = K.info_nce(q.double(), d.double(), temperature=0.1, reduction="none", q_groups=qg[:, :1],
-                        d_groups=dg, backend="torch")
+    masked = K.info_nce(
+        q.double(), d.double(), temperature=0.1, reduction="none", q_groups=qg[:, :1], d_groups=dg, backend="torch"
+    )
     assert float((plain - masked).min()) > 0.5, (plain, masked)
     up = torch.rand(bq, generator=gen) + 0.5
     out = {}
     for backend, dtype in (("triton", torch.float32), ("torch", torch.float64)):
         qq, dd = leaf(q, dtype), leaf(d, dtype)
-        loss = K.info_nce(qq, dd, temperature=0.1, reduction="none", q_groups=qg[:, :1].to(DEVICE),
-                          d_groups=dg.to(DEVICE), backend=backend)
+        loss = K.info_nce(
+            qq,
+            dd,
+            temperature=0.1,
+            reduction="none",
+            q_groups=qg[:, :1].to(DEVICE),
+            d_groups=dg.to(DEVICE),
+            backend=backend,
+        )
         (loss * up.to(DEVICE, dtype)).sum().backward()
         out[backend] = (loss.detach(), qq.grad, dd.grad)
     (loss, gq, gd), (ref_loss, ref_gq, ref_gd) = out["triton"], out["torch"]
@@ -620,10 +644,16 @@ def test_false_negative_masking_per_row_upstream_and_embeddings() -> None:
     [
         (dict(q_groups=torch.zeros(2, dtype=torch.long)), ValueError, "both q_groups and d_groups"),
         (dict(q_groups=torch.zeros(2), d_groups=torch.zeros(4, dtype=torch.long)), TypeError, "integer"),
-        (dict(q_groups=torch.zeros(2, 3, dtype=torch.long), d_groups=torch.zeros(4, dtype=torch.long)),
-         ValueError, r"K <= 2"),
-        (dict(q_groups=torch.zeros(2, dtype=torch.long), d_groups=torch.zeros(3, dtype=torch.long)),
-         ValueError, r"d_groups must have shape \[4\]"),
+        (
+            dict(q_groups=torch.zeros(2, 3, dtype=torch.long), d_groups=torch.zeros(4, dtype=torch.long)),
+            ValueError,
+            r"K <= 2",
+        ),
+        (
+            dict(q_groups=torch.zeros(2, dtype=torch.long), d_groups=torch.zeros(3, dtype=torch.long)),
+            ValueError,
+            r"d_groups must have shape \[4\]",
+        ),
     ],
 )
 def test_bad_group_arguments(kwargs: dict, exc: type, pattern: str) -> None:

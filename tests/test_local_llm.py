@@ -155,9 +155,7 @@ def test_missing_llama_cpp_is_a_clear_error(tmp_path, monkeypatch):
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *a: None if name == "llama_cpp" else real(name, *a)
-    )
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llama_cpp" else real(name, *a))
     ok, why = llama_cpp_available()
     assert not ok and "pip install 'llama-cpp-python[server]'" in why
     gguf = tmp_path / "m.gguf"

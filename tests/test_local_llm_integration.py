@@ -52,8 +52,12 @@ def test_constrained_output_is_schema_valid(server):
         schema = SCHEMAS[task_type]
         r = client.chat.completions.create(
             model=server.model,
-            messages=[{"role": "user", "content": f"Write one {task_type} example as JSON with fields "
-                       f"{list(schema['properties'])}."}],  # fmt: skip
+            messages=[
+                {
+                    "role": "user",
+                    "content": f"Write one {task_type} example as JSON with fields {list(schema['properties'])}.",
+                }
+            ],  # fmt: skip
             response_format=json_response_format(schema),  # type: ignore[arg-type]
             max_tokens=200,
             temperature=0.0,
@@ -72,8 +76,8 @@ def test_e5x_synth_then_clean_on_the_real_server(server, tmp_path):
         "n_examples = 4\nseed = 3\nconcurrency = 1\ntimeout_s = 300.0\nmax_retries = 1\nprogress = false\n"
         "[task_weights]\nsts = 1.0\nbitext = 1.0\nshort_short = 2.0\n"
         "[brainstorm_requests]\nshort_short = 1\n"
-        "[brainstorm]\nmax_tokens = 200\nresponse_format = \"json_schema\"\n"
-        "[examples]\nmax_tokens = 200\nresponse_format = \"json_schema\"\n"
+        '[brainstorm]\nmax_tokens = 200\nresponse_format = "json_schema"\n'
+        '[examples]\nmax_tokens = 200\nresponse_format = "json_schema"\n'
     )
     r = _e5x("synth", "--config", str(cfg), "--out", str(run), "--base-url", server.base_url,
              "--model", server.model, "--api-key-env", "E5X_TEST_LLM_KEY", "--no-progress", "--json", env=env)  # fmt: skip

@@ -15,8 +15,14 @@ from e5x.training.step import World, contrastive_loss
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TINY = {"arch": "mistral", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "num_key_value_heads": 2}
+TINY = {
+    "arch": "mistral",
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+}
 
 
 def info_nce_f64(q: torch.Tensor, d: torch.Tensor, tau: float) -> torch.Tensor:

@@ -51,8 +51,13 @@ def local_sts_task(path: Path, name: str = "STSBenchmark") -> AbsTaskSTS:
         min_score, max_score = 0, 5
 
         def load_data(self, num_proc: int | None = None, **kwargs: Any) -> None:
-            self.dataset = DatasetDict({"test": Dataset.from_dict(
-                {"sentence1": sts.sentences1, "sentence2": sts.sentences2, "score": sts.scores})})
+            self.dataset = DatasetDict(
+                {
+                    "test": Dataset.from_dict(
+                        {"sentence1": sts.sentences1, "sentence2": sts.sentences2, "score": sts.scores}
+                    )
+                }
+            )
             self.data_loaded = True
 
     return LocalSTS()
@@ -68,8 +73,13 @@ def local_retrieval_task(folder: Path, name: str) -> AbsTaskRetrieval:
             corpus = [json.loads(x) for x in (folder / "corpus.jsonl").read_text().splitlines()]
             split = RetrievalSplitData(
                 queries=Dataset.from_dict({"id": data.query_ids, "text": data.query_texts}),
-                corpus=Dataset.from_dict({"id": [c["_id"] for c in corpus], "title": [c["title"] for c in corpus],
-                                          "text": [c["text"] for c in corpus]}),
+                corpus=Dataset.from_dict(
+                    {
+                        "id": [c["_id"] for c in corpus],
+                        "title": [c["title"] for c in corpus],
+                        "text": [c["text"] for c in corpus],
+                    }
+                ),
                 relevant_docs=data.qrels,
                 top_ranked=None,
             )
@@ -112,8 +122,9 @@ def small_scifact(shared_data, tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("mteb") / "scifact"
     (d / "qrels").mkdir(parents=True)
     (d / "corpus.jsonl").write_text("".join(json.dumps(c) + "\n" for c in docs))
-    (d / "queries.jsonl").write_text("".join(
-        x + "\n" for x in (src / "queries.jsonl").read_text().splitlines() if json.loads(x)["_id"] in qids))
+    (d / "queries.jsonl").write_text(
+        "".join(x + "\n" for x in (src / "queries.jsonl").read_text().splitlines() if json.loads(x)["_id"] in qids)
+    )
     (d / "qrels" / "test.tsv").write_text(lines[0] + "\n" + "".join("\t".join(r) + "\n" for r in rows))
     return d
 
@@ -126,11 +137,17 @@ def test_adapter_satisfies_the_mteb_encoder_protocol(tiny_embedder):
 
 def test_retrieval_under_mteb_passes_instructions_to_queries_only(tiny_embedder, small_scifact):
     model = E5xMTEBModel(tiny_embedder)
-    result = mteb.evaluate(model, local_retrieval_task(small_scifact, "SciFact"), cache=None,
-                           show_progress_bar=False, encode_kwargs={"batch_size": 8})
+    result = mteb.evaluate(
+        model,
+        local_retrieval_task(small_scifact, "SciFact"),
+        cache=None,
+        show_progress_bar=False,
+        encode_kwargs={"batch_size": 8},
+    )
     n_docs = len((small_scifact / "corpus.jsonl").read_text().splitlines())
     assert sorted(model.calls, key=str) == sorted(
-        [("SciFact", TASK_INSTRUCTIONS["SciFact"], 15), ("SciFact", None, n_docs)], key=str)
+        [("SciFact", TASK_INSTRUCTIONS["SciFact"], 15), ("SciFact", None, n_docs)], key=str
+    )
     ours = evaluate(tasks=[str(small_scifact)], embedder=tiny_embedder, show_progress=False)["SciFact"]
     theirs = _scores(result)
     assert 100 * theirs["ndcg_at_10"] == pytest.approx(ours.metrics["ndcg_at_10"], abs=0.01)
@@ -151,8 +168,11 @@ def test_stsb_under_mteb_reproduces_published_minilm_score(minilm, shared_data):
     """MiniLM through the adapter under mteb.evaluate: STS-B test Spearman 82.03 (MTEB)."""
     path = shared_data / "sts" / "stsbenchmark"
     model = E5xMTEBModel(minilm, use_instructions=False)
-    theirs = _scores(mteb.evaluate(model, local_sts_task(path), cache=None, show_progress_bar=False,
-                                   encode_kwargs={"batch_size": 64}))
+    theirs = _scores(
+        mteb.evaluate(
+            model, local_sts_task(path), cache=None, show_progress_bar=False, encode_kwargs={"batch_size": 64}
+        )
+    )
     assert {i for _, i, _ in model.calls} == {None}
     assert 100 * theirs["cosine_spearman"] == pytest.approx(82.03, abs=0.1)
     ours = evaluate(EvalConfig(tasks=[str(path)], use_instructions=False, show_progress=False), embedder=minilm)
@@ -175,11 +195,14 @@ def local_classification_task(name: str = "Banking77Classification") -> Any:
         return {"text": texts, "label": labels}
 
     class LocalClassification(AbsTaskClassification):
-        metadata = TaskMetadata(type="Classification", name=name, main_score="accuracy",
-                                **{**_META, "eval_splits": ["test"]})
+        metadata = TaskMetadata(
+            type="Classification", name=name, main_score="accuracy", **{**_META, "eval_splits": ["test"]}
+        )
 
         def load_data(self, num_proc: int | None = None, **kwargs: Any) -> None:
-            self.dataset = DatasetDict({"train": Dataset.from_dict(split(24, 1)), "test": Dataset.from_dict(split(12, 2))})
+            self.dataset = DatasetDict(
+                {"train": Dataset.from_dict(split(24, 1)), "test": Dataset.from_dict(split(12, 2))}
+            )
             self.data_loaded = True
 
     return LocalClassification()
@@ -210,7 +233,8 @@ def test_classification_under_mteb_is_instructed_and_not_normalised(tiny_embedde
     assert 0.0 <= _scores(result)["accuracy"] <= 1.0
     # Both splits are encoded as queries with the paper's instruction for the task.
     assert {(t, i) for t, i, _ in model.calls} == {
-        ("Banking77Classification", TASK_INSTRUCTIONS["Banking77Classification"])}
+        ("Banking77Classification", TASK_INSTRUCTIONS["Banking77Classification"])
+    }
     assert norms and all(t == "Classification" for t, _ in norms)
     all_norms = np.concatenate([n for _, n in norms])
     # Raw last-token states of the random tiny model: norms far from 1 (about sqrt(32) here).
@@ -220,12 +244,16 @@ def test_classification_under_mteb_is_instructed_and_not_normalised(tiny_embedde
     norms.clear()
     sts_meta = TaskMetadata(type="STS", name="STSBenchmark", main_score="cosine_spearman", **_META)
     model.encode(_loader(["a cat sat", "a dog ran"]), task_metadata=sts_meta, hf_split="test", hf_subset="default")
-    (_, sts_norms), = norms
+    ((_, sts_norms),) = norms
     np.testing.assert_allclose(sts_norms, 1.0, atol=1e-5)
     # Opting back in normalises classification too.
     on = E5xMTEBModel(tiny_embedder, normalize_classification=True)
-    out = on.encode(_loader(["my card was lost"]), task_metadata=local_classification_task().metadata,
-                    hf_split="test", hf_subset="default")
+    out = on.encode(
+        _loader(["my card was lost"]),
+        task_metadata=local_classification_task().metadata,
+        hf_split="test",
+        hf_subset="default",
+    )
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
 
 
@@ -240,16 +268,27 @@ def test_texts_are_truncated_at_512_tokens_capped_by_the_model(tiny_embedder):
     from e5x.model.embedder import Embedder
 
     assert E5xMTEBModel(tiny_embedder).max_length == 64  # the model's own limit is lower
-    long_spec = Embedder(tiny_embedder.model, tiny_embedder.tokenizer, EmbeddingSpec(max_length=4096),
-                         show_progress=False)
+    long_spec = Embedder(
+        tiny_embedder.model, tiny_embedder.tokenizer, EmbeddingSpec(max_length=4096), show_progress=False
+    )
     wide = E5xMTEBModel(long_spec)
     assert wide.max_length == 512 and wide.mteb_model_meta.max_tokens == 512
     # Two documents that differ only after the first 16 tokens (bytes) embed identically at 16.
     meta = local_classification_task().metadata
     docs = ["x" * 40 + " ends one way", "x" * 40 + " ends another way entirely"]
     cut = E5xMTEBModel(tiny_embedder, max_length=16).encode(
-        _loader(docs), task_metadata=meta, hf_split="test", hf_subset="default", prompt_type=mteb.types.PromptType.document)
+        _loader(docs),
+        task_metadata=meta,
+        hf_split="test",
+        hf_subset="default",
+        prompt_type=mteb.types.PromptType.document,
+    )
     np.testing.assert_array_equal(cut[0], cut[1])
     full = E5xMTEBModel(tiny_embedder).encode(
-        _loader(docs), task_metadata=meta, hf_split="test", hf_subset="default", prompt_type=mteb.types.PromptType.document)
+        _loader(docs),
+        task_metadata=meta,
+        hf_split="test",
+        hf_subset="default",
+        prompt_type=mteb.types.PromptType.document,
+    )
     assert not np.allclose(full[0], full[1])

@@ -29,7 +29,9 @@ def test_matches_reference_across_batches(batches: list, casefold: bool) -> None
     want = dedup_ref(batches, casefold)
     total = 0
     for rows, exp in zip(batches, want):
-        df = pl.DataFrame({"x": [r[0] for r in rows], "y": [r[1] for r in rows]}, schema={"x": pl.String, "y": pl.String})
+        df = pl.DataFrame(
+            {"x": [r[0] for r in rows], "y": [r[1] for r in rows]}, schema={"x": pl.String, "y": pl.String}
+        )
         got = d.add(df, ["x", "y"])
         assert got["duplicate_of"].to_list() == exp, rows
         assert got["keep"].to_list() == [e is None for e in exp]
@@ -81,7 +83,23 @@ def test_large_batch_parallel_keeps_first() -> None:
 # Long texts: the Rust side scans in 32-byte blocks; these cross block boundaries with
 # spaces, newlines, NBSP, ideographic space and non-ASCII chars at every offset.
 piece = st.sampled_from(
-    ["word", "lorem ipsum", " ", "  ", "\n", "\t", "\u00a0", "\u3000", "é", "e\u0301", "ﬁ", "日本", "データ", "Straße", "Ａ"]
+    [
+        "word",
+        "lorem ipsum",
+        " ",
+        "  ",
+        "\n",
+        "\t",
+        "\u00a0",
+        "\u3000",
+        "é",
+        "e\u0301",
+        "ﬁ",
+        "日本",
+        "データ",
+        "Straße",
+        "Ａ",
+    ]
 )
 long_text = st.lists(piece, max_size=60).map("".join)
 

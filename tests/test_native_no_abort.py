@@ -89,7 +89,9 @@ def test_render_output_size_is_checked_before_building():
 
 def test_a_shared_deduplicator_serialises_threads():
     d = core.Deduplicator(casefold=True)
-    batches = [pl.DataFrame({"t": [f"row {i % 5000}" for i in range(k, k + 20_000)]}) for k in range(0, 160_000, 20_000)]
+    batches = [
+        pl.DataFrame({"t": [f"row {i % 5000}" for i in range(k, k + 20_000)]}) for k in range(0, 160_000, 20_000)
+    ]
     errors: list[BaseException] = []
     kept: list[int] = []
 

@@ -49,7 +49,9 @@ def test_sample_same_for_any_thread_count() -> None:
     outs = set()
     for threads in ("1", "2", "3"):
         env = {**os.environ, "RAYON_NUM_THREADS": threads}
-        outs.add(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout)
+        outs.add(
+            subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+        )
     assert len(outs) == 1
 
 
@@ -68,8 +70,10 @@ def test_sample_frequencies_and_errors() -> None:
 
 
 template_st = st.lists(
-    st.one_of(st.text(st.characters(exclude_characters="{}", exclude_categories=("Cs",)), max_size=5),
-              st.sampled_from(["{a}", "{b}", "{{", "}}", "{long name}"])),
+    st.one_of(
+        st.text(st.characters(exclude_characters="{}", exclude_categories=("Cs",)), max_size=5),
+        st.sampled_from(["{a}", "{b}", "{{", "}}", "{long name}"]),
+    ),
     max_size=8,
 ).map("".join)
 
@@ -77,8 +81,10 @@ template_st = st.lists(
 @settings(max_examples=100, deadline=None)
 @given(template_st, st.lists(st.tuples(st.text(max_size=20), st.text(max_size=3)), max_size=20))
 def test_render_matches_reference(template: str, rows: list) -> None:
-    df = pl.DataFrame({"a": [r[0] for r in rows], "b": [r[1] for r in rows], "long name": ["L"] * len(rows)},
-                      schema={"a": pl.String, "b": pl.String, "long name": pl.String})
+    df = pl.DataFrame(
+        {"a": [r[0] for r in rows], "b": [r[1] for r in rows], "long name": ["L"] * len(rows)},
+        schema={"a": pl.String, "b": pl.String, "long name": pl.String},
+    )
     got = core.render(template, df)
     assert got.to_list() == render_ref(template, df.to_dicts())
 

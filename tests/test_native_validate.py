@@ -44,8 +44,14 @@ texts_st = st.text(
     max_size=12,
 )
 values_st = st.one_of(
-    texts_st, st.integers(-5, 5), st.none(), st.booleans(), st.lists(st.integers(0, 3), max_size=2),
-    st.just(""), st.just("   "), st.just("\n\t"),
+    texts_st,
+    st.integers(-5, 5),
+    st.none(),
+    st.booleans(),
+    st.lists(st.integers(0, 3), max_size=2),
+    st.just(""),
+    st.just("   "),
+    st.just("\n\t"),
 )
 
 
@@ -114,7 +120,10 @@ def _compare(rows: list[tuple[str | bytes | None, str | None]], extract: bool) -
     for i, (g, w) in enumerate(zip(got.iter_rows(named=True), want)):
         ctx = f"row {i}: text={texts[i]!r} task={tasks[i]!r} got={g} want={w}"
         assert (g["ok"], g["reason"], g["field"], g["extracted"]) == (
-            w["ok"], w["reason"], w["field"], w["extracted"],
+            w["ok"],
+            w["reason"],
+            w["field"],
+            w["extracted"],
         ), ctx
         if w["ok"]:
             assert g["message"] is None, ctx
@@ -139,7 +148,7 @@ def _one(text: str, task: str = "tiny", extract: bool = False) -> dict:
 
 
 def test_valid_short_long_and_compact_json() -> None:
-    obj = {"user_query": "q", "positive_document": "p\n\"x\"", "hard_negative_document": "n"}
+    obj = {"user_query": "q", "positive_document": 'p\n"x"', "hard_negative_document": "n"}
     r = core.validate(pl.Series([json.dumps(obj, indent=2)]), "short_long", unpack=True).row(0, named=True)
     assert r["ok"] and r["reason"] is None and not r["extracted"]
     assert r["json"] == json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
@@ -243,7 +252,9 @@ def test_unpacked_values_long_and_multichunk(rows: list, nchunks: int) -> None:
     # several input chunks, with escapes (copied) and without (shared).
     texts = [json.dumps({"S1": a, "S2": b, "S3": c}, ensure_ascii=bool(len(a) % 2)) for a, b, c in rows]
     step = -(-len(texts) // nchunks)
-    series = pl.concat([pl.Series(texts[i : i + step], dtype=pl.String) for i in range(0, len(texts), step)], rechunk=False)
+    series = pl.concat(
+        [pl.Series(texts[i : i + step], dtype=pl.String) for i in range(0, len(texts), step)], rechunk=False
+    )
     got = core.validate(series, "sts", unpack=True)
     want = validate_ref(texts, "sts", ALL)
     for i, (g, w) in enumerate(zip(got.iter_rows(named=True), want)):

@@ -27,12 +27,19 @@ def scifact_pairs(shared_data):
     used = {d for q, d in pairs if q in chosen}
     extra = [t for i, t in docs.items() if i not in used][:150]
     n = len(rows)
-    triples = pl.DataFrame({
-        "instruction": ["Given a scientific claim, retrieve documents that support or refute the claim"] * n,
-        "query": [q for q, _ in rows], "positive": [d for _, d in rows],
-        "negative": [None] * (n - 1) + ["an existing negative"],  # the last row keeps its own
-        "task_type": ["short_long"] * n, "language": ["en"] * n, "model": [None] * n, "source": ["scifact"] * n,
-    }, schema={c: pl.Utf8 for c in COLUMNS})
+    triples = pl.DataFrame(
+        {
+            "instruction": ["Given a scientific claim, retrieve documents that support or refute the claim"] * n,
+            "query": [q for q, _ in rows],
+            "positive": [d for _, d in rows],
+            "negative": [None] * (n - 1) + ["an existing negative"],  # the last row keeps its own
+            "task_type": ["short_long"] * n,
+            "language": ["en"] * n,
+            "model": [None] * n,
+            "source": ["scifact"] * n,
+        },
+        schema={c: pl.Utf8 for c in COLUMNS},
+    )
     return triples, extra
 
 
@@ -75,8 +82,9 @@ def test_same_seed_same_negatives_and_overwrite(scifact_pairs, st_model) -> None
     a, _ = mine_hard_negatives(small, st_model, corpus=extra[:40], range_min=1, range_max=20, seed=3)
     b, _ = mine_hard_negatives(small, st_model, corpus=extra[:40], range_min=1, range_max=20, seed=3)
     assert a["negative"].to_list() == b["negative"].to_list()
-    top, rep = mine_hard_negatives(a, st_model, corpus=extra[:40], range_min=0, range_max=20,
-                                   sampling="top", relative_margin=None, overwrite=True)
+    top, rep = mine_hard_negatives(
+        a, st_model, corpus=extra[:40], range_min=0, range_max=20, sampling="top", relative_margin=None, overwrite=True
+    )
     assert rep.wanted == small.height == rep.mined
     # "top" without a margin takes the best-scoring candidate that is not a positive
     own = set(small.filter(pl.col("query") == small["query"][0])["positive"].to_list())
@@ -115,8 +123,25 @@ def test_cli(tmp_path, scifact_pairs, minilm_path, capsys) -> None:
     src, dst, corpus = tmp_path / "in.parquet", tmp_path / "out.parquet", tmp_path / "corpus.txt"
     triples.head(10).write_parquet(src)
     corpus.write_text("\n".join(t.replace("\n", " ") for t in extra[:30]) + "\n")
-    assert main(["mine", str(minilm_path), str(src), "-o", str(dst), "--corpus", str(corpus),
-                 "--range-min", "1", "--range-max", "10", "-q"]) == 0
+    assert (
+        main(
+            [
+                "mine",
+                str(minilm_path),
+                str(src),
+                "-o",
+                str(dst),
+                "--corpus",
+                str(corpus),
+                "--range-min",
+                "1",
+                "--range-max",
+                "10",
+                "-q",
+            ]
+        )
+        == 0
+    )
     out = pl.read_parquet(dst)
     printed = capsys.readouterr().out
     assert f"of 10 asking got a negative (searched {len(set(triples.head(10)['positive'].to_list())) + 30}" in printed

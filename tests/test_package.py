@@ -32,9 +32,7 @@ def test_unknown_attribute_is_an_attribute_error():
 
 
 def test_cli_help_lists_stages():
-    out = subprocess.run(
-        [sys.executable, "-m", "e5x", "--help"], capture_output=True, text=True, check=True
-    )
+    out = subprocess.run([sys.executable, "-m", "e5x", "--help"], capture_output=True, text=True, check=True)
     assert "usage: e5x" in out.stdout
 
 

@@ -36,12 +36,19 @@ LOSS_ATOL = 1e-5
 GRAD_RTOL = 1e-4
 
 
-def tiny_model(arch: str = "mistral", *, layers: int = 3, sliding_window: int | None = None,
-               seed: int = 0) -> torch.nn.Module:
+def tiny_model(
+    arch: str = "mistral", *, layers: int = 3, sliding_window: int | None = None, seed: int = 0
+) -> torch.nn.Module:
     torch.manual_seed(seed)
-    common = {"vocab_size": VOCAB, "hidden_size": 64, "intermediate_size": 112,
-              "num_hidden_layers": layers, "num_attention_heads": 4, "num_key_value_heads": 2,
-              "max_position_embeddings": 512}
+    common = {
+        "vocab_size": VOCAB,
+        "hidden_size": 64,
+        "intermediate_size": 112,
+        "num_hidden_layers": layers,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 512,
+    }
     if arch == "mistral":
         cfg = transformers.MistralConfig(sliding_window=sliding_window, **common)
     elif arch == "qwen2":  # biased q/k/v projections
@@ -52,7 +59,8 @@ def tiny_model(arch: str = "mistral", *, layers: int = 3, sliding_window: int | 
     # LoRA on all linear layers as in the recipe. Dropout 0: dropout masks are random per
     # call, so two forwards could never be compared; the layout change is what is tested.
     model = peft.get_peft_model(
-        model, peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear"))
+        model, peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear")
+    )
     g = torch.Generator().manual_seed(seed + 1)
     for name, p in model.named_parameters():
         if "lora_B" in name:  # peft starts B at zero; make the adapters do something
@@ -82,7 +90,7 @@ def step(model, queries, docs, packed: bool, **kw):  # type: ignore[no-untyped-d
         pooled = embed_packed(model, seqs, **kw)
     else:
         pooled = embed_padded(model, seqs, pad_id=0, **kw)
-    loss = info_nce(pooled[: len(queries)], pooled[len(queries):])
+    loss = info_nce(pooled[: len(queries)], pooled[len(queries) :])
     loss.backward()
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     assert grads and all(g is not None for g in grads.values())
@@ -166,13 +174,13 @@ def test_packing_odd_cases() -> None:
     # one sequence; a length-1 sequence alone; every sequence at max length
     for seqs in (random_seqs([23]), random_seqs([1]), random_seqs([128] * 4, seed=5)):
         with torch.no_grad():
-            torch.testing.assert_close(embed_packed(model, seqs), embed_padded(model, seqs),
-                                       atol=EMB_ATOL, rtol=0)
+            torch.testing.assert_close(embed_packed(model, seqs), embed_padded(model, seqs), atol=EMB_ATOL, rtol=0)
     # left padding is the same embedding as well
     seqs = random_seqs([1, 9, 40], seed=7)
     with torch.no_grad():
-        torch.testing.assert_close(embed_packed(model, seqs),
-                                   embed_padded(model, seqs, padding_side="left"), atol=EMB_ATOL, rtol=0)
+        torch.testing.assert_close(
+            embed_packed(model, seqs), embed_padded(model, seqs, padding_side="left"), atol=EMB_ATOL, rtol=0
+        )
 
 
 def test_boundaries_matter_negative_control() -> None:
@@ -234,8 +242,9 @@ def test_length_grouped_equals_padded_in_input_order() -> None:
     model = tiny_model("llama", layers=2)
     seqs = random_seqs([4, 50, 1, 33, 12, 70, 8], seed=17)
     with torch.no_grad():
-        torch.testing.assert_close(embed_length_grouped(model, seqs, max_tokens=100),
-                                   embed_padded(model, seqs), atol=EMB_ATOL, rtol=0)
+        torch.testing.assert_close(
+            embed_length_grouped(model, seqs, max_tokens=100), embed_padded(model, seqs), atol=EMB_ATOL, rtol=0
+        )
 
 
 def test_packed_forward_requires_enable_packing() -> None:
@@ -261,7 +270,10 @@ def test_pack_padded_matches_pack_for_both_padding_sides() -> None:
     with torch.no_grad():
         torch.testing.assert_close(
             packing.embed_packed_inputs(model, {"input_ids": ids, "attention_mask": mask}),
-            embed_padded(model, seqs), atol=EMB_ATOL, rtol=0)
+            embed_padded(model, seqs),
+            atol=EMB_ATOL,
+            rtol=0,
+        )
 
 
 def test_backend_trial_accepts_exact_and_rejects_broken(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -335,7 +347,9 @@ def test_selective_matmul_checkpointing_same_grads_and_policy() -> None:
     aten = torch.ops.aten
     big, lora_b = torch.zeros(8, 512), torch.zeros(8, 16)
     assert fast.save_big_matmuls(None, aten.mm.default, big, torch.zeros(512, 64)) == CheckpointPolicy.MUST_SAVE
-    assert fast.save_big_matmuls(None, aten.mm.default, lora_b, torch.zeros(16, 64)) == CheckpointPolicy.PREFER_RECOMPUTE
+    assert (
+        fast.save_big_matmuls(None, aten.mm.default, lora_b, torch.zeros(16, 64)) == CheckpointPolicy.PREFER_RECOMPUTE
+    )
     assert fast.save_big_matmuls(None, aten.silu.default, big) == CheckpointPolicy.PREFER_RECOMPUTE
 
     model = tiny_model("llama", layers=4)
@@ -356,8 +370,11 @@ def test_backend_trial_runs_at_the_models_head_dim_and_gqa(monkeypatch: pytest.M
     """'auto' tries a CUDA backend at the shape the model runs (head_dim, query heads, kv
     heads), not a stand-in: Mistral-7B is 128 with GQA 32:8 (the default when unknown)."""
     cfg = transformers.MistralConfig()  # the 7B shape, config only
-    assert packing.DEFAULT_ATTN_SHAPE == (cfg.hidden_size // cfg.num_attention_heads,
-                                          cfg.num_attention_heads, cfg.num_key_value_heads) == (128, 32, 8)
+    assert (
+        packing.DEFAULT_ATTN_SHAPE
+        == (cfg.hidden_size // cfg.num_attention_heads, cfg.num_attention_heads, cfg.num_key_value_heads)
+        == (128, 32, 8)
+    )
     model = tiny_model("mistral", layers=1)
     assert packing.attention_shape(model) == (16, 4, 2)
     seen = []
@@ -451,7 +468,9 @@ def test_torch_varlen_without_enable_gqa_repeats_kv_and_says_so_once(monkeypatch
 
     import inspect
 
-    monkeypatch.setattr(packing, "_torch_varlen", lambda: (old_varlen, frozenset(inspect.signature(old_varlen).parameters)))
+    monkeypatch.setattr(
+        packing, "_torch_varlen", lambda: (old_varlen, frozenset(inspect.signature(old_varlen).parameters))
+    )
     monkeypatch.setattr(packing, "_GQA_REPEAT_WARNED", False)
     q, k = torch.randn(6, 8, 16), torch.randn(6, 2, 16)
     cu = torch.tensor([0, 2, 6], dtype=torch.int32)

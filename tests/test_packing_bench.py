@@ -37,8 +37,9 @@ def test_batch_generator_matches_the_stated_length_distribution() -> None:
 def test_bench_runs_on_cpu(tmp_path: Path) -> None:
     bench = load_bench()
     out = tmp_path / "bench.json"
-    rc = bench.main(["--device", "cpu", "--queries", "2", "--layers", "1", "--steps", "1",
-                     "--warmup", "1", "--json", str(out)])
+    rc = bench.main(
+        ["--device", "cpu", "--queries", "2", "--layers", "1", "--steps", "1", "--warmup", "1", "--json", str(out)]
+    )
     assert rc == 0
     res = {r["variant"]: r for r in json.loads(out.read_text())["results"]}
     assert {"plain", "grouped", "packed", "packed+trim", "e5x"} <= res.keys()

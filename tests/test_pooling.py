@@ -79,8 +79,9 @@ def test_packed_pooling_matches_float64_reference(name: str, tail: int | None) -
         g = torch.Generator().manual_seed(100 + seed)
         hidden = torch.randn(packed.num_tokens, H, generator=g)  # the pad tail is noise too
         starts = [sum(lengths[:i]) for i in range(len(lengths))]
-        want = torch.stack([REFERENCE[name]([hidden[s + i].double() for i in range(n)])
-                            for s, n in zip(starts, lengths)])
+        want = torch.stack(
+            [REFERENCE[name]([hidden[s + i].double() for i in range(n)]) for s, n in zip(starts, lengths)]
+        )
         torch.testing.assert_close(pooling.pool_packed(hidden, packed).double(), want, atol=1e-6, rtol=0)
 
 
@@ -239,4 +240,3 @@ def test_packed_mean_training_matches_padded(tmp_path: Path) -> None:
     padded = train(config(tmp_path, "padded", **kw))
     packed = train(config(tmp_path, "packed", packing=True, **kw))
     assert packed.losses == pytest.approx(padded.losses, rel=1e-4, abs=1e-5)
-

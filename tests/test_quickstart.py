@@ -79,7 +79,9 @@ def test_real_training_pairs_and_eval_subsets(shared_data, real, tmp_path):
     corpus_ids = {json.loads(ln)["_id"] for ln in (tmp_path / "eval/SciFact/corpus.jsonl").read_text().splitlines()}
     assert all(line.split("\t")[1] in corpus_ids for line in qrels)  # every relevant abstract kept
     again, _ = prepare_eval_data(real, tmp_path / "eval2", DEFAULTS["eval"], seed=0)
-    assert (tmp_path / "eval/SciFact/queries.jsonl").read_text() == (tmp_path / "eval2/SciFact/queries.jsonl").read_text()
+    assert (tmp_path / "eval/SciFact/queries.jsonl").read_text() == (
+        tmp_path / "eval2/SciFact/queries.jsonl"
+    ).read_text()
 
 
 @pytest.mark.slow

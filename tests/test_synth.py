@@ -75,7 +75,10 @@ def test_happy_path_stores_every_answer_once_with_its_metadata(server: FakeOpenA
     assert r["usage"]["prompt_tokens"] > 0 and r["latency_s"] >= 0 and r["attempts"] == 1
     # Cost = usage x price table, summed.
     want = sum(
-        (x["usage"]["prompt_tokens"] * cfg.price(x["model"])[0] + x["usage"]["completion_tokens"] * cfg.price(x["model"])[1])
+        (
+            x["usage"]["prompt_tokens"] * cfg.price(x["model"])[0]
+            + x["usage"]["completion_tokens"] * cfg.price(x["model"])[1]
+        )
         / 1e6
         for x in recs
     )
@@ -326,22 +329,24 @@ def test_cli_dry_run_and_bad_config(server: FakeOpenAI, tmp_path: Path, capsys):
 def test_config_from_toml_with_nested_tables_and_clear_errors(tmp_path: Path):
     f = tmp_path / "synth.toml"
     f.write_text(
-        'n_examples = 12\nseed = 3\nconcurrency = 4\nmax_cost_usd = 5.0\n'
-        '[task_weights]\nsts = 1\nshort_long = 2\n'
+        "n_examples = 12\nseed = 3\nconcurrency = 4\nmax_cost_usd = 5.0\n"
+        "[task_weights]\nsts = 1\nshort_long = 2\n"
         '[endpoint]\nbase_url = "http://127.0.0.1:1/v1"\napi_key_env = "MY_KEY"\n'
         '[examples]\nmodels = { "gpt-4o" = 0.75, "gpt-4o-mini" = 0.25 }\nresponse_format = "json_schema"\n'
         '[prices]\n"gpt-4o" = [2.5, 10.0]\n'
     )
     cfg = SynthConfig.from_toml(f)
     assert cfg.n_examples == 12 and cfg.endpoint.api_key_env == "MY_KEY"
-    assert cfg.examples.models == {"gpt-4o": 0.75, "gpt-4o-mini": 0.25} and cfg.examples.response_format == "json_schema"
+    assert (
+        cfg.examples.models == {"gpt-4o": 0.75, "gpt-4o-mini": 0.25} and cfg.examples.response_format == "json_schema"
+    )
     assert cfg.brainstorm.max_tokens == 1024  # untouched defaults stay
     assert build_plan(cfg).counts == {"sts": 4, "short_long": 8}
     # Round trip through the run directory's config.json.
     assert SynthConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))).to_dict() == cfg.to_dict()
     # Custom task types in the same file are picked up.
     f.write_text(
-        'n_examples = 4\n[task_weights]\nqa = 1\n'
+        "n_examples = 4\n[task_weights]\nqa = 1\n"
         '[task_types.qa]\ntask = "Answer it."\nprompt = "{task}"\n'
         'fields = { q = "q", a = "a" }\nmapping = { query = "q", positive = "a" }\n'
     )

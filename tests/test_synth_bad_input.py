@@ -107,12 +107,12 @@ TOML_CASES = [
     ("max_cost_usd = -0.5", "max_cost_usd: must be >= 0"),
     ('language_weights = "en"', "language_weights: must be a table of name = a number or unset"),
     ('brainstorm_requests = { long_short = "2" }', "brainstorm_requests.long_short: must be an integer"),
-    ('prices = { m = [1] }', "prices.m: must be a list of 2 numbers"),
+    ("prices = { m = [1] }", "prices.m: must be a list of 2 numbers"),
     ('endpoint = "http://x"', "endpoint: must be a table, got 'http://x'"),
     ('[examples]\ntemperature = "hot"', "examples.temperature: must be a number >= 0 or unset, got 'hot'"),
     ('[examples]\nresponse_format = "yaml"', "examples.response_format: must be one of none|json_object|json_schema"),
     ('[examples]\nmodels = "gpt-4o"', "examples.models: must be a table of name = a number"),
-    ('[endpoint]\nheaders = { x = 1 }', "endpoint.headers.x: must be a string"),
+    ("[endpoint]\nheaders = { x = 1 }", "endpoint.headers.x: must be a string"),
     ("progress = 1", "progress: must be true or false, got 1"),
     ('fsync = "sometimes"', "fsync: must be one of always|interval|never"),
     ("n_exmaples = 3", "n_exmaples: unknown key; did you mean 'n_examples'?"),
@@ -216,7 +216,9 @@ def test_exit_codes_through_the_installed_command(server: FakeOpenAI, tmp_path: 
         ("mkdir", OSError(30, "Read-only file system")),
     ],
 )
-def test_os_errors_on_the_run_directory_are_one_line(server: FakeOpenAI, tmp_path: Path, capsys, monkeypatch, target, exc):
+def test_os_errors_on_the_run_directory_are_one_line(
+    server: FakeOpenAI, tmp_path: Path, capsys, monkeypatch, target, exc
+):
     """The same paths as a read-only or full disk, also where the tests run as root."""
     import e5x.synth as synth
 

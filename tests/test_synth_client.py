@@ -79,8 +79,14 @@ def test_transient_faults_are_retried_and_a_bad_request_is_given_up_alone(tmp_pa
     assert sorted(a["id"] for a in answers) == sorted(set(planned) - {ids[2]})
     assert Counter(i for i, _ in client.bodies) == {i: 3 if i == ids[0] else 2 if i == ids[1] else 1 for i in planned}
     a0 = next(a for a in answers if a["id"] == ids[0])
-    assert a0["attempts"] == 3 and a0["usage"]["total_tokens"] == 15 and a0["content"] == '{"tasks": ["task of %s"]}' % ids[0]
-    assert [(e["id"], e["attempt"], e["kind"]) for e in sorted(errors, key=lambda e: (e["id"], e["attempt"]))] == sorted(
+    assert (
+        a0["attempts"] == 3
+        and a0["usage"]["total_tokens"] == 15
+        and a0["content"] == '{"tasks": ["task of %s"]}' % ids[0]
+    )
+    assert [
+        (e["id"], e["attempt"], e["kind"]) for e in sorted(errors, key=lambda e: (e["id"], e["attempt"]))
+    ] == sorted(
         [(ids[0], 1, "rate_limited"), (ids[0], 2, "http_503"), (ids[1], 1, "timeout"), (ids[2], 1, "bad_request")]
     )
     assert next(e for e in errors if e["kind"] == "rate_limited")["retry_after_s"] == 0.01

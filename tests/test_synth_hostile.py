@@ -294,7 +294,16 @@ def test_caps_hold_across_sigkill(tmp_path: Path, cap_flag: str, cap: int):
 def test_response_helpers_are_total():
     assert content_text([{"type": "text", "text": "a"}, "b", {"type": "image_url"}, {"text": {"value": "c"}}]) == "abc"
     assert content_text([{"type": "image_url"}]) is None and content_text(3) is None and content_text({}) is None
-    assert [token_count(v) for v in (3, "4", 2.2, -1, True, "x", None, float("nan"))] == [3, 4, 3, None, None, None, None, None]
+    assert [token_count(v) for v in (3, "4", 2.2, -1, True, "x", None, float("nan"))] == [
+        3,
+        4,
+        3,
+        None,
+        None,
+        None,
+        None,
+        None,
+    ]
     for body in ({"choices": [{"message": {"content": "hi"}}]}, {"choices": [None]}, {"choices": [{"message": []}]}):
         c = parse_completion(body, 100)
         assert c.prompt_tokens == 100 and c.completion_tokens >= 1 and c.usage_estimated

@@ -92,7 +92,7 @@ def test_template_placeholders_and_escapes():
         template_placeholders("oops {not valid}")
 
 
-CUSTOM = '''
+CUSTOM = """
 [task_types.faq]
 description = "FAQ retrieval"
 brainstorm_prompt = "List {n_tasks} FAQ retrieval tasks as {{\\"tasks\\": [...]}}."
@@ -103,7 +103,7 @@ expected_completion_tokens = 120
 [task_types.faq.placeholders]
 tone = { formal = 3, casual = 1 }
 language = "@languages"
-'''
+"""
 
 
 def test_custom_task_type_from_toml(tmp_path: Path):
@@ -142,9 +142,18 @@ def test_bad_custom_task_types_name_file_type_and_problem(tmp_path: Path, edit, 
 # per guideline. Placeholder values below are distinctive so that a check also proves the
 # value lands in the right sentence.
 VALUES = {
-    "task": "Find recipes for a regional dish", "n_tasks": "20", "query_type": "extremely long-tail",
-    "query_length": "5 to 15 words", "clarity": "ambiguous", "difficulty": "PhD", "language": "Zulu",
-    "unit": "passage", "high_score": "4.5", "low_score": "2", "src_lang": "Welsh", "tgt_lang": "Basque",
+    "task": "Find recipes for a regional dish",
+    "n_tasks": "20",
+    "query_type": "extremely long-tail",
+    "query_length": "5 to 15 words",
+    "clarity": "ambiguous",
+    "difficulty": "PhD",
+    "language": "Zulu",
+    "unit": "passage",
+    "high_score": "4.5",
+    "low_score": "2",
+    "src_lang": "Welsh",
+    "tgt_lang": "Basque",
 }
 NUM_WORDS = {"short_long": "300", "long_short": "at least 50"}
 
@@ -196,16 +205,13 @@ PROMPT_GUIDELINES: dict[str, dict[str, str]] = {
         "task": r"retrieval task: Find recipes for a regional dish",
         "key user_query": r'"user_query": a string, a random user search query specified by the retrieval task',
         "key positive_document": r'"positive_document": a string, a document relevant to the user query',
-        "key hard negative only appears relevant":
-            r'"hard_negative_document": a string, a hard negative document that only appears relevant',
-        "query type, length, clarity, diverse in topic":
-            r"user_query is extremely long-tail, 5 to 15 words, ambiguous, and diverse in topic",
+        "key hard negative only appears relevant": r'"hard_negative_document": a string, a hard negative document that only appears relevant',
+        "query type, length, clarity, diverse in topic": r"user_query is extremely long-tail, 5 to 15 words, ambiguous, and diverse in topic",
         "documents independent, no verbatim copy": r"written independently of the query: never copy the query verbatim",
         "positive may be off-topic in parts": r"parts of the positive_document may be off-topic",
         "at least num_words": r"every document is at least 300 words long",
-        "hard negative: some useful information, less useful or comprehensive":
-            r"hard_negative_document carries some useful information, but it is less useful or less "
-            r"comprehensive than the positive_document",
+        "hard negative: some useful information, less useful or comprehensive": r"hard_negative_document carries some useful information, but it is less useful or less "
+        r"comprehensive than the positive_document",
         "language of query and documents": r"the query and all documents are written in Zulu",
         "no explanation of relevance": r"no document explains why it is or is not relevant",
         "difficulty": r"require PhD level education",
@@ -217,8 +223,7 @@ PROMPT_GUIDELINES: dict[str, dict[str, str]] = {
         "key label": r'"label": a string, the correct label',
         "key misleading_label": r'"misleading_label": a string, an incorrect label that is related to the task',
         "num_words, diverse in expression": r"input_text is at least 50 words long and diverse in expression",
-        "misleading label valid but less appropriate":
-            r"misleading_label is a valid label of this task, but less appropriate",
+        "misleading label valid but less appropriate": r"misleading_label is a valid label of this task, but less appropriate",
         "every field in language": r"values of all fields \(input_text, label and misleading_label\) are in Zulu",
         "labels not in the input": r"neither the label nor the misleading_label appears inside the input_text",
         "clarity and difficulty": r"input_text is ambiguous and requires PhD level education",
@@ -249,8 +254,7 @@ PROMPT_GUIDELINES: dict[str, dict[str, str]] = {
         "all three share some words": r"all three passages share some words",
         "S1-S2 score": r"between S1 and S2 is 4\.5\.",
         "S1-S3 score": r"between S1 and S3 is 2\.",
-        "difficulty, topic and length diversity":
-            r"passages require PhD level education to understand, and are diverse in topic and in length",
+        "difficulty, topic and length diversity": r"passages require PhD level education to understand, and are diverse in topic and in length",
     },
     "bitext": {
         **_CLOSING,
@@ -260,11 +264,9 @@ PROMPT_GUIDELINES: dict[str, dict[str, str]] = {
         "S2 and S3 share some words": r"S2 and S3 share some words",
         "S2 score": r"quality score of S2 with respect to S1 is 4\.5\.",
         "S3 score": r"quality score of S3 with respect to S1 is 2\.",
-        "S3 fluent with keyword/number errors, omissions, additions":
-            r"S3 is grammatical and fluent, but contains some translation errors: wrong keywords or numbers, "
-            r"omitted information, or added \(redundant\) information",
-        "difficulty, topic and length diversity":
-            r"S1 requires PhD level education to understand, and the triples are diverse in topic and in length",
+        "S3 fluent with keyword/number errors, omissions, additions": r"S3 is grammatical and fluent, but contains some translation errors: wrong keywords or numbers, "
+        r"omitted information, or added \(redundant\) information",
+        "difficulty, topic and length diversity": r"S1 requires PhD level education to understand, and the triples are diverse in topic and in length",
     },
 }
 
@@ -287,7 +289,9 @@ def missing_guidelines(template: str, name: str, guidelines: dict[str, str]) -> 
 
 def _templates() -> list[Any]:
     types = builtin_task_types()
-    out = [pytest.param(n, types[n].brainstorm_prompt, g, id=f"{n}-brainstorm") for n, g in BRAINSTORM_GUIDELINES.items()]
+    out = [
+        pytest.param(n, types[n].brainstorm_prompt, g, id=f"{n}-brainstorm") for n, g in BRAINSTORM_GUIDELINES.items()
+    ]
     return out + [pytest.param(n, types[n].prompt, g, id=f"{n}-prompt") for n, g in PROMPT_GUIDELINES.items()]
 
 

@@ -28,7 +28,12 @@ def test_one_eos_whatever_add_eos_token_says(add_eos_token: bool) -> None:
     # flag; e5x's ids are the same either way, with exactly one EOS at the end.
     tok = llama_style_tokenizer(add_eos_token)
     ours = encode(tok, ["the cat"])[0]
-    assert ours == [tok.bos_token_id, tok.convert_tokens_to_ids("the"), tok.convert_tokens_to_ids("cat"), tok.eos_token_id]
+    assert ours == [
+        tok.bos_token_id,
+        tok.convert_tokens_to_ids("the"),
+        tok.convert_tokens_to_ids("cat"),
+        tok.eos_token_id,
+    ]
 
 
 def test_padding_sides_keep_eos_at_last_real_position() -> None:

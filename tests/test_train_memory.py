@@ -21,8 +21,15 @@ from e5x.training.step import embed, forward_backward
 
 # Proportions of a real decoder (SmolLM2: I = 2.67 H, 3 query heads per KV head; LoRA rank
 # small next to H) at a size that runs in well under a second.
-SHAPE = replace(TINY, arch="llama", hidden_size=96, intermediate_size=256, num_hidden_layers=3,
-                num_attention_heads=6, num_key_value_heads=2)
+SHAPE = replace(
+    TINY,
+    arch="llama",
+    hidden_size=96,
+    intermediate_size=256,
+    num_hidden_layers=3,
+    num_attention_heads=6,
+    num_key_value_heads=2,
+)
 RANK = 4
 
 QUERIES = [format_query(f"code {c}", "Find the code") for c in ["abcd", "qzx", "mnopqrst", "ab", "hello there"]]
@@ -34,8 +41,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def lora_model(fuse: bool, dropout: float = 0.1, packing: bool = False):
     torch.manual_seed(0)
-    model = apply_lora(tiny_model(SHAPE), r=RANK, alpha=2 * RANK, dropout=dropout,
-                       gradient_checkpointing=False, fuse_dropout=fuse)
+    model = apply_lora(
+        tiny_model(SHAPE), r=RANK, alpha=2 * RANK, dropout=dropout, gradient_checkpointing=False, fuse_dropout=fuse
+    )
     with torch.no_grad():  # LoRA B starts at zero (no lora_A gradient, no LoRA output): perturb
         for name, p in model.named_parameters():
             if "lora_B" in name:
@@ -85,8 +93,7 @@ def test_fused_lora_dropout_is_bit_identical(packing: bool) -> None:
     for fuse in (False, True):
         model = lora_model(fuse, packing=packing)
         torch.manual_seed(7)  # the same dropout masks for both
-        loss = forward_backward(model, batch(), chunk_size=1000, temperature=0.02,
-                                embed_fn=embed_fn(packing))
+        loss = forward_backward(model, batch(), chunk_size=1000, temperature=0.02, embed_fn=embed_fn(packing))
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
         results.append((loss, grads, list(model.state_dict())))
         if fuse:

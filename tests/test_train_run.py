@@ -14,8 +14,14 @@ from e5x.model.text import tokenize
 from e5x.training import TrainConfig, TrainingDiverged, train
 from e5x.training.step import embed
 
-TINY = {"arch": "mistral", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "num_key_value_heads": 2}
+TINY = {
+    "arch": "mistral",
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -26,9 +32,19 @@ def config(tmp: Path, name: str, **overrides) -> TrainConfig:
     if not data.exists():
         toy_triples(256, seed=0).write_parquet(data)
     base = dict(
-        tiny_model=TINY, sources=[{"path": str(data), "name": "toy", "instruction": "Find the code"}], output_dir=str(tmp / name),
-        batch_size=16, chunk_size=8, max_length=40, lr=5e-3, warmup_steps=3, max_steps=30,
-        save_every=10, precision="fp32", progress=False, seed=1,
+        tiny_model=TINY,
+        sources=[{"path": str(data), "name": "toy", "instruction": "Find the code"}],
+        output_dir=str(tmp / name),
+        batch_size=16,
+        chunk_size=8,
+        max_length=40,
+        lr=5e-3,
+        warmup_steps=3,
+        max_steps=30,
+        save_every=10,
+        precision="fp32",
+        progress=False,
+        seed=1,
     )
     base.update(overrides)
     return TrainConfig(**base)
@@ -151,8 +167,9 @@ def test_cli_runs_the_tiny_recipe(tmp_path, capsys) -> None:
     from e5x.cli import main
 
     repo = Path(__file__).resolve().parent.parent
-    rc = main(["train", str(repo / "configs" / "tiny-cpu.toml"), "--output-dir", str(tmp_path / "cli"),
-               "--max-steps", "2"])
+    rc = main(
+        ["train", str(repo / "configs" / "tiny-cpu.toml"), "--output-dir", str(tmp_path / "cli"), "--max-steps", "2"]
+    )
     assert rc == 0
     assert "model saved to" in capsys.readouterr().out
     assert (tmp_path / "cli" / "model" / "e5x.json").is_file()

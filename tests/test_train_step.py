@@ -15,10 +15,13 @@ from e5x.model.loading import apply_lora
 from e5x.model.text import format_query, tokenize
 from e5x.training.step import World, average_gradients, embed, forward_backward
 
-QUERIES = [format_query(f"code {c}", "Find the code") for c in
-           ["abcd", "qzx", "mnopqrst", "ab", "kkkk", "lorem ipsum dolor", "zz", "hello there"]]
-DOCS = [f"the code {c} is here" for c in
-        ["abcd", "qzx", "mnopqrst", "ab", "kkkk", "lorem ipsum dolor", "zz", "hello there"]]
+QUERIES = [
+    format_query(f"code {c}", "Find the code")
+    for c in ["abcd", "qzx", "mnopqrst", "ab", "kkkk", "lorem ipsum dolor", "zz", "hello there"]
+]
+DOCS = [
+    f"the code {c} is here" for c in ["abcd", "qzx", "mnopqrst", "ab", "kkkk", "lorem ipsum dolor", "zz", "hello there"]
+]
 NEGS = ["the code xyz is here", None, "nothing", "the code ba is not here", None, "x", "y y y", None]
 
 
@@ -132,8 +135,7 @@ def _worker(rank: int, world_size: int, port: int, out: str, strategy: str) -> N
             _fully_shard(model)
             n = torch.tensor([num_chunks(batch, 3)])
             dist.all_reduce(n, op=dist.ReduceOp.MAX)  # as the loop does
-            loss = forward_backward(model, batch, chunk_size=3, temperature=0.02, world=world,
-                                    sync_chunks=int(n))
+            loss = forward_backward(model, batch, chunk_size=3, temperature=0.02, world=world, sync_chunks=int(n))
             got = {n: p.grad.full_tensor() for n, p in model.named_parameters() if p.requires_grad}
         else:
             loss = forward_backward(model, batch, chunk_size=3, temperature=0.02, world=world)

@@ -50,7 +50,7 @@ def require(needed_by: str, *extras: str) -> None:
 
 
 def missing_module_message(exc: ImportError, prefer: str | None = None) -> str | None:
-    """"torch is not installed: pip install 'e5x[train]'" for an ImportError of a module that
+    """The message "torch is not installed: pip install 'e5x[train]'" for an ImportError of a module that
     an extra brings, else None; ``prefer`` (e.g. the running command) wins when it has it."""
     module = (exc.name or "").split(".")[0]
     extras = [prefer] if prefer in EXTRAS else []

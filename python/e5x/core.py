@@ -103,9 +103,7 @@ class Validator:
         texts = texts.alias("texts")
         if isinstance(task_types, pl.Series):
             if len(task_types) != len(texts):
-                raise ValueError(
-                    f"task_types has {len(task_types)} rows but texts has {len(texts)}"
-                )
+                raise ValueError(f"task_types has {len(task_types)} rows but texts has {len(texts)}")
             if task_types.dtype != pl.String:
                 task_types = task_types.cast(pl.String)
             task_types = task_types.alias("task_types")
@@ -220,9 +218,7 @@ class QualityGate:
         merged = {n: t.schema for n, t in types.items()}
         merged.update(schemas or {})
         row_checks = [(k, float(v)) for k, v in self.checks.items() if k != "not_a_task"]
-        self._native = _native.QualityGate(
-            row_checks, quality.gate_types(types, merged), sorted(NAME_TO_CODE.items())
-        )
+        self._native = _native.QualityGate(row_checks, quality.gate_types(types, merged), sorted(NAME_TO_CODE.items()))
 
     def __repr__(self) -> str:
         from e5x.cleaning.quality import describe

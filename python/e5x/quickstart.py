@@ -58,8 +58,12 @@ DEFAULTS: dict[str, Any] = {
         "n_examples": 12,
         "brainstorm_requests": {"short_long": 1, "long_short": 1, "short_short": 1, "long_long": 1},
         "task_weights": {
-            "short_long": 1.0, "long_short": 1.0, "short_short": 1.0,
-            "long_long": 1.0, "sts": 1.0, "bitext": 1.0,
+            "short_long": 1.0,
+            "long_short": 1.0,
+            "short_short": 1.0,
+            "long_long": 1.0,
+            "sts": 1.0,
+            "bitext": 1.0,
         },  # fmt: skip
         "concurrency": 1,  # llama.cpp's server decodes one request at a time
         "timeout_s": 300.0,
@@ -132,8 +136,7 @@ def _merge(base: dict[str, Any], over: Mapping[str, Any], where: str = "") -> di
     for k, v in over.items():
         if k not in out and where in ("", "llm", "real_data", "eval"):
             raise ValueError(
-                f"quickstart config: unknown key {where + '.' if where else ''}{k!r}; "
-                f"known: {sorted(out)}"
+                f"quickstart config: unknown key {where + '.' if where else ''}{k!r}; known: {sorted(out)}"
             )
         if isinstance(v, Mapping) and isinstance(out.get(k), dict) and k not in ("task_weights", "brainstorm_requests"):
             out[k] = _merge(out[k], v, k if not where else f"{where}.{k}")

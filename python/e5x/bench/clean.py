@@ -119,9 +119,15 @@ def make_samples(n: int, seed: int, invalid: float, dup: float) -> pl.Series:
     text = df.select(
         pl.concat_str(
             [
-                pl.lit('{"user_query": "'), pl.col("q"), pl.lit(" #"), pl.col("id").cast(pl.String),
-                pl.lit('", "positive_document": "'), pl.col("p"),
-                pl.lit('", "hard_negative_document": "'), pl.col("h"), pl.lit('"}'),
+                pl.lit('{"user_query": "'),
+                pl.col("q"),
+                pl.lit(" #"),
+                pl.col("id").cast(pl.String),
+                pl.lit('", "positive_document": "'),
+                pl.col("p"),
+                pl.lit('", "hard_negative_document": "'),
+                pl.col("h"),
+                pl.lit('"}'),
             ]
         )
     ).to_series()
@@ -170,7 +176,9 @@ def gate_inputs(n: int, checks: str) -> dict[str, Any]:
 
 def run_e5x_gate(texts: pl.Series, gate: dict[str, Any]) -> tuple[int, int]:
     """The fused call with the quality gate."""
-    v = core.validate(texts, "short_long", unpack=True, json=False, dedup=core.Deduplicator(), dedup_fields=FIELDS, **gate)
+    v = core.validate(
+        texts, "short_long", unpack=True, json=False, dedup=core.Deduplicator(), dedup_fields=FIELDS, **gate
+    )
     return int(v["ok"].sum()), int(v["keep"].sum())
 
 
@@ -219,7 +227,13 @@ def run_polars(ndjson: bytes) -> tuple[int, int]:
     return df.height, out.height
 
 
-LANGS = {"English": 43.0, **{x: 3.0 for x in "Polish Japanese Italian Russian Indonesian German Persian Spanish Chinese French Portuguese Dutch Arabic".split()}}
+LANGS = {
+    "English": 43.0,
+    **{
+        x: 3.0
+        for x in "Polish Japanese Italian Russian Indonesian German Persian Spanish Chinese French Portuguese Dutch Arabic".split()
+    },
+}
 LANGS.update({f"lang{i:02d}": 0.25 for i in range(80)})
 PLACEHOLDERS: dict[str, Any] = {
     "query_type": ["extremely long-tail", "long-tail", "common"],
@@ -239,7 +253,7 @@ TEMPLATE = (
     "Please adhere to the following guidelines:\n"
     '- The "user_query" should be {query_type}, {query_length}, {clarity}, and diverse in topic.\n'
     "- All documents must be created independent of the query. Avoid copying the query verbatim.\n"
-    '- Both the query and documents require {difficulty} level education to understand.\n'
+    "- Both the query and documents require {difficulty} level education to understand.\n"
     "- The documents should be at least {num_words} words long.\n"
     "- The user query and documents must be written in {language}.\n\n"
     "Your output must always be a JSON object only, do not explain yourself or output anything else. Be creative!"
@@ -303,8 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--draws", type=int, default=1_000_000)
     ap.add_argument("--repeat", type=int, default=3, help="e5x runs (best is reported)")
-    ap.add_argument("--gate-rows", type=int, default=None,
-                    help="rows for the all-checks gate row (default: all)")
+    ap.add_argument("--gate-rows", type=int, default=None, help="rows for the all-checks gate row (default: all)")
     ap.add_argument("--only-gate", action="store_true", help="only the fused rows, gate off and on")
     args = ap.parse_args(argv)
 
@@ -313,8 +326,10 @@ def main(argv: list[str] | None = None) -> int:
     texts = make_samples(args.rows, args.seed, args.invalid, args.dup)
     nbytes = int(texts.str.len_bytes().sum())
     mb = nbytes / 1e6
-    print(f"# data: {args.rows:,} rows, {mb:,.0f} MB of JSON text ({nbytes / args.rows:,.0f} B/row), "
-          f"{args.invalid:.0%} broken, {args.dup:.0%} duplicated; generated in {time.perf_counter() - t0:.1f}s")
+    print(
+        f"# data: {args.rows:,} rows, {mb:,.0f} MB of JSON text ({nbytes / args.rows:,.0f} B/row), "
+        f"{args.invalid:.0%} broken, {args.dup:.0%} duplicated; generated in {time.perf_counter() - t0:.1f}s"
+    )
 
     rows: list[tuple[str, str, float, float, float, str]] = []
 
@@ -368,8 +383,15 @@ def main(argv: list[str] | None = None) -> int:
     parseable = texts.filter(core.validate(texts, "short_long")["reason"].ne_missing("not_json"))
     buf = parseable.str.join("\n").item().encode()
     (valid, k), dt_pl, rss = _peak_rss(lambda data=buf: run_polars(data))
-    add("polars", "end to end", dt_pl, rss, f"{valid:,} parsed, {k:,} kept (JSON lines only, no schema check)",
-        size=len(buf) / 1e6, n=parseable.len())
+    add(
+        "polars",
+        "end to end",
+        dt_pl,
+        rss,
+        f"{valid:,} parsed, {k:,} kept (JSON lines only, no schema check)",
+        size=len(buf) / 1e6,
+        n=parseable.len(),
+    )
     del buf, parseable
 
     # sampling + render
@@ -379,15 +401,18 @@ def main(argv: list[str] | None = None) -> int:
     add("python", "sample+render", dt_sp, rss, "random.choices + str.format_map", size=0, n=n)
 
     print_table(rows)
-    print(f"end to end parse+validate+dedup: e5x fused {mb / dt_e5x / 1e3:.2f} GB/s = "
-          f"{dt_py / dt_e5x:.1f}x the python pipeline, {dt_pl / dt_e5x:.1f}x polars; in 2 calls "
-          f"{mb / dt_two / 1e3:.2f} GB/s = {dt_py / dt_two:.1f}x python (goal >= 1.2 GB/s, >= 7x)")
-    print(f"{args.draws:,} placeholder draws + renders: e5x {dt_s:.3f}s (goal <= 0.5 s), "
-          f"{dt_sp / dt_s:.0f}x python")
+    print(
+        f"end to end parse+validate+dedup: e5x fused {mb / dt_e5x / 1e3:.2f} GB/s = "
+        f"{dt_py / dt_e5x:.1f}x the python pipeline, {dt_pl / dt_e5x:.1f}x polars; in 2 calls "
+        f"{mb / dt_two / 1e3:.2f} GB/s = {dt_py / dt_two:.1f}x python (goal >= 1.2 GB/s, >= 7x)"
+    )
+    print(f"{args.draws:,} placeholder draws + renders: e5x {dt_s:.3f}s (goal <= 0.5 s), {dt_sp / dt_s:.0f}x python")
     return 0
 
 
-def gate_rows(texts: pl.Series, mb: float, args: argparse.Namespace, best: Callable[..., Any], add: Callable[..., None]) -> None:
+def gate_rows(
+    texts: pl.Series, mb: float, args: argparse.Namespace, best: Callable[..., Any], add: Callable[..., None]
+) -> None:
     """Fused validate+dedup with the gate off, on without wrong_language, and on (all
     checks; on the first --gate-rows rows if given), side by side. The gate's cost is
     given both as lost wall throughput and as added CPU time (the steadier measure on a
@@ -406,18 +431,26 @@ def gate_rows(texts: pl.Series, mb: float, args: argparse.Namespace, best: Calla
     (valid, k), dt_all, rss = best(lambda: run_e5x_gate(sub, g), args.repeat)
     cpu_all = CPU_SECONDS[-1]
     sub_mb = float(sub.str.len_bytes().sum()) / 1e6
-    add("e5x", "fused, gate all", dt_all, rss, f"{valid:,} valid, {k:,} kept (all checks, {m:,} rows)", size=sub_mb, n=m)
-    for label, dt, cpu, size, rows in (("all checks but wrong_language", dt_on, cpu_on, mb, n),
-                                       ("all checks", dt_all, cpu_all, sub_mb, m)):
+    add(
+        "e5x", "fused, gate all", dt_all, rss, f"{valid:,} valid, {k:,} kept (all checks, {m:,} rows)", size=sub_mb, n=m
+    )
+    for label, dt, cpu, size, rows in (
+        ("all checks but wrong_language", dt_on, cpu_on, mb, n),
+        ("all checks", dt_all, cpu_all, sub_mb, m),
+    ):
         wall_cost = 100 * (1 - (size / dt) / (mb / dt_off))
         cpu_cost = 100 * ((cpu / rows) / (cpu_off / n) - 1)
-        print(f"quality gate ({label}): {size / dt / 1e3:.3f} GB/s vs {mb / dt_off / 1e3:.3f} GB/s off = "
-              f"{wall_cost:.0f}% of fused wall throughput, +{cpu_cost:.0f}% CPU time per row (goal <= 25%)")
+        print(
+            f"quality gate ({label}): {size / dt / 1e3:.3f} GB/s vs {mb / dt_off / 1e3:.3f} GB/s off = "
+            f"{wall_cost:.0f}% of fused wall throughput, +{cpu_cost:.0f}% CPU time per row (goal <= 25%)"
+        )
 
 
 def print_table(rows: list[tuple[Any, ...]]) -> None:
     print()
-    print(f"| {'pipeline':8} | {'stage':20} | {'seconds':>8} | {'cpu s':>7} | {'MB/s':>8} | {'rows/s':>12} | {'peak RSS MiB':>12} | note")
+    print(
+        f"| {'pipeline':8} | {'stage':20} | {'seconds':>8} | {'cpu s':>7} | {'MB/s':>8} | {'rows/s':>12} | {'peak RSS MiB':>12} | note"
+    )
     print(f"|{'-' * 10}|{'-' * 22}|{'-' * 10}|{'-' * 9}|{'-' * 10}|{'-' * 14}|{'-' * 14}|------")
     for pipe, stage, dt, cpu, mbs, rps, rss, note in rows:
         mbs_s = "-" if mbs != mbs else f"{mbs:,.0f}"

@@ -98,9 +98,11 @@ def build_method(name: str, dev: torch.device) -> tuple[Callable[..., torch.Tens
     if name == "eager-fp32":
         return (lambda qh, dh, ql, dl, pos: torch_loss(qh, dh, ql, dl, pos, fp32=True)), "torch"
     if name == "eager-autocast":
+
         def f(qh, dh, ql, dl, pos):
             with torch.autocast(**amp):
                 return torch_loss(qh, dh, ql, dl, pos, fp32=False)
+
         return f, "torch"
     if name == "compile":
         compiled = torch.compile(lambda qh, dh, ql, dl, pos: torch_loss(qh, dh, ql, dl, pos, fp32=False))
@@ -108,6 +110,7 @@ def build_method(name: str, dev: torch.device) -> tuple[Callable[..., torch.Tens
         def g(qh, dh, ql, dl, pos):
             with torch.autocast(**amp):
                 return compiled(qh, dh, ql, dl, pos)
+
         return g, "inductor"
     if name == "e5x":
         from e5x.kernels import pooled_info_nce
@@ -117,8 +120,8 @@ def build_method(name: str, dev: torch.device) -> tuple[Callable[..., torch.Tens
         label = "triton" if backend == "triton" else "torch reference" + ("" if cuda else " (CPU)")
 
         def e(qh, dh, ql, dl, pos):
-            return pooled_info_nce(qh, dh, q_last_index=ql, d_last_index=dl, positive_index=pos,
-                                   temperature=TAU)
+            return pooled_info_nce(qh, dh, q_last_index=ql, d_last_index=dl, positive_index=pos, temperature=TAU)
+
         return e, label
     if name.startswith("e5x[") and name.endswith("]"):  # e5x with environment knobs set
         import os
@@ -132,6 +135,7 @@ def build_method(name: str, dev: torch.device) -> tuple[Callable[..., torch.Tens
             # there; backward mode reads only the chunk budget in backward)
             with patch.dict(os.environ, env):
                 return base(qh, dh, ql, dl, pos)
+
         return v, base_label + " " + ",".join(f"{k.replace('E5X_INFONCE_', '').lower()}={x}" for k, x in env.items())
     raise ValueError(name)
 
@@ -241,11 +245,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", help="comma-separated Bq values (Bd = 2 Bq)")
     ap.add_argument("--hidden", type=int, help="H (default 4096 on GPU, 256 on CPU)")
     ap.add_argument("--seq-len", type=int, default=1, help="L of the hidden states (default 1)")
-    ap.add_argument("--methods", help=f"comma-separated subset of {ALL_METHODS} (default: all on GPU, "
-                    "all but compile on CPU)")
-    ap.add_argument("--e5x-variant", action="append", default=[], metavar="K=V[,K=V]",
-                    help="extra e5x rows with these environment knobs, e.g. "
-                         "E5X_INFONCE_CHUNK_MIB=4096 or E5X_INFONCE_MODE=lean,E5X_INFONCE_CHUNK_MIB=256 (repeatable)")
+    ap.add_argument(
+        "--methods", help=f"comma-separated subset of {ALL_METHODS} (default: all on GPU, all but compile on CPU)"
+    )
+    ap.add_argument(
+        "--e5x-variant",
+        action="append",
+        default=[],
+        metavar="K=V[,K=V]",
+        help="extra e5x rows with these environment knobs, e.g. "
+        "E5X_INFONCE_CHUNK_MIB=4096 or E5X_INFONCE_MODE=lean,E5X_INFONCE_CHUNK_MIB=256 (repeatable)",
+    )
     ap.add_argument("--budget", type=float, default=1.5, help="seconds of timed repetitions per cell")
     ap.add_argument("--max-reps", type=int, default=50)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -266,9 +276,12 @@ def main(argv: list[str] | None = None) -> int:
     methods = [m for m in methods if m == "e5x"] + variants + [m for m in methods if m != "e5x"]
     dtype = torch.bfloat16
 
-    header: dict[str, Any] = dict(device=device_name(dev), **versions(),
-                  date=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                  shape=f"Bd = 2 Bq, H = {h}, L = {args.seq_len}, {str(dtype).replace('torch.', '')} inputs, tau {TAU}")
+    header: dict[str, Any] = dict(
+        device=device_name(dev),
+        **versions(),
+        date=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        shape=f"Bd = 2 Bq, H = {h}, L = {args.seq_len}, {str(dtype).replace('torch.', '')} inputs, tau {TAU}",
+    )
     ceiling = matmul_ceiling(dev, dtype)
     header["matmul_ceiling_tflops"] = round(ceiling, 1)
     print("# pooled InfoNCE forward+backward")
@@ -294,8 +307,15 @@ def main(argv: list[str] | None = None) -> int:
                 times, loss = time_fwd_bwd(fn, inputs, dev, args.budget, args.max_reps)
                 extra, absolute = peak_memory(fn, inputs, dev)
                 med = statistics.median(times)
-                row.update(ms=med, ms_min=min(times), reps=len(times), peak_extra_gib=extra,
-                           peak_abs_gib=absolute, tflops=flops / (med / 1e3) / 1e12, loss=loss)
+                row.update(
+                    ms=med,
+                    ms_min=min(times),
+                    reps=len(times),
+                    peak_extra_gib=extra,
+                    peak_abs_gib=absolute,
+                    tflops=flops / (med / 1e3) / 1e12,
+                    loss=loss,
+                )
                 row["ceiling_pct"] = 100 * row["tflops"] / ceiling
                 if m == "eager-fp32":
                     ref_loss = loss
@@ -315,22 +335,31 @@ def main(argv: list[str] | None = None) -> int:
         del inputs, qh, dh
         for r in rows:
             if r["bq"] == bq:
-                print("row", json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}),
-                      flush=True)
+                print(
+                    "row",
+                    json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}),
+                    flush=True,
+                )
         if args.json:  # after every size, so a run cut short still leaves its rows
             write_json(args.json, header, rows)
 
     print()
-    print(f"| {'Bq':>6} | {'method':<15} | {'impl':<30} | {'ms (median)':>11} | {'TFLOP/s':>7} | "
-          f"{'% ceil':>6} | {'peak+ GiB':>9} | {'peak GiB':>8} | {'loss':>9} | {'Δ vs fp32':>9} |")
+    print(
+        f"| {'Bq':>6} | {'method':<15} | {'impl':<30} | {'ms (median)':>11} | {'TFLOP/s':>7} | "
+        f"{'% ceil':>6} | {'peak+ GiB':>9} | {'peak GiB':>8} | {'loss':>9} | {'Δ vs fp32':>9} |"
+    )
     print("|" + "|".join("-" * w for w in (8, 17, 32, 13, 9, 8, 11, 10, 11, 11)) + "|")
     for r in rows:
         if "error" in r:
-            print(f"| {r['bq']:>6} | {(r['method'] if not r['method'].startswith('e5x[') else 'e5x (knobs)'):<15} | {r['impl']:<30} | {r['error']}")
+            print(
+                f"| {r['bq']:>6} | {(r['method'] if not r['method'].startswith('e5x[') else 'e5x (knobs)'):<15} | {r['impl']:<30} | {r['error']}"
+            )
             continue
-        print(f"| {r['bq']:>6} | {(r['method'] if not r['method'].startswith('e5x[') else 'e5x (knobs)'):<15} | {r['impl']:<30} | {r['ms']:>11.3f} | {r['tflops']:>7.2f} | "
-              f"{r['ceiling_pct']:>6.1f} | {fmt(r['peak_extra_gib'], '.3f'):>9} | {fmt(r['peak_abs_gib'], '.3f'):>8} | "
-              f"{r['loss']:>9.5f} | {fmt(r.get('loss_rel_diff'), '.1e'):>9} |")
+        print(
+            f"| {r['bq']:>6} | {(r['method'] if not r['method'].startswith('e5x[') else 'e5x (knobs)'):<15} | {r['impl']:<30} | {r['ms']:>11.3f} | {r['tflops']:>7.2f} | "
+            f"{r['ceiling_pct']:>6.1f} | {fmt(r['peak_extra_gib'], '.3f'):>9} | {fmt(r['peak_abs_gib'], '.3f'):>8} | "
+            f"{r['loss']:>9.5f} | {fmt(r.get('loss_rel_diff'), '.1e'):>9} |"
+        )
     print()
     print("TFLOP/s counts 6*Bq*Bd*H (forward scores + two gradient GEMMs) for every method;")
     print("peak+ = peak allocated minus allocated before the call (includes the returned gradients).")

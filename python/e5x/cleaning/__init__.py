@@ -20,4 +20,3 @@ def __getattr__(name: str) -> Any:
         globals()[name] = value
         return value
     raise AttributeError(f"module 'e5x.cleaning' has no attribute {name!r}")
-

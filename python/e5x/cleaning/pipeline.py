@@ -306,8 +306,9 @@ def clean(
     answers, types, torn = _load(cfg)
     if answers.height == 0:  # nothing to clean: an empty triples file would pass for a result
         names = ", ".join(str(log) for log, _ in _log_files(cfg.inputs))
-        raise ValueError(f"{names}: no responses to clean (empty, or no line is a complete response record); "
-                         "nothing written")
+        raise ValueError(
+            f"{names}: no responses to clean (empty, or no line is a complete response record); nothing written"
+        )
     answers = answers.with_row_index("_i")
     verdicts = _Verdicts(answers.schema["_i"])
 

@@ -84,7 +84,11 @@ _LANGUAGE_FIELDS: dict[str, dict[str, int]] = {
 # The words each built-in prompt asks for, per field: a placeholder whose value holds the
 # number ("at least 10 words", "200"; "less than ..." asks for no minimum) or a fixed count.
 _MIN_WORDS: dict[str, dict[str, str | int]] = {
-    "short_long": {"user_query": "query_length", "positive_document": "num_words", "hard_negative_document": "num_words"},
+    "short_long": {
+        "user_query": "query_length",
+        "positive_document": "num_words",
+        "hard_negative_document": "num_words",
+    },
     "long_short": {"input_text": "num_words"},
     "long_long": {"input": 300, "positive_document": 300},
     "sts": {"S1": "unit", "S2": "unit", "S3": "unit"},
@@ -163,7 +167,9 @@ def language_fields(t: Any) -> dict[str, int]:
     return {f: 0 for f in (m.query, m.positive, m.negative) if f}
 
 
-def gate_types(types: Mapping[str, Any], schemas: Mapping[str, Mapping[str, Any]]) -> list[tuple[str, str, list[tuple[str, int]]]]:
+def gate_types(
+    types: Mapping[str, Any], schemas: Mapping[str, Mapping[str, Any]]
+) -> list[tuple[str, str, list[tuple[str, int]]]]:
     """(task type, prompt template, [(string field, language part or -1)]) per type,
     fields in the order of the schema's string properties (the validator's order)."""
     out = []
@@ -219,7 +225,9 @@ def min_words_columns(rows: pl.DataFrame, types: Mapping[str, Any]) -> list[tupl
             elif src in rows.columns:
                 # Few distinct values: parse each once.
                 values = [v for v in rows[src].unique().to_list() if v is not None]
-                val = pl.col(src).replace_strict({v: asked_words(v) for v in values}, default=None, return_dtype=pl.Int64)
+                val = pl.col(src).replace_strict(
+                    {v: asked_words(v) for v in values}, default=None, return_dtype=pl.Int64
+                )
             else:
                 continue
             col = pl.when(pl.col("task_type") == name).then(val).otherwise(col)

@@ -19,9 +19,7 @@ MAX_TEXT_BYTES = 16 << 20
 # Unicode White_Space (what Rust's char::is_whitespace uses). Not str.isspace(), which
 # also counts U+001C..U+001F.
 WHITESPACE = frozenset(
-    "\t\n\x0b\x0c\r \x85\xa0\u1680"
-    + "".join(chr(c) for c in range(0x2000, 0x200B))
-    + "\u2028\u2029\u202f\u205f\u3000"
+    "\t\n\x0b\x0c\r \x85\xa0\u1680" + "".join(chr(c) for c in range(0x2000, 0x200B)) + "\u2028\u2029\u202f\u205f\u3000"
 )
 _WS_RUN = re.compile("[" + re.escape("".join(sorted(WHITESPACE))) + "]+")
 
@@ -149,10 +147,19 @@ _TYPES = {"string": str, "object": dict, "array": list, "boolean": bool, "null":
 
 def _check(schema: Mapping[str, Any], value: Any) -> tuple[str, str | None] | None:
     """Errors of the keyword subset the built-in schemas use, highest precedence first."""
-    supported_root = {"$schema", "$id", "$comment", "title", "description", "examples",
-                      "type", "properties", "required", "additionalProperties"}
-    supported_prop = {"$comment", "title", "description", "examples", "type", "minLength",
-                      "maxLength", "enum"}
+    supported_root = {
+        "$schema",
+        "$id",
+        "$comment",
+        "title",
+        "description",
+        "examples",
+        "type",
+        "properties",
+        "required",
+        "additionalProperties",
+    }
+    supported_prop = {"$comment", "title", "description", "examples", "type", "minLength", "maxLength", "enum"}
     if set(schema) - supported_root:
         raise NotImplementedError(f"reference validator lacks {set(schema) - supported_root}")
     errs: list[tuple[str, str | None]] = []
@@ -201,11 +208,11 @@ def validate_ref(
     return out
 
 
-def _validate_one(text: str | bytes | None, task: str | None,
-                  schemas: Mapping[str, Mapping[str, Any]], extract: bool) -> dict[str, Any]:
+def _validate_one(
+    text: str | bytes | None, task: str | None, schemas: Mapping[str, Mapping[str, Any]], extract: bool
+) -> dict[str, Any]:
     def rej(reason: str, field: str | None = None, extracted: bool = False) -> dict[str, Any]:
-        return {"ok": False, "reason": reason, "field": field, "extracted": extracted,
-                "json": None, "values": None}
+        return {"ok": False, "reason": reason, "field": field, "extracted": extracted, "json": None, "values": None}
 
     if text is None:
         return rej("null_text")
@@ -261,9 +268,7 @@ def normalize_ref(s: str, casefold: bool = False) -> str:
     return _WS_RUN.sub(" ", t).strip(" ").strip("".join(WHITESPACE))
 
 
-def dedup_ref(
-    batches: Sequence[Sequence[Sequence[str | None]]], casefold: bool = False
-) -> list[list[int | None]]:
+def dedup_ref(batches: Sequence[Sequence[Sequence[str | None]]], casefold: bool = False) -> list[list[int | None]]:
     """Per batch (rows of field values), the global index each row duplicates (or None)."""
     first: dict[tuple[str | None, ...], int] = {}
     out, idx = [], 0
@@ -292,19 +297,38 @@ def _rotl(x: int, n: int) -> int:
 
 
 def _chacha8_block(key: Sequence[int], counter: int, stream: int) -> list[int]:
-    init = [0x61707865, 0x3320646E, 0x79622D32, 0x6B206574, *key,
-            counter & _M32, counter >> 32, stream & _M32, stream >> 32]
+    init = [
+        0x61707865,
+        0x3320646E,
+        0x79622D32,
+        0x6B206574,
+        *key,
+        counter & _M32,
+        counter >> 32,
+        stream & _M32,
+        stream >> 32,
+    ]
     x = list(init)
 
     def qr(a: int, b: int, c: int, d: int) -> None:
-        x[a] = (x[a] + x[b]) & _M32; x[d] = _rotl(x[d] ^ x[a], 16)  # noqa: E702
-        x[c] = (x[c] + x[d]) & _M32; x[b] = _rotl(x[b] ^ x[c], 12)  # noqa: E702
-        x[a] = (x[a] + x[b]) & _M32; x[d] = _rotl(x[d] ^ x[a], 8)  # noqa: E702
-        x[c] = (x[c] + x[d]) & _M32; x[b] = _rotl(x[b] ^ x[c], 7)  # noqa: E702
+        x[a] = (x[a] + x[b]) & _M32
+        x[d] = _rotl(x[d] ^ x[a], 16)  # noqa: E702
+        x[c] = (x[c] + x[d]) & _M32
+        x[b] = _rotl(x[b] ^ x[c], 12)  # noqa: E702
+        x[a] = (x[a] + x[b]) & _M32
+        x[d] = _rotl(x[d] ^ x[a], 8)  # noqa: E702
+        x[c] = (x[c] + x[d]) & _M32
+        x[b] = _rotl(x[b] ^ x[c], 7)  # noqa: E702
 
     for _ in range(4):  # 8 rounds = 4 double rounds
-        qr(0, 4, 8, 12); qr(1, 5, 9, 13); qr(2, 6, 10, 14); qr(3, 7, 11, 15)  # noqa: E702
-        qr(0, 5, 10, 15); qr(1, 6, 11, 12); qr(2, 7, 8, 13); qr(3, 4, 9, 14)  # noqa: E702
+        qr(0, 4, 8, 12)
+        qr(1, 5, 9, 13)
+        qr(2, 6, 10, 14)
+        qr(3, 7, 11, 15)  # noqa: E702
+        qr(0, 5, 10, 15)
+        qr(1, 6, 11, 12)
+        qr(2, 7, 8, 13)
+        qr(3, 4, 9, 14)  # noqa: E702
     return [(a + b) & _M32 for a, b in zip(x, init)]
 
 
@@ -349,8 +373,9 @@ def alias_table(weights: Sequence[float]) -> tuple[list[int], list[int]]:
     return thr, alias
 
 
-def sample_ref(placeholders: Mapping[str, Mapping[str, float] | Sequence[Any]], n: int,
-               seed: int) -> dict[str, list[str]]:
+def sample_ref(
+    placeholders: Mapping[str, Mapping[str, float] | Sequence[Any]], n: int, seed: int
+) -> dict[str, list[str]]:
     tables = []
     for spec in placeholders.values():
         if isinstance(spec, Mapping):

@@ -41,7 +41,7 @@ SUBCOMMANDS: dict[str, str] = {
     "encode": "embed texts with a trained model (needs e5x[train])",
     "bench": "run a benchmark shipped in the package (kernels: needs e5x[train]) or in a checkout's benches/",
     "quickstart": "the whole recipe on embedded defaults: local LLM, synth, clean, train, eval "
-                  "(needs e5x[all,local-llm])",
+    "(needs e5x[all,local-llm])",
     "demo": "a few-second demo of the Rust data core on a generated sample",
 }
 
@@ -59,9 +59,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from e5x import __version__
     from e5x._extras import MissingExtra, missing_module_message
 
-    parser = argparse.ArgumentParser(prog="e5x", description=__doc__.splitlines()[0],
-                                     epilog=__doc__[__doc__.index("Exit status"):],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="e5x",
+        description=__doc__.splitlines()[0],
+        epilog=__doc__[__doc__.index("Exit status") :],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"e5x {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     argv = list(sys.argv[1:] if argv is None else argv)

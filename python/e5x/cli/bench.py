@@ -34,12 +34,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.description = __doc__
     parser.add_argument("name", nargs="?", metavar="NAME", help="benchmark to run (see --list)")
     parser.add_argument(
-        "args", nargs=argparse.REMAINDER, metavar="ARGS",
+        "args",
+        nargs=argparse.REMAINDER,
+        metavar="ARGS",
         help="passed to the benchmark unchanged (e.g. --help for its own options)",
     )
     parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")
     parser.add_argument(
-        "--benches-dir", type=Path, metavar="DIR",
+        "--benches-dir",
+        type=Path,
+        metavar="DIR",
         help="folder holding the benchmarks (default: $E5X_BENCHES_DIR, ./benches, the checkout)",
     )
 
@@ -110,8 +114,11 @@ def run(args: argparse.Namespace) -> int:
     explicit = args.benches_dir is not None or bool(os.environ.get("E5X_BENCHES_DIR"))
     folder, looked = find_benches_dir(args.benches_dir)
     if folder is None and explicit:  # a wrong explicit choice is an error, not a silent fallback
-        print(f"e5x bench: no benchmarks folder at {looked[0]}; clone the e5x source repository "
-              "for the benchmarks that are not shipped in the package", file=sys.stderr)
+        print(
+            f"e5x bench: no benchmarks folder at {looked[0]}; clone the e5x source repository "
+            "for the benchmarks that are not shipped in the package",
+            file=sys.stderr,
+        )
         return 2
     # A checkout's benches/bench_NAME.py for a shipped NAME is the entry point to the same code.
     scripts = {n: p for n, p in available(folder).items() if n not in shipped} if folder else {}
@@ -123,8 +130,10 @@ def run(args: argparse.Namespace) -> int:
         for name, path in sorted(rows.items()):
             print(f"  {name:<{width}}  {summary(path)}")
         if folder is None:
-            print("the other benchmarks (synth, train, quality, ...) need a clone of the e5x source repository: "
-                  "run them from its root or pass --benches-dir DIR")
+            print(
+                "the other benchmarks (synth, train, quality, ...) need a clone of the e5x source repository: "
+                "run them from its root or pass --benches-dir DIR"
+            )
         return 0
     if args.name in shipped:
         sys.stdout.flush()
@@ -132,8 +141,14 @@ def run(args: argparse.Namespace) -> int:
     script = scripts.get(args.name)
     if script is None:
         names = ", ".join(sorted({*shipped, *scripts}))
-        others = "" if folder else (" (the others are not shipped in the package: clone the e5x source repository "
-                                    f"and run from its root, or pass --benches-dir DIR; looked at {'; '.join(looked)})")
+        others = (
+            ""
+            if folder
+            else (
+                " (the others are not shipped in the package: clone the e5x source repository "
+                f"and run from its root, or pass --benches-dir DIR; looked at {'; '.join(looked)})"
+            )
+        )
         print(f"e5x bench: unknown benchmark {args.name!r}; available: {names}{others}", file=sys.stderr)
         return 2
     sys.stdout.flush()  # keep our output ahead of the child's

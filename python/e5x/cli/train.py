@@ -29,13 +29,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
     parser.epilog = __doc__.split("\n", 1)[1]
     cli_config.add_arguments(parser, TrainConfig, ALIASES, legacy_config_flag=False)
-    parser.add_argument("--allow-config-change", action="append", default=[], metavar="FIELD[,FIELD]",
-                        help="resume although these config fields changed since the checkpoint (repeatable; "
-                             "e.g. max_steps to extend a finished run, lr, sources.0.data); without it a "
-                             "changed field stops the resume with exit 2")
-    parser.add_argument("--check", action="store_true",
-                        help="validate the config and data, print the data mix of an epoch, then exit "
-                             "without loading a model")
+    parser.add_argument(
+        "--allow-config-change",
+        action="append",
+        default=[],
+        metavar="FIELD[,FIELD]",
+        help="resume although these config fields changed since the checkpoint (repeatable; "
+        "e.g. max_steps to extend a finished run, lr, sources.0.data); without it a "
+        "changed field stops the resume with exit 2",
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="validate the config and data, print the data mix of an epoch, then exit without loading a model",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -84,8 +91,10 @@ def run(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun: one report, from rank 0
         return 0
     if result.interrupted:
-        print(f"stopped at step {result.step}/{result.total_steps}; checkpoint {result.checkpoint} "
-              "(run the same command again to resume)")
+        print(
+            f"stopped at step {result.step}/{result.total_steps}; checkpoint {result.checkpoint} "
+            "(run the same command again to resume)"
+        )
         return 0
     if result.model_dir is not None:
         print(f"model saved to {result.model_dir}")

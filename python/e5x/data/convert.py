@@ -29,8 +29,9 @@ from e5x.tasks.instructions import TYPE_DEFAULTS, instruction_for
 TABLE_SUFFIXES = (".parquet", ".jsonl", ".ndjson", ".csv", ".tsv")
 
 
-def _frame(columns: pl.DataFrame, *, instruction: str | None, task_type: str | None, language: str | None,
-           source: str | None) -> pl.DataFrame:
+def _frame(
+    columns: pl.DataFrame, *, instruction: str | None, task_type: str | None, language: str | None, source: str | None
+) -> pl.DataFrame:
     """``columns`` (query, positive and any of negative/instruction) completed to COLUMNS:
     the missing ones are the given constants."""
     fixed = {"instruction": instruction, "negative": None, "task_type": task_type, "language": language,

@@ -311,9 +311,18 @@ def _download(url: str, dest: Path, *, progress: bool, label: str) -> None:
             total = int(length) + start if length else None
             received = start
             try:
-                with part.open("ab" if start else "wb") as out, tqdm(
-                    total=total, initial=start, unit="B", unit_scale=True, desc=label, disable=not progress, leave=False
-                ) as bar:
+                with (
+                    part.open("ab" if start else "wb") as out,
+                    tqdm(
+                        total=total,
+                        initial=start,
+                        unit="B",
+                        unit_scale=True,
+                        desc=label,
+                        disable=not progress,
+                        leave=False,
+                    ) as bar,
+                ):
                     while chunk := resp.read(CHUNK):
                         out.write(chunk)
                         received += len(chunk)

@@ -97,11 +97,19 @@ def mine_hard_negatives(
     try:
         mined = st_mine(
             Dataset.from_dict({"query": pairs["query"].to_list(), "positive": pairs["positive"].to_list()}),
-            st, anchor_column_name="query", positive_column_name="positive", corpus=candidates,
-            range_min=range_min, range_max=min(range_max, len(candidates)), relative_margin=relative_margin,
-            num_negatives=1, sampling_strategy=sampling,  # type: ignore[arg-type]  # checked: "random" or "top"
+            st,
+            anchor_column_name="query",
+            positive_column_name="positive",
+            corpus=candidates,
+            range_min=range_min,
+            range_max=min(range_max, len(candidates)),
+            relative_margin=relative_margin,
+            num_negatives=1,
+            sampling_strategy=sampling,  # type: ignore[arg-type]  # checked: "random" or "top"
             output_format="triplet",
-            batch_size=batch_size, verbose=show_progress, **prompts,
+            batch_size=batch_size,
+            verbose=show_progress,
+            **prompts,
         )
     finally:
         random.setstate(state)
@@ -109,9 +117,8 @@ def mine_hard_negatives(
         {"query": mined["query"], "positive": mined["positive"], "_mined": mined["negative"]},
         schema={"query": pl.Utf8, "positive": pl.Utf8, "_mined": pl.Utf8},
     ).unique(subset=["query", "positive"], keep="first", maintain_order=True)
-    out = (
-        df.join(found, on=["query", "positive"], how="left", maintain_order="left")
-        .with_columns(negative=pl.when("_want").then(pl.col("_mined")).otherwise(pl.col("negative")))
+    out = df.join(found, on=["query", "positive"], how="left", maintain_order="left").with_columns(
+        negative=pl.when("_want").then(pl.col("_mined")).otherwise(pl.col("negative"))
     )
     wanted = int(out["_want"].sum())
     got = int(out.filter(pl.col("_want") & pl.col("negative").is_not_null()).height)

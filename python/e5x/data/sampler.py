@@ -68,14 +68,11 @@ class BatchPlan:
         """``[steps_per_epoch, batch_size, 2]`` int64 array of (source, row)."""
         rng = np.random.default_rng([self.seed, epoch, 1 << 20])
         per_source = [
-            np.stack([np.full(self.counts[s], s), self._draw(epoch, s)], axis=1)
-            for s in range(len(self.sizes))
+            np.stack([np.full(self.counts[s], s), self._draw(epoch, s)], axis=1) for s in range(len(self.sizes))
         ]
         b = self.batch_size
         if self.task_homogeneous:
-            batches = [
-                p[: (len(p) // b) * b].reshape(-1, b, 2) for p in per_source if len(p) >= b
-            ]
+            batches = [p[: (len(p) // b) * b].reshape(-1, b, 2) for p in per_source if len(p) >= b]
             out = np.concatenate(batches)
             return out[rng.permutation(len(out))]
         pairs = np.concatenate(per_source)

@@ -155,9 +155,7 @@ def read_source(source: Source) -> pl.DataFrame:
         for col in ("instruction", "negative"):
             if col not in df.columns:
                 df = df.with_columns(pl.lit(None, dtype=pl.Utf8).alias(col))
-        df = df.select(
-            [pl.col(c).cast(pl.Utf8) for c in ("instruction", "query", "positive", "negative")]
-        )
+        df = df.select([pl.col(c).cast(pl.Utf8) for c in ("instruction", "query", "positive", "negative")])
         for col in REQUIRED:
             bad = df.with_row_index("row").filter(is_blank(col))
             if bad.height:

@@ -161,8 +161,10 @@ def resolve_task(spec: str, split: str = "test") -> tuple[str, str, Path]:
         default_name = path.name
     elif path.is_file() or (path.is_dir() and (path / f"sts-{split}.csv").is_file()):
         kind = "STS"
-        default_name = path.parent.name if path.is_file() and path.name.startswith("sts-") else (
-            path.stem if path.is_file() else path.name
+        default_name = (
+            path.parent.name
+            if path.is_file() and path.name.startswith("sts-")
+            else (path.stem if path.is_file() else path.name)
         )
     else:
         raise ValueError(

@@ -128,9 +128,16 @@ def evaluate_retrieval(
     """Embed queries (with ``instruction``) and the corpus (bare); search; score."""
     if not data.corpus_ids:
         raise ValueError(f"{data.name}: the corpus is empty")
-    q_emb = cast("torch.Tensor", embedder.encode_queries(
-        data.query_texts, instruction=instruction, output="torch", batch_size=batch_size, desc=f"{data.name} queries"
-    ))
+    q_emb = cast(
+        "torch.Tensor",
+        embedder.encode_queries(
+            data.query_texts,
+            instruction=instruction,
+            output="torch",
+            batch_size=batch_size,
+            desc=f"{data.name} queries",
+        ),
+    )
 
     def embed_chunk(start: int, stop: int) -> torch.Tensor:
         return embedder.encode_documents(  # type: ignore[return-value]

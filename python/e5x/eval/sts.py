@@ -35,6 +35,10 @@ def evaluate_sts(
     embedder: Embedder, data: STSData, *, instruction: str | None, batch_size: int | None = None
 ) -> dict[str, float]:
     """Both sentences of a pair are queries of a symmetric task: both get the instruction."""
-    e1 = embedder.encode_queries(data.sentences1, instruction=instruction, batch_size=batch_size, desc=f"{data.name} s1")
-    e2 = embedder.encode_queries(data.sentences2, instruction=instruction, batch_size=batch_size, desc=f"{data.name} s2")
+    e1 = embedder.encode_queries(
+        data.sentences1, instruction=instruction, batch_size=batch_size, desc=f"{data.name} s1"
+    )
+    e2 = embedder.encode_queries(
+        data.sentences2, instruction=instruction, batch_size=batch_size, desc=f"{data.name} s2"
+    )
     return sts_metrics(cosine_pairs(e1, e2), data.scores)  # type: ignore[arg-type]

@@ -68,9 +68,7 @@ def _read_jsonl(path: Path, required: tuple[str, ...]) -> list[tuple[int, dict]]
                 raise FormatError(f"{path}:{lineno}: missing field {key!r}")
         for key in ("_id", "title", "text"):
             if key in obj and obj[key] is not None and not isinstance(obj[key], (str, int)):
-                raise FormatError(
-                    f"{path}:{lineno}: field {key!r} must be a string, got {type(obj[key]).__name__}"
-                )
+                raise FormatError(f"{path}:{lineno}: field {key!r} must be a string, got {type(obj[key]).__name__}")
         rows.append((lineno, obj))
     return rows
 
@@ -162,8 +160,7 @@ def load_beir(folder: str | Path, split: str = "test", name: str | None = None) 
     unknown = [q for q in qrels if q not in queries]
     if unknown:
         raise FormatError(
-            f"{qrels_path}: {len(unknown)} judged query ids are not in {folder / 'queries.jsonl'} "
-            f"(e.g. {unknown[0]!r})"
+            f"{qrels_path}: {len(unknown)} judged query ids are not in {folder / 'queries.jsonl'} (e.g. {unknown[0]!r})"
         )
     doc_set = set(corpus_ids)
     missing_docs = sum(1 for rel in qrels.values() for d in rel if d not in doc_set)

@@ -53,13 +53,19 @@ from ._settings import override as _override
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["KernelSettings", "configure", "count_false_negatives", "info_nce", "last_token_index",
-           "last_token_pool", "pooled_info_nce", "runtime_info"]
+__all__ = [
+    "KernelSettings",
+    "configure",
+    "count_false_negatives",
+    "info_nce",
+    "last_token_index",
+    "last_token_pool",
+    "pooled_info_nce",
+    "runtime_info",
+]
 
 
-def count_false_negatives(
-    q_groups: torch.Tensor, d_groups: torch.Tensor, positive: torch.Tensor
-) -> int:
+def count_false_negatives(q_groups: torch.Tensor, d_groups: torch.Tensor, positive: torch.Tensor) -> int:
     """Number of (query, document) pairs the false-negative mask removes (see module doc);
     ``positive`` holds each query's absolute positive column. O((Bq + Bd) log Bd) memory-light."""
     from .reference import count_false_negatives as count
@@ -204,8 +210,13 @@ def pooled_info_nce(
     q_idx = C.resolve_last_index("q", q_hidden, q_mask, q_last_index, pending)
     d_idx = C.resolve_last_index("d", d_hidden, d_mask, d_last_index, pending)
     pos = C.resolve_positive(
-        q_hidden.shape[0], d_hidden.shape[0], q_hidden.device, positive_index, positive_offset,
-        group_size, pending,
+        q_hidden.shape[0],
+        d_hidden.shape[0],
+        q_hidden.device,
+        positive_index,
+        positive_offset,
+        group_size,
+        pending,
     )
     C.flush(pending)
     groups = C.resolve_groups(q_hidden.shape[0], d_hidden.shape[0], q_hidden.device, q_groups, d_groups)
@@ -215,14 +226,22 @@ def pooled_info_nce(
         from .reference import pooled_info_nce_ref
 
         qg, dg = groups if groups is not None else (None, None)
-        loss, q_emb, d_emb = pooled_info_nce_ref(q_hidden, d_hidden, q_idx, d_idx, pos, t, reduction,
-                                                 q_groups=qg, d_groups=dg)
+        loss, q_emb, d_emb = pooled_info_nce_ref(
+            q_hidden, d_hidden, q_idx, d_idx, pos, t, reduction, q_groups=qg, d_groups=dg
+        )
     else:
         from .triton_pooled_info_nce import pooled_info_nce_triton
 
         with _override(mode=mode, chunk_mib=chunk_mib, autotune=autotune):
             loss, q_emb, d_emb = pooled_info_nce_triton(
-                q_hidden, d_hidden, q_idx, d_idx, pos, t, reduction, want_embeddings=return_embeddings,
+                q_hidden,
+                d_hidden,
+                q_idx,
+                d_idx,
+                pos,
+                t,
+                reduction,
+                want_embeddings=return_embeddings,
                 groups=groups,
             )
     if not return_embeddings:

@@ -37,9 +37,11 @@ def value_checks(x: torch.Tensor) -> str:
     return mode
 
 
-ASYNC_MESSAGE = ("e5x.kernels: an index or mask value is out of range (all-zero mask row, pooled "
-                 "position or positive outside its range); rerun with E5X_KERNEL_CHECKS=sync for "
-                 "the row and value")
+ASYNC_MESSAGE = (
+    "e5x.kernels: an index or mask value is out of range (all-zero mask row, pooled "
+    "position or positive outside its range); rerun with E5X_KERNEL_CHECKS=sync for "
+    "the row and value"
+)
 
 
 def _check(pending: Pending | None, bad: torch.Tensor, error: Callable[[torch.Tensor], Exception]) -> None:
@@ -65,6 +67,7 @@ def flush(pending: Pending) -> None:
     for ok_flag, (bad, error) in zip(flags.tolist(), pending):
         if ok_flag:
             raise error(bad)
+
 
 BACKENDS = ("auto", "triton", "torch")
 REDUCTIONS = ("mean", "sum", "none")
@@ -133,15 +136,12 @@ def resolve_last_index(
         if last_index.dtype.is_floating_point or last_index.dtype == torch.bool:
             raise TypeError(f"{name} last_index must be an integer tensor, got {last_index.dtype}")
         if tuple(last_index.shape) != (b,):
-            raise ValueError(
-                f"{name} last_index must have shape [{b}] (one per row), got {tuple(last_index.shape)}"
-            )
+            raise ValueError(f"{name} last_index must have shape [{b}] (one per row), got {tuple(last_index.shape)}")
         idx = last_index.to(device=hidden.device, dtype=torch.int64)
+
         def out_of_range(bad: torch.Tensor) -> Exception:
             row = int(bad.nonzero()[0, 0])
-            return ValueError(
-                f"{name} last_index[{row}] = {int(idx[row])} is outside [0, {seq}) (seq_len {seq})"
-            )
+            return ValueError(f"{name} last_index[{row}] = {int(idx[row])} is outside [0, {seq}) (seq_len {seq})")
 
         _check(pending, (idx < 0) | (idx >= seq), out_of_range)
         return idx
@@ -224,8 +224,7 @@ def resolve_positive(
             raise TypeError(f"positive_index must be an integer tensor, got {positive_index.dtype}")
         if tuple(positive_index.shape) != (bq,):
             raise ValueError(
-                f"positive_index must have shape [{bq}] (one per query), got "
-                f"{tuple(positive_index.shape)}"
+                f"positive_index must have shape [{bq}] (one per query), got {tuple(positive_index.shape)}"
             )
         pos = positive_index.to(device=device, dtype=torch.int64)
     pos = pos + positive_offset
@@ -294,7 +293,9 @@ def resolve_groups(
     if qg.dim() == 1:
         qg = qg[:, None]
     if qg.dim() != 2 or qg.shape[0] != bq or not 1 <= qg.shape[1] <= 2:
-        raise ValueError(f"q_groups must be [{bq}] or [{bq}, K] with K <= 2 (one row per query), got {tuple(q_groups.shape)}")
+        raise ValueError(
+            f"q_groups must be [{bq}] or [{bq}, K] with K <= 2 (one row per query), got {tuple(q_groups.shape)}"
+        )
     if tuple(dg.shape) != (bd,):
         raise ValueError(f"d_groups must have shape [{bd}] (one per document), got {tuple(d_groups.shape)}")
     if qg.shape[1] == 1:

@@ -90,8 +90,7 @@ def current() -> KernelSettings:
 
 def sources() -> dict[str, str]:
     """Where each effective value comes from: argument, environment or configure/default."""
-    return {n: "argument" if n in _call else ("environment" if _from_env(n) is not None else "config")
-            for n in _ENV}
+    return {n: "argument" if n in _call else ("environment" if _from_env(n) is not None else "config") for n in _ENV}
 
 
 @contextmanager

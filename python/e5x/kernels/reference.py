@@ -30,9 +30,7 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask, positions, -1).amax(dim=1)
 
 
-def last_token_pool_ref(
-    hidden: torch.Tensor, last_index: torch.Tensor, normalize: bool = False
-) -> torch.Tensor:
+def last_token_pool_ref(hidden: torch.Tensor, last_index: torch.Tensor, normalize: bool = False) -> torch.Tensor:
     """hidden[b, last_index[b], :] for every row b; L2-normalised (in fp32) if asked.
 
     The result keeps the dtype of ``hidden``; normalisation is computed in float32 (or
@@ -128,8 +126,9 @@ def pooled_info_nce_ref(
     # the kernels do; the returned embeddings are in the hidden states' dtype.
     q_raw = last_token_pool_ref(q_hidden, q_last)
     d_raw = last_token_pool_ref(d_hidden, d_last)
-    loss = info_nce_ref(q_raw, d_raw, positive, temperature, normalize=True, reduction=reduction,
-                        q_groups=q_groups, d_groups=d_groups)
+    loss = info_nce_ref(
+        q_raw, d_raw, positive, temperature, normalize=True, reduction=reduction, q_groups=q_groups, d_groups=d_groups
+    )
     q = last_token_pool_ref(q_hidden, q_last, normalize=True)
     d = last_token_pool_ref(d_hidden, d_last, normalize=True)
     return loss, q, d

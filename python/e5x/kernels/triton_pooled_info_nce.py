@@ -70,10 +70,19 @@ NEG: tl.constexpr = tl.constexpr(-1.0e30)
 
 @triton.jit
 def _pool_norm_fwd(
-    X, IDX, RAW, E, RSTD,
-    stride_xb, stride_xl, H,
-    NORMALIZE: tl.constexpr, WRITE_RAW: tl.constexpr, WRITE_E: tl.constexpr,
-    EPS: tl.constexpr, BLOCK_H: tl.constexpr,
+    X,
+    IDX,
+    RAW,
+    E,
+    RSTD,
+    stride_xb,
+    stride_xl,
+    H,
+    NORMALIZE: tl.constexpr,
+    WRITE_RAW: tl.constexpr,
+    WRITE_E: tl.constexpr,
+    EPS: tl.constexpr,
+    BLOCK_H: tl.constexpr,
 ):
     """Row b: RAW[b] = X[b, IDX[b]] (exact copy), RSTD[b] = 1/max(|x|, eps), E[b] = x * rstd."""
     b = tl.program_id(0).to(tl.int64)
@@ -101,9 +110,20 @@ def _pool_norm_fwd(
 
 @triton.jit
 def _pool_norm_bwd(
-    X, IDX, RSTD, R, DX,
-    row0, stride_xb, stride_xl, stride_gb, stride_gl, stride_r, H,
-    NORMALIZE: tl.constexpr, BLOCK_H: tl.constexpr,
+    X,
+    IDX,
+    RSTD,
+    R,
+    DX,
+    row0,
+    stride_xb,
+    stride_xl,
+    stride_gb,
+    stride_gl,
+    stride_r,
+    H,
+    NORMALIZE: tl.constexpr,
+    BLOCK_H: tl.constexpr,
 ):
     """Scatter dx of row row0 + program_id into DX[b, IDX[b]] (DX is zero elsewhere).
 
@@ -171,9 +191,20 @@ def _lse_merge(M, L, OUT, Bq, SPLIT, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _score_tile(Q, D, offs_m, offs_n, Bq, Bd, H,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+def _score_tile(
+    Q,
+    D,
+    offs_m,
+    offs_n,
+    Bq,
+    Bd,
+    H,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
     """fp32 tile Q[offs_m] . D[offs_n]^T over the full hidden size (Q, D contiguous [*, H])."""
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     m_ok = offs_m < Bq
@@ -181,10 +212,8 @@ def _score_tile(Q, D, offs_m, offs_n, Bq, Bd, H,
     for k0 in range(0, H, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         k_ok = offs_k < H
-        q = tl.load(Q + offs_m[:, None] * H + offs_k[None, :],
-                    mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-        d = tl.load(D + offs_n[None, :] * H + offs_k[:, None],
-                    mask=n_ok[None, :] & k_ok[:, None], other=0.0)
+        q = tl.load(Q + offs_m[:, None] * H + offs_k[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        d = tl.load(D + offs_n[None, :] * H + offs_k[:, None], mask=n_ok[None, :] & k_ok[:, None], other=0.0)
         if UPCAST:
             # Triton's interpreter mis-multiplies 16-bit tl.dot operands (triton 3.9); the
             # products of 16-bit values are exact in fp32, so upcasting changes nothing else.
@@ -208,10 +237,31 @@ def _false_negatives(POS, QG, DG, offs_m, offs_n, m_ok, n_ok):
 
 @triton.jit
 def _lse_fwd(
-    Q, D, RQ, RD, M_OUT, L_OUT, S_OUT, POS, QG, DG, Bq, Bd, H, SPLIT, stride_s, scale2,
-    KEY_M, KEY_N,  # autotune key only: the call's rows and columns bucketed (see _bucket)
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    PRECISION: tl.constexpr, UPCAST: tl.constexpr, STORE_S: tl.constexpr, MASK_FN: tl.constexpr,
+    Q,
+    D,
+    RQ,
+    RD,
+    M_OUT,
+    L_OUT,
+    S_OUT,
+    POS,
+    QG,
+    DG,
+    Bq,
+    Bd,
+    H,
+    SPLIT,
+    stride_s,
+    scale2,
+    KEY_M,
+    KEY_N,  # autotune key only: the call's rows and columns bucketed (see _bucket)
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+    STORE_S: tl.constexpr,
+    MASK_FN: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_s = tl.program_id(1)
@@ -232,8 +282,11 @@ def _lse_fwd(
         if MASK_FN:  # false negatives leave the softmax like padding columns; stored as NEG, p = 0
             s = tl.where(_false_negatives(POS, QG, DG, offs_m, offs_n, offs_m < Bq, offs_n < Bd), NEG, s)
         if STORE_S:  # fused mode: keep the fp32 tile for the gradient (one chunk of rows)
-            tl.store(S_OUT + offs_m[:, None] * stride_s + offs_n[None, :], s,
-                     mask=(offs_m < Bq)[:, None] & (offs_n < Bd)[None, :])
+            tl.store(
+                S_OUT + offs_m[:, None] * stride_s + offs_n[None, :],
+                s,
+                mask=(offs_m < Bq)[:, None] & (offs_n < Bd)[None, :],
+            )
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         l_i = l_i * tl.exp2(m_i - m_new) + tl.sum(tl.exp2(s - m_new[:, None]), axis=1)
         m_i = m_new
@@ -244,11 +297,36 @@ def _lse_fwd(
 
 @triton.jit
 def _dscores(
-    Q, D, RQ, RD, LSE2, POS, COEF, DS, S_IN, QG, DG, row0, n_rows, col0, n_cols, Bq, Bd, H,
-    stride_ds, stride_s, scale2,
-    KEY_M, KEY_N,  # autotune key only: the window's rows and columns bucketed (see _bucket)
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    PRECISION: tl.constexpr, UPCAST: tl.constexpr, FROM_S: tl.constexpr, MASK_FN: tl.constexpr,
+    Q,
+    D,
+    RQ,
+    RD,
+    LSE2,
+    POS,
+    COEF,
+    DS,
+    S_IN,
+    QG,
+    DG,
+    row0,
+    n_rows,
+    col0,
+    n_cols,
+    Bq,
+    Bd,
+    H,
+    stride_ds,
+    stride_s,
+    scale2,
+    KEY_M,
+    KEY_N,  # autotune key only: the window's rows and columns bucketed (see _bucket)
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+    FROM_S: tl.constexpr,
+    MASK_FN: tl.constexpr,
 ):
     """dA for the window rows [row0, row0 + n_rows) x columns [col0, col0 + n_cols), written
     at window-local positions of DS; S_IN (FROM_S) holds the window's rows, all columns."""
@@ -267,8 +345,7 @@ def _dscores(
     rd = tl.load(RD + offs_n, mask=n_ok, other=0.0)
     rr = rq[:, None] * rd[None, :]
     if FROM_S:  # the forward stored this chunk's scores (log2 units, scaled): no GEMM
-        s2 = tl.load(S_IN + local[:, None] * stride_s + offs_n[None, :],
-                     mask=r_ok[:, None] & n_ok[None, :], other=0.0)
+        s2 = tl.load(S_IN + local[:, None] * stride_s + offs_n[None, :], mask=r_ok[:, None] & n_ok[None, :], other=0.0)
     else:  # recompute the score tile
         s = _score_tile(Q, D, offs_m, offs_n, Bq, Bd, H, BLOCK_M, BLOCK_N, BLOCK_K, PRECISION, UPCAST)
         s2 = s * rr * scale2
@@ -278,8 +355,11 @@ def _dscores(
     onehot = tl.where(offs_n[None, :] == pos[:, None], 1.0, 0.0)
     # gradient w.r.t. the raw dot product q . d: (P - Y) * g_i / tau * rq_i * rd_j
     ds = (p - onehot) * (coef[:, None] * rr)
-    tl.store(DS + local[:, None] * stride_ds + local_n[None, :], ds.to(DS.dtype.element_ty),
-             mask=r_ok[:, None] & n_ok[None, :])
+    tl.store(
+        DS + local[:, None] * stride_ds + local_n[None, :],
+        ds.to(DS.dtype.element_ty),
+        mask=r_ok[:, None] & n_ok[None, :],
+    )
 
 
 # ----------------------------------------------------------------------------- configs
@@ -346,8 +426,11 @@ def _launcher(kernel: Any, name: str, dtype: torch.dtype) -> tuple[Any, dict[str
         return kernel, dict(_GPU_CONFIGS[key][0])
     if (name, key) not in _TUNED:
         configs = [
-            triton.Config({k: v for k, v in c.items() if k.startswith("BLOCK")},
-                          num_warps=c["num_warps"], num_stages=c["num_stages"])
+            triton.Config(
+                {k: v for k, v in c.items() if k.startswith("BLOCK")},
+                num_warps=c["num_warps"],
+                num_stages=c["num_stages"],
+            )
             for c in _GPU_CONFIGS[key]
         ]
         mode = {"lse": "STORE_S", "dscores": "FROM_S"}[name]  # fused and backward mode tune apart
@@ -374,7 +457,12 @@ def _num_sms(device: torch.device) -> int:
 
 
 def _pool(
-    hidden: torch.Tensor, idx: torch.Tensor, normalize: bool, *, raw: bool, emb: bool,
+    hidden: torch.Tensor,
+    idx: torch.Tensor,
+    normalize: bool,
+    *,
+    raw: bool,
+    emb: bool,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
     """(compact raw pooled rows [B, H] or None, normalised rows or None, 1/norm fp32)."""
     b, seq, h = hidden.shape
@@ -388,17 +476,34 @@ def _pool(
     rstd = torch.ones((b,), dtype=torch.float32, device=hidden.device)
     dummy = rstd  # never written when the matching WRITE_* flag is off
     _pool_norm_fwd[(b,)](
-        hidden, idx, out_raw if raw else dummy, out_e if emb else dummy, rstd,
-        hidden.stride(0), hidden.stride(1), h,
-        NORMALIZE=normalize, WRITE_RAW=raw, WRITE_E=emb, EPS=NORM_EPS,
-        BLOCK_H=_block_h(h), **_row_warps(h),
+        hidden,
+        idx,
+        out_raw if raw else dummy,
+        out_e if emb else dummy,
+        rstd,
+        hidden.stride(0),
+        hidden.stride(1),
+        h,
+        NORMALIZE=normalize,
+        WRITE_RAW=raw,
+        WRITE_E=emb,
+        EPS=NORM_EPS,
+        BLOCK_H=_block_h(h),
+        **_row_warps(h),
     )
     return out_raw, out_e, rstd
 
 
 def _pool_backward(
-    x: torch.Tensor, stride_xb: int, stride_xl: int, idx: torch.Tensor, rstd: torch.Tensor,
-    r: torch.Tensor, grad: torch.Tensor, normalize: bool, row0: int = 0,
+    x: torch.Tensor,
+    stride_xb: int,
+    stride_xl: int,
+    idx: torch.Tensor,
+    rstd: torch.Tensor,
+    r: torch.Tensor,
+    grad: torch.Tensor,
+    normalize: bool,
+    row0: int = 0,
 ) -> None:
     """Scatter the gradient of rows [row0, row0 + len(r)) into grad (zero elsewhere).
 
@@ -410,9 +515,21 @@ def _pool_backward(
     if n == 0:
         return
     _pool_norm_bwd[(n,)](
-        x, idx, rstd, r, grad, row0, stride_xb, stride_xl,
-        grad.stride(0), grad.stride(1), r.stride(0), h,
-        NORMALIZE=normalize, BLOCK_H=_block_h(h), **_row_warps(h),
+        x,
+        idx,
+        rstd,
+        r,
+        grad,
+        row0,
+        stride_xb,
+        stride_xl,
+        grad.stride(0),
+        grad.stride(1),
+        r.stride(0),
+        h,
+        NORMALIZE=normalize,
+        BLOCK_H=_block_h(h),
+        **_row_warps(h),
     )
 
 
@@ -428,8 +545,14 @@ def _rows_mask(pos: torch.Tensor, groups: tuple[torch.Tensor, torch.Tensor] | No
 
 
 def _lse2(
-    q: torch.Tensor, d: torch.Tensor, rq: torch.Tensor, rd: torch.Tensor, scale2: float,
-    s_out: torch.Tensor | None = None, mask: Groups | None = None, out: torch.Tensor | None = None,
+    q: torch.Tensor,
+    d: torch.Tensor,
+    rq: torch.Tensor,
+    rd: torch.Tensor,
+    scale2: float,
+    s_out: torch.Tensor | None = None,
+    mask: Groups | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Row log2-sum-exp2 of (q d^T) * rq rd^T * scale2, without materialising q d^T
     (unless s_out [len(q), Bd] fp32 is given: then those scaled scores are stored there),
@@ -448,10 +571,27 @@ def _lse2(
     kernel, meta = _launcher(_lse_fwd, "lse", q.dtype)
     store = s_out is not None
     pos, qg, dg = mask if mask is not None else (rq, rq, rq)  # never read without MASK_FN
-    args = (q, d, rq, rd, m, s, s_out if store else m, pos, qg, dg, bq, bd, h, split,
-            s_out.stride(0) if s_out is not None else 0, scale2, _bucket(bq), _bucket(bd))
-    flags = dict(PRECISION=_precision(q.dtype), UPCAST=_upcast(q.dtype), STORE_S=store,
-                 MASK_FN=mask is not None)
+    args = (
+        q,
+        d,
+        rq,
+        rd,
+        m,
+        s,
+        s_out if store else m,
+        pos,
+        qg,
+        dg,
+        bq,
+        bd,
+        h,
+        split,
+        s_out.stride(0) if s_out is not None else 0,
+        scale2,
+        _bucket(bq),
+        _bucket(bd),
+    )
+    flags = dict(PRECISION=_precision(q.dtype), UPCAST=_upcast(q.dtype), STORE_S=store, MASK_FN=mask is not None)
     if meta is None:
         kernel[lambda META: (triton.cdiv(bq, META["BLOCK_M"]), split)](*args, **flags)
     else:
@@ -504,8 +644,11 @@ def _mm_f32(a: torch.Tensor, b: torch.Tensor, acc: torch.Tensor | None = None) -
                 raise
             _MM_OUT_DTYPE = False
             S.RUNTIME["gemm_path"] = "mm (operand dtype out) + fp32 upcast"
-            S.record_fallback("gemm", f"torch.mm(out_dtype=float32) unavailable for {a.dtype}: "
-                                      f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}")
+            S.record_fallback(
+                "gemm",
+                f"torch.mm(out_dtype=float32) unavailable for {a.dtype}: "
+                f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}",
+            )
         else:
             if _MM_OUT_DTYPE is None:
                 _MM_OUT_DTYPE = True
@@ -523,9 +666,18 @@ def _mm_f32(a: torch.Tensor, b: torch.Tensor, acc: torch.Tensor | None = None) -
 
 
 def _dscores_window(
-    q_raw: torch.Tensor, d_raw: torch.Tensor, q_rstd: torch.Tensor, d_rstd: torch.Tensor,
-    lse2: torch.Tensor, pos: torch.Tensor, coef: torch.Tensor, out: torch.Tensor,
-    rows: tuple[int, int], cols: tuple[int, int], scale2: float, s_in: torch.Tensor | None = None,
+    q_raw: torch.Tensor,
+    d_raw: torch.Tensor,
+    q_rstd: torch.Tensor,
+    d_rstd: torch.Tensor,
+    lse2: torch.Tensor,
+    pos: torch.Tensor,
+    coef: torch.Tensor,
+    out: torch.Tensor,
+    rows: tuple[int, int],
+    cols: tuple[int, int],
+    scale2: float,
+    s_in: torch.Tensor | None = None,
     groups: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> None:
     """out[:n, :m] = dA of query rows [r0, r0 + n) x documents [c0, c0 + m), from the stored
@@ -538,11 +690,32 @@ def _dscores_window(
     from_s = s_in is not None
     mask = groups is not None and not from_s
     qg, dg = groups if groups is not None else (pos, pos)  # never read without MASK_FN
-    args = (q_raw, d_raw, q_rstd, d_rstd, lse2, pos, coef, out, s_in if from_s else out, qg, dg,
-            r0, n, c0, m, bq, bd, h, out.stride(0), s_in.stride(0) if s_in is not None else 0, scale2,
-            _bucket(n), _bucket(m))
-    flags = dict(PRECISION=_precision(q_raw.dtype), UPCAST=_upcast(q_raw.dtype), FROM_S=from_s,
-                 MASK_FN=mask)
+    args = (
+        q_raw,
+        d_raw,
+        q_rstd,
+        d_rstd,
+        lse2,
+        pos,
+        coef,
+        out,
+        s_in if from_s else out,
+        qg,
+        dg,
+        r0,
+        n,
+        c0,
+        m,
+        bq,
+        bd,
+        h,
+        out.stride(0),
+        s_in.stride(0) if s_in is not None else 0,
+        scale2,
+        _bucket(n),
+        _bucket(m),
+    )
+    flags = dict(PRECISION=_precision(q_raw.dtype), UPCAST=_upcast(q_raw.dtype), FROM_S=from_s, MASK_FN=mask)
     if meta is None:
         kernel[lambda META: (triton.cdiv(n, META["BLOCK_M"]), triton.cdiv(m, META["BLOCK_N"]))](*args, **flags)
     else:
@@ -550,8 +723,14 @@ def _dscores_window(
 
 
 def _infonce_backward(
-    saved: tuple[torch.Tensor, ...], coef: torch.Tensor, temperature: float, normalize: bool,
-    g_q_emb: torch.Tensor | None, g_d_emb: torch.Tensor | None, need_q: bool, need_d: bool,
+    saved: tuple[torch.Tensor, ...],
+    coef: torch.Tensor,
+    temperature: float,
+    normalize: bool,
+    g_q_emb: torch.Tensor | None,
+    g_d_emb: torch.Tensor | None,
+    need_q: bool,
+    need_d: bool,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     q_hidden, d_hidden, q_idx, d_idx, pos, q_raw, d_raw, q_rstd, d_rstd, lse2, qg, dg = saved
     groups = (qg, dg) if qg is not None else None
@@ -571,8 +750,7 @@ def _infonce_backward(
     for r0 in range(0, bq, rows):
         n = min(rows, bq - r0)
         ds = ds_buf[:n]
-        _dscores_window(q_raw, d_raw, q_rstd, d_rstd, lse2, pos, coef, ds, (r0, n), (0, bd), scale2,
-                        groups=groups)
+        _dscores_window(q_raw, d_raw, q_rstd, d_rstd, lse2, pos, coef, ds, (r0, n), (0, bd), scale2, groups=groups)
         if need_q:
             r_q = _mm_f32(ds, d_raw)  # [n, H], complete for these rows: finish them now
             if g_q_emb is not None:
@@ -588,10 +766,22 @@ def _infonce_backward(
 
 
 def _fused_loss_and_grads(
-    q_hidden: torch.Tensor, d_hidden: torch.Tensor, q_idx: torch.Tensor, d_idx: torch.Tensor,
-    pos: torch.Tensor, q_raw: torch.Tensor, d_raw: torch.Tensor, q_rstd: torch.Tensor,
-    d_rstd: torch.Tensor, temperature: float, reduction: str, normalize: bool,
-    need_q: bool, need_d: bool, lean: bool = False, groups: tuple[torch.Tensor, torch.Tensor] | None = None,
+    q_hidden: torch.Tensor,
+    d_hidden: torch.Tensor,
+    q_idx: torch.Tensor,
+    d_idx: torch.Tensor,
+    pos: torch.Tensor,
+    q_raw: torch.Tensor,
+    d_raw: torch.Tensor,
+    q_rstd: torch.Tensor,
+    d_rstd: torch.Tensor,
+    temperature: float,
+    reduction: str,
+    normalize: bool,
+    need_q: bool,
+    need_d: bool,
+    lean: bool = False,
+    groups: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Forward that also computes the gradients for an upstream gradient of 1.
 
@@ -617,8 +807,7 @@ def _fused_loss_and_grads(
     acc_d = need_d and not lean
     r_d = torch.zeros((bd, h), dtype=torch.float32, device=d_raw.device) if acc_d else None
     if need_q or acc_d:
-        lse2 = _row_pass(q_raw, d_raw, q_idx, q_rstd, d_rstd, pos, coef, scale2, normalize, grad_q, r_d,
-                         groups)
+        lse2 = _row_pass(q_raw, d_raw, q_idx, q_rstd, d_rstd, pos, coef, scale2, normalize, grad_q, r_d, groups)
     else:  # lean, documents only: the log-sum-exp is all the first pass has to give
         lse2 = _lse2(q_raw, d_raw, q_rstd, d_rstd, scale2, mask=_rows_mask(pos, groups, 0, bq))
     if acc_d:
@@ -626,15 +815,22 @@ def _fused_loss_and_grads(
         _pool_backward(d_raw, h, 0, d_idx, d_rstd, r_d, grad_d, normalize)
     elif need_d:
         assert grad_d is not None
-        _column_pass(q_raw, d_raw, d_idx, q_rstd, d_rstd, lse2, pos, coef, scale2, normalize, grad_d,
-                     groups)
+        _column_pass(q_raw, d_raw, d_idx, q_rstd, d_rstd, lse2, pos, coef, scale2, normalize, grad_d, groups)
     return lse2, grad_q, grad_d
 
 
 def _row_pass(
-    q_raw: torch.Tensor, d_raw: torch.Tensor, q_idx: torch.Tensor, q_rstd: torch.Tensor,
-    d_rstd: torch.Tensor, pos: torch.Tensor, coef: torch.Tensor, scale2: float, normalize: bool,
-    grad_q: torch.Tensor | None, r_d: torch.Tensor | None,
+    q_raw: torch.Tensor,
+    d_raw: torch.Tensor,
+    q_idx: torch.Tensor,
+    q_rstd: torch.Tensor,
+    d_rstd: torch.Tensor,
+    pos: torch.Tensor,
+    coef: torch.Tensor,
+    scale2: float,
+    normalize: bool,
+    grad_q: torch.Tensor | None,
+    r_d: torch.Tensor | None,
     groups: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Per chunk of query rows: lse from stored fp32 score tiles, dA, then the rows' query
@@ -650,8 +846,16 @@ def _row_pass(
     for r0 in range(0, bq, rows):
         n = min(rows, bq - r0)
         s_c, ds = s_buf[:n], ds_buf[:n]
-        _lse2(q_raw[r0 : r0 + n], d_raw, q_rstd[r0 : r0 + n], d_rstd, scale2, s_out=s_c, out=lse2[r0 : r0 + n],
-                                  mask=_rows_mask(pos, groups, r0, n))
+        _lse2(
+            q_raw[r0 : r0 + n],
+            d_raw,
+            q_rstd[r0 : r0 + n],
+            d_rstd,
+            scale2,
+            s_out=s_c,
+            out=lse2[r0 : r0 + n],
+            mask=_rows_mask(pos, groups, r0, n),
+        )
         _dscores_window(q_raw, d_raw, q_rstd, d_rstd, lse2, pos, coef, ds, (r0, n), (0, bd), scale2, s_in=s_c)
         if grad_q is not None:
             r_q = _mm_f32(ds, d_raw)
@@ -663,9 +867,17 @@ def _row_pass(
 
 
 def _column_pass(
-    q_raw: torch.Tensor, d_raw: torch.Tensor, d_idx: torch.Tensor, q_rstd: torch.Tensor,
-    d_rstd: torch.Tensor, lse2: torch.Tensor, pos: torch.Tensor, coef: torch.Tensor,
-    scale2: float, normalize: bool, grad_d: torch.Tensor,
+    q_raw: torch.Tensor,
+    d_raw: torch.Tensor,
+    d_idx: torch.Tensor,
+    q_rstd: torch.Tensor,
+    d_rstd: torch.Tensor,
+    lse2: torch.Tensor,
+    pos: torch.Tensor,
+    coef: torch.Tensor,
+    scale2: float,
+    normalize: bool,
+    grad_d: torch.Tensor,
     groups: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> None:
     """Lean mode's document gradients, per chunk of document columns: every row's lse is
@@ -679,15 +891,14 @@ def _column_pass(
     for c0 in range(0, bd, cols):
         m = min(cols, bd - c0)
         ds = dc_buf[:, :m]
-        _dscores_window(q_raw, d_raw, q_rstd, d_rstd, lse2, pos, coef, ds, (0, bq), (c0, m), scale2,
-                        groups=groups)
+        _dscores_window(q_raw, d_raw, q_rstd, d_rstd, lse2, pos, coef, ds, (0, bq), (c0, m), scale2, groups=groups)
         r_dc = _mm_f32(ds.T, q_raw)  # [m, H]
         _pool_backward(d_raw, h, 0, d_idx, d_rstd, r_dc, grad_d, normalize, row0=c0)
         del r_dc
 
 
 def _infonce_mode(reduction: str, q: torch.Tensor, d: torch.Tensor) -> str:
-    """"fused" / "lean" (gradients formed in the forward; mean/sum under autograd) or
+    """The mode: "fused" / "lean" (gradients formed in the forward; mean/sum under autograd) or
     "backward" (forward keeps the log-sum-exp only), from the ``mode`` setting (argument,
     E5X_INFONCE_MODE, or configure). "auto" (the default) is fused unless its fp32 [Bd, H]
     document accumulator would take more than half of the device memory still available,
@@ -747,9 +958,19 @@ class _PooledInfoNCE(torch.autograd.Function):
     @staticmethod
     @_no_autocast
     def forward(  # type: ignore[override]
-        ctx: Any, q_hidden: torch.Tensor, d_hidden: torch.Tensor, q_idx: torch.Tensor,
-        d_idx: torch.Tensor, pos: torch.Tensor, temperature: float, reduction: str,
-        normalize: bool, want_emb: bool, mode: str, qg: torch.Tensor | None, dg: torch.Tensor | None,
+        ctx: Any,
+        q_hidden: torch.Tensor,
+        d_hidden: torch.Tensor,
+        q_idx: torch.Tensor,
+        d_idx: torch.Tensor,
+        pos: torch.Tensor,
+        temperature: float,
+        reduction: str,
+        normalize: bool,
+        want_emb: bool,
+        mode: str,
+        qg: torch.Tensor | None,
+        dg: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         q_raw, q_emb, q_rstd = _pool(q_hidden, q_idx, normalize, raw=True, emb=want_emb)
         d_raw, d_emb, d_rstd = _pool(d_hidden, d_idx, normalize, raw=True, emb=want_emb)
@@ -760,15 +981,29 @@ class _PooledInfoNCE(torch.autograd.Function):
         ctx.settings = S.current()  # the backward runs outside this call's argument scope
         if fused:
             lse2, ctx.grad_q, ctx.grad_d = _fused_loss_and_grads(
-                q_hidden, d_hidden, q_idx, d_idx, pos, q_raw, d_raw, q_rstd, d_rstd, temperature,
-                reduction, normalize, ctx.needs_input_grad[0], ctx.needs_input_grad[1],
-                lean=mode == "lean", groups=groups,
+                q_hidden,
+                d_hidden,
+                q_idx,
+                d_idx,
+                pos,
+                q_raw,
+                d_raw,
+                q_rstd,
+                d_rstd,
+                temperature,
+                reduction,
+                normalize,
+                ctx.needs_input_grad[0],
+                ctx.needs_input_grad[1],
+                lean=mode == "lean",
+                groups=groups,
             )
         else:
             lse2 = _lse2(q_raw, d_raw, q_rstd, d_rstd, LOG2E / temperature, mask=_rows_mask(pos, groups, 0, bq))
         rows = torch.empty((bq,), dtype=torch.float32, device=q_raw.device)
-        _rowdot[(bq,)](q_raw, d_raw, pos, q_rstd, d_rstd, lse2, rows, h, 1.0 / temperature,
-                       BLOCK_H=_block_h(h), **_row_warps(h))
+        _rowdot[(bq,)](
+            q_raw, d_raw, pos, q_rstd, d_rstd, lse2, rows, h, 1.0 / temperature, BLOCK_H=_block_h(h), **_row_warps(h)
+        )
         loss = rows if reduction == "none" else (rows.sum() if reduction == "sum" else rows.mean())
         if fused:  # the gradients exist already; keep what the embeddings' gradients need
             ctx.save_for_backward(q_hidden, d_hidden, q_idx, d_idx, q_rstd, d_rstd)
@@ -802,8 +1037,14 @@ class _PooledInfoNCE(torch.autograd.Function):
             scale = 1.0 / t if ctx.reduction == "sum" else 1.0 / (t * bq)
             coef = (g_loss.float() * scale).expand(bq)
         grad_q, grad_d = _infonce_backward(
-            saved, coef.contiguous(), t, ctx.normalize, g_q, g_d,
-            ctx.needs_input_grad[0], ctx.needs_input_grad[1],
+            saved,
+            coef.contiguous(),
+            t,
+            ctx.normalize,
+            g_q,
+            g_d,
+            ctx.needs_input_grad[0],
+            ctx.needs_input_grad[1],
         )
         return grad_q, grad_d, None, None, None, None, None, None, None, None, None, None
 
@@ -879,28 +1120,56 @@ def last_token_pool_triton(hidden: torch.Tensor, idx: torch.Tensor, normalize: b
 
 
 def pooled_info_nce_triton(
-    q_hidden: torch.Tensor, d_hidden: torch.Tensor, q_idx: torch.Tensor, d_idx: torch.Tensor,
-    pos: torch.Tensor, temperature: float, reduction: str, want_embeddings: bool = True,
+    q_hidden: torch.Tensor,
+    d_hidden: torch.Tensor,
+    q_idx: torch.Tensor,
+    d_idx: torch.Tensor,
+    pos: torch.Tensor,
+    temperature: float,
+    reduction: str,
+    want_embeddings: bool = True,
     groups: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     qg, dg = groups if groups is not None else (None, None)
     return _PooledInfoNCE.apply(
-        _ready(q_hidden), _ready(d_hidden), q_idx.contiguous(), d_idx.contiguous(),
-        pos.contiguous(), temperature, reduction, True, want_embeddings,
-        _infonce_mode(reduction, q_hidden, d_hidden), qg, dg,
+        _ready(q_hidden),
+        _ready(d_hidden),
+        q_idx.contiguous(),
+        d_idx.contiguous(),
+        pos.contiguous(),
+        temperature,
+        reduction,
+        True,
+        want_embeddings,
+        _infonce_mode(reduction, q_hidden, d_hidden),
+        qg,
+        dg,
     )
 
 
 def info_nce_triton(
-    q: torch.Tensor, d: torch.Tensor, pos: torch.Tensor, temperature: float,
-    normalize: bool, reduction: str, groups: tuple[torch.Tensor, torch.Tensor] | None = None,
+    q: torch.Tensor,
+    d: torch.Tensor,
+    pos: torch.Tensor,
+    temperature: float,
+    normalize: bool,
+    reduction: str,
+    groups: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     # Embeddings are hidden states of length 1: the same kernels, pooling position 0.
     zq = torch.zeros((q.shape[0],), dtype=torch.int64, device=q.device)
     zd = torch.zeros((d.shape[0],), dtype=torch.int64, device=d.device)
     loss, _, _ = _PooledInfoNCE.apply(
-        _ready(q).unsqueeze(1), _ready(d).unsqueeze(1), zq, zd, pos.contiguous(),
-        temperature, reduction, normalize, False, _infonce_mode(reduction, q, d),
+        _ready(q).unsqueeze(1),
+        _ready(d).unsqueeze(1),
+        zq,
+        zd,
+        pos.contiguous(),
+        temperature,
+        reduction,
+        normalize,
+        False,
+        _infonce_mode(reduction, q, d),
         *(groups if groups is not None else (None, None)),
     )
     return loss

@@ -97,8 +97,12 @@ class Embedder:
         if truncate_dim is not None and not 1 <= truncate_dim <= hidden:
             raise ValueError(f"truncate_dim must be in 1..{hidden} (the model's hidden size), got {truncate_dim}")
         if truncate_dim is not None and truncate_dim < hidden and truncate_dim not in self.spec.matryoshka_dims:
-            log.warning("truncate_dim=%d: the model was not trained for it (matryoshka_dims %s); "
-                        "expect lower quality than a trained size", truncate_dim, list(self.spec.matryoshka_dims))
+            log.warning(
+                "truncate_dim=%d: the model was not trained for it (matryoshka_dims %s); "
+                "expect lower quality than a trained size",
+                truncate_dim,
+                list(self.spec.matryoshka_dims),
+            )
         # The first truncate_dim dimensions, renormalised: a Matryoshka-trained prefix.
         self.truncate_dim = truncate_dim
         self.batch_size = batch_size
@@ -183,8 +187,7 @@ class Embedder:
             base = str(base_model or adapter_cfg.get("base_model_name_or_path") or "")
             if not base:
                 raise ValueError(
-                    f"{adapter_dir / 'adapter_config.json'} names no base_model_name_or_path; "
-                    "pass base_model="
+                    f"{adapter_dir / 'adapter_config.json'} names no base_model_name_or_path; pass base_model="
                 )
             model = _load_with_adapter(AutoModel.from_pretrained(base, **load_kw), adapter_dir)
             # The adapter's own tokenizer, else the e5x model dir it was saved in, else the base.
@@ -197,8 +200,15 @@ class Embedder:
             tok_src = path
         tokenizer = AutoTokenizer.from_pretrained(str(tok_src), trust_remote_code=trust_remote_code)
         model.to(device)
-        return cls(model, tokenizer, spec, batch_size=batch_size, show_progress=show_progress, name=str(path),
-                   truncate_dim=truncate_dim)
+        return cls(
+            model,
+            tokenizer,
+            spec,
+            batch_size=batch_size,
+            show_progress=show_progress,
+            name=str(path),
+            truncate_dim=truncate_dim,
+        )
 
     # ---------------------------------------------------------------- encoding
     @property

@@ -66,8 +66,7 @@ def set_checkpointing(
     n_ckpt = max(0, len(layers) - keep)
     if save_matmuls and use_reentrant:
         raise ValueError("save_matmuls needs non-reentrant checkpointing")
-    sac = partial(ckpt.checkpoint, use_reentrant=False,
-                  context_fn=partial(_sac_contexts, min_k))
+    sac = partial(ckpt.checkpoint, use_reentrant=False, context_fn=partial(_sac_contexts, min_k))
     # transformers calls each layer's own _gradient_checkpointing_func, so it can differ per layer
     for i, layer in enumerate(layers):
         layer.gradient_checkpointing = i < n_ckpt
@@ -220,8 +219,7 @@ def apply_liger(model: Any, *, rms_norm: bool = True, swiglu: bool = True, rope:
     fn = getattr(lk, f"apply_liger_kernel_to_{model_type}", None)
     if fn is None:
         return []
-    fn(rope=rope, rms_norm=rms_norm, swiglu=swiglu, cross_entropy=False,
-       fused_linear_cross_entropy=False, model=target)
+    fn(rope=rope, rms_norm=rms_norm, swiglu=swiglu, cross_entropy=False, fused_linear_cross_entropy=False, model=target)
     return [k for k, on in (("rms_norm", rms_norm), ("swiglu", swiglu), ("rope", rope)) if on]
 
 
@@ -240,7 +238,6 @@ def prepare_for_packed_training(
     enable_packing(model)
     info: dict[str, Any] = {"packing": True}
     if checkpoint_keep is not None:
-        info["checkpointed_layers"] = set_checkpointing(
-            model, checkpoint_keep, save_matmuls=checkpoint_save_matmuls)
+        info["checkpointed_layers"] = set_checkpointing(model, checkpoint_keep, save_matmuls=checkpoint_save_matmuls)
     info["liger"] = apply_liger(model) if liger else []
     return info

@@ -61,9 +61,7 @@ def build_byte_tokenizer() -> PreTrainedTokenizerBase:
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)]
     )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
-    )
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
 
 
 def build_tiny_model(cfg: TinyModelConfig, vocab_size: int) -> PreTrainedModel:

@@ -155,7 +155,8 @@ def pack_padded(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Packed
     if input_ids.shape != attention_mask.shape or input_ids.dim() != 2:
         raise ValueError(
             f"input_ids {tuple(input_ids.shape)} and attention_mask {tuple(attention_mask.shape)} "
-            "must be the same [batch, seq_len] shape")
+            "must be the same [batch, seq_len] shape"
+        )
     mask = attention_mask.bool()
     lengths_t = mask.sum(1)
     lengths = lengths_t.tolist()
@@ -262,8 +263,7 @@ def attention_shape(model: Any) -> tuple[int, int, int]:
     return int(head_dim), int(heads), int(getattr(cfg, "num_key_value_heads", None) or heads)
 
 
-def resolve_backend(backend: str, device: torch.device,
-                    attn_shape: tuple[int, int, int] | None = None) -> str:
+def resolve_backend(backend: str, device: torch.device, attn_shape: tuple[int, int, int] | None = None) -> str:
     """The backend ``auto`` stands for on ``device``: the first of flash-attn varlen and torch's
     own varlen flash kernel that passes a forward + backward trial against the exact
     per-sequence SDPA loop here (``_trial``, once per device and ``attn_shape`` = the model's
@@ -289,8 +289,10 @@ def _auto_cuda_backend(device: str, attn_shape: tuple[int, int, int] = DEFAULT_A
         problem = _trial(name, device, attn_shape)
         if problem is None:
             return name
-        warnings.warn(f"e5x packed attention: backend {name!r} failed its trial on {device} "
-                      f"({problem}); trying the next one", stacklevel=2)
+        warnings.warn(
+            f"e5x packed attention: backend {name!r} failed its trial on {device} ({problem}); trying the next one",
+            stacklevel=2,
+        )
     return "sdpa_loop"
 
 
@@ -324,7 +326,7 @@ def _trial_inner(backend: str, device: str, attn_shape: tuple[int, int, int] = D
     def rand(n: int, h: int) -> torch.Tensor:
         return torch.randn(n, h, head_dim, device=device, generator=g).to(torch.bfloat16)
 
-    scale = head_dim ** -0.5
+    scale = head_dim**-0.5
     cases = (  # (what, q rows, cu_q, host bounds of q, max_q, causal)
         ("", t, cu, bounds, max(lengths), True),
         ("trimmed last layer: ", len(lengths), cu_one, one, 1, False),
@@ -334,8 +336,19 @@ def _trial_inner(backend: str, device: str, attn_shape: tuple[int, int, int] = D
         outs = []
         for name in (backend, "sdpa_loop"):
             q, k, v = (x.clone().requires_grad_(True) for x in (q0, k0, v0))
-            o = varlen_attention(q, k, v, cu_q, cu, max_q, max(lengths), scale=scale,
-                                 causal=causal, backend=name, bounds=(bounds_q, bounds))
+            o = varlen_attention(
+                q,
+                k,
+                v,
+                cu_q,
+                cu,
+                max_q,
+                max(lengths),
+                scale=scale,
+                causal=causal,
+                backend=name,
+                bounds=(bounds_q, bounds),
+            )
             o.float().square().sum().backward()
             outs.append([o.float(), q.grad.float(), k.grad.float(), v.grad.float()])  # type: ignore[union-attr]
         for what, a, b in zip(("out", "dq", "dk", "dv"), *outs):
@@ -358,9 +371,12 @@ def _warn_gqa_repeat(ratio: int) -> None:
     import warnings
 
     _GQA_REPEAT_WARNED = True
-    warnings.warn(f"e5x packed attention: this torch's varlen_attn has no enable_gqa; keys and values are "
-                  f"repeated {ratio}x per layer (flash-attn, or a torch whose varlen_attn takes enable_gqa, "
-                  "avoids it)", stacklevel=3)
+    warnings.warn(
+        f"e5x packed attention: this torch's varlen_attn has no enable_gqa; keys and values are "
+        f"repeated {ratio}x per layer (flash-attn, or a torch whose varlen_attn takes enable_gqa, "
+        "avoids it)",
+        stacklevel=3,
+    )
 
 
 def gqa_native(backend: str) -> bool | None:
@@ -421,8 +437,9 @@ def varlen_attention(
         dtype = q.dtype
         window = (sliding_window - 1, 0) if use_window and sliding_window is not None else (-1, -1)
         q, k, v = (_low_precision(x).contiguous() for x in (q, k, v))
-        out = fn(q, k, v, cu_q, cu_k, max_q, max_k,
-                 dropout_p=0.0, softmax_scale=scale, causal=causal, window_size=window)
+        out = fn(
+            q, k, v, cu_q, cu_k, max_q, max_k, dropout_p=0.0, softmax_scale=scale, causal=causal, window_size=window
+        )
         return out.to(dtype) if not torch.is_autocast_enabled(q.device.type) else out
     if backend == "torch_varlen":
         found = _torch_varlen()
@@ -445,7 +462,8 @@ def varlen_attention(
             kwargs["enable_gqa"] = hq != hkv
         if "window_size" in params:
             kwargs["window_size"] = (
-                (sliding_window - 1, 0) if use_window and sliding_window is not None
+                (sliding_window - 1, 0)
+                if use_window and sliding_window is not None
                 else ((-1, 0) if causal else (-1, -1))
             )
         else:  # torch 2.9/2.10 signature
@@ -455,10 +473,20 @@ def varlen_attention(
         out = fn(q, k, v, cu_q.to(torch.int32), cu_k.to(torch.int32), max_q, max_k, **kwargs)
         return out.to(dtype) if not torch.is_autocast_enabled(q.device.type) else out
     if backend == "flex":
-        return _flex_attention(q, k, v, cu_q, cu_k, scale=scale, causal=causal,
-                               sliding_window=sliding_window if use_window else None)
-    return _sdpa_loop(q, k, v, cu_q, cu_k, scale=scale, causal=causal,
-                      sliding_window=sliding_window if use_window else None, bounds=bounds)
+        return _flex_attention(
+            q, k, v, cu_q, cu_k, scale=scale, causal=causal, sliding_window=sliding_window if use_window else None
+        )
+    return _sdpa_loop(
+        q,
+        k,
+        v,
+        cu_q,
+        cu_k,
+        scale=scale,
+        causal=causal,
+        sliding_window=sliding_window if use_window else None,
+        bounds=bounds,
+    )
 
 
 def _segment_mask(lq: int, lk: int, causal: bool, window: int | None, device: Any) -> Any:
@@ -499,7 +527,12 @@ def _sdpa_loop(q, k, v, cu_q, cu_k, *, scale, causal, sliding_window, bounds=Non
         elif causal or sliding_window is not None:
             mask = _segment_mask(lq, lk, causal, sliding_window, q.device)
         o = F.scaled_dot_product_attention(
-            qi, ki, vi, attn_mask=mask, is_causal=is_causal, scale=scale,
+            qi,
+            ki,
+            vi,
+            attn_mask=mask,
+            is_causal=is_causal,
+            scale=scale,
             enable_gqa=qi.shape[1] != ki.shape[1],
         )
         outs.append(o.squeeze(0).transpose(0, 1))
@@ -530,8 +563,12 @@ def _flex_attention(q, k, v, cu_q, cu_k, *, scale, causal, sliding_window):  # t
     if q.is_cuda and os.environ.get("E5X_FLEX_COMPILE", "1" if FLEX_COMPILE else "0") == "1":
         fn = _compiled_flex()
     out = fn(
-        q.transpose(0, 1).unsqueeze(0), k.transpose(0, 1).unsqueeze(0), v.transpose(0, 1).unsqueeze(0),
-        block_mask=block_mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1],
+        q.transpose(0, 1).unsqueeze(0),
+        k.transpose(0, 1).unsqueeze(0),
+        v.transpose(0, 1).unsqueeze(0),
+        block_mask=block_mask,
+        scale=scale,
+        enable_gqa=q.shape[1] != k.shape[1],
     )
     return out.squeeze(0).transpose(0, 1)
 
@@ -548,7 +585,8 @@ def _flex_block_mask(device, cu_q, cu_k, tq, tk, causal, sliding_window):  # typ
         ids = torch.full((total,), fill, dtype=torch.long, device=device)
         n = int(cu[-1])
         ids[:n] = torch.repeat_interleave(
-            torch.arange(len(cu) - 1, device=device), (cu[1:] - cu[:-1]).long(), output_size=n)
+            torch.arange(len(cu) - 1, device=device), (cu[1:] - cu[:-1]).long(), output_size=n
+        )
         return ids
 
     doc_q, doc_k = doc_ids(cu_q, tq, -1), doc_ids(cu_k, tk, -2)
@@ -599,8 +637,15 @@ def packed_attention_forward(
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
         return sdpa_attention_forward(
-            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-            sliding_window=sliding_window, **kwargs,
+            module,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=dropout,
+            scaling=scaling,
+            sliding_window=sliding_window,
+            **kwargs,
         )
     if query.shape[0] != 1:
         raise ValueError(f"a packed stream has batch size 1, got query of shape {tuple(query.shape)}")
@@ -611,10 +656,17 @@ def packed_attention_forward(
     max_k = int(kwargs.get("max_length_k", max_q))
     scale = scaling if scaling is not None else 1.0 / math.sqrt(query.shape[-1])
     out = varlen_attention(
-        query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1),
-        cu_q, cu_k, max_q, max_k,
-        scale=scale, causal=bool(getattr(module, "is_causal", True)),
-        sliding_window=sliding_window, backend=kwargs.get("e5x_attn_backend", "auto"),
+        query[0].transpose(0, 1),
+        key[0].transpose(0, 1),
+        value[0].transpose(0, 1),
+        cu_q,
+        cu_k,
+        max_q,
+        max_k,
+        scale=scale,
+        causal=bool(getattr(module, "is_causal", True)),
+        sliding_window=sliding_window,
+        backend=kwargs.get("e5x_attn_backend", "auto"),
         bounds=kwargs.get("e5x_bounds"),
     )
     return out.unsqueeze(0), None  # [1, T, Hq, D], the layout transformers expects
@@ -721,8 +773,12 @@ def packed_hidden_at(
     backend = resolve_backend(backend, device, attention_shape(model))
     kw = packed.attention_kwargs(backend)
     dec = decoder_of(model)
-    own_loop = (dec is not None and getattr(dec.config, "model_type", None) in OWN_LOOP_MODEL_TYPES
-                and not _fsdp_wrapped(model) and not _is_ddp(model))
+    own_loop = (
+        dec is not None
+        and getattr(dec.config, "model_type", None) in OWN_LOOP_MODEL_TYPES
+        and not _fsdp_wrapped(model)
+        and not _is_ddp(model)
+    )
     if not own_loop:
         # Other architectures may do more in their forward (Gemma scales embeddings); FSDP2
         # gathers the root's parameters (embeddings, final norm) in the root's forward hook and
@@ -737,8 +793,7 @@ def packed_hidden_at(
     trim = trim_last_layer and pool.last_token_only and _trimmable(layers[-1])
     n_full = len(layers) - 1 if trim else len(layers)
     for layer in layers[:n_full]:
-        h = layer(h, attention_mask=None, position_ids=packed.position_ids,
-                  position_embeddings=pos_emb, **kw)
+        h = layer(h, attention_mask=None, position_ids=packed.position_ids, position_embeddings=pos_emb, **kw)
         h = h[0] if isinstance(h, tuple) else h
     if not pool.last_token_only:
         return pool.pool_packed(dec.norm(h[0]), packed)
@@ -787,8 +842,7 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
     return x * cos + rotated * sin
 
 
-def _last_layer_at(layer: Any, h: torch.Tensor, pos_emb: Any, packed: PackedBatch,
-                   backend: str) -> torch.Tensor:
+def _last_layer_at(layer: Any, h: torch.Tensor, pos_emb: Any, packed: PackedBatch, backend: str) -> torch.Tensor:
     """The last decoder layer evaluated only where the loss reads it: keys and values for the
     whole stream, everything else for the B pooled rows. Returns ``[B, H]`` (before the final
     norm). Cheap, so it is never checkpointed."""
@@ -821,8 +875,17 @@ def _last_layer_at(layer: Any, h: torch.Tensor, pos_emb: Any, packed: PackedBatc
     use_window = window is not None and packed.max_seqlen > window
     bounds_k = packed.segment_bounds()[: b + 1]
     o = varlen_attention(
-        q[0].transpose(0, 1), k[0].transpose(0, 1), v[0].transpose(0, 1), cu_q, cu_k, 1,
-        packed.max_seqlen, scale=scale, causal=use_window, sliding_window=window, backend=backend,
+        q[0].transpose(0, 1),
+        k[0].transpose(0, 1),
+        v[0].transpose(0, 1),
+        cu_q,
+        cu_k,
+        1,
+        packed.max_seqlen,
+        scale=scale,
+        causal=use_window,
+        sliding_window=window,
+        backend=backend,
         bounds=(range(b + 1), bounds_k),
     )  # [B, Hq, D]
     o = attn.o_proj(o.reshape(1, b, -1))
@@ -868,8 +931,7 @@ def embed_packed_inputs(
     side): the drop-in for ``e5x.training.step.embed`` once ``enable_packing(model)`` ran, so it
     returns float32 like that function (the pooled rows are few; the cast is free)."""
     packed = pack_padded(inputs["input_ids"], inputs["attention_mask"])
-    return packed_hidden_at(model, packed, pooling=pooling, backend=backend,
-                            trim_last_layer=trim_last_layer).float()
+    return packed_hidden_at(model, packed, pooling=pooling, backend=backend, trim_last_layer=trim_last_layer).float()
 
 
 def embed_padded(
@@ -912,8 +974,14 @@ def embed_length_grouped(
 
     chunks = length_grouped_chunks([len(s) for s in sequences], max_tokens)
     parts = [
-        embed_padded(model, [sequences[i] for i in c], pooling=pooling, pad_id=pad_id,
-                     padding_side=padding_side, normalize=normalize)
+        embed_padded(
+            model,
+            [sequences[i] for i in c],
+            pooling=pooling,
+            pad_id=pad_id,
+            padding_side=padding_side,
+            normalize=normalize,
+        )
         for c in chunks
     ]
     order = torch.tensor([i for c in chunks for i in c], device=parts[0].device)

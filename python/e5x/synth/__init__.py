@@ -184,6 +184,8 @@ def read_run_json(path: Path) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: expected a JSON object, got {type(obj).__name__}")
     return obj
+
+
 RENDER_CHUNK = 20_000  # example prompts rendered (and held in memory) at a time
 
 
@@ -251,7 +253,9 @@ def describe_plan(plan: Plan) -> PlanDescription:
         "requests": sum(r["requests"] for r in rows),
         "prompt_tokens": sum(r["prompt_tokens"] for r in rows),
         "completion_tokens": sum(r["completion_tokens"] for r in rows),
-        "cost_usd": None if any(r["cost_usd"] is None for r in rows) else round(sum(r["cost_usd"] or 0.0 for r in rows), 4),
+        "cost_usd": None
+        if any(r["cost_usd"] is None for r in rows)
+        else round(sum(r["cost_usd"] or 0.0 for r in rows), 4),
     }
     return {"rows": rows, "total": total, "fingerprint": plan.fingerprint()}
 
@@ -647,7 +651,11 @@ def _run_locked(plan: Plan, out: Path, say: Callable[[str], None]) -> SynthSumma
 
 
 def format_summary(s: SynthSummary) -> str:
-    state = "complete" if s["complete"] else f"INCOMPLETE ({s['stop_reason'] or 'some requests failed; rerun with --resume'})"
+    state = (
+        "complete"
+        if s["complete"]
+        else f"INCOMPLETE ({s['stop_reason'] or 'some requests failed; rerun with --resume'})"
+    )
     lines = [
         f"e5x synth: {state}",
         f"  brainstorm {s['brainstorm']['answered']}/{s['brainstorm']['planned']}, "

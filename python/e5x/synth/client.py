@@ -171,7 +171,7 @@ def _httpx() -> Any:
 
 
 def _transport_kind(exc: BaseException) -> str:
-    """"timeout" or "connection", from the root cause: the SDK's aiohttp transport reports a
+    """The kind, "timeout" or "connection", from the root cause: the SDK's aiohttp transport reports a
     dropped connection as a connect timeout, which would mislabel the fault."""
     chain: list[BaseException] = []
     e: BaseException | None = exc

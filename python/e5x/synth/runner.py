@@ -194,7 +194,10 @@ class Runner:
         c, s = self.cfg, self.stats
         if c.max_requests is not None and s.calls + 1 > c.max_requests:
             return f"budget: max_requests={c.max_requests} reached"
-        if c.max_tokens_total is not None and s.tokens + s.lost_tokens + self._reserved_tokens + tokens > c.max_tokens_total:
+        if (
+            c.max_tokens_total is not None
+            and s.tokens + s.lost_tokens + self._reserved_tokens + tokens > c.max_tokens_total
+        ):
             return f"budget: max_tokens_total={c.max_tokens_total} would be exceeded"
         if c.max_cost_usd is not None and s.cost_usd + s.lost_cost_usd + self._reserved_cost + cost > c.max_cost_usd:
             return f"budget: max_cost_usd={c.max_cost_usd} would be exceeded"
@@ -247,9 +250,7 @@ class Runner:
             schema: dict[str, Any] = {
                 "type": "object",
                 # Non-empty list of non-empty strings: small models happily answer {"tasks": []}.
-                "properties": {
-                    "tasks": {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1}}
-                },
+                "properties": {"tasks": {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1}}},
                 "required": ["tasks"],
                 "additionalProperties": False,
             }

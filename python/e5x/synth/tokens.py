@@ -115,6 +115,5 @@ def prompt_tokens_bound(messages: list[dict[str, Any]], model: str | None = None
     count = tokenizer(model)[1] if model else None
     size: Counter = count or utf8_len
     return (
-        sum(size(m.get("content") or "") + TEMPLATE_TOKENS_PER_MESSAGE for m in messages)
-        + TEMPLATE_TOKENS_PER_REQUEST
+        sum(size(m.get("content") or "") + TEMPLATE_TOKENS_PER_MESSAGE for m in messages) + TEMPLATE_TOKENS_PER_REQUEST
     )

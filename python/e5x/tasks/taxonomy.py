@@ -140,7 +140,9 @@ class TaskType:
         known = set(self.placeholders) | {"task"}
         for name in template_placeholders(self.prompt, where=f"{where}, prompt"):
             if name not in known:
-                raise ValueError(f"{where}: prompt uses placeholder {{{name}}} which has no values (known: {sorted(known)})")
+                raise ValueError(
+                    f"{where}: prompt uses placeholder {{{name}}} which has no values (known: {sorted(known)})"
+                )
         if self.brainstorm_prompt is not None:
             for name in template_placeholders(self.brainstorm_prompt, where=f"{where}, brainstorm_prompt"):
                 if name not in known - {"task"} | {"n_tasks"}:
@@ -168,7 +170,8 @@ _JSON_ONLY = (
     "nothing before or after it. Be creative!"
 )
 
-_BRAINSTORM = """Brainstorm a list of {n_tasks} potentially useful {what}.
+_BRAINSTORM = (
+    """Brainstorm a list of {n_tasks} potentially useful {what}.
 
 Here are a few examples for your reference:
 {examples}
@@ -181,7 +184,9 @@ a handful of {inputs} is useless.
 everyday life, ...), many user intents, and no two tasks that are rewordings of each other.
 - Each element is one distinct task, described in one English sentence.
 
-Return a JSON object of the form {{{{"tasks": ["...", "..."]}}}}. """ + _JSON_ONLY  # .format halves braces
+Return a JSON object of the form {{{{"tasks": ["...", "..."]}}}}. """
+    + _JSON_ONLY
+)  # .format halves braces
 
 BRAINSTORM_SHORT_LONG = _BRAINSTORM.format(
     n_tasks="{n_tasks}",
@@ -196,8 +201,7 @@ BRAINSTORM_LONG_SHORT = _BRAINSTORM.format(
     what="text classification tasks",
     examples="- Classify a product review by the aspect the customer complains about most.\n"
     "- Decide whether a news paragraph reports a fact, an opinion or a prediction.",
-    guidelines="- The tasks cover a diverse range of domains and of task types (topic, sentiment, "
-    "intent, style, ...).",
+    guidelines="- The tasks cover a diverse range of domains and of task types (topic, sentiment, intent, style, ...).",
     inputs="input texts",
 )
 BRAINSTORM_SHORT_SHORT = _BRAINSTORM.format(
@@ -221,7 +225,8 @@ BRAINSTORM_LONG_LONG = _BRAINSTORM.format(
     inputs="inputs",
 )
 
-PROMPT_SHORT_LONG = """You have been assigned a text retrieval task: {task}
+PROMPT_SHORT_LONG = (
+    """You have been assigned a text retrieval task: {task}
 
 Write one text retrieval example for this task as a JSON object with exactly these keys:
 - "user_query": a string, a random user search query specified by the retrieval task.
@@ -241,9 +246,12 @@ less comprehensive than the positive_document.
 - No document explains why it is or is not relevant to the query.
 - The query and the documents require {difficulty} level education to understand.
 
-""" + _JSON_ONLY
+"""
+    + _JSON_ONLY
+)
 
-PROMPT_LONG_SHORT = """You have been assigned a text classification task: {task}
+PROMPT_LONG_SHORT = (
+    """You have been assigned a text classification task: {task}
 
 Write one text classification example for this task as a JSON object with exactly these keys:
 - "input_text": a string, the input text specified by the classification task.
@@ -259,9 +267,12 @@ input_text than the label.
 make the task too easy).
 - The input_text is {clarity} and requires {difficulty} level education to comprehend.
 
-""" + _JSON_ONLY
+"""
+    + _JSON_ONLY
+)
 
-PROMPT_SHORT_SHORT = """You have been assigned a text matching task: {task}
+PROMPT_SHORT_SHORT = (
+    """You have been assigned a text matching task: {task}
 
 Write one example for this task as a JSON object with exactly these keys:
 - "input": a string, a random input specified by the task.
@@ -273,9 +284,12 @@ Guidelines:
 avoid substantial word overlap with each other, otherwise the task would be too easy.
 - The input and the positive_document are written independently of each other.
 
-""" + _JSON_ONLY
+"""
+    + _JSON_ONLY
+)
 
-PROMPT_LONG_LONG = """You have been assigned a text matching task: {task}
+PROMPT_LONG_LONG = (
+    """You have been assigned a text matching task: {task}
 
 Write one example for this task as a JSON object with exactly these keys:
 - "input": a string, a random input specified by the task.
@@ -287,9 +301,12 @@ Guidelines:
 and avoid substantial word overlap with each other, otherwise the task would be too easy.
 - The input and the positive_document are written independently of each other.
 
-""" + _JSON_ONLY
+"""
+    + _JSON_ONLY
+)
 
-PROMPT_STS = """Task: {task}
+PROMPT_STS = (
+    """Task: {task}
 
 Write a {unit} triple with varying semantic similarity scores as a JSON object. Semantic \
 similarity is scored from 1 to 5, where 1 means least similar and 5 most similar.
@@ -302,9 +319,12 @@ Guidelines:
 - The {unit}s require {difficulty} level education to understand, and are diverse in topic \
 and in length.
 
-""" + _JSON_ONLY
+"""
+    + _JSON_ONLY
+)
 
-PROMPT_BITEXT = """Task: {task}
+PROMPT_BITEXT = (
+    """Task: {task}
 
 Write a {unit} triple as a JSON object: one {unit} in {src_lang} and two {unit}s in \
 {tgt_lang} of varying translation quality. Translation quality is scored from 1 to 5; \
@@ -321,7 +341,9 @@ numbers, omitted information, or added (redundant) information.
 - S1 requires {difficulty} level education to understand, and the triples are diverse in \
 topic and in length.
 
-""" + _JSON_ONLY
+"""
+    + _JSON_ONLY
+)
 
 DIFFICULTY = ["high school", "college", "PhD"]
 CLARITY = ["clear", "understandable with some effort", "ambiguous"]

@@ -31,4 +31,3 @@ def __getattr__(name: str) -> Any:
 
         return getattr(loop, name)
     raise AttributeError(f"module 'e5x.training' has no attribute {name!r}")
-

@@ -211,7 +211,12 @@ def _diff(old: Any, new: Any, key: str) -> list[tuple[str, Any, Any]]:
     field this version no longer has is not compared."""
     if isinstance(old, dict) and isinstance(new, dict):
         return [c for k, v in new.items() for c in _diff(old.get(k, _ABSENT), v, f"{key}.{k}" if key else k)]
-    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new) and any(isinstance(v, dict) for v in new):
+    if (
+        isinstance(old, list)
+        and isinstance(new, list)
+        and len(old) == len(new)
+        and any(isinstance(v, dict) for v in new)
+    ):
         return [c for i, (o, n) in enumerate(zip(old, new)) for c in _diff(o, n, f"{key}.{i}")]
     return [] if old == new else [(key, None if old is _ABSENT else old, new)]
 

@@ -92,9 +92,7 @@ class TrainConfig:
     log_every: AtLeast1 = 1  # steps between metrics records
     progress: bool = True  # a progress bar on stderr
     # The sentence-transformers "query" prompt saved with the model.
-    default_instruction: str = (
-        "Given a web search query, retrieve relevant passages that answer the query"
-    )
+    default_instruction: str = "Given a web search query, retrieve relevant passages that answer the query"
 
     def __post_init__(self) -> None:
         # TrainConfig(tiny_model={...}, sources=[{...}]) in Python: the tables become their

@@ -42,9 +42,7 @@ def eos_appending_tokenizer(tokenizer: Any) -> Any:
         special.append((bos, bos_id))
         single = f"{bos} {single}"
         pair = f"{bos} $A {eos} {bos}:1 $B:1 {eos}:1"
-    backend.post_processor = processors.TemplateProcessing(
-        single=single, pair=pair, special_tokens=special
-    )
+    backend.post_processor = processors.TemplateProcessing(single=single, pair=pair, special_tokens=special)
     kwargs = {
         name: getattr(tokenizer, name)
         for name in ("bos_token", "eos_token", "unk_token", "pad_token")
@@ -126,8 +124,12 @@ def save_model(
     tok.padding_side = padding_side
     tok.model_max_length = max_length
     tok.save_pretrained(directory)
-    EmbeddingSpec(pooling=pooling, max_length=max_length, padding_side=padding_side,  # type: ignore[arg-type]
-                  matryoshka_dims=tuple(matryoshka_dims)).save(directory)
+    EmbeddingSpec(
+        pooling=pooling,
+        max_length=max_length,
+        padding_side=padding_side,  # type: ignore[arg-type]
+        matryoshka_dims=tuple(matryoshka_dims),
+    ).save(directory)
     write_sentence_transformers(directory, merged.config.hidden_size, max_length, prompts, pooling)
     shutil.rmtree(final, ignore_errors=True)
     directory.rename(final)

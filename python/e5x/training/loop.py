@@ -73,9 +73,7 @@ def train(
         raise ConfigError(f"batch_size {cfg.batch_size} is not divisible by {world.size} processes")
     store = TripleStore(cfg.sources)
     try:
-        plan = BatchPlan(
-            store.sizes, [s.ratio for s in cfg.sources], cfg.batch_size, cfg.seed, cfg.task_homogeneous
-        )
+        plan = BatchPlan(store.sizes, [s.ratio for s in cfg.sources], cfg.batch_size, cfg.seed, cfg.task_homogeneous)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     total_steps = plan.total_steps(cfg.epochs, cfg.max_steps)
@@ -156,8 +154,9 @@ def train(
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total_steps, initial=step, disable=not cfg.progress or world.rank != 0,
-               desc="train", dynamic_ncols=True)
+    bar = tqdm(
+        total=total_steps, initial=step, disable=not cfg.progress or world.rank != 0, desc="train", dynamic_ncols=True
+    )
     result = TrainResult(out, step, total_steps, checkpoint=last_ckpt)
     model.train()
     try:
@@ -172,15 +171,25 @@ def train(
                 optimizer.zero_grad(set_to_none=True)
                 sync = None
                 if fsdp:
-                    n = torch.tensor([num_chunks(batch, cfg.chunk_size, cfg.chunk_tokens, embed_fn is not None)],
-                                     device=device)
+                    n = torch.tensor(
+                        [num_chunks(batch, cfg.chunk_size, cfg.chunk_tokens, embed_fn is not None)], device=device
+                    )
                     torch.distributed.all_reduce(n, op=torch.distributed.ReduceOp.MAX)
                     sync = int(n.item())
-                loss = forward_backward(model, batch, chunk_size=cfg.chunk_size, chunk_tokens=cfg.chunk_tokens,
-                                        temperature=cfg.temperature, world=world,
-                                        autocast=autocast, sync_chunks=sync, embed_fn=embed_fn,
-                                        matryoshka_dims=cfg.matryoshka_dims,
-                                        mask_false_negatives=cfg.mask_false_negatives, pooling=cfg.pooling)
+                loss = forward_backward(
+                    model,
+                    batch,
+                    chunk_size=cfg.chunk_size,
+                    chunk_tokens=cfg.chunk_tokens,
+                    temperature=cfg.temperature,
+                    world=world,
+                    autocast=autocast,
+                    sync_chunks=sync,
+                    embed_fn=embed_fn,
+                    matryoshka_dims=cfg.matryoshka_dims,
+                    mask_false_negatives=cfg.mask_false_negatives,
+                    pooling=cfg.pooling,
+                )
                 masked = masked_negatives(batch, world) if cfg.mask_false_negatives else 0
                 if not fsdp:
                     average_gradients(params, world)  # FSDP reduce-scatters by itself
@@ -189,8 +198,11 @@ def train(
                     grad_norm = grad_norm.full_tensor()
 
                 # 7. One all-reduce for the logged loss, token count, stop flag, masked count.
-                stats = torch.tensor([float(loss), float(batch.num_tokens), float(stop.is_set()), float(masked)],
-                                     dtype=torch.float64, device=device)
+                stats = torch.tensor(
+                    [float(loss), float(batch.num_tokens), float(stop.is_set()), float(masked)],
+                    dtype=torch.float64,
+                    device=device,
+                )
                 if world.size > 1:
                     torch.distributed.all_reduce(stats)
                 loss_value = float(stats[0]) / world.size
@@ -208,16 +220,27 @@ def train(
                 scheduler.step()
                 step += 1
                 dt = time.perf_counter() - t0
-                record = {"step": step, "loss": loss_value, "lr": lr, "grad_norm": float(grad_norm),
-                          "examples_per_s": cfg.batch_size / dt, "tokens_per_s": float(stats[1]) / dt,
-                          "seconds": dt, "masked_negatives": int(stats[3])}
+                record = {
+                    "step": step,
+                    "loss": loss_value,
+                    "lr": lr,
+                    "grad_norm": float(grad_norm),
+                    "examples_per_s": cfg.batch_size / dt,
+                    "tokens_per_s": float(stats[1]) / dt,
+                    "seconds": dt,
+                    "masked_negatives": int(stats[3]),
+                }
                 result.losses.append(loss_value)
                 if metrics is not None and (step % cfg.log_every == 0 or step == total_steps):
                     metrics.write(json.dumps(record) + "\n")
                     metrics.flush()
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}",
-                                ex_s=f"{record['examples_per_s']:.1f}", tok_s=f"{record['tokens_per_s']:.0f}")
+                bar.set_postfix(
+                    loss=f"{loss_value:.4f}",
+                    lr=f"{lr:.2e}",
+                    ex_s=f"{record['examples_per_s']:.1f}",
+                    tok_s=f"{record['tokens_per_s']:.0f}",
+                )
                 if on_step is not None:
                     on_step(record)
 
@@ -225,9 +248,16 @@ def train(
                 stopping = bool(stats[2] > 0) or stop.is_set()
                 if step % cfg.save_every == 0 or step == total_steps or stopping:
                     trainable, optim_state = _gather_trainable(model, optimizer, fsdp)
-                    last_ckpt = checkpoint.save(ckpt_root, step, trainable, optim_state,
-                                                scheduler.state_dict(), world, run_meta,
-                                                cfg.keep_checkpoints)
+                    last_ckpt = checkpoint.save(
+                        ckpt_root,
+                        step,
+                        trainable,
+                        optim_state,
+                        scheduler.state_dict(),
+                        world,
+                        run_meta,
+                        cfg.keep_checkpoints,
+                    )
                     result.checkpoint = last_ckpt
                 if stopping and step < total_steps:
                     result.interrupted = True
@@ -274,8 +304,7 @@ def _kernel_record() -> dict[str, Any]:
     from e5x.model import packing
 
     flex_env = os.environ.get("E5X_FLEX_COMPILE")
-    return {**kernels.runtime_info(),
-            "flex_compile": flex_env == "1" if flex_env is not None else packing.FLEX_COMPILE}
+    return {**kernels.runtime_info(), "flex_compile": flex_env == "1" if flex_env is not None else packing.FLEX_COMPILE}
 
 
 def _write_kernel_record(path: Path) -> None:
@@ -317,7 +346,9 @@ def _device(world: Any) -> Any:
     import torch
 
     if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) if world.size > 1 else torch.cuda.current_device())
+        return torch.device(
+            "cuda", int(os.environ.get("LOCAL_RANK", "0")) if world.size > 1 else torch.cuda.current_device()
+        )
     return torch.device("cpu")
 
 
@@ -336,8 +367,9 @@ def _load_model(cfg: TrainConfig, device: Any, dtype: Any) -> tuple[Any, Any]:
     else:
         tokenizer = load_tokenizer(cfg.tokenizer or cfg.model)
         base = load_base_model(cfg.model, dtype)
-    model = apply_lora(base, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout,
-                       cfg.lora_target_modules, cfg.gradient_checkpointing)
+    model = apply_lora(
+        base, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules, cfg.gradient_checkpointing
+    )
     return tokenizer, model.to(device)
 
 
@@ -459,9 +491,16 @@ def _export(cfg: TrainConfig, model: Any, tokenizer: Any, directory: Path, world
             model = fresh
     if world.rank == 0:
         model.eval()
-        save_model(model.to("cpu") if fsdp else model, tokenizer, directory, max_length=cfg.max_length,
-                   padding_side=cfg.padding_side, prompts=prompts, matryoshka_dims=cfg.matryoshka_dims,
-                   pooling=cfg.pooling)
+        save_model(
+            model.to("cpu") if fsdp else model,
+            tokenizer,
+            directory,
+            max_length=cfg.max_length,
+            padding_side=cfg.padding_side,
+            prompts=prompts,
+            matryoshka_dims=cfg.matryoshka_dims,
+            pooling=cfg.pooling,
+        )
     if world.size > 1:
         import torch.distributed as dist
 

@@ -38,9 +38,7 @@ def embed(model: Any, inputs: dict[str, torch.Tensor], pooling: str = "last_toke
     reads each sequence's EOS): ``[B, H]`` float32, not normalised."""
     from e5x.model.pooling import get_pooling
 
-    out = model(
-        input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False
-    )
+    out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
     return get_pooling(pooling).pool(out.last_hidden_state, inputs["attention_mask"]).float()
 
 
@@ -70,8 +68,12 @@ class _GatherWithGrad(torch.autograd.Function):
                 if "out of memory" in str(exc).lower():
                     raise
                 _REDUCE_SCATTER[0] = False
-                _log.warning("e5x.train: reduce_scatter_tensor unavailable (%s: %s); the document "
-                             "gather's backward all-reduces instead", type(exc).__name__, exc)
+                _log.warning(
+                    "e5x.train: reduce_scatter_tensor unavailable (%s: %s); the document "
+                    "gather's backward all-reduces instead",
+                    type(exc).__name__,
+                    exc,
+                )
         dist.all_reduce(grad, op=dist.ReduceOp.SUM)
         return grad[ctx.rank]
 
@@ -152,16 +154,18 @@ def contrastive_loss(
     if groups is not None:
         masking = {"q_groups": groups[0], "d_groups": gather_ids(groups[1], world)[0]}
     losses = [
-        info_nce(q_m, d_m, positive_index, positive_offset=offset, temperature=temperature, normalize=True,
-                 **masking)
+        info_nce(q_m, d_m, positive_index, positive_offset=offset, temperature=temperature, normalize=True, **masking)
         for q_m, d_m in [(q, docs)] + [(q[:, :m].contiguous(), docs[:, :m].contiguous()) for m in matryoshka_dims]
     ]
     return losses[0] if len(losses) == 1 else torch.stack(losses).mean()
 
 
 def chunk_bounds(
-    lengths: Sequence[int], chunk_size: int | None = None, chunk_tokens: int | None = None,
-    *, packed: bool = False,
+    lengths: Sequence[int],
+    chunk_size: int | None = None,
+    chunk_tokens: int | None = None,
+    *,
+    packed: bool = False,
 ) -> list[tuple[int, int]]:
     """Consecutive row ranges ``[start, end)`` for GradCache: each holds at most
     ``chunk_size`` sequences and costs at most ``chunk_tokens`` tokens (real tokens when the
@@ -186,8 +190,9 @@ def _row_lengths(inputs: dict[str, torch.Tensor]) -> list[int]:
     return [int(n) for n in inputs["attention_mask"].sum(dim=1).tolist()]  # one host read per side
 
 
-def _side_bounds(inputs: dict[str, torch.Tensor], chunk_size: int | None, chunk_tokens: int | None,
-                 packed: bool) -> list[tuple[int, int]]:
+def _side_bounds(
+    inputs: dict[str, torch.Tensor], chunk_size: int | None, chunk_tokens: int | None, packed: bool
+) -> list[tuple[int, int]]:
     n = int(inputs["input_ids"].shape[0])
     if chunk_tokens is None:  # by count alone: no need to read the lengths
         size = chunk_size or n
@@ -324,8 +329,7 @@ def _dummy(batch: Batch) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
 
-def num_chunks(batch: Batch, chunk_size: int | None, chunk_tokens: int | None = None,
-               packed: bool = False) -> int:
+def num_chunks(batch: Batch, chunk_size: int | None, chunk_tokens: int | None = None, packed: bool = False) -> int:
     """GradCache forwards ``forward_backward`` runs for this batch (FSDP's ``sync_chunks``)."""
     return sum(len(_side_bounds(s, chunk_size, chunk_tokens, packed)) for s in (batch.queries, batch.docs))
 
