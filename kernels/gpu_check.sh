@@ -67,7 +67,7 @@ else
     # chunk budget (fewer passes over Rd) and lean at 256 MiB (the <= 2 GiB goal at 32768).
     BENCH_ARGS=${E5X_BENCH_ARGS:---sizes 2048,32768 --methods e5x,compile,eager-autocast --budget 0.5 --max-reps 20 \
 --e5x-variant E5X_INFONCE_MODE=lean,E5X_INFONCE_CHUNK_MIB=256 --e5x-variant E5X_INFONCE_CHUNK_MIB=4096}
-    # plain vs e5x (#7's goal), then what e5x.train() runs (GradCache at the recipe's settings)
+    # plain vs e5x (the train/ goals below), then what e5x.train() runs (GradCache at the recipe's settings)
     TRAIN_ARGS=${E5X_TRAIN_ARGS:---variants plain,e5x,e5x-train --steps 2 --no-check}
 fi
 

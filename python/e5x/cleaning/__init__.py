@@ -2,7 +2,7 @@
 
 ``clean(CleanConfig(inputs=[run_dir], out="triples.parquet"))`` runs the Rust validator
 (``e5x.core``) over every answer of a synth run, drops exact duplicates, and writes
-contract-3 Parquet plus a rejection report (JSON) and a task-type/language mix chart (PNG).
+the triples as Parquet plus a rejection report (JSON) and a task-type/language mix chart (PNG).
 The pipeline module is imported lazily so ``import e5x.cleaning.decontaminate`` stays light.
 """
 

@@ -1,7 +1,7 @@
 """Public datasets as training triples: what ``e5x train`` reads beside the synthetic data.
 
 The recipe mixes the synthetic data with 13 public datasets, each with its own instruction.
-They come in a few layouts; each function here turns one layout into contract-3 triples
+They come in a few layouts; each function here turns one layout into training triples
 (``e5x.data.triples.COLUMNS``), one row per (query, positive), keeping the input order:
 
 - ``beir_triples``: a BEIR folder (``corpus.jsonl``, ``queries.jsonl``, ``qrels/{split}.tsv``):

@@ -5,7 +5,7 @@ query against a hard negative besides the in-batch ones. The mining itself is
 sentence-transformers' ``mine_hard_negatives`` (dense retrieval of every query over the
 rows' positives plus an optional extra corpus, a rank window that skips the closest
 candidates, and a margin against false negatives: candidates scoring within
-``relative_margin`` of the positive are dropped); this module maps contract-3 triples
+``relative_margin`` of the positive are dropped); this module maps training triples
 (``e5x.data.triples.COLUMNS``) in and out of it. Needs the ``mine`` extra
 (``pip install 'e5x[mine]'``: sentence-transformers and datasets).
 """

@@ -1,6 +1,6 @@
 """Fused last-token pooling + L2 normalisation + temperature-scaled InfoNCE.
 
-Public API (contract 1 of the team brief):
+Public API:
 
 - ``last_token_pool(hidden, attention_mask=None, *, last_index=None, normalize=False,
   backend="auto")`` -> [B, H]

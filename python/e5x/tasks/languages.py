@@ -5,7 +5,7 @@ Bengali/Hindi/Tamil/Telugu/Urdu, Zawgyi Burmese, traditional Chinese). Dropping 
 leaves the 93 languages the E5-mistral data spans. Prompts name languages in English, so
 placeholder values are the English names below; codes are kept for users and reports.
 
-Default weights follow the published statistics of the E5 data (DESIGN.md §2): English
+Default weights follow the published statistics of the E5 data: English
 43%, 13 high-resource languages 3% each (39%), and the remaining 79 languages share the
 rest (18%, ~0.23% each; the paper's "~20%" is rounded, and 43+39+20 would exceed 100).
 """

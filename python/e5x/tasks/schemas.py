@@ -1,4 +1,4 @@
-"""JSON Schemas of one LLM-written example, per task type (DESIGN.md §2).
+"""JSON Schemas of one LLM-written example, per task type.
 
 These are the schemas the Rust validator (``e5x.core``) checks every raw response
 against. Strict on purpose: weaker models ignore the guidelines, and every rejection

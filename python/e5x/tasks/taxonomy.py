@@ -1,6 +1,6 @@
 """The task taxonomy: what the LLM is asked to write, and how its answer becomes a triple.
 
-A :class:`TaskType` bundles, for one kind of embedding task (DESIGN.md §2):
+A :class:`TaskType` bundles, for one kind of embedding task:
 
 - ``placeholders``: name -> weighted values (``{value: weight}`` or a list = uniform), or
   the string ``"@languages"`` for "draw from the run's language weights";

@@ -1,4 +1,4 @@
-"""The final model directory (contract 4): merged HF model + tokenizer, ``adapter/``,
+"""The final model directory: merged HF model + tokenizer, ``adapter/``,
 ``e5x.json`` and the sentence-transformers files.
 
 The saved tokenizer appends EOS itself (a post-processor in tokenizer.json), so plain
