@@ -702,3 +702,509 @@ fn rendered_column(blocks: Vec<Block>, n: usize) -> ArrayRef {
     // SAFETY: views follow the Utf8View layout over valid UTF-8 rendered text.
     unsafe { view_array(views, buffers, None) }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::{
+        BinaryArray, BinaryViewArray, Int32Array, LargeBinaryArray, LargeStringArray, NullArray,
+        StringArray,
+    };
+
+    /// A Utf8 array that may hold bytes that are not UTF-8 (as data from outside may).
+    fn utf8_raw(values: &[Option<&[u8]>]) -> ArrayRef {
+        let (offsets, data, nulls) = BinaryArray::from(values.to_vec()).into_parts();
+        // SAFETY: not UTF-8 on purpose; the readers here never assume it.
+        Arc::new(unsafe { StringArray::new_unchecked(offsets, data, nulls) })
+    }
+
+    fn large_utf8_raw(values: &[Option<&[u8]>]) -> ArrayRef {
+        let (offsets, data, nulls) = LargeBinaryArray::from(values.to_vec()).into_parts();
+        // SAFETY: as in utf8_raw.
+        Arc::new(unsafe { LargeStringArray::new_unchecked(offsets, data, nulls) })
+    }
+
+    fn view_raw(values: &[Option<&[u8]>]) -> ArrayRef {
+        // SAFETY: as in utf8_raw.
+        Arc::new(unsafe { BinaryViewArray::from(values.to_vec()).to_string_view_unchecked() })
+    }
+
+    fn utf8(values: &[Option<&str>]) -> ArrayRef {
+        Arc::new(StringArray::from(values.to_vec()))
+    }
+
+    fn view(values: &[Option<&str>]) -> ArrayRef {
+        Arc::new(StringViewArray::from(values.to_vec()))
+    }
+
+    fn all_str(c: &StrCol) -> Vec<Option<String>> {
+        (0..c.len())
+            .map(|r| c.str(r).expect("UTF-8").map(str::to_string))
+            .collect()
+    }
+
+    /// The values of a Utf8View array, after checking its layout in full.
+    fn view_values(a: &ArrayRef) -> Vec<Option<String>> {
+        a.to_data().validate_full().expect("a valid Utf8View array");
+        let v = a.as_string_view();
+        (0..v.len())
+            .map(|i| v.is_valid(i).then(|| v.value(i).to_string()))
+            .collect()
+    }
+
+    const LONG: &str = "a value longer than twelve bytes";
+
+    #[test]
+    fn strings_of_every_layout_read_by_global_row() {
+        let chunks: Vec<ArrayRef> = vec![
+            utf8(&[Some("a"), None, Some(LONG)]),
+            utf8(&[]),
+            Arc::new(LargeStringArray::from(vec![Some("large"), Some("")])),
+            view(&[Some("short"), Some(LONG), None, Some("twelve bytes")]),
+            Arc::new(NullArray::new(2)),
+            view(&[]),
+            utf8(&[Some("last")]),
+        ];
+        let c = StrCol::new("doc", chunks, false).unwrap();
+        assert_eq!((c.len(), c.name(), c.is_empty()), (12, "doc", false));
+        let want: Vec<Option<String>> = [
+            Some("a"),
+            None,
+            Some(LONG),
+            Some("large"),
+            Some(""),
+            Some("short"),
+            Some(LONG),
+            None,
+            Some("twelve bytes"),
+            None,
+            None,
+            Some("last"),
+        ]
+        .iter()
+        .map(|s| s.map(str::to_string))
+        .collect();
+        assert_eq!(all_str(&c), want);
+        assert_eq!(c.bytes(11), Some(&b"last"[..]));
+        assert_eq!(c.bytes(9), None, "a row of the Null chunk");
+        // Chunk starts: empty chunks start where the next one does.
+        assert_eq!(
+            (0..7).map(|k| c.chunk_start(k)).collect::<Vec<_>>(),
+            [0, 3, 3, 5, 9, 11, 11]
+        );
+    }
+
+    #[test]
+    fn no_chunks_and_empty_chunks_are_zero_rows() {
+        let c = StrCol::new("x", vec![], false).unwrap();
+        assert!(c.is_empty() && c.chunks().is_empty());
+        let c = StrCol::new("x", vec![utf8(&[]), view(&[])], false).unwrap();
+        assert_eq!(c.len(), 0);
+        let i = IntCol::new("n", vec![]).unwrap();
+        assert!(i.is_empty());
+    }
+
+    #[test]
+    fn binary_only_where_allowed_and_other_types_never() {
+        let bin: Vec<ArrayRef> = vec![
+            Arc::new(BinaryArray::from(vec![Some(&b"bin"[..]), None])),
+            Arc::new(LargeBinaryArray::from(vec![Some(&b"large"[..])])),
+            Arc::new(BinaryViewArray::from(vec![Some(LONG.as_bytes())])),
+        ];
+        let c = StrCol::new("texts", bin.clone(), true).unwrap();
+        assert_eq!(
+            all_str(&c),
+            [Some("bin"), None, Some("large"), Some(LONG)].map(|s| s.map(str::to_string))
+        );
+        let e = StrCol::new("names", bin, false).err().unwrap();
+        assert_eq!(e.kind(), ErrorKind::Type);
+        assert_eq!(
+            e.to_string(),
+            "column 'names' must hold strings, got Arrow type Binary"
+        );
+        let ints: ArrayRef = Arc::new(Int64Array::from(vec![1]));
+        let e = StrCol::new("t", vec![utf8(&[Some("ok")]), ints], true)
+            .err()
+            .unwrap();
+        assert_eq!(
+            e.to_string(),
+            "column 't' must hold strings, got Arrow type Int64"
+        );
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_name_column_row_and_byte() {
+        let bad: &[u8] = b"ok\xff\xfe";
+        let long_bad: &[u8] = b"fourteen bytes\xc3(";
+        let c = StrCol::new(
+            "doc",
+            vec![
+                utf8_raw(&[Some(b"fine"), Some(bad)]),
+                large_utf8_raw(&[None, Some(bad)]),
+                view_raw(&[Some(long_bad), Some(bad)]),
+                Arc::new(BinaryArray::from(vec![Some(bad)])),
+            ],
+            true,
+        )
+        .unwrap();
+        let got: Vec<_> = (0..c.len()).map(|r| c.str(r)).collect();
+        assert_eq!(
+            got,
+            [
+                Ok(Some("fine")),
+                Err(2),
+                Ok(None),
+                Err(2),
+                Err(14),
+                Err(2),
+                Err(2)
+            ]
+        );
+        // Bytes are handed on as they are.
+        assert_eq!(c.bytes(4), Some(long_bad));
+        let e = c.utf8_error(4, 14);
+        assert_eq!(e.kind(), ErrorKind::Value);
+        assert_eq!(
+            e.to_string(),
+            "column 'doc' row 4: invalid UTF-8 at byte 14"
+        );
+    }
+
+    #[test]
+    fn int_columns_clamp_and_keep_nulls() {
+        let chunks: Vec<ArrayRef> = vec![
+            Arc::new(Int64Array::from(vec![Some(5), None, Some(-3)])),
+            Arc::new(NullArray::new(1)),
+            Arc::new(Int64Array::from(vec![i64::MAX, 0])),
+        ];
+        let c = IntCol::new("gate_min_words[q]", chunks).unwrap();
+        let got: Vec<_> = (0..c.len()).map(|r| c.get(r)).collect();
+        assert_eq!(got, [Some(5), None, Some(0), None, Some(u32::MAX), Some(0)]);
+        let e = IntCol::new("n", vec![Arc::new(Int32Array::from(vec![1]))])
+            .err()
+            .unwrap();
+        assert_eq!(e.kind(), ErrorKind::Type);
+        assert_eq!(
+            e.to_string(),
+            "column 'n' must hold Int64, got Arrow type Int32"
+        );
+    }
+
+    #[test]
+    fn views_inline_short_values_and_point_at_long_ones() {
+        let data = b"0123456789abcdefXYZ";
+        let short = make_view(b"hi", 7, 9);
+        assert_eq!(short as u32, 2);
+        assert_eq!(&short.to_le_bytes()[4..6], b"hi");
+        assert_eq!(short >> 48, 0, "nothing but the bytes inline");
+        let v = make_view(&data[3..16], 1, 3);
+        assert_eq!(v as u32, 13);
+        assert_eq!(((v >> 32) as u32).to_le_bytes(), *b"3456");
+        assert_eq!(((v >> 64) as u32, (v >> 96) as u32), (1, 3));
+    }
+
+    #[test]
+    fn str_buf_builds_valid_views_own_and_foreign() {
+        let input = StringViewArray::from(vec![format!("prefix {LONG} suffix")]);
+        let text = input.value(0);
+        let mut b = StrBuf::with_foreign(input.data_buffers().to_vec()).reserve(64);
+        assert!(b.is_empty());
+        b.push(Some("short"));
+        b.push(None);
+        b.push(Some(LONG));
+        b.push(Some(""));
+        let view = input.views()[0];
+        let (buf, off) = ((view >> 64) as u32, (view >> 96) as u32);
+        b.push_foreign(&text[7..7 + LONG.len()], buf, off + 7);
+        b.push(Some("twelve bytes"));
+        assert_eq!(b.len(), 6);
+        let a = b.finish();
+        assert_eq!(
+            view_values(&a),
+            [
+                Some("short"),
+                None,
+                Some(LONG),
+                Some(""),
+                Some(LONG),
+                Some("twelve bytes")
+            ]
+            .map(|s| s.map(str::to_string))
+        );
+        assert_eq!(a.null_count(), 1);
+        // The foreign value was not copied: its view points into the input's buffer.
+        let out = a.as_string_view();
+        assert_eq!(
+            out.data_buffers()[0].as_ptr(),
+            input.data_buffers()[0].as_ptr()
+        );
+        assert_eq!((out.views()[4] >> 64) as u32, buf);
+        // Without nulls, no null buffer at all.
+        let mut b = StrBuf::default();
+        b.push(Some(LONG));
+        assert!(b.finish().nulls().is_none());
+        assert_eq!(view_values(&StrBuf::default().finish()), []);
+    }
+
+    #[test]
+    fn memory_checks_name_the_work() {
+        assert_eq!(check_fits_in(Some(10), 10, || unreachable!()), Ok(()));
+        let e = check_fits_in(Some(3 << 30), 2 << 30, || "drawing n=9".to_string()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "drawing n=9 would need 3.0 GiB, more than this machine's 2.0 GiB of memory"
+        );
+        let e = check_fits_in(None, 1 << 30, || "x".to_string()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "x would need more bytes than an address space holds, more than this machine's 1.0 GiB of memory"
+        );
+        assert_eq!(e.kind(), ErrorKind::Value);
+        assert!(check_fits(None, || "x".to_string()).is_err());
+    }
+
+    fn names(n: &[&str]) -> Vec<String> {
+        n.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn dedup_over_chunked_columns_keeps_first_occurrences() {
+        let cols = dedup_columns(
+            &names(&["q", "d"]),
+            vec![
+                vec![
+                    utf8(&[Some("a"), Some("b")]),
+                    view(&[Some("a"), Some(LONG)]),
+                ],
+                vec![view(&[Some("x"), None, Some("x")]), utf8(&[Some("y")])],
+            ],
+        )
+        .unwrap();
+        let mut d = Dedup::new(false);
+        assert_eq!(
+            dedup_insert(&mut d, &cols).unwrap(),
+            [None, None, Some(0), None]
+        );
+        // State persists: the next batch's rows have global indices from 4 on.
+        let again = dedup_columns(
+            &names(&["q", "d"]),
+            vec![
+                vec![utf8(&[Some(LONG), Some("b")])],
+                vec![utf8(&[Some("y"), None])],
+            ],
+        )
+        .unwrap();
+        assert_eq!(dedup_insert(&mut d, &again).unwrap(), [Some(3), Some(1)]);
+        assert_eq!((d.seen, d.unique()), (6, 3));
+    }
+
+    #[test]
+    fn dedup_refuses_a_batch_with_bad_bytes_whole() {
+        let mut d = Dedup::new(true);
+        let cols = dedup_columns(
+            &names(&["a", "b"]),
+            vec![
+                vec![utf8(&[Some("x"), Some("y"), Some("z")])],
+                vec![utf8_raw(&[Some(b"ok"), Some(b"\xff"), Some(b"z\xfe")])],
+            ],
+        )
+        .unwrap();
+        let e = dedup_insert(&mut d, &cols).unwrap_err();
+        assert_eq!(e.to_string(), "column 'b' row 1: invalid UTF-8 at byte 0");
+        assert_eq!((d.seen, d.unique()), (0, 0), "nothing inserted");
+        // Zero rows insert nothing and say so.
+        let empty = dedup_columns(&names(&["a"]), vec![vec![]]).unwrap();
+        assert_eq!(dedup_insert(&mut d, &empty).unwrap(), []);
+    }
+
+    #[test]
+    fn dedup_inputs_that_do_not_fit_are_errors() {
+        let e = dedup_columns(&names(&["a"]), vec![]).err().unwrap();
+        assert_eq!(
+            e.to_string(),
+            "need one name per column and at least one column"
+        );
+        assert!(dedup_columns(&[], vec![]).is_err());
+        let e = dedup_columns(
+            &names(&["a", "b"]),
+            vec![vec![utf8(&[Some("x")])], vec![utf8(&[Some("x"), None])]],
+        )
+        .err()
+        .unwrap();
+        assert_eq!(e.to_string(), "column 'b' has 2 rows, expected 1");
+        let e = dedup_columns(
+            &names(&["a"]),
+            vec![vec![Arc::new(BinaryArray::from(vec![Some(&b"x"[..])]))]],
+        )
+        .err()
+        .unwrap();
+        assert_eq!(e.kind(), ErrorKind::Type);
+    }
+
+    #[test]
+    fn sampled_columns_hold_the_drawn_values() {
+        let vals = vec![
+            vec!["x".to_string(), LONG.to_string()],
+            vec!["only".to_string()],
+        ];
+        let w = vec![vec![1.0, 1.0], vec![2.0]];
+        let b = sample_placeholders(&names(&["a", "b"]), &vals, &w, 5000, 7).unwrap();
+        assert_eq!((b.num_rows(), b.num_columns()), (5000, 2));
+        assert_eq!(b.schema().field(0).name(), "a");
+        assert_eq!(b.schema().field(0).data_type(), &DataType::Utf8View);
+        let a = view_values(b.column(0));
+        let longs = a.iter().filter(|v| v.as_deref() == Some(LONG)).count();
+        assert_eq!(
+            a.iter().filter(|v| v.as_deref() == Some("x")).count() + longs,
+            5000
+        );
+        assert!(
+            (2000..3000).contains(&longs),
+            "{longs} of 5000 at weight 1/2"
+        );
+        assert!(view_values(b.column(1))
+            .iter()
+            .all(|v| v.as_deref() == Some("only")));
+        // The same seed draws the same rows; long values are stored once.
+        let again = sample_placeholders(&names(&["a", "b"]), &vals, &w, 5000, 7).unwrap();
+        assert_eq!(view_values(again.column(0)), a);
+        assert_eq!(
+            b.column(0).as_string_view().data_buffers()[0].len(),
+            LONG.len()
+        );
+        // Zero rows, or no placeholders at all, still give a batch of the right shape.
+        let none = sample_placeholders(&names(&["a", "b"]), &vals, &w, 0, 7).unwrap();
+        assert_eq!((none.num_rows(), none.num_columns()), (0, 2));
+        let empty = sample_placeholders(&[], &[], &[], 3, 7).unwrap();
+        assert_eq!((empty.num_rows(), empty.num_columns()), (3, 0));
+    }
+
+    #[test]
+    fn sample_errors_name_the_placeholder() {
+        let err = |names_: &[&str], vals: Vec<Vec<String>>, w: Vec<Vec<f64>>| {
+            sample_placeholders(&names(names_), &vals, &w, 3, 1)
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            err(&["a"], vec![], vec![]),
+            "names, values and weights must have the same length"
+        );
+        assert_eq!(
+            err(&["l"], vec![vec!["v".into()]], vec![vec![1.0, 2.0]]),
+            "placeholder 'l': 1 values but 2 weights"
+        );
+        assert!(err(&["l"], vec![vec![]], vec![vec![]]).starts_with("placeholder 'l': "));
+        let e = sample_placeholders(
+            &names(&["a"]),
+            &[vec!["v".into()]],
+            &[vec![1.0]],
+            usize::MAX,
+            1,
+        )
+        .unwrap_err();
+        assert!(e.to_string().starts_with(&format!(
+            "drawing n={} rows of 1 placeholder(s) would need",
+            usize::MAX
+        )));
+    }
+
+    #[test]
+    fn render_fills_placeholders_from_chunked_columns() {
+        let cols = vec![
+            vec![utf8(&[Some("x")]), view(&[Some(LONG), Some("z")])],
+            vec![view(&[Some("1"), Some("2"), Some("3")])],
+        ];
+        let a = render("<{a}|{b}> {{lit}}", &names(&["a", "b"]), cols, 3).unwrap();
+        assert_eq!(
+            view_values(&a),
+            [
+                Some("<x|1> {lit}".to_string()),
+                Some(format!("<{LONG}|2> {{lit}}")),
+                Some("<z|3> {lit}".to_string())
+            ]
+        );
+        // Columns the template does not use are allowed; zero rows render to nothing.
+        let a = render("{b}", &names(&["a", "b"]), vec![vec![], vec![]], 0).unwrap();
+        assert_eq!(a.len(), 0);
+        let a = render("no placeholders", &[], vec![], 2).unwrap();
+        assert_eq!(
+            view_values(&a),
+            [
+                Some("no placeholders".to_string()),
+                Some("no placeholders".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn render_errors_say_which_row_and_placeholder() {
+        let err = |tpl: &str, n: &[&str], cols: Vec<Vec<ArrayRef>>, rows: usize| {
+            render(tpl, &names(n), cols, rows).unwrap_err()
+        };
+        let e = err("{a}", &["a"], vec![vec![utf8(&[Some("x"), None])]], 2);
+        assert_eq!(e.to_string(), "row 1: placeholder 'a' is null");
+        let e = err(
+            "{a}{b}",
+            &["a", "b"],
+            vec![
+                vec![utf8(&[Some("x"), Some("y")])],
+                vec![utf8_raw(&[Some(b"ok"), Some(b"o\xff")])],
+            ],
+            2,
+        );
+        assert_eq!(e.to_string(), "column 'b' row 1: invalid UTF-8 at byte 1");
+        let e = err("{zz}", &["a"], vec![vec![utf8(&[Some("x")])]], 1);
+        assert_eq!(
+            e.to_string(),
+            "template placeholder '{zz}' has no column in values (columns: a)"
+        );
+        let e = err("{a}", &["a"], vec![vec![utf8(&[Some("x")])]], 2);
+        assert_eq!(e.to_string(), "column 'a' has 1 rows, expected 2");
+        let e = err("{a", &["a"], vec![], 0);
+        assert_eq!(e.kind(), ErrorKind::Value);
+        let e = err(
+            "{a}",
+            &["a"],
+            vec![vec![Arc::new(Int64Array::from(vec![1]))]],
+            1,
+        );
+        assert_eq!(e.kind(), ErrorKind::Type);
+    }
+
+    #[test]
+    fn render_error_messages_for_sizes() {
+        let tpl = Template::parse("{a}").unwrap();
+        let big = RenderError::BlockTooLarge {
+            lo: 0,
+            hi: 4096,
+            bytes: 5 << 30,
+        };
+        assert_eq!(
+            render_error(big, &tpl, &[], 4096, 1 << 40).to_string(),
+            format!(
+                "rows 0..4096 render to {} bytes; one block of rendered rows holds at most 4 GiB \
+                 (render fewer or shorter rows at a time)",
+                5u64 << 30
+            )
+        );
+        let total = RenderError::TotalTooLarge { bytes: 3 << 30 };
+        assert_eq!(
+            render_error(total, &tpl, &[], 10, 2 << 30).to_string(),
+            "rendering 10 rows would need 3.0 GiB, more than this machine's 2.0 GiB of memory"
+        );
+    }
+
+    #[test]
+    fn error_kinds_follow_the_exception_python_raises() {
+        assert_eq!(Error::Runtime("x".into()).kind(), ErrorKind::Runtime);
+        assert_eq!(Error::Value("v".into()).to_string(), "v");
+        assert_eq!(
+            Error::rows_differ("gate_tasks", 1, 2).to_string(),
+            "gate_tasks has 1 rows but texts has 2"
+        );
+        let e: Error = arrow_schema::ArrowError::InvalidArgumentError("bad".into()).into();
+        assert_eq!(e.kind(), ErrorKind::Runtime);
+        assert_eq!(index_array(vec![None, Some(3)]).null_count(), 1);
+    }
+}

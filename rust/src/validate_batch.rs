@@ -892,3 +892,758 @@ impl Validated {
         Ok((schema, batches))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::{BinaryArray, Int64Array, StringArray};
+
+    const TINY: &str = r#"{"type": "object", "properties": {
+        "q": {"type": "string", "minLength": 1, "maxLength": 6},
+        "a/b": {"type": "string", "minLength": 3},
+        "opt": {"type": "string"}},
+        "required": ["q", "a/b"], "additionalProperties": false}"#;
+    const MOOD: &str = r#"{"type": "object", "properties": {
+        "m": {"type": "string", "enum": ["happy", "sad"]},
+        "t": {"type": "string", "minLength": 1}},
+        "required": ["m", "t"], "additionalProperties": false}"#;
+    const GOOD: &str = r#"{"q": "ab", "a/b": "abc"}"#;
+    const LONG: &str = "a value longer than twelve bytes";
+
+    fn validator() -> Validator {
+        Validator::new(&[
+            ("tiny".to_string(), TINY.to_string()),
+            ("mood".to_string(), MOOD.to_string()),
+        ])
+        .unwrap()
+    }
+
+    fn utf8(values: &[Option<&str>]) -> ArrayRef {
+        Arc::new(StringArray::from(values.to_vec()))
+    }
+
+    fn view(values: &[Option<&str>]) -> ArrayRef {
+        Arc::new(StringViewArray::from(values.to_vec()))
+    }
+
+    fn texts(chunks: Vec<ArrayRef>) -> StrCol {
+        StrCol::new("texts", chunks, true).unwrap()
+    }
+
+    fn one(task: &str) -> TaskTypes {
+        TaskTypes::One(task.to_string())
+    }
+
+    fn opts(json: bool, unpack: bool) -> Options {
+        Options {
+            json,
+            unpack,
+            ..Options::default()
+        }
+    }
+
+    /// A validated batch's output, columns read across its record batches.
+    struct Out {
+        schema: SchemaRef,
+        batches: Vec<RecordBatch>,
+    }
+
+    impl Out {
+        fn names(&self) -> Vec<&str> {
+            self.schema
+                .fields()
+                .iter()
+                .map(|f| f.name().as_str())
+                .collect()
+        }
+
+        fn column(&self, name: &str) -> Vec<ArrayRef> {
+            self.batches
+                .iter()
+                .map(|b| b.column_by_name(name).expect(name).clone())
+                .collect()
+        }
+
+        fn strs(&self, name: &str) -> Vec<Option<String>> {
+            let mut out = Vec::new();
+            for a in self.column(name) {
+                let a = a.as_string_view();
+                out.extend((0..a.len()).map(|i| a.is_valid(i).then(|| a.value(i).to_string())));
+            }
+            out
+        }
+
+        fn bools(&self, name: &str) -> Vec<bool> {
+            let mut out = Vec::new();
+            for a in self.column(name) {
+                assert_eq!(a.null_count(), 0);
+                let a = a.as_boolean();
+                out.extend((0..a.len()).map(|i| a.value(i)));
+            }
+            out
+        }
+
+        fn ints(&self, name: &str) -> Vec<Option<i64>> {
+            let mut out = Vec::new();
+            for a in self.column(name) {
+                let a = a.as_primitive::<arrow_array::types::Int64Type>();
+                out.extend((0..a.len()).map(|i| a.is_valid(i).then(|| a.value(i))));
+            }
+            out
+        }
+
+        fn reasons(&self) -> Vec<Option<String>> {
+            self.strs("reason")
+        }
+    }
+
+    fn some(v: &[Option<&str>]) -> Vec<Option<String>> {
+        v.iter().map(|s| s.map(str::to_string)).collect()
+    }
+
+    fn finish(batch: &Batch<'_>, dedup: Option<&mut Dedup>) -> Out {
+        let (schema, batches) = batch.run().into_batches(dedup).unwrap();
+        for b in &batches {
+            for c in b.columns() {
+                c.to_data().validate_full().expect("valid output column");
+            }
+        }
+        Out { schema, batches }
+    }
+
+    fn run(v: &Validator, chunks: Vec<ArrayRef>, tasks: TaskTypes, o: Options) -> Out {
+        let b = Batch::new(v, texts(chunks), tasks, o, None, GateColumns::default()).unwrap();
+        finish(&b, None)
+    }
+
+    fn run_one(text: &str, task: &str, extract: bool) -> Out {
+        let o = Options {
+            extract,
+            json: true,
+            ..Options::default()
+        };
+        run(&validator(), vec![utf8(&[Some(text)])], one(task), o)
+    }
+
+    #[test]
+    fn reason_codes_and_fields_as_python_expects() {
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        let cases: &[(&str, &str, Option<&str>)] = &[
+            ("not json at all", "not_json", None),
+            (r#"{"q": "ab""#, "not_json", None),
+            (r#"["q"]"#, "not_an_object", None),
+            (r#""just a string""#, "not_an_object", None),
+            (r#"{"q": "ab"}"#, "missing_field", Some("a~1b")),
+            (
+                r#"{"q": "ab", "a/b": "abc", "zzz": 1}"#,
+                "unexpected_field",
+                Some("zzz"),
+            ),
+            (r#"{"q": 5, "a/b": "abc"}"#, "wrong_type", Some("q")),
+            (r#"{"q": "", "a/b": "abc"}"#, "empty_string", Some("q")),
+            (r#"{"q": "  ", "a/b": "abc"}"#, "empty_string", Some("q")),
+            (r#"{"q": "ab", "a/b": "ab"}"#, "too_short", Some("a~1b")),
+            (r#"{"q": "abcdefg", "a/b": "abc"}"#, "too_long", Some("q")),
+            (r#"{"q": NaN, "a/b": "abc"}"#, "not_json", None),
+            (&deep, "too_deep", None),
+            (r#"{"zz": "x"}"#, "unexpected_field", Some("zz")),
+        ];
+        for &(text, reason, field) in cases {
+            let out = run_one(text, "tiny", false);
+            assert_eq!(out.bools("ok"), [false], "{text}");
+            assert_eq!(out.reasons(), some(&[Some(reason)]), "{text}");
+            assert_eq!(out.strs("field"), some(&[field]), "{text}");
+            assert!(out.strs("message")[0]
+                .as_ref()
+                .is_some_and(|m| !m.is_empty()));
+            assert_eq!(out.strs("json"), [None]);
+        }
+        assert_eq!(
+            run_one(r#"{"m": "happy", "t": "x"}"#, "mood", false).bools("ok"),
+            [true]
+        );
+        let out = run_one(r#"{"m": "meh", "t": "x"}"#, "mood", false);
+        assert_eq!(
+            (out.reasons(), out.strs("field")),
+            (some(&[Some("not_in_enum")]), some(&[Some("m")]))
+        );
+    }
+
+    #[test]
+    fn accepted_rows_get_compact_json_and_no_message() {
+        let out = run_one(
+            "{\n  \"q\": \"ab\",\n  \"a/b\": \"x\\\"y\"\n}",
+            "tiny",
+            false,
+        );
+        assert_eq!(out.bools("ok"), [true]);
+        assert_eq!(out.bools("extracted"), [false]);
+        assert_eq!(
+            out.strs("json"),
+            some(&[Some(r#"{"q":"ab","a/b":"x\"y"}"#)])
+        );
+        assert_eq!(out.strs("message"), [None]);
+        assert_eq!(out.strs("field"), [None]);
+    }
+
+    #[test]
+    fn extraction_is_opt_in_and_counted() {
+        let fenced = "Sure:\n```json\n{\"q\": \"ab\", \"a/b\": \"abc\"}\n```";
+        assert_eq!(
+            run_one(fenced, "tiny", false).reasons(),
+            some(&[Some("not_json")])
+        );
+        let out = run_one(fenced, "tiny", true);
+        assert_eq!(
+            (out.bools("ok"), out.bools("extracted")),
+            (vec![true], vec![true])
+        );
+        let out = run_one(r#"prefix {"q": "ab"} suffix"#, "tiny", true);
+        assert_eq!(out.reasons(), some(&[Some("missing_field")]));
+        assert_eq!(out.bools("extracted"), [true]);
+    }
+
+    #[test]
+    fn bad_rows_are_verdicts_not_errors() {
+        let deep = "{".repeat(100_000);
+        let rows: Vec<Option<&[u8]>> = vec![
+            Some(GOOD.as_bytes()),
+            Some(b"\xff\xfe{"),
+            None,
+            Some(&[b'x'; 100]),
+            Some(deep.as_bytes()),
+        ];
+        let bin: ArrayRef = Arc::new(BinaryArray::from(rows));
+        let out = run(&validator(), vec![bin], one("tiny"), opts(true, false));
+        assert_eq!(
+            out.reasons(),
+            some(&[
+                None,
+                Some("invalid_utf8"),
+                Some("null_text"),
+                Some("not_json"),
+                Some("too_deep")
+            ])
+        );
+        assert_eq!(
+            out.strs("message")[1].as_deref(),
+            Some("invalid UTF-8 at byte 0")
+        );
+        let huge = format!(r#"{{"q": "ab", "a/b": "{}"}}"#, "x".repeat(17 << 20));
+        assert_eq!(
+            run_one(&huge, "tiny", false).reasons(),
+            some(&[Some("too_large")])
+        );
+    }
+
+    #[test]
+    fn task_types_per_row_null_unknown_and_not_utf8() {
+        let v = validator();
+        let tasks =
+            TaskTypes::column(vec![utf8(&[Some("tiny"), None]), utf8(&[Some("nope")])], 3).unwrap();
+        let out = run(&v, vec![utf8(&[Some(GOOD); 3])], tasks, opts(false, false));
+        assert_eq!(
+            out.reasons(),
+            some(&[None, Some("unknown_task_type"), Some("unknown_task_type")])
+        );
+        let msgs = out.strs("message");
+        assert_eq!(msgs[1].as_deref(), Some("task type is null"));
+        assert_eq!(msgs[2].as_deref(), Some("unknown task type 'nope'"));
+        assert!(!out.names().contains(&"json"));
+
+        let (offsets, data, nulls) =
+            BinaryArray::from(vec![Some(&b"ti\xffny"[..]), Some(b"tiny")]).into_parts();
+        // SAFETY: not UTF-8 on purpose.
+        let bad: ArrayRef = Arc::new(unsafe { StringArray::new_unchecked(offsets, data, nulls) });
+        let tasks = TaskTypes::column(vec![bad], 2).unwrap();
+        let out = run(
+            &v,
+            vec![utf8(&[Some(GOOD), Some(GOOD)])],
+            tasks,
+            opts(false, false),
+        );
+        assert_eq!(out.reasons(), some(&[Some("invalid_utf8"), None]));
+        assert_eq!(
+            out.strs("message")[0].as_deref(),
+            Some("invalid UTF-8 at byte 2 of task_types")
+        );
+
+        let e = TaskTypes::column(vec![utf8(&[Some("tiny")])], 2)
+            .err()
+            .unwrap();
+        assert_eq!(e.to_string(), "task_types has 1 rows but texts has 2");
+        let e = TaskTypes::column(vec![Arc::new(Int64Array::from(vec![1]))], 1)
+            .err()
+            .unwrap();
+        assert_eq!(
+            e.to_string(),
+            "column 'task_types' must hold strings, got Arrow type Int64"
+        );
+    }
+
+    #[test]
+    fn unpack_follows_each_rows_task_type() {
+        let v = validator();
+        assert_eq!(v.task_types(), ["tiny", "mood"]);
+        assert_eq!(v.unpack_columns(), ["q", "a/b", "opt", "m", "t"]);
+        let rows = [
+            Some(r#"{"a/b": "abc", "q": "ab", "opt": "o"}"#),
+            Some(r#"{"m": "sad", "t": "tt"}"#),
+            Some("nope"),
+            Some(r#"{"q": "ab", "a/b": "abc"}"#),
+        ];
+        let tasks = TaskTypes::column(
+            vec![utf8(&[
+                Some("tiny"),
+                Some("mood"),
+                Some("mood"),
+                Some("tiny"),
+            ])],
+            4,
+        )
+        .unwrap();
+        let out = run(&v, vec![view(&rows)], tasks, opts(true, true));
+        assert_eq!(
+            out.names(),
+            [
+                "ok",
+                "reason",
+                "field",
+                "message",
+                "extracted",
+                "json",
+                "q",
+                "a/b",
+                "opt",
+                "m",
+                "t"
+            ]
+        );
+        assert_eq!(out.bools("ok"), [true, true, false, true]);
+        assert_eq!(out.strs("q"), some(&[Some("ab"), None, None, Some("ab")]));
+        assert_eq!(
+            out.strs("a/b"),
+            some(&[Some("abc"), None, None, Some("abc")])
+        );
+        assert_eq!(out.strs("opt"), some(&[Some("o"), None, None, None]));
+        assert_eq!(out.strs("m"), some(&[None, Some("sad"), None, None]));
+        assert_eq!(out.strs("t"), some(&[None, Some("tt"), None, None]));
+        // Key order of the input is kept in the compact JSON.
+        assert_eq!(
+            out.strs("json")[0].as_deref(),
+            Some(r#"{"a/b":"abc","q":"ab","opt":"o"}"#)
+        );
+
+        // One task type unpacks just its fields; json=false drops that column only.
+        let lean = run(&v, vec![view(&rows)], one("mood"), opts(false, true));
+        assert_eq!(
+            lean.names(),
+            ["ok", "reason", "field", "message", "extracted", "m", "t"]
+        );
+        assert_eq!(lean.bools("ok"), [false, true, false, false]);
+        assert_eq!(lean.strs("t"), some(&[None, Some("tt"), None, None]));
+        // An unknown single task type: no unpack columns, every row rejected.
+        let none = run(&v, vec![view(&rows)], one("nope"), opts(false, true));
+        assert_eq!(none.names().len(), 5);
+        assert!(none.bools("ok").iter().all(|ok| !ok));
+    }
+
+    #[test]
+    fn long_unpacked_values_share_the_input_buffers() {
+        // "tiny" is a closed object of strings: its rows take the fast path, whose
+        // unescaped values are slices of the row's text.
+        let v = validator();
+        let row = format!(r#"{{"q": "ab", "a/b": "{LONG}"}}"#);
+        let escaped = r#"{"q": "ab", "a/b": "with \"escapes\" inside it"}"#;
+        let input = view(&[Some(&row), Some(escaped), Some(&row)]);
+        let input_buf = input.as_string_view().data_buffers()[0].as_ptr();
+        let out = run(
+            &v,
+            vec![input, utf8(&[Some(&row)])],
+            one("tiny"),
+            opts(false, true),
+        );
+        assert_eq!(
+            out.strs("a/b"),
+            some(&[
+                Some(LONG),
+                Some("with \"escapes\" inside it"),
+                Some(LONG),
+                Some(LONG)
+            ])
+        );
+        // The first block (a Utf8View chunk) points into the input but for the escaped
+        // value; the Utf8 chunk's block copies.
+        let cols = out.column("a/b");
+        assert_eq!(cols.len(), 2, "one block per input chunk here");
+        let first = cols[0].as_string_view();
+        let buffer_of = |a: &StringViewArray, i: usize| {
+            a.data_buffers()[(a.views()[i] >> 64) as u32 as usize].as_ptr()
+        };
+        assert_eq!(buffer_of(first, 0), input_buf);
+        assert_ne!(buffer_of(first, 1), input_buf);
+        assert_eq!(buffer_of(first, 2), input_buf);
+        let second = cols[1].as_string_view();
+        assert_ne!(buffer_of(second, 0), input_buf);
+    }
+
+    #[test]
+    fn many_rows_in_blocks_that_never_straddle_chunks() {
+        let good = r#"{"m": "sad", "t": "x"}"#;
+        let mut big = Vec::new();
+        for _ in 0..5000 {
+            big.extend([Some(good), Some("x")]);
+        }
+        let chunks = vec![
+            view(&big),
+            utf8(&[]),
+            utf8(&vec![Some(good); 3001]),
+            view(&[None]),
+        ];
+        let out = run(&validator(), chunks, one("mood"), opts(false, true));
+        let ok = out.bools("ok");
+        assert_eq!(ok.len(), 13002);
+        assert_eq!(ok.iter().filter(|&&x| x).count(), 8001);
+        assert_eq!(ok[..6], [true, false, true, false, true, false]);
+        assert_eq!(out.reasons()[13001].as_deref(), Some("null_text"));
+        // Block boundaries fall on chunk boundaries (rows 10000 and 13001).
+        let mut at = 0;
+        let mut bounds = Vec::new();
+        for b in &out.batches {
+            at += b.num_rows();
+            bounds.push(at);
+        }
+        assert!(
+            bounds.contains(&10000) && bounds.contains(&13001),
+            "{bounds:?}"
+        );
+        assert!(out.batches.iter().all(|b| b.num_rows() <= 8192));
+    }
+
+    #[test]
+    fn zero_rows_give_the_schema_and_no_batches() {
+        let v = validator();
+        for chunks in [vec![], vec![utf8(&[]), view(&[])]] {
+            let out = run(&v, chunks, one("tiny"), opts(true, true));
+            assert!(out.batches.is_empty());
+            assert_eq!(
+                out.names(),
+                [
+                    "ok",
+                    "reason",
+                    "field",
+                    "message",
+                    "extracted",
+                    "json",
+                    "q",
+                    "a/b",
+                    "opt"
+                ]
+            );
+        }
+        let b = Batch::new(
+            &v,
+            texts(vec![]),
+            one("tiny"),
+            Options {
+                dedup: Some(false),
+                dedup_fields: Some(vec!["q".into()]),
+                ..Options::default()
+            },
+            None,
+            GateColumns::default(),
+        )
+        .unwrap();
+        let mut d = Dedup::new(false);
+        let out = finish(&b, Some(&mut d));
+        assert_eq!(out.names()[5..], ["keep", "duplicate_of"]);
+        assert_eq!(d.seen, 0);
+    }
+
+    fn dedup_opts(casefold: bool, fields: &[&str]) -> Options {
+        Options {
+            json: true,
+            dedup: Some(casefold),
+            dedup_fields: Some(fields.iter().map(|f| f.to_string()).collect()),
+            ..Options::default()
+        }
+    }
+
+    #[test]
+    fn fused_dedup_keeps_first_valid_rows_and_counts_every_row() {
+        let v = validator();
+        let rows = [
+            Some(r#"{"q": "ab", "a/b": "abc"}"#),
+            Some("not json"),
+            Some(r#"{"q": "ab", "a/b": "other"}"#),
+            Some(r#"{"q": "AB", "a/b": "abc"}"#),
+            Some(r#"{"m": "sad", "t": "one"}"#),
+            Some(r#"{"m": "happy", "t": "two"}"#),
+        ];
+        let tasks = || {
+            TaskTypes::column(
+                vec![
+                    utf8(&[Some("tiny"); 4]),
+                    utf8(&[Some("mood"), Some("mood")]),
+                ],
+                6,
+            )
+            .unwrap()
+        };
+        let mut d = Dedup::new(true);
+        let b = Batch::new(
+            &v,
+            texts(vec![utf8(&rows[..3]), view(&rows[3..])]),
+            tasks(),
+            dedup_opts(true, &["q"]),
+            None,
+            GateColumns::default(),
+        )
+        .unwrap();
+        let out = finish(&b, Some(&mut d));
+        assert_eq!(out.bools("ok"), [true, false, true, true, true, true]);
+        // Casefolded "AB" repeats row 0; mood rows lack "q" and share the null key.
+        assert_eq!(
+            out.ints("duplicate_of"),
+            [None, None, Some(0), Some(0), None, Some(4)]
+        );
+        assert_eq!(out.bools("keep"), [true, false, false, false, true, false]);
+        assert_eq!((d.seen, d.unique()), (6, 2));
+        // A second batch continues the global row numbers.
+        let b = Batch::new(
+            &v,
+            texts(vec![utf8(&[Some(rows[0].unwrap())])]),
+            one("tiny"),
+            dedup_opts(true, &["q", "a/b"]),
+            None,
+            GateColumns::default(),
+        )
+        .unwrap();
+        let out = finish(&b, Some(&mut d));
+        assert_eq!(out.ints("duplicate_of"), [None], "a new key: q and a/b");
+        assert_eq!(d.seen, 7);
+    }
+
+    #[test]
+    fn dedup_arguments_that_do_not_fit() {
+        let v = validator();
+        let plan = |tasks: TaskTypes, o: Options| {
+            Batch::new(&v, texts(vec![]), tasks, o, None, GateColumns::default())
+                .err()
+                .map(|e| e.to_string())
+        };
+        let together = Some("dedup and dedup_fields go together (at least one field)".to_string());
+        let alone = Options {
+            dedup: Some(false),
+            ..Options::default()
+        };
+        assert_eq!(plan(one("tiny"), alone), together);
+        let fields_only = Options {
+            dedup_fields: Some(vec!["q".into()]),
+            ..Options::default()
+        };
+        assert_eq!(plan(one("tiny"), fields_only), together);
+        assert_eq!(plan(one("tiny"), dedup_opts(false, &[])), together);
+        assert_eq!(
+            plan(one("tiny"), dedup_opts(false, &["t"])),
+            Some(
+                r#"dedup field 't' is not a string field of the task type(s) (string fields: ["q", "a/b", "opt"])"#
+                    .to_string()
+            )
+        );
+        let per_row = TaskTypes::column(vec![], 0).unwrap();
+        assert!(plan(per_row, dedup_opts(false, &["t"])).is_none());
+        // An unknown single task type rejects every row: any field will do.
+        assert!(plan(one("nope"), dedup_opts(false, &["zz"])).is_none());
+    }
+
+    #[test]
+    fn the_deduplicator_goes_with_a_dedup_plan_only() {
+        let v = validator();
+        let plain = Batch::new(
+            &v,
+            texts(vec![]),
+            one("tiny"),
+            Options::default(),
+            None,
+            GateColumns::default(),
+        )
+        .unwrap();
+        let e = plain
+            .run()
+            .into_batches(Some(&mut Dedup::new(false)))
+            .err()
+            .unwrap();
+        assert_eq!(e.kind(), crate::arrow_io::ErrorKind::Runtime);
+        let fused = Batch::new(
+            &v,
+            texts(vec![]),
+            one("tiny"),
+            dedup_opts(false, &["q"]),
+            None,
+            GateColumns::default(),
+        )
+        .unwrap();
+        assert!(fused.run().into_batches(None).is_err());
+    }
+
+    fn gate() -> Gate {
+        let checks = [
+            ("degenerate".to_string(), f64::NAN),
+            ("prompt_echo".to_string(), f64::NAN),
+            ("too_few_words".to_string(), 0.5),
+        ];
+        // Fields in another order than the schema's: the batch reorders them.
+        let types = vec![(
+            "tiny".to_string(),
+            "Answer the question below in plain words".to_string(),
+            vec![("a/b".to_string(), -1), ("q".to_string(), -1)],
+        )];
+        Gate::new(&checks, types, vec![]).unwrap()
+    }
+
+    #[test]
+    fn gate_settings_and_their_errors() {
+        assert_eq!(
+            gate().checks(),
+            [
+                ("degenerate", 0.5),
+                ("prompt_echo", 8.0),
+                ("too_few_words", 0.5)
+            ]
+        );
+        let e = Gate::new(&[("prompt_eco".to_string(), f64::NAN)], vec![], vec![])
+            .err()
+            .unwrap();
+        assert!(e.starts_with("unknown quality check 'prompt_eco'"), "{e}");
+        assert!(Gate::new(&[], vec![], vec![]).unwrap().checks().is_empty());
+    }
+
+    #[test]
+    fn gate_rejects_valid_rows_by_their_own_inputs() {
+        let v = validator();
+        let g = gate();
+        let task = "write a short question about the history of rivers in europe";
+        let rows = [
+            r#"{"q": "ab", "a/b": "the the the the the"}"#,
+            r#"{"q": "ab", "a/b": "three little words"}"#,
+            r#"{"q": "ab", "a/b": "a perfectly ordinary answer here"}"#,
+            r#"{"q": "ab", "a/b": "write a short question about the history of rivers please"}"#,
+            r#"{"q": "ab"}"#,
+            r#"{"m": "sad", "t": "the the the the the"}"#,
+        ];
+        let rows: Vec<Option<&str>> = rows.iter().copied().map(Some).collect();
+        let tasks =
+            TaskTypes::column(vec![utf8(&[Some("tiny"); 5]), utf8(&[Some("mood")])], 6).unwrap();
+        let min_words: ArrayRef = Arc::new(Int64Array::from(vec![
+            None,
+            Some(20),
+            None,
+            None,
+            Some(20),
+            Some(20),
+        ]));
+        let cols = GateColumns::new(
+            Some(vec![utf8(&[Some(task); 6])]),
+            None,
+            vec![("a/b".to_string(), vec![min_words])],
+            6,
+        )
+        .unwrap();
+        let b = Batch::new(
+            &v,
+            texts(vec![utf8(&rows)]),
+            tasks,
+            opts(true, true),
+            Some(&g),
+            cols,
+        )
+        .unwrap();
+        let out = finish(&b, None);
+        assert_eq!(
+            out.reasons(),
+            some(&[
+                Some("degenerate"),
+                Some("too_few_words"),
+                None,
+                Some("prompt_echo"),
+                Some("missing_field"),
+                None // the gate has no plan for mood
+            ])
+        );
+        assert_eq!(
+            out.strs("field")[..4],
+            some(&[Some("a~1b"), Some("a~1b"), None, Some("a~1b")])[..]
+        );
+        assert!(out.strs("message")[1]
+            .as_deref()
+            .is_some_and(|m| m.contains("words where the request asked for 20")));
+        // Gated rows are rejected rows: no json, no unpacked values.
+        assert_eq!(out.strs("json")[..2], [None, None]);
+        assert_eq!(
+            out.strs("a/b")[..3],
+            some(&[None, None, Some("a perfectly ordinary answer here")])[..]
+        );
+    }
+
+    #[test]
+    fn gate_inputs_that_are_not_utf8_reject_their_row() {
+        let v = validator();
+        let g = gate();
+        let (offsets, data, nulls) =
+            BinaryArray::from(vec![Some(&b"English"[..]), Some(b"Fran\xe7ais")]).into_parts();
+        // SAFETY: not UTF-8 on purpose.
+        let langs: ArrayRef = Arc::new(unsafe { StringArray::new_unchecked(offsets, data, nulls) });
+        let cols = GateColumns::new(None, Some(vec![langs]), vec![], 2).unwrap();
+        let b = Batch::new(
+            &v,
+            texts(vec![utf8(&[Some(GOOD); 2])]),
+            one("tiny"),
+            opts(false, false),
+            Some(&g),
+            cols,
+        )
+        .unwrap();
+        let out = finish(&b, None);
+        assert_eq!(out.reasons(), some(&[None, Some("invalid_utf8")]));
+        assert_eq!(
+            out.strs("message")[1].as_deref(),
+            Some("invalid UTF-8 at byte 4 of gate_languages")
+        );
+    }
+
+    #[test]
+    fn gate_columns_must_match_the_texts() {
+        let e = GateColumns::new(Some(vec![utf8(&[Some("t")])]), None, vec![], 2)
+            .err()
+            .unwrap();
+        assert_eq!(e.to_string(), "gate_tasks has 1 rows but texts has 2");
+        let e = GateColumns::new(None, Some(vec![]), vec![], 1)
+            .err()
+            .unwrap();
+        assert_eq!(e.to_string(), "gate_languages has 0 rows but texts has 1");
+        let ints: ArrayRef = Arc::new(Int64Array::from(vec![1, 2, 3]));
+        let e = GateColumns::new(None, None, vec![("q".into(), vec![ints])], 2)
+            .err()
+            .unwrap();
+        assert_eq!(e.to_string(), "gate_min_words has 3 rows but texts has 2");
+        let e = GateColumns::new(None, None, vec![("q".into(), vec![utf8(&[Some("1")])])], 1)
+            .err()
+            .unwrap();
+        assert_eq!(e.kind(), crate::arrow_io::ErrorKind::Type);
+        assert_eq!(
+            e.to_string(),
+            "column 'gate_min_words[q]' must hold Int64, got Arrow type Utf8"
+        );
+        // Types are checked before lengths, in argument order.
+        let e = GateColumns::new(
+            Some(vec![utf8(&[Some("t")])]),
+            Some(vec![Arc::new(Int64Array::from(vec![1]))]),
+            vec![],
+            5,
+        )
+        .err()
+        .unwrap();
+        assert_eq!(e.kind(), crate::arrow_io::ErrorKind::Type);
+    }
+}
