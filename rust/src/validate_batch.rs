@@ -372,11 +372,7 @@ impl<'a> Batch<'a> {
 
     /// The row's task type, and the gate's task definition and language. A value that is
     /// not UTF-8 rejects the row, naming the first such column.
-    #[allow(clippy::type_complexity)]
-    fn row_keys(
-        &self,
-        row: usize,
-    ) -> Result<(Option<&str>, Option<&str>, Option<&str>), Rejection> {
+    fn row_keys(&self, row: usize) -> Result<RowKeys<'_>, Rejection> {
         fn str_at(c: &Option<StrCol>, row: usize) -> Result<Option<&str>, usize> {
             c.as_ref().map_or(Ok(None), |c| c.str(row))
         }
@@ -385,7 +381,11 @@ impl<'a> Batch<'a> {
             str_at(&self.gate_cols.tasks, row),
             str_at(&self.gate_cols.languages, row),
         ) {
-            (Ok(t), Ok(g), Ok(l)) => Ok((t, g, l)),
+            (Ok(task), Ok(gate_task), Ok(gate_language)) => Ok(RowKeys {
+                task,
+                gate_task,
+                gate_language,
+            }),
             (t, g, l) => {
                 let (at, column) = [
                     (t.err(), "task_types"),
@@ -399,6 +399,13 @@ impl<'a> Batch<'a> {
             }
         }
     }
+}
+
+/// A row's task type, and the gate's task definition and requested language(s).
+struct RowKeys<'a> {
+    task: Option<&'a str>,
+    gate_task: Option<&'a str>,
+    gate_language: Option<&'a str>,
 }
 
 /// Fused dedup's plan, when a deduplicator is given (`casefold`) with `fields`.
@@ -520,7 +527,11 @@ impl<'a> BlockRun<'a> {
 
     fn row(&mut self, row: usize) {
         let b = self.batch;
-        let (task, gate_task, gate_lang) = match b.row_keys(row) {
+        let RowKeys {
+            task,
+            gate_task,
+            gate_language,
+        } = match b.row_keys(row) {
             Ok(keys) => keys,
             Err(rej) => return self.sink.reject(rej, false),
         };
@@ -532,7 +543,7 @@ impl<'a> BlockRun<'a> {
         self.sink.row = self.row_loc(row, text);
         let ctx = RowCtx {
             task: gate_task,
-            language: gate_lang,
+            language: gate_language,
             languages: b.gate.map(|g| &g.languages),
         };
         self.validate(row, text, task, ctx);
