@@ -1,4 +1,4 @@
-"""Type stub of the Rust extension ``e5x._native`` (see rust/src/lib.rs).
+"""Type stub of the Rust extension ``e5x._native`` (see rust/src/py.rs).
 
 Arrow data crosses as objects implementing the Arrow PyCapsule stream interface
 (``__arrow_c_stream__``): polars Series/DataFrame in, Arrow tables/chunked arrays out
