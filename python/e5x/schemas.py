@@ -1,8 +1,9 @@
-"""JSON Schemas of one LLM-written example, per task type.
+"""JSON Schemas of one LLM-written example, per built-in task type.
 
 These are the schemas the Rust validator (``e5x.core``) checks every raw response
-against. Strict on purpose: weaker models ignore the guidelines, and every rejection
-must name its reason and field.
+against by default; custom task types add their own. Strict on purpose: weaker models
+ignore the guidelines, and every rejection must name its reason and field. Plain data
+below every stage (the task taxonomy re-exports it as ``e5x.tasks.schemas``).
 """
 
 from __future__ import annotations
