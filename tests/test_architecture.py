@@ -7,11 +7,15 @@ import ast
 import sys
 from pathlib import Path
 
+import pytest
+
 import e5x
 
 PACKAGE = Path(e5x.__file__).parent
 STAGES = ["tasks", "synth", "cleaning", "data", "training", "eval"]  # the order data flows in
-FOUNDATIONS = {"formats", "model", "kernels"}
+# core.py wraps the native extension for every stage and schemas.py holds the built-in
+# answer schemas it validates against by default: both take plain data, so no stage.
+FOUNDATIONS = {"core", "schemas", "formats", "model", "kernels"}
 
 
 def imports() -> dict[tuple[str, str], set[str]]:
@@ -50,3 +54,12 @@ def test_the_walk_sees_a_planted_violation(tmp_path, monkeypatch) -> None:
     (tmp_path / "data" / "x.py").write_text("from e5x.eval import evaluate\n")
     monkeypatch.setattr(sys.modules[__name__], "PACKAGE", tmp_path)
     assert imports() == {("data", "eval"): {"data/x.py"}}
+
+
+def test_core_imports_no_stage(tmp_path, monkeypatch) -> None:
+    """Even a lazy import inside a function counts (the walk reads every import node)."""
+    assert not {dst for src, dst in imports() if src == "core"} & set(STAGES)
+    (tmp_path / "core.py").write_text("def gate():\n    from e5x.cleaning import quality\n")
+    monkeypatch.setattr(sys.modules[__name__], "PACKAGE", tmp_path)
+    with pytest.raises(AssertionError, match="core -> cleaning"):
+        test_stages_flow_one_way_over_foundations()

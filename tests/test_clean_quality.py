@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from e5x import core
 from e5x.cleaning import CleanConfig, clean
 from e5x.cleaning import quality as q
-from e5x.tasks.taxonomy import task_types
+from e5x.tasks.taxonomy import load_task_types, task_types
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -193,7 +193,7 @@ def test_quality_settings_parse(setting, expected):
 )
 def test_quality_bad_settings_name_the_check(setting, match):
     with pytest.raises(ValueError, match=match):
-        core.QualityGate(setting)
+        q.gate(setting)
 
 
 def test_quality_cli_flag_and_toml(tmp_path: Path, capsys):
@@ -254,7 +254,7 @@ def kept(rows: list[tuple[str, str, int | None]], checks) -> list[bool]:
     v = core.validate(
         texts,
         tt,
-        gate=core.QualityGate(checks),
+        gate=q.gate(checks),
         gate_tasks=pl.Series(["Retrieve semantically similar text."] * len(rows)),
         gate_languages=pl.Series([r[1] for r in rows]),
         gate_min_words={"S1": pl.Series([r[2] for r in rows], dtype=pl.Int64)},
@@ -298,7 +298,7 @@ def test_quality_gate_never_raises_on_valid_utf8(values, lang, task):
     v = core.validate(
         texts,
         "sts",
-        gate=core.QualityGate("all"),
+        gate=q.gate("all"),
         gate_tasks=pl.Series([task, task]),
         gate_languages=pl.Series([lang, lang]),
         gate_min_words={"S1": pl.Series([3, None], dtype=pl.Int64)},
@@ -335,3 +335,190 @@ def test_quality_synth_pool_drops_non_tasks():
     pool, stats = build_pool([{"id": "brainstorm-short_long-000000", "content": json.dumps({"tasks": tasks})}])
     assert pool == tasks[:1]
     assert stats["not_a_task"] == 2
+
+
+# ---------------------------------------------------------------------------------------
+# The per-field plan comes from what a task type declares, built-in or custom.
+
+# What the gate checks per field of each built-in type: the language part wrong_language
+# compares with (-1: none; "English-French" -> 0 English, 1 French) and the source of the
+# words too_few_words asks for (a placeholder of the request, or a fixed number).
+BUILTIN_PLANS = {
+    "short_long": (
+        {"user_query": 0, "positive_document": 0, "hard_negative_document": 0},
+        {"user_query": "query_length", "positive_document": "num_words", "hard_negative_document": "num_words"},
+    ),
+    "long_short": ({"input_text": 0, "label": -1, "misleading_label": -1}, {"input_text": "num_words"}),
+    "short_short": ({"input": 0, "positive_document": 0}, {}),
+    "long_long": ({"input": 0, "positive_document": 0}, {"input": 300, "positive_document": 300}),
+    "sts": ({"S1": 0, "S2": 0, "S3": 0}, {"S1": "unit", "S2": "unit", "S3": "unit"}),
+    "bitext": ({"S1": 0, "S2": 1, "S3": 1}, {"S1": "unit", "S2": "unit", "S3": "unit"}),
+}
+
+
+def test_quality_builtin_plans_are_pinned():
+    types = task_types()
+    assert set(types) == set(BUILTIN_PLANS)
+    gate_types = q.gate_types(types, {n: t.schema for n, t in types.items()})
+    assert [(n, p) for n, p, _ in gate_types] == [(n, t.prompt) for n, t in types.items()]
+    for name, _, fields in gate_types:
+        languages, words = BUILTIN_PLANS[name]
+        assert dict(fields) == languages and [f for f, _ in fields] == list(languages), name
+        assert q.min_words_fields(types[name]) == words, name
+    assert q.placeholder_names(types) == ["query_length", "num_words", "unit"]
+
+
+def custom_types(tmp_path: Path, declarations: str) -> Path:
+    f = tmp_path / "types.toml"
+    f.write_text(
+        """
+[task_types.faq]
+brainstorm_prompt = "List {n_tasks} FAQ retrieval tasks as JSON."
+prompt = "Task: {task}. Write a {question_length} question in {language} and its answer as JSON."
+fields = { question = "a question", answer = "its answer" }
+mapping = { query = "question", positive = "answer" }
+"""
+        + declarations
+        + """
+[task_types.faq.placeholders]
+question_length = ["at least 8 words", "less than 6 words"]
+language = "@languages"
+"""
+    )
+    return f
+
+
+FAQ_TASK = "Given a question about filing taxes, retrieve the FAQ entry that answers it."
+FAQ_ANSWER = (
+    "You can file your return online through the official portal. Sign in with your account, "
+    "fill in the form for the last year, attach your documents and submit it before the deadline."
+)
+FAQ_ANSWERS = {  # id suffix -> (question, requested length)
+    "good": ("How do I file my tax return online if I live abroad?", "at least 8 words"),
+    "short": ("Filing taxes abroad?", "at least 8 words"),
+    "short_but_asked": ("Taxes when living abroad?", "less than 6 words"),
+    "german": (
+        "Wie kann ich die Steuererklärung für das letzte Jahr online einreichen, wenn ich im Ausland lebe?",
+        "at least 8 words",
+    ),
+}
+
+
+def run_faq(tmp_path: Path, types_file: Path) -> dict[str, tuple[str | None, str | None]]:
+    """Cleans one answer per FAQ_ANSWERS entry, all requested in English; id -> (reason, field)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    records = [
+        {
+            "id": f"examples-faq-{key}",
+            "step": "examples",
+            "task_type": "faq",
+            "model": "m",
+            "content": json.dumps({"question": question, "answer": FAQ_ANSWER}, ensure_ascii=False),
+            "refusal": None,
+            "finish_reason": "stop",
+            "meta": {
+                "task": FAQ_TASK,
+                "language": "English",
+                "placeholders": {"question_length": length, "language": "English"},
+            },
+        }
+        for key, (question, length) in FAQ_ANSWERS.items()
+    ]
+    (run / "responses.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    out = tmp_path / "t.parquet"
+    report = clean(
+        CleanConfig(inputs=[str(run)], out=str(out), chart="", task_types_file=str(types_file), examples_per_reason=10)
+    )
+    got = {e["id"]: (reason, e.get("field")) for reason, exs in report["examples"].items() for e in exs}
+    assert report["kept"] + len(got) == len(records)
+    return {key: got.get(f"examples-faq-{key}", (None, None)) for key in FAQ_ANSWERS}
+
+
+def test_quality_custom_type_declares_its_field_plans(tmp_path: Path):
+    f = custom_types(tmp_path, 'field_min_words = { question = "question_length", answer = 20 }\n')
+    faq = load_task_types(f)["faq"]
+    # One language placeholder and no field_languages: the mapped fields are checked.
+    assert q.language_fields(faq) == {"question": 0, "answer": 0}
+    assert q.min_words_fields(faq) == {"question": "question_length", "answer": 20}
+    assert q.placeholder_names(task_types({"faq": faq})) == ["query_length", "num_words", "unit", "question_length"]
+    assert run_faq(tmp_path, f) == {
+        "good": (None, None),
+        "short": ("too_few_words", "question"),
+        "short_but_asked": (None, None),
+        "german": ("wrong_language", "question"),
+    }
+
+
+def test_quality_custom_type_without_declarations_gets_no_plan(tmp_path: Path):
+    """No field_min_words: no minimum; field_languages = {} (or no language placeholder):
+    no field is checked for its language."""
+    f = custom_types(tmp_path, "field_languages = {}\n")
+    faq = load_task_types(f)["faq"]
+    assert q.language_fields(faq) == {} and q.min_words_fields(faq) == {}
+    assert q.gate_types({"faq": faq}, {"faq": faq.schema}) == [("faq", faq.prompt, [("question", -1), ("answer", -1)])]
+    assert all(v == (None, None) for v in run_faq(tmp_path, f).values())
+    # Two language placeholders and no field_languages: which field is in which is unknown.
+    two = custom_types(tmp_path, 'language_from = ["language", "other"]\n')
+    two.write_text(two.read_text().replace('language = "@languages"', 'language = "@languages"\nother = "@languages"'))
+    assert q.language_fields(load_task_types(two)["faq"]) == {}
+
+
+def test_quality_custom_bitext_checks_each_side_against_its_language(tmp_path: Path):
+    f = tmp_path / "types.toml"
+    f.write_text(
+        """
+[task_types.pairs]
+task = "Retrieve parallel sentences."
+prompt = "Task: {task}. One {unit} in {src} and its translation into {tgt}, as JSON."
+fields = { source = "a text", target = "its translation" }
+mapping = { query = "source", positive = "target" }
+language_from = ["src", "tgt"]
+field_languages = { source = "src", target = "tgt" }
+field_min_words = { source = "unit", target = "unit" }
+[task_types.pairs.placeholders]
+unit = ["sentence", "passage"]
+src = "@languages"
+tgt = "@languages"
+"""
+    )
+    pairs = load_task_types(f)["pairs"]
+    assert q.language_fields(pairs) == {"source": 0, "target": 1}
+    english = "The weather was cold and rainy, so we stayed at home and read our books all afternoon."
+    german = "Das Wetter war kalt und regnerisch, also blieben wir zu Hause und lasen den ganzen Nachmittag."
+    rows = [
+        json.dumps({"source": english, "target": german}, ensure_ascii=False),
+        json.dumps({"source": english, "target": english}),
+        json.dumps({"source": german, "target": german}, ensure_ascii=False),
+    ]
+    v = core.validate(
+        pl.Series(rows),
+        "pairs",
+        schemas={"pairs": pairs.schema},
+        gate=q.gate("all", task_types({"pairs": pairs})),
+        gate_tasks=pl.Series([pairs.task] * 3),
+        gate_languages=pl.Series(["English-German"] * 3),
+    )
+    assert list(zip(v["reason"], v["field"])) == [
+        (None, None),
+        ("wrong_language", "target"),
+        ("wrong_language", "source"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("declarations", "match"),
+    [
+        ('field_languages = { title = "language" }\n', "field_languages names 'title', which is not a string field"),
+        ('field_languages = { question = "question_length" }\n', "'question_length' is not a language placeholder"),
+        ('field_min_words = { answer = "language" }\n', "'language' is not a placeholder with values"),
+        ('field_min_words = { answer = "length" }\n', "'length' is not a placeholder with values"),
+        ("field_min_words = { answer = 0 }\n", "must be at least 1"),
+        ("field_min_words = { answer = 2.5 }\n", "placeholder name or a whole number of words"),
+        ('field_min_words = "question_length"\n', r"`field_min_words` must be a table"),
+    ],
+)
+def test_quality_bad_field_declarations_name_the_problem(tmp_path: Path, declarations, match):
+    with pytest.raises(ValueError, match=match) as e:
+        load_task_types(custom_types(tmp_path, declarations))
+    assert "'faq'" in str(e.value)

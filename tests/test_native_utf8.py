@@ -9,6 +9,7 @@ import pyarrow as pa
 import pytest
 
 from e5x import core
+from e5x.cleaning import quality
 
 ROW = b'{"S1": "a cat", "S2": "%s", "S3": "yes"}'
 # (bad bytes, offset of the first invalid byte in them)
@@ -69,7 +70,7 @@ def test_validate_checks_every_string_column_it_reads() -> None:
     assert out["ok"].to_list() == [True, False, True]
     assert out["reason"][1] == "invalid_utf8"
     assert out["message"][1] == "invalid UTF-8 at byte 2 of task_types"
-    gate = core.QualityGate("-wrong_language")
+    gate = quality.gate("-wrong_language")
     good = '{"S1": "the cat sat on the mat", "S2": "a cat was sitting on a mat", "S3": "yes"}'
     out = core.validate(pl.Series([good] * 2), "sts", gate=gate,
                         gate_languages=unchecked_strings([b"English", b"Engl\xc3"]))  # fmt: skip

@@ -10,8 +10,12 @@ object per row; the native calls release the GIL and use every core.
 - :func:`sample_placeholders` — weighted draws (alias method, ChaCha8, seeded; the same
   seed gives the same draws on every platform and thread count).
 - :func:`render` — fill ``{name}`` templates from a frame of values.
-- :class:`QualityGate` — content checks of valid answers (``e5x.cleaning.quality``), run by
-  :func:`validate` in the same pass; :func:`task_problems` — the ``not_a_task`` check.
+- :class:`QualityGate` — content checks of valid answers, run by :func:`validate` in the
+  same pass (``e5x.cleaning.quality.gate`` builds one from a setting and task types);
+  :func:`task_problems` — the ``not_a_task`` check.
+
+Everything here takes plain data (names, templates, thresholds, polars columns); this module
+imports no stage of the pipeline.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Any
 import polars as pl
 
 from e5x import _native
+from e5x.schemas import SCHEMAS
 
 __all__ = [
     "REASON_CODES",
@@ -42,9 +47,12 @@ REASON_CODES: tuple[str, ...] = tuple(_native.reason_codes())
 _TEXT_TYPES = (pl.String, pl.Binary, pl.Null)
 
 
-def _merged_schemas(schemas: Mapping[str, Mapping[str, Any]] | None) -> dict[str, Any]:
-    from e5x.tasks.schemas import SCHEMAS
+#: One task type of a :class:`QualityGate`: (name, prompt template, [(string field,
+#: language part or -1)]), the fields in the order of the schema's string properties.
+GateType = tuple[str, str, Sequence[tuple[str, int]]]
 
+
+def _merged_schemas(schemas: Mapping[str, Mapping[str, Any]] | None) -> dict[str, Any]:
     merged: dict[str, Any] = dict(SCHEMAS)
     if schemas:
         merged.update(schemas)
@@ -104,9 +112,8 @@ class Validator:
         if isinstance(task_types, pl.Series):
             if len(task_types) != len(texts):
                 raise ValueError(f"task_types has {len(task_types)} rows but texts has {len(texts)}")
-            if task_types.dtype != pl.String:
-                task_types = task_types.cast(pl.String)
-            task_types = task_types.alias("task_types")
+            per_row: pl.Series = task_types if task_types.dtype == pl.String else task_types.cast(pl.String)
+            task_types = per_row.alias("task_types")
         elif not isinstance(task_types, str):
             raise TypeError("task_types must be a str or a polars Series")
         if isinstance(dedup_fields, str):
@@ -181,7 +188,7 @@ def validate(
     (field -> Int64 column of the words the request asked for; null = no minimum).
 
     ``schemas`` adds custom task types (name -> JSON Schema dict) to the built-in
-    :data:`e5x.tasks.schemas.SCHEMAS`. Bad rows never raise: invalid UTF-8 (Binary
+    :data:`e5x.schemas.SCHEMAS`. Bad rows never raise: invalid UTF-8 (Binary
     input, or a String array built from unchecked bytes: every row's bytes are checked),
     deep nesting, huge rows and nulls are per-row rejections; a ``task_types``,
     ``gate_tasks`` or ``gate_languages`` value that is not UTF-8 rejects its row as
@@ -194,36 +201,36 @@ def validate(
 
 
 class QualityGate:
-    """The content checks of :mod:`e5x.cleaning.quality` for a set of task types.
+    """The row checks of the quality gate, compiled for a set of task types.
 
-    ``checks``: a setting as :func:`e5x.cleaning.quality.parse_checks` takes it ("all",
-    "-wrong_language", {"prompt_echo": 6}, ...). ``types``: task type name -> TaskType
-    (default: the built-ins); each type's prompt template is what prompt_echo compares
-    against. ``schemas`` as for :func:`validate`. ``not_a_task`` is not a row check; see
-    :func:`task_problems`.
+    ``checks``: check name -> threshold (NaN = its default) of the row checks to run
+    (format_residue, degenerate, prompt_echo, too_few_words, wrong_language; not_a_task is
+    :func:`task_problems`). ``types``: one :data:`GateType` per task type; prompt_echo
+    compares against its template, wrong_language reads each field's language part (the
+    requested language split at "-"; -1 = not checked). ``language_codes``: requested
+    language name -> ISO 639-1 code, so wrong_language can read function words first.
+    ``e5x.cleaning.quality.gate`` builds all three from a setting and task types.
     """
 
     def __init__(
         self,
-        checks: str | Mapping[str, Any] | None = "all",
-        types: Mapping[str, Any] | None = None,
-        schemas: Mapping[str, Mapping[str, Any]] | None = None,
+        checks: Mapping[str, float],
+        types: Sequence[GateType] = (),
+        language_codes: Mapping[str, str] | None = None,
     ) -> None:
-        from e5x.cleaning import quality
-        from e5x.tasks.languages import NAME_TO_CODE
-        from e5x.tasks.taxonomy import task_types
+        self._native = _native.QualityGate(
+            [(str(k), float(v)) for k, v in checks.items()],
+            [(str(n), str(p), [(str(f), int(part)) for f, part in fields]) for n, p, fields in types],
+            sorted((str(k), str(v)) for k, v in (language_codes or {}).items()),
+        )
 
-        self.checks = quality.parse_checks(checks)
-        types = dict(types) if types is not None else task_types()
-        merged = {n: t.schema for n, t in types.items()}
-        merged.update(schemas or {})
-        row_checks = [(k, float(v)) for k, v in self.checks.items() if k != "not_a_task"]
-        self._native = _native.QualityGate(row_checks, quality.gate_types(types, merged), sorted(NAME_TO_CODE.items()))
+    @property
+    def checks(self) -> dict[str, float]:
+        """The checks that run, with their thresholds."""
+        return dict(self._native.checks)
 
     def __repr__(self) -> str:
-        from e5x.cleaning.quality import describe
-
-        return f"QualityGate({describe(self.checks)})"
+        return f"QualityGate({', '.join(f'{k}={v:g}' for k, v in self.checks.items()) or 'none'})"
 
 
 def task_problems(tasks: Sequence[str], min_words: int = 4) -> list[str | None]:
@@ -270,7 +277,7 @@ class Deduplicator:
         missing = [f for f in fields if f not in df.columns]
         if missing:
             raise ValueError(f"columns {missing} not in frame (columns: {df.columns})")
-        cols = []
+        cols: list[pl.Series] = []
         for f in fields:
             s = df.get_column(f)
             if s.dtype not in (pl.String, pl.Null):
@@ -326,7 +333,7 @@ def render(template: str, values: pl.DataFrame) -> pl.Series:
             f"template placeholders {['{' + m + '}' for m in missing]} have no column in "
             f"values (columns: {values.columns})"
         )
-    cols = []
+    cols: list[pl.Series] = []
     for name in names:
         s = values.get_column(name)
         if s.dtype != pl.String:

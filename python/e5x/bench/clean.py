@@ -40,6 +40,7 @@ import polars as pl
 import psutil
 
 from e5x import core
+from e5x.cleaning import quality
 from e5x.tasks.schemas import SCHEMAS
 
 FIELDS = ["user_query", "positive_document", "hard_negative_document"]
@@ -163,7 +164,7 @@ def gate_inputs(n: int, checks: str) -> dict[str, Any]:
     """What clean hands the gate per row: task, requested language, words asked for
     (query "5 to 15 words" -> 5, documents "about 100 words" -> 100)."""
     return {
-        "gate": core.QualityGate(checks),
+        "gate": quality.gate(checks),
         "gate_tasks": pl.Series([TASK], dtype=pl.String).extend_constant(TASK, n - 1),
         "gate_languages": pl.Series(["English"], dtype=pl.String).extend_constant("English", n - 1),
         "gate_min_words": {

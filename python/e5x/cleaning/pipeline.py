@@ -440,7 +440,7 @@ def _validate(
     if any(k != "not_a_task" for k in checks):
         gate = {
             # Every check named: a mapping modifies the defaults, and these are final.
-            "gate": core.QualityGate({k: checks.get(k, False) for k in q.DEFAULTS}, types, schemas),
+            "gate": q.gate({k: checks.get(k, False) for k in q.DEFAULTS}, types, schemas),
             "gate_tasks": rows["instruction"],
             "gate_languages": rows["language"],
             "gate_min_words": dict(q.min_words_columns(rows, types)),

@@ -1,10 +1,20 @@
 """The quality gate's settings and what it needs to know about each task type.
 
 The checks themselves run in the Rust core (``rust/src/quality.rs``), inside the fused
-validate pass. This module turns a user's setting into the checks that run, and a task
-type into what the gate needs: which fields must be in which requested language, and
-how many words each field's request asked for (from the placeholder values in each
-request's ``meta``).
+validate pass. This module turns a user's setting into the checks that run (:func:`gate`
+builds the :class:`e5x.core.QualityGate`), and a task type into what the gate needs: which
+fields must be in which requested language, and how many words each field's request asked
+for (from the placeholder values in each request's ``meta``). Both come from what the task
+type declares (``field_languages``, ``field_min_words``; see :class:`e5x.tasks.TaskType`),
+never from its name:
+
+- wrong_language checks a field against the part of the requested language (split at "-")
+  of the ``language_from`` placeholder it declares; a type that declares no
+  ``field_languages`` gets its mapped fields checked when ``language_from`` names exactly
+  one placeholder, and no field checked otherwise;
+- too_few_words checks a field against the words its ``field_min_words`` placeholder's
+  value asks for (see :func:`asked_words`) or the fixed number declared; a field without a
+  declaration has no minimum.
 
 Checks and default thresholds (a check that fires names the field and why):
 
@@ -20,17 +30,17 @@ Checks and default thresholds (a check that fires names the field and why):
                           prompt template or the task definition it answered, or a whole
                           field of 4+ words occurs there; lower = stricter (4 .. 64)
     too_few_words    0.5  a field has fewer words than this share of what the request
-                          asked for (query_length, num_words; long-long: 300; STS and
-                          bitext: 2/4/30 for a phrase/sentence/passage unit); higher =
-                          stricter
+                          asked for (its type's field_min_words; built-ins: query_length,
+                          num_words; long-long: 300; STS and bitext: 2/4/30 for a
+                          phrase/sentence/passage unit); higher = stricter
     wrong_language   0.5  the language identified by whatlang (on the first 160 bytes of
                           each field) differs from the requested one with at least this
                           confidence; fields whose first words are clearly stop words of
                           the requested language skip whatlang, and so do short fields
                           beside one that did; it abstains on short text and on languages
                           it does not know (for those only a confident English counts);
-                          bitext checks each side against its own language; lower =
-                          stricter
+                          each field against the language its type's field_languages
+                          names (bitext: each side against its own); lower = stricter
     not_a_task       4    a brainstormed task definition with fewer words than this, made
                           mostly of identifiers (snake_case, camelCase), or with format
                           residue; rejected before examples are asked for it (synth) and
@@ -55,9 +65,15 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
+
+from e5x.tasks.languages import NAME_TO_CODE
+from e5x.tasks.taxonomy import TaskType, task_types
+
+if TYPE_CHECKING:
+    from e5x import core
 
 #: Check name -> default threshold, in the order the gate applies them.
 DEFAULTS: dict[str, float] = {
@@ -70,30 +86,6 @@ DEFAULTS: dict[str, float] = {
 }
 NOT_A_TASK_MIN_WORDS = int(DEFAULTS["not_a_task"])
 
-# Which fields each built-in task type's prompt asks to be in which language part
-# ("English-French": 0 = English, 1 = French). Labels of long_short are not asked to be
-# in the example's language.
-_LANGUAGE_FIELDS: dict[str, dict[str, int]] = {
-    "short_long": {"user_query": 0, "positive_document": 0, "hard_negative_document": 0},
-    "long_short": {"input_text": 0},
-    "short_short": {"input": 0, "positive_document": 0},
-    "long_long": {"input": 0, "positive_document": 0},
-    "sts": {"S1": 0, "S2": 0, "S3": 0},
-    "bitext": {"S1": 0, "S2": 1, "S3": 1},
-}
-# The words each built-in prompt asks for, per field: a placeholder whose value holds the
-# number ("at least 10 words", "200"; "less than ..." asks for no minimum) or a fixed count.
-_MIN_WORDS: dict[str, dict[str, str | int]] = {
-    "short_long": {
-        "user_query": "query_length",
-        "positive_document": "num_words",
-        "hard_negative_document": "num_words",
-    },
-    "long_short": {"input_text": "num_words"},
-    "long_long": {"input": 300, "positive_document": 300},
-    "sts": {"S1": "unit", "S2": "unit", "S3": "unit"},
-    "bitext": {"S1": "unit", "S2": "unit", "S3": "unit"},
-}
 # The STS and bitext prompts ask for a text unit; a "sentence" of one word is not one.
 _UNIT_WORDS = {"phrase": 2, "sentence": 4, "passage": 30}
 
@@ -156,23 +148,46 @@ def describe(checks: Mapping[str, float]) -> str:
     return ", ".join(f"{k}={v:g}" for k, v in checks.items()) or "none"
 
 
-def language_fields(t: Any) -> dict[str, int]:
-    """Field -> language part of a task type (built-in table; custom types: the mapped
-    fields, when the type names one language)."""
-    if t.name in _LANGUAGE_FIELDS and set(_LANGUAGE_FIELDS[t.name]) <= set(t.fields):
-        return dict(_LANGUAGE_FIELDS[t.name])
+def gate(
+    setting: str | Mapping[str, Any] | None = "all",
+    types: Mapping[str, TaskType] | None = None,
+    schemas: Mapping[str, Mapping[str, Any]] | None = None,
+) -> core.QualityGate:
+    """The native gate for a setting (see the module doc) and task types (default: the
+    built-ins). Each type's schema gives its string fields unless ``schemas`` (name -> JSON
+    Schema, as for :func:`e5x.core.validate`) replaces it; ``not_a_task`` is not a row check
+    (:func:`e5x.core.task_problems` runs it). A bad threshold is a ValueError naming the check."""
+    from e5x import core  # the native extension, only when a gate is built
+
+    checks = parse_checks(setting)
+    types = dict(types) if types is not None else task_types()
+    merged: dict[str, Mapping[str, Any]] = {n: t.schema for n, t in types.items()}
+    merged.update(schemas or {})
+    row_checks = {k: v for k, v in checks.items() if k != "not_a_task"}
+    return core.QualityGate(row_checks, gate_types(types, merged), NAME_TO_CODE)
+
+
+def language_fields(t: TaskType) -> dict[str, int]:
+    """Field -> the part of the requested language it must be in ("English-French": 0 =
+    English, 1 = French), from the type's ``field_languages`` (see the module doc)."""
+    if t.field_languages is not None:
+        return {f: t.language_from.index(p) for f, p in t.field_languages.items() if f in t.fields}
     if len(t.language_from) != 1:
         return {}
     m = t.mapping
     return {f: 0 for f in (m.query, m.positive, m.negative) if f}
 
 
-def gate_types(
-    types: Mapping[str, Any], schemas: Mapping[str, Mapping[str, Any]]
-) -> list[tuple[str, str, list[tuple[str, int]]]]:
+def min_words_fields(t: TaskType) -> dict[str, str | int]:
+    """Field -> what gives the words its request asked for: a placeholder name (its drawn
+    value is read by :func:`asked_words`) or a fixed number, from ``field_min_words``."""
+    return {f: src for f, src in t.field_min_words.items() if f in t.fields}
+
+
+def gate_types(types: Mapping[str, TaskType], schemas: Mapping[str, Mapping[str, Any]]) -> list[core.GateType]:
     """(task type, prompt template, [(string field, language part or -1)]) per type,
     fields in the order of the schema's string properties (the validator's order)."""
-    out = []
+    out: list[core.GateType] = []
     for name, t in types.items():
         props = schemas[name].get("properties") or {}
         fields = [k for k, p in props.items() if isinstance(p, Mapping) and p.get("type") == "string"]
@@ -197,25 +212,24 @@ def asked_words(value: str | None) -> int | None:
     return int(m.group()) if m else None
 
 
-def placeholder_names(types: Mapping[str, Any]) -> list[str]:
+def placeholder_names(types: Mapping[str, TaskType]) -> list[str]:
     """Placeholders the minimum-words rules read (their values come from the log)."""
     names: list[str] = []
     for t in types.values():
-        for src in _MIN_WORDS.get(t.name, {}).values():
+        for src in min_words_fields(t).values():
             if isinstance(src, str) and src not in names:
                 names.append(src)
     return names
 
 
-def min_words_columns(rows: pl.DataFrame, types: Mapping[str, Any]) -> list[tuple[str, pl.Series]]:
+def min_words_columns(rows: pl.DataFrame, types: Mapping[str, TaskType]) -> list[tuple[str, pl.Series]]:
     """Per field, an Int64 column of the words each row's request asked for (null = no
     minimum). ``rows`` has ``task_type`` and one String column per placeholder name of
     :func:`placeholder_names` (null where the log has none)."""
     rules: dict[str, list[tuple[str, str | int]]] = {}
     for name, t in types.items():
-        for f, src in _MIN_WORDS.get(t.name, {}).items():
-            if f in t.fields:
-                rules.setdefault(f, []).append((name, src))
+        for f, src in min_words_fields(t).items():
+            rules.setdefault(f, []).append((name, src))
     out = []
     for f, per_type in rules.items():
         col: pl.Expr = pl.lit(None, dtype=pl.Int64)

@@ -8,7 +8,10 @@ A :class:`TaskType` bundles, for one kind of embedding task:
 - ``prompt``: asks for one example as JSON; ``{task}`` is the task definition (drawn from
   the brainstormed pool, or the fixed ``task`` of a symmetric type);
 - ``schema``: the JSON Schema the Rust validator checks the answer against;
-- ``mapping``: which answer fields become (query, positive, negative).
+- ``mapping``: which answer fields become (query, positive, negative);
+- ``field_languages`` / ``field_min_words``: what the prompt asks of each answer field, for
+  the quality gate of ``e5x clean`` (which language placeholder it is written in; the
+  placeholder whose drawn value, or the fixed number, gives the words it must have).
 
 Templates use ``{name}`` placeholders and ``{{``/``}}`` for literal braces (the syntax of
 ``e5x.core.render``). Users add task types from a TOML file (:func:`load_task_types`).
@@ -108,6 +111,13 @@ class TaskType:
     task: str | None = None  # fixed task definition of symmetric types
     # Placeholders whose values name the example's language(s), joined with "-".
     language_from: tuple[str, ...] = ("language",)
+    # Answer field -> the placeholder of language_from its prompt asks it to be written in
+    # (the wrong_language check). None: every mapped field, when language_from names one
+    # placeholder; else no field.
+    field_languages: dict[str, str] | None = None
+    # Answer field -> the placeholder whose drawn value says how many words the prompt asks
+    # for ("at least 10 words", "200", "sentence"), or a fixed number (too_few_words).
+    field_min_words: dict[str, str | int] = field(default_factory=dict)
     # Completion size guesses for --dry-run cost estimates (tokens).
     expected_completion_tokens: int = 400
     description: str = ""
@@ -152,6 +162,33 @@ class TaskType:
         for name in self.language_from:
             if name not in self.placeholders:
                 raise ValueError(f"{where}: language_from names {name!r}, which is not a placeholder")
+        props = self.schema.get("properties", {})
+        strings = [f for f, p in props.items() if isinstance(p, Mapping) and p.get("type") == "string"]
+        for key, per_field in (
+            ("field_languages", self.field_languages or {}),
+            ("field_min_words", self.field_min_words),
+        ):
+            for f in per_field:
+                if f not in strings:
+                    raise ValueError(f"{where}: {key} names {f!r}, which is not a string field of the schema {strings}")
+        for f, lang in (self.field_languages or {}).items():
+            if lang not in self.language_from:
+                raise ValueError(
+                    f"{where}: field_languages.{f} = {lang!r} is not a language placeholder "
+                    f"(language_from: {list(self.language_from)})"
+                )
+        for f, src in self.field_min_words.items():
+            if isinstance(src, bool) or not isinstance(src, (str, int)):
+                raise ValueError(
+                    f"{where}: field_min_words.{f} must be a placeholder name or a whole number of words, got {src!r}"
+                )
+            if isinstance(src, int) and src < 1:
+                raise ValueError(f"{where}: field_min_words.{f} must be at least 1, got {src}")
+            if isinstance(src, str) and (src not in self.placeholders or self.placeholders[src] == LANGUAGES):
+                raise ValueError(
+                    f"{where}: field_min_words.{f} = {src!r} is not a placeholder with values "
+                    f"(known: {sorted(k for k, v in self.placeholders.items() if v != LANGUAGES)})"
+                )
 
     def brainstorm_placeholders(self) -> dict[str, Any]:
         assert self.brainstorm_prompt is not None
@@ -359,6 +396,16 @@ def builtin_task_types() -> dict[str, TaskType]:
             brainstorm_prompt=BRAINSTORM_SHORT_LONG,
             prompt=PROMPT_SHORT_LONG,
             mapping=Mapping3("user_query", "positive_document", "hard_negative_document"),
+            field_languages={
+                "user_query": "language",
+                "positive_document": "language",
+                "hard_negative_document": "language",
+            },
+            field_min_words={
+                "user_query": "query_length",
+                "positive_document": "num_words",
+                "hard_negative_document": "num_words",
+            },
             placeholders={
                 "query_type": ["extremely long-tail", "long-tail", "common"],
                 "query_length": ["less than 5 words", "5 to 15 words", "at least 10 words"],
@@ -376,6 +423,9 @@ def builtin_task_types() -> dict[str, TaskType]:
             brainstorm_prompt=BRAINSTORM_LONG_SHORT,
             prompt=PROMPT_LONG_SHORT,
             mapping=Mapping3("input_text", "label", "misleading_label"),
+            # Labels are often the task's own (English) class names, whatever the text's language.
+            field_languages={"input_text": "language"},
+            field_min_words={"input_text": "num_words"},
             placeholders={
                 "num_words": ["less than 10", "at least 10", "at least 50", "at least 100", "at least 200"],
                 "difficulty": list(DIFFICULTY),
@@ -391,6 +441,7 @@ def builtin_task_types() -> dict[str, TaskType]:
             brainstorm_prompt=BRAINSTORM_SHORT_SHORT,
             prompt=PROMPT_SHORT_SHORT,
             mapping=Mapping3("input", "positive_document", None),
+            field_languages={"input": "language", "positive_document": "language"},
             placeholders={"language": LANGUAGES},
             expected_completion_tokens=80,
             description="short-short matching",
@@ -401,6 +452,8 @@ def builtin_task_types() -> dict[str, TaskType]:
             brainstorm_prompt=BRAINSTORM_LONG_LONG,
             prompt=PROMPT_LONG_LONG,
             mapping=Mapping3("input", "positive_document", None),
+            field_languages={"input": "language", "positive_document": "language"},
+            field_min_words={"input": 300, "positive_document": 300},
             placeholders={"language": LANGUAGES},
             expected_completion_tokens=1000,
             description="long-long matching",
@@ -411,6 +464,8 @@ def builtin_task_types() -> dict[str, TaskType]:
             task="Retrieve semantically similar text.",
             prompt=PROMPT_STS,
             mapping=Mapping3("S1", "S2", "S3"),
+            field_languages={"S1": "language", "S2": "language", "S3": "language"},
+            field_min_words={"S1": "unit", "S2": "unit", "S3": "unit"},
             placeholders={
                 "high_score": ["4", "4.5", "5"],
                 "low_score": ["2.5", "3", "3.5"],
@@ -427,6 +482,8 @@ def builtin_task_types() -> dict[str, TaskType]:
             task="Retrieve parallel sentences.",
             prompt=PROMPT_BITEXT,
             mapping=Mapping3("S1", "S2", "S3"),
+            field_languages={"S1": "src_lang", "S2": "tgt_lang", "S3": "tgt_lang"},
+            field_min_words={"S1": "unit", "S2": "unit", "S3": "unit"},
             placeholders={
                 "high_score": ["4", "4.5", "5"],
                 "low_score": ["1.5", "2", "2.5"],
@@ -464,12 +521,14 @@ def task_type_from_dict(name: str, spec: Mapping[str, Any], *, base_dir: Path | 
     description; all required non-empty strings) or ``schema`` (a JSON Schema table) or
     ``schema_file`` (path to a JSON Schema), ``mapping`` {query, positive, negative?},
     ``placeholders`` {name: {value: weight} | [values] | "@languages"}, ``language_from``,
-    ``expected_completion_tokens``, ``description``.
+    ``field_languages`` {field: language placeholder}, ``field_min_words`` {field:
+    placeholder | number}, ``expected_completion_tokens``, ``description``.
     """
     where = f"task type {name!r}"
     allowed = {
         "prompt", "brainstorm_prompt", "task", "fields", "schema", "schema_file", "mapping",
-        "placeholders", "language_from", "expected_completion_tokens", "description",
+        "placeholders", "language_from", "field_languages", "field_min_words",
+        "expected_completion_tokens", "description",
     }  # fmt: skip
     unknown = set(spec) - allowed
     if unknown:
@@ -498,6 +557,12 @@ def task_type_from_dict(name: str, spec: Mapping[str, Any], *, base_dir: Path | 
         raise ValueError(f"{where}: `mapping` needs `query` and `positive` (and optionally `negative`)")
     placeholders = dict(spec.get("placeholders", {}))
     language_from = tuple(spec.get("language_from", ("language",) if "language" in placeholders else ()))
+    per_field: dict[str, dict[str, Any]] = {}
+    for key in ("field_languages", "field_min_words"):
+        table = spec.get(key, {})
+        if not isinstance(table, Mapping):
+            raise ValueError(f"{where}: `{key}` must be a table {{field = ...}}, got {type(table).__name__}")
+        per_field[key] = {str(k): v for k, v in table.items()}
     t = TaskType(
         name=name,
         schema=schema,
@@ -507,6 +572,8 @@ def task_type_from_dict(name: str, spec: Mapping[str, Any], *, base_dir: Path | 
         mapping=Mapping3(str(m["query"]), str(m["positive"]), m.get("negative") or None),
         placeholders=placeholders,
         language_from=language_from,
+        field_languages=per_field["field_languages"] if "field_languages" in spec else None,
+        field_min_words=per_field["field_min_words"],
         expected_completion_tokens=int(spec.get("expected_completion_tokens", 400)),
         description=str(spec.get("description", "")),
     )
