@@ -183,7 +183,7 @@ def prepare_real_training_data(data: Mapping[str, Path], out: Path, cfg: dict[st
     """STS-B train pairs (score >= sts_min_score) and SciFact train qrels as training triples;
     ``data`` is ``real_data()``."""
     from e5x.data.convert import beir_triples, sts_triples
-    from e5x.data.triples import write_triples
+    from e5x.formats.triples import write_triples
 
     rng = random.Random(seed)
     sets = {

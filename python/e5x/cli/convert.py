@@ -48,7 +48,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from e5x.data import convert
-    from e5x.data.triples import write_triples
+    from e5x.formats.triples import write_triples
 
     dropped = 0
     try:

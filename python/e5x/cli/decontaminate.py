@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     import polars as pl
 
     from e5x.cleaning.decontaminate import decontaminate
-    from e5x.data.triples import write_triples
+    from e5x.formats.triples import write_triples
 
     if not args.output and not args.report:
         print("e5x decontaminate: error: give -o OUTPUT and/or --report REPORT", file=sys.stderr)

@@ -8,7 +8,8 @@ from e5x.data.download import FetchError, fetch
 from e5x.data.public import prepare
 from e5x.data.registry import datasets
 from e5x.data.sampler import BatchPlan
-from e5x.data.triples import COLUMNS, DataError, Source, TripleStore, check_source, read_source, write_triples
+from e5x.data.triples import Source, TripleStore, check_source, read_source
+from e5x.formats.triples import COLUMNS, DataError, write_triples
 
 __all__ = [
     "COLUMNS",

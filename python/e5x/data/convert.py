@@ -2,7 +2,7 @@
 
 The recipe mixes the synthetic data with 13 public datasets, each with its own instruction.
 They come in a few layouts; each function here turns one layout into training triples
-(``e5x.data.triples.COLUMNS``), one row per (query, positive), keeping the input order:
+(``e5x.formats.triples.COLUMNS``), one row per (query, positive), keeping the input order:
 
 - ``beir_triples``: a BEIR folder (``corpus.jsonl``, ``queries.jsonl``, ``qrels/{split}.tsv``):
   MS-MARCO, NQ, HotpotQA, FEVER, FiQA, SciFact... as BEIR and MTEB distribute them;
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import polars as pl
 
-from e5x.data.triples import COLUMNS, DataError, blank_negatives_to_null, is_blank
+from e5x.formats.triples import COLUMNS, DataError, blank_negatives_to_null, is_blank
 from e5x.formats.benchmark import doc_text, load_qrels, load_queries, load_sts, qrels_file, read_jsonl_objects
 from e5x.tasks.instructions import TYPE_DEFAULTS, instruction_for
 

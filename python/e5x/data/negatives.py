@@ -6,7 +6,7 @@ sentence-transformers' ``mine_hard_negatives`` (dense retrieval of every query o
 rows' positives plus an optional extra corpus, a rank window that skips the closest
 candidates, and a margin against false negatives: candidates scoring within
 ``relative_margin`` of the positive are dropped); this module maps training triples
-(``e5x.data.triples.COLUMNS``) in and out of it. Needs the ``mine`` extra
+(``e5x.formats.triples.COLUMNS``) in and out of it. Needs the ``mine`` extra
 (``pip install 'e5x[mine]'``: sentence-transformers and datasets).
 """
 
@@ -21,7 +21,7 @@ from typing import Any
 import polars as pl
 
 from e5x._extras import require
-from e5x.data.triples import REQUIRED, DataError, write_triples
+from e5x.formats.triples import REQUIRED, DataError, write_triples
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import polars as pl
 
 from e5x.data.download import cache_dir, fetch
 from e5x.data.registry import Dataset, get
-from e5x.data.triples import DataError, write_triples
+from e5x.formats.triples import DataError, write_triples
 
 # E5-family miners embed with these prompts (mE5: "query: " / "passage: ").
 DEFAULT_MINER = "intfloat/multilingual-e5-base"

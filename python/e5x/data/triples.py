@@ -1,4 +1,5 @@
-"""Reading training triples (contract 3) and mixing sources with their ratios/instructions."""
+"""Training data sources (files, ratios, instructions) and their rows in memory; the
+triples format itself is ``e5x.formats.triples``."""
 
 from __future__ import annotations
 
@@ -9,23 +10,14 @@ from pathlib import Path
 
 import polars as pl
 
-# Contract 3: the columns `e5x clean` writes. Only query and positive are required to
-# train; the others are optional on read (public datasets converted by hand may lack them).
-COLUMNS: tuple[str, ...] = (
-    "instruction",
-    "query",
-    "positive",
-    "negative",
-    "task_type",
-    "language",
-    "model",
-    "source",
-)
-REQUIRED: tuple[str, ...] = ("query", "positive")
-
-
-class DataError(ValueError):
-    """Bad training data; the message names the file, row and field."""
+# The format's names stay importable from here (``from e5x.data.triples import COLUMNS``).
+from e5x.formats.triples import COLUMNS as COLUMNS
+from e5x.formats.triples import REQUIRED as REQUIRED
+from e5x.formats.triples import DataError as DataError
+from e5x.formats.triples import blank_negatives_to_null as blank_negatives_to_null
+from e5x.formats.triples import count_triples, read_triples
+from e5x.formats.triples import is_blank as is_blank
+from e5x.formats.triples import write_triples as write_triples
 
 
 @dataclass(frozen=True)
@@ -94,16 +86,6 @@ class SourceStats:
     without_instruction: int  # rows whose queries train bare (no per-source or per-row instruction)
 
 
-def is_blank(col: str) -> pl.Expr:
-    """Null, empty or whitespace: "no value" in every text column of the triples."""
-    return pl.col(col).is_null() | (pl.col(col).cast(pl.Utf8).str.strip_chars() == "")
-
-
-def blank_negatives_to_null(df: pl.DataFrame) -> pl.DataFrame:
-    """An empty negative means "none": in-batch negatives only for that row."""
-    return df.with_columns(pl.when(is_blank("negative")).then(None).otherwise(pl.col("negative")).alias("negative"))
-
-
 def check_source(source: Source) -> SourceStats:
     """Cheap checks before any model is loaded: files exist, columns, at least one row.
     Returns the source's row counts (read from the Parquet columns, no full load)."""
@@ -114,32 +96,11 @@ def check_source(source: Source) -> SourceStats:
                         f"(e5x data prepare {source.dataset})")  # fmt: skip
     rows = negatives = instructed = 0
     for f in _files(source.path):
-        try:
-            schema = pl.read_parquet_schema(f)
-        except Exception as exc:  # noqa: BLE001 - polars raises several types
-            raise DataError(f"{f}: not a readable Parquet file ({exc})") from exc
-        _check_schema(f, schema)
-        counts = [pl.len().alias("rows")]
-        counts += [(~is_blank(c)).sum().alias(c) for c in ("negative", "instruction") if c in schema]
-        got = pl.scan_parquet(f).select(counts).collect().row(0, named=True)
-        rows += got["rows"]
-        negatives += got.get("negative", 0)
-        instructed += got.get("instruction", 0)
+        r, n, i = count_triples(f)
+        rows, negatives, instructed = rows + r, negatives + n, instructed + i
     if rows == 0:
         raise DataError(f"{source.path}: dataset has no rows")
     return SourceStats(rows, negatives, 0 if source.instruction else rows - instructed)
-
-
-def _check_schema(f: Path, schema: dict[str, pl.DataType]) -> None:
-    missing = [c for c in REQUIRED if c not in schema]
-    if missing:
-        raise DataError(
-            f"{f}: missing column(s) {missing}; training triples need {list(REQUIRED)} "
-            f"(and optionally {[c for c in COLUMNS if c not in REQUIRED]})"
-        )
-    for col in COLUMNS:
-        if col in schema and schema[col] not in (pl.Utf8, pl.Null):
-            raise DataError(f"{f}: column {col!r} must be a string column, got {schema[col]}")
 
 
 def read_source(source: Source) -> pl.DataFrame:
@@ -148,37 +109,13 @@ def read_source(source: Source) -> pl.DataFrame:
     Empty or null queries/positives are errors naming the file and row: a silent skip would
     change the mix the user asked for.
     """
-    frames = []
-    for f in _files(source.path):
-        df = pl.read_parquet(f)
-        _check_schema(f, df.schema)
-        for col in ("instruction", "negative"):
-            if col not in df.columns:
-                df = df.with_columns(pl.lit(None, dtype=pl.Utf8).alias(col))
-        df = df.select([pl.col(c).cast(pl.Utf8) for c in ("instruction", "query", "positive", "negative")])
-        for col in REQUIRED:
-            bad = df.with_row_index("row").filter(is_blank(col))
-            if bad.height:
-                row = bad["row"][0]
-                raise DataError(f"{f}: row {row}: field {col!r} is empty or null")
-        frames.append(df)
+    frames = [read_triples(f) for f in _files(source.path)]
     df = pl.concat(frames)
     if df.height == 0:
         raise DataError(f"{source.path}: dataset has no rows")
     if source.instruction is not None:
         df = df.with_columns(pl.lit(source.instruction, dtype=pl.Utf8).alias("instruction"))
     return blank_negatives_to_null(df)
-
-
-def write_triples(df: pl.DataFrame, path: str | Path) -> int:
-    """Write triples to ``path`` (.parquet) through a temporary name, so a failure never
-    leaves a partial file; returns the row count."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    df.write_parquet(tmp)
-    tmp.replace(path)
-    return df.height
 
 
 class TripleStore:
