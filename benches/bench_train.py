@@ -63,8 +63,10 @@ if importlib.util.find_spec("e5x") is None:
 
 import numpy as np
 import torch
-from e5x.model import packing
+from e5x.model.attention import BACKENDS, enable_packing, resolve_backend
+from e5x.model.embed import embed_length_grouped, embed_packed, embed_packed_inputs
 from e5x.model.fast import apply_liger, set_checkpointing
+from e5x.model.packing import length_grouped_chunks
 
 EOS = 2
 
@@ -284,7 +286,7 @@ def trainer_step(device: torch.device, chunk_size: int | None, chunk_tokens: int
             chunk_size=chunk_size or 1 << 30,
             temperature=0.02,
             autocast=amp,
-            embed_fn=packing.embed_packed_inputs,
+            embed_fn=embed_packed_inputs,
             **extra,
         )
 
@@ -366,7 +368,7 @@ def header(device: torch.device, info: dict[str, Any], args: argparse.Namespace,
         (
             f"# batch: {args.queries} queries + {args.docs} documents per step, seed {args.seed}, "
             f"{args.warmup} warmup + {args.steps} timed steps per variant; "
-            f"packed attention backend: {packing.resolve_backend(args.attn, device)}"
+            f"packed attention backend: {resolve_backend(args.attn, device)}"
         ),
     ]
     return "\n".join(lines)
@@ -381,7 +383,7 @@ def gpu_check(model: Any, batches: list, device: torch.device, backend: str) -> 
     model.eval()
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
         a = plain_embed(model, seqs).float()
-        b = packing.embed_packed(model, seqs, backend=backend).float()
+        b = embed_packed(model, seqs, backend=backend).float()
     model.train(was_training)
     return float(torch.nn.functional.cosine_similarity(a, b, dim=-1).min())
 
@@ -453,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--queries", type=int, default=None, help="queries per step (GPU 32; CPU 8)")
     ap.add_argument("--docs", type=int, default=None, help="documents per step (2 per query)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--attn", default="auto", choices=list(packing.BACKENDS))
+    ap.add_argument("--attn", default="auto", choices=list(BACKENDS))
     ap.add_argument(
         "--keep",
         default="auto",
@@ -539,13 +541,13 @@ def main(argv: list[str] | None = None) -> int:
 
     def grouped(m: Any, qs: list, ds: list) -> tuple[torch.Tensor, torch.Tensor]:
         return (
-            packing.embed_length_grouped(m, qs, max_tokens=args.group_tokens),
-            packing.embed_length_grouped(m, ds, max_tokens=args.group_tokens),
+            embed_length_grouped(m, qs, max_tokens=args.group_tokens),
+            embed_length_grouped(m, ds, max_tokens=args.group_tokens),
         )
 
     def packed_fn(trim: bool) -> Any:
         def fn(m: Any, qs: list, ds: list) -> tuple[torch.Tensor, torch.Tensor]:
-            pooled = packing.embed_packed(m, qs + ds, backend=args.attn, trim_last_layer=trim)
+            pooled = embed_packed(m, qs + ds, backend=args.attn, trim_last_layer=trim)
             return pooled[: len(qs)], pooled[len(qs) :]
 
         return fn
@@ -554,7 +556,7 @@ def main(argv: list[str] | None = None) -> int:
         total = 0
         for side in (qs, ds):
             lengths = [len(s) for s in side]
-            for c in packing.length_grouped_chunks(lengths, args.group_tokens):
+            for c in length_grouped_chunks(lengths, args.group_tokens):
                 total += len(c) * max(lengths[i] for i in c)
         return total
 
@@ -568,7 +570,7 @@ def main(argv: list[str] | None = None) -> int:
     report(run_variant("plain", model, batches, embed=both_padded, computed_tokens=padded_tokens, **common))
     if "grouped" in wanted:
         report(run_variant("grouped", model, batches, embed=grouped, computed_tokens=grouped_tokens, **common))
-    packing.enable_packing(model)
+    enable_packing(model)
     if device.type == "cuda" and not args.no_check:
         cos = gpu_check(model, batches, device, args.attn)
         notes.append(f"GPU check: packed vs padded embeddings, min cosine {cos:.5f} (bf16)")

@@ -109,11 +109,11 @@ for mod in ("triton", "transformers", "peft", "flash_attn", "liger_kernel", "pyt
 import e5x, e5x.kernels
 info["e5x"] = f"{e5x.__version__} from {os.path.dirname(e5x.__file__)}"
 try:
-    from e5x.model import packing
+    from e5x.model import attention
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    info["packed_attention_backends"] = packing.attention_backends()
-    info["packed_attention_auto"] = packing.resolve_backend("auto", dev)  # trial at Mistral-7B's 128, GQA 32:8
-    info["packed_attention_gqa_native"] = packing.gqa_native(info["packed_attention_auto"])
+    info["packed_attention_backends"] = attention.attention_backends()
+    info["packed_attention_auto"] = attention.resolve_backend("auto", dev)  # trial at Mistral-7B's 128, GQA 32:8
+    info["packed_attention_gqa_native"] = attention.gqa_native(info["packed_attention_auto"])
 except Exception as exc:  # noqa: BLE001
     info["packed_attention_auto"] = f"unresolved ({type(exc).__name__}: {exc})"
 json.dump(info, open(sys.argv[1], "w"), indent=1)

@@ -145,9 +145,9 @@ def environment() -> dict:
     except Exception as exc:  # noqa: BLE001 - a report, never a failure
         out["kernels_error"] = f"{type(exc).__name__}: {exc}"
     try:
-        from e5x.model import packing
+        from e5x.model import attention
 
-        out["attention_backend"] = packing.resolve_backend("auto", DEVICE)
+        out["attention_backend"] = attention.resolve_backend("auto", DEVICE)
     except Exception as exc:  # noqa: BLE001
         out["attention_backend"] = f"unresolved ({type(exc).__name__}: {exc})"
     return out

@@ -1,4 +1,4 @@
-"""e5x clean: raw synth answers -> triples Parquet (contract 3), rejection report, mix chart.
+"""e5x clean: raw synth answers -> triples Parquet, rejection report, mix chart.
 
 The answers here are toy strings that exercise parsing, mapping and dedup; the quality
 gate would reject them as too short or not a task, so these tests turn it off
@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 
 from e5x.cleaning import CleanConfig, clean
-from e5x.cleaning.pipeline import TRIPLE_COLUMNS
+from e5x.formats.triples import COLUMNS as TRIPLE_COLUMNS
 
 NO_GATE = {"quality_checks": "none"}
 SL = {"user_query": "q1", "positive_document": "long doc one", "hard_negative_document": "long neg one"}

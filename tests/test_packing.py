@@ -18,17 +18,12 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 
-from e5x.model import packing
+from e5x.model import attention, decoder
+from e5x.model.attention import enable_packing
+from e5x.model.embed import embed_length_grouped, embed_packed, embed_packed_inputs, embed_padded
 from e5x.model.fast import set_checkpointing
-from e5x.model.packing import (
-    embed_length_grouped,
-    embed_packed,
-    embed_padded,
-    enable_packing,
-    length_grouped_chunks,
-    pack,
-    padding_share,
-)
+from e5x.model.packing import PackedBatch, length_grouped_chunks, pack, pack_padded, padding_share
+from e5x.model.unwrap import decoder_of
 
 VOCAB = 97
 EMB_ATOL = 1e-5
@@ -194,8 +189,8 @@ def test_boundaries_matter_negative_control() -> None:
     leaky.cu_seqlens = torch.tensor([0, good.num_tokens], dtype=torch.int32)  # one segment
     leaky.max_seqlen = good.num_tokens
     with torch.no_grad():
-        a = packing.packed_hidden_at(model, good)
-        b = packing.packed_hidden_at(model, leaky, trim_last_layer=False)
+        a = decoder.packed_hidden_at(model, good)
+        b = decoder.packed_hidden_at(model, leaky, trim_last_layer=False)
     assert torch.allclose(a[0], b[0], atol=EMB_ATOL)  # the first sequence sees nothing before it
     assert (a[1:] - b[1:]).abs().max() > 1e-2
 
@@ -216,7 +211,7 @@ def test_selective_checkpointing_same_grads() -> None:
     model.train()
     reference = step(model, queries, docs, packed=True)
     assert set_checkpointing(model, keep=1) == 3
-    layers = packing.decoder_of(model).layers
+    layers = decoder_of(model).layers
     assert [bool(layer.gradient_checkpointing) for layer in layers] == [True, True, True, False]
     assert_same(step(model, queries, docs, packed=True), reference)
     assert set_checkpointing(model, keep=0) == 4
@@ -232,7 +227,7 @@ def test_generic_forward_path_and_flex(monkeypatch: pytest.MonkeyPatch) -> None:
         ref = embed_padded(model, seqs)
         enable_packing(model)
         flex = embed_packed(model, seqs, backend="flex", pad_to_multiple_of=16)
-        monkeypatch.setattr(packing, "decoder_of", lambda m: None)
+        monkeypatch.setattr(decoder, "decoder_of", lambda m: None)
         generic = embed_packed(model, seqs)
     torch.testing.assert_close(flex, ref, atol=EMB_ATOL, rtol=0)
     torch.testing.assert_close(generic, ref, atol=EMB_ATOL, rtol=0)
@@ -260,7 +255,7 @@ def test_pack_padded_matches_pack_for_both_padding_sides() -> None:
     want = pack(seqs)
     for side in ("left", "right"):
         ids, mask = pad(seqs, 0, side)  # type: ignore[arg-type]
-        got = packing.pack_padded(ids, mask)
+        got = pack_padded(ids, mask)
         for field in ("input_ids", "position_ids", "cu_seqlens", "last_index"):
             assert torch.equal(getattr(got, field), getattr(want, field)), (side, field)
         assert got.max_seqlen == want.max_seqlen and got.lengths == want.lengths
@@ -269,7 +264,7 @@ def test_pack_padded_matches_pack_for_both_padding_sides() -> None:
     ids, mask = pad(seqs, 0, "left")
     with torch.no_grad():
         torch.testing.assert_close(
-            packing.embed_packed_inputs(model, {"input_ids": ids, "attention_mask": mask}),
+            embed_packed_inputs(model, {"input_ids": ids, "attention_mask": mask}),
             embed_padded(model, seqs),
             atol=EMB_ATOL,
             rtol=0,
@@ -279,18 +274,18 @@ def test_pack_padded_matches_pack_for_both_padding_sides() -> None:
 def test_backend_trial_accepts_exact_and_rejects_broken(monkeypatch: pytest.MonkeyPatch) -> None:
     """The trial that picks the CUDA backend for 'auto' passes a correct kernel and refuses one
     that ignores segment boundaries; exercised on CPU by standing in for the flex backend."""
-    real = packing._sdpa_loop
+    real = attention._sdpa_loop
 
     def leaky(q, k, v, cu_q, cu_k, **kw):  # type: ignore[no-untyped-def]
         whole = torch.tensor([0, q.shape[0]], dtype=torch.int32)
         return real(q, k, v, whole, whole, **kw)
 
-    monkeypatch.setattr(packing, "_flex_attention", real)
-    assert packing._trial("flex", "cpu") is None
-    monkeypatch.setattr(packing, "_flex_attention", leaky)
-    assert "differs from the SDPA loop" in (packing._trial("flex", "cpu") or "")
+    monkeypatch.setattr(attention, "_flex_attention", real)
+    assert attention._trial("flex", "cpu") is None
+    monkeypatch.setattr(attention, "_flex_attention", leaky)
+    assert "differs from the SDPA loop" in (attention._trial("flex", "cpu") or "")
     with pytest.raises(ValueError, match="unknown packed attention backend"):
-        packing.resolve_backend("nope", torch.device("cpu"))
+        attention.resolve_backend("nope", torch.device("cpu"))
 
 
 def test_ddp_wrapped_model_goes_through_its_forward(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -305,7 +300,7 @@ def test_ddp_wrapped_model_goes_through_its_forward(tmp_path) -> None:  # type: 
     try:
         ddp = torch.nn.parallel.DistributedDataParallel(model)
         enable_packing(ddp)
-        assert packing.is_packing_enabled(ddp) and packing._is_ddp(ddp)
+        assert attention.is_packing_enabled(ddp) and decoder._is_ddp(ddp)
         got = step(ddp, queries, docs, packed=True)
     finally:
         dist.destroy_process_group()
@@ -318,9 +313,9 @@ def test_ddp_wrapped_model_goes_through_its_forward(tmp_path) -> None:  # type: 
 def test_cuda_backends_match_padded(backend: str) -> None:
     """On a GPU, each packed attention backend (bf16 autocast) gives the padded embeddings and
     LoRA gradients up to bf16 rounding: cosine >= 0.999, gradients within 5% of their scale."""
-    if backend == "flash_attn" and packing._flash_attn_varlen() is None:
+    if backend == "flash_attn" and attention._flash_attn_varlen() is None:
         pytest.skip("flash_attn not installed")
-    if backend == "torch_varlen" and packing._torch_varlen() is None:
+    if backend == "torch_varlen" and attention._torch_varlen() is None:
         pytest.skip("torch.nn.attention.varlen not available")
     model = tiny_model("mistral", layers=2).cuda()
     queries = random_seqs([1, 7, 12, 5], seed=1)
@@ -359,7 +354,7 @@ def test_selective_matmul_checkpointing_same_grads_and_policy() -> None:
     reference = step(model, queries, docs, packed=True)  # no checkpointing at all
     # min_k=32 so the tiny model's projections (K = 64 or 112) count as big, LoRA's (K = 4) not
     assert set_checkpointing(model, keep=1, save_matmuls=2, min_k=32) == 3
-    layers = packing.decoder_of(model).layers
+    layers = decoder_of(model).layers
     funcs = [getattr(layer._gradient_checkpointing_func, "keywords", {}).get("context_fn") for layer in layers]
     assert funcs[0] is None and funcs[1] is not None and funcs[2] is not None  # layer 0 full, 1-2 selective
     assert_same(step(model, queries, docs, packed=True), reference)
@@ -371,27 +366,27 @@ def test_backend_trial_runs_at_the_models_head_dim_and_gqa(monkeypatch: pytest.M
     heads), not a stand-in: Mistral-7B is 128 with GQA 32:8 (the default when unknown)."""
     cfg = transformers.MistralConfig()  # the 7B shape, config only
     assert (
-        packing.DEFAULT_ATTN_SHAPE
+        attention.DEFAULT_ATTN_SHAPE
         == (cfg.hidden_size // cfg.num_attention_heads, cfg.num_attention_heads, cfg.num_key_value_heads)
         == (128, 32, 8)
     )
     model = tiny_model("mistral", layers=1)
-    assert packing.attention_shape(model) == (16, 4, 2)
+    assert attention.attention_shape(model) == (16, 4, 2)
     seen = []
-    monkeypatch.setattr(packing, "_trial", lambda name, dev, shape: seen.append((name, dev, shape)))
-    monkeypatch.setattr(packing, "_flash_attn_varlen", lambda: object())
-    packing._auto_cuda_backend.cache_clear()
+    monkeypatch.setattr(attention, "_trial", lambda name, dev, shape: seen.append((name, dev, shape)))
+    monkeypatch.setattr(attention, "_flash_attn_varlen", lambda: object())
+    attention._auto_cuda_backend.cache_clear()
     try:
-        assert packing._auto_cuda_backend("cuda:7", packing.attention_shape(model)) == "flash_attn"
-        assert packing._auto_cuda_backend("cuda:7") == "flash_attn"
+        assert attention._auto_cuda_backend("cuda:7", attention.attention_shape(model)) == "flash_attn"
+        assert attention._auto_cuda_backend("cuda:7") == "flash_attn"
     finally:
-        packing._auto_cuda_backend.cache_clear()
+        attention._auto_cuda_backend.cache_clear()
     assert seen == [("flash_attn", "cuda:7", (16, 4, 2)), ("flash_attn", "cuda:7", (128, 32, 8))]
     # the trial itself at the real shape, incl. the trimmed layer's one-row query segments;
     # a kernel that ignores boundaries fails it there too
-    real = packing._sdpa_loop
-    monkeypatch.setattr(packing, "_flex_attention", real)
-    assert packing._trial_inner("flex", "cpu", (128, 32, 8)) is None
+    real = attention._sdpa_loop
+    monkeypatch.setattr(attention, "_flex_attention", real)
+    assert attention._trial_inner("flex", "cpu", (128, 32, 8)) is None
 
     def leaky(q, k, v, cu_q, cu_k, **kw):  # type: ignore[no-untyped-def]
         kw.pop("bounds", None)
@@ -399,8 +394,8 @@ def test_backend_trial_runs_at_the_models_head_dim_and_gqa(monkeypatch: pytest.M
             return real(q, k, v, cu_q, cu_k, **kw)
         return real(q, k, v, cu_q, torch.tensor([0, 1, 2, 3, k.shape[0]], dtype=torch.int32), **kw)
 
-    monkeypatch.setattr(packing, "_flex_attention", leaky)
-    assert "trimmed last layer: out differs" in (packing._trial_inner("flex", "cpu", (16, 4, 2)) or "")
+    monkeypatch.setattr(attention, "_flex_attention", leaky)
+    assert "trimmed last layer: out differs" in (attention._trial_inner("flex", "cpu", (16, 4, 2)) or "")
 
 
 def test_pad_to_multiple_of_with_trimmed_last_layer(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -410,14 +405,15 @@ def test_pad_to_multiple_of_with_trimmed_last_layer(monkeypatch: pytest.MonkeyPa
     model = tiny_model("mistral", layers=2)
     enable_packing(model)
     seqs = random_seqs([5, 1, 12], seed=31)
-    real = packing.varlen_attention
+    real = attention.varlen_attention
     keys = []
 
     def checked(q, k, v, cu_q, cu_k, *a, **kw):  # type: ignore[no-untyped-def]
         keys.append((k.shape[0], int(cu_k[-1])))
         return real(q, k, v, cu_q, cu_k, *a, **kw)
 
-    monkeypatch.setattr(packing, "varlen_attention", checked)
+    monkeypatch.setattr(attention, "varlen_attention", checked)  # every full layer
+    monkeypatch.setattr(decoder, "varlen_attention", checked)  # the trimmed last layer
     out = []
     for pad in (None, 8):
         model.zero_grad(set_to_none=True)
@@ -441,9 +437,9 @@ def test_sdpa_loop_reads_segment_bounds_without_a_device_sync(monkeypatch: pytes
     packed = pack(random_seqs([3, 9, 4], seed=33), pad_to_multiple_of=5)
     want = [0, 3, 12, 16, 20]
     assert packed.segment_bounds() == packed.cu_seqlens.tolist() == want
-    on_device = packing.PackedBatch(**{**packed.__dict__, "cu_seqlens": packed.cu_seqlens.to("meta")})
+    on_device = PackedBatch(**{**packed.__dict__, "cu_seqlens": packed.cu_seqlens.to("meta")})
     assert on_device.segment_bounds() == want  # rebuilt from lengths: a meta tensor has no values
-    real = packing._sdpa_loop
+    real = attention._sdpa_loop
     calls = []
 
     def checked(q, k, v, cu_q, cu_k, *, bounds=None, **kw):  # type: ignore[no-untyped-def]
@@ -451,8 +447,8 @@ def test_sdpa_loop_reads_segment_bounds_without_a_device_sync(monkeypatch: pytes
         calls.append([list(b) for b in bounds])
         return real(q, k, v, cu_q, cu_k, bounds=bounds, **kw)
 
-    monkeypatch.setattr(packing, "_sdpa_loop", checked)
-    out = packing.packed_hidden_at(model, packed, backend="sdpa_loop", trim_last_layer=True)
+    monkeypatch.setattr(attention, "_sdpa_loop", checked)
+    out = decoder.packed_hidden_at(model, packed, backend="sdpa_loop", trim_last_layer=True)
     assert out.shape == (3, 64) and torch.isfinite(out).all()
     assert calls == [[want, want], [[0, 1, 2, 3], want[:4]]]  # full layer, then the trimmed one
 
@@ -469,17 +465,17 @@ def test_torch_varlen_without_enable_gqa_repeats_kv_and_says_so_once(monkeypatch
     import inspect
 
     monkeypatch.setattr(
-        packing, "_torch_varlen", lambda: (old_varlen, frozenset(inspect.signature(old_varlen).parameters))
+        attention, "_torch_varlen", lambda: (old_varlen, frozenset(inspect.signature(old_varlen).parameters))
     )
-    monkeypatch.setattr(packing, "_GQA_REPEAT_WARNED", False)
+    monkeypatch.setattr(attention, "_GQA_REPEAT_WARNED", False)
     q, k = torch.randn(6, 8, 16), torch.randn(6, 2, 16)
     cu = torch.tensor([0, 2, 6], dtype=torch.int32)
     with pytest.warns(UserWarning, match="repeated 4x"):
-        packing.varlen_attention(q, k, k, cu, cu, 4, 4, scale=0.25, backend="torch_varlen")
+        attention.varlen_attention(q, k, k, cu, cu, 4, 4, scale=0.25, backend="torch_varlen")
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        packing.varlen_attention(q, k, k, cu, cu, 4, 4, scale=0.25, backend="torch_varlen")
-    assert seen == [8, 8] and packing.gqa_native("torch_varlen") is False
-    assert packing.gqa_native("flash_attn") is True and packing.gqa_native("sdpa_loop") is None
+        attention.varlen_attention(q, k, k, cu, cu, 4, 4, scale=0.25, backend="torch_varlen")
+    assert seen == [8, 8] and attention.gqa_native("torch_varlen") is False
+    assert attention.gqa_native("flash_attn") is True and attention.gqa_native("sdpa_loop") is None

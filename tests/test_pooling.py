@@ -157,18 +157,20 @@ def test_packed_forward_equals_padded_forward(name: str, monkeypatch: pytest.Mon
         err = max(float((a[2][n] - b[2][n]).abs().max()) for n in b[2])
         assert err < GRAD_RTOL * scale, (err, scale)
 
-    from e5x.model import packing
+    from e5x.model import decoder
+    from e5x.model.attention import enable_packing
+    from e5x.model.embed import embed_packed
 
     model = tiny_model("mistral", layers=2)
     queries, docs = random_seqs([5, 12, 1], seed=21), random_seqs([30, 7, 19, 2, 11, 25], seed=22)
     padded = step(model, queries, docs, packed=False, pooling=name)
     assert_same(step(model, queries, docs, packed=False, pooling=name, padding_side="left"), padded)
-    packing.enable_packing(model)
+    enable_packing(model)
     assert_same(step(model, queries, docs, packed=True, pooling=name), padded)
     assert_same(step(model, queries, docs, packed=True, pooling=name, pad_to_multiple_of=16), padded)
-    monkeypatch.setattr(packing, "decoder_of", lambda m: None)
+    monkeypatch.setattr(decoder, "decoder_of", lambda m: None)
     with torch.no_grad():
-        generic = packing.embed_packed(model, queries + docs, pooling=name)
+        generic = embed_packed(model, queries + docs, pooling=name)
     torch.testing.assert_close(generic, padded[1], atol=1e-5, rtol=0)
 
 

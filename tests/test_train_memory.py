@@ -49,7 +49,7 @@ def lora_model(fuse: bool, dropout: float = 0.1, packing: bool = False):
             if "lora_B" in name:
                 p.normal_(0, 0.05)
     if packing:
-        from e5x.model.packing import enable_packing
+        from e5x.model.attention import enable_packing
 
         enable_packing(model)
     return model.train()
@@ -62,7 +62,7 @@ def batch() -> Batch:
 
 def embed_fn(packing: bool):
     if packing:
-        from e5x.model.packing import embed_packed_inputs
+        from e5x.model.embed import embed_packed_inputs
 
         return embed_packed_inputs
     return embed

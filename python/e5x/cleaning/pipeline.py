@@ -1,4 +1,4 @@
-"""The clean stage: synth response logs -> training triples (contract 3) + report + chart.
+"""The clean stage: synth response logs -> training triples + report + chart.
 
 Every answer either becomes a triple or is rejected with exactly one reason:
 
@@ -27,9 +27,7 @@ answer.
 
 from __future__ import annotations
 
-import io
 import json
-import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,11 +38,10 @@ import polars as pl
 from annotated_types import Ge
 
 from e5x.config import ConfigError, load
-from e5x.synth.response import content_text
-from e5x.synth.store import read_log, write_json_atomic
+from e5x.formats import triples as triples_format
+from e5x.formats.jsonfile import write_json_atomic
+from e5x.formats.response_log import EXAMPLE_COLUMNS, read_examples
 from e5x.tasks.taxonomy import TaskType, load_task_types, task_types
-
-TRIPLE_COLUMNS = ("instruction", "query", "positive", "negative", "task_type", "language", "model", "source")
 
 
 @dataclass
@@ -105,7 +102,7 @@ class CleanReport(TypedDict):
 
 def _log_files(inputs: Sequence[str]) -> list[tuple[Path, Path | None]]:
     """(responses.jsonl, run dir or None) per input; clear error for a bad path."""
-    out = []
+    out: list[tuple[Path, Path | None]] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
@@ -136,8 +133,6 @@ def _types_for(cfg: CleanConfig, run_dirs: list[Path]) -> dict[str, TaskType]:
     return task_types(extra)
 
 
-_LOG_COLUMNS = ("id", "task_type", "model", "content", "refusal", "finish_reason", "instruction", "language")
-
 # Python's str.isspace() set, which str.split()/str.strip() use. Polars' default (Rust's
 # White_Space) lacks \x1c-\x1f, so the columnar checks name these characters explicitly
 # to give exactly the answers of the per-row Python rules they replace.
@@ -157,113 +152,16 @@ _VERDICT_COLUMNS = frozenset({"ok", "reason", "field", "message", "extracted", "
 _LABEL_FIELDS = ("label", "misleading_label")
 
 
-def _ndjson_schema(placeholders: Sequence[str]) -> dict[str, Any]:
-    meta: dict[str, Any] = {"task": pl.Utf8, "language": pl.Utf8}
-    if placeholders:
-        meta["placeholders"] = pl.Struct({p: pl.Utf8 for p in placeholders})
-    return {
-        "id": pl.Utf8,
-        "step": pl.Utf8,
-        "task_type": pl.Utf8,
-        "model": pl.Utf8,
-        "content": pl.Utf8,
-        "refusal": pl.Utf8,
-        "finish_reason": pl.Utf8,
-        "meta": pl.Struct(meta),
-    }
-
-
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
-
-
-def _lone_surrogate_risk(data: bytes) -> bool:
-    """Whether a JSON string escape of a UTF-16 surrogate (``\\ud800``) occurs, not
-    counting an escaped backslash followed by "ud8..": polars' reader mangles lone ones."""
-    for m in _SURROGATE_ESCAPE.finditer(data):
-        j = m.start()
-        while j > 0 and data[j - 1] == 0x5C:
-            j -= 1
-        if (m.start() - j) % 2 == 0:
-            return True
-    return False
-
-
-def _read_examples(log: Path, placeholders: Sequence[str] = ()) -> tuple[pl.DataFrame, int]:
-    """The example answers of one log (``_LOG_COLUMNS``, then one column per name in
-    ``placeholders``: its value in ``meta.placeholders``) and the bytes of its torn tail.
-
-    Same records as :func:`read_log`, which parses every line, prompts included, into
-    Python objects; polars' reader keeps only the keys used here (~8x faster). A torn
-    tail is cut off first (what read_log drops). Anything polars refuses (a corrupt line
-    inside the file, a line that is not an object, a ``meta`` that is not an object) or
-    may misread (a lone-surrogate escape) takes the read_log path, so the rules stay
-    read_log's. Logs written by e5x synth hold only strings or nulls in these keys and
-    read the same either way. Hand-edited logs may differ: polars keeps the first of
-    duplicate keys (json the last) and turns an object where text belongs into its JSON
-    text (the record path raises)."""
-    data = log.read_bytes()
-    end = data.rfind(b"\n") + 1  # bytes after the last newline are a torn line
-    # Content given as a list of parts (logs of earlier versions) is joined on the record path.
-    if end and not _lone_surrogate_risk(data[:end]) and not re.search(rb'"content":\s*\[', data[:end]):
-        try:
-            raw = pl.read_ndjson(io.BytesIO(memoryview(data)[:end]), schema=_ndjson_schema(placeholders))
-        except (pl.exceptions.PolarsError, ValueError, TypeError):
-            raw = None
-        if raw is not None:
-            meta = pl.col("meta")
-            examples = raw.filter(pl.col("step") == "examples").select(
-                pl.col("id").fill_null("None"),  # f"{r.get('id')}"
-                "task_type",
-                "model",
-                "content",
-                "refusal",
-                "finish_reason",
-                meta.struct.field("task").alias("instruction"),
-                meta.struct.field("language").alias("language"),
-                *[meta.struct.field("placeholders").struct.field(p).alias(p) for p in placeholders],
-            )
-            return examples, len(data) - end
-    del data
-    records, dropped = read_log(log)
-    cols: dict[str, list[Any]] = {k: [] for k in (*_LOG_COLUMNS, *placeholders)}
-    ids, tts, models, contents = cols["id"], cols["task_type"], cols["model"], cols["content"]
-    refusals, finishes, instrs, langs = cols["refusal"], cols["finish_reason"], cols["instruction"], cols["language"]
-    for r in records:
-        if r.get("step") != "examples":
-            continue
-        meta = r.get("meta") if isinstance(r.get("meta"), dict) else {}
-        ids.append(f"{r.get('id')}")
-        tts.append(r.get("task_type"))
-        models.append(r.get("model"))
-        # Logs of earlier versions may hold a list of content parts: their text is the answer.
-        contents.append(content_text(r.get("content")) if isinstance(r.get("content"), list) else r.get("content"))
-        refusals.append(r.get("refusal"))
-        finishes.append(r.get("finish_reason"))
-        instrs.append(meta.get("task"))
-        langs.append(meta.get("language"))
-        ph = meta.get("placeholders") if isinstance(meta, dict) else None
-        for p in placeholders:
-            v = ph.get(p) if isinstance(ph, dict) else None
-            cols[p].append(None if v is None else str(v))
-    schema = {k: pl.Utf8 for k in cols}
-    try:
-        return pl.DataFrame(cols, schema=schema), dropped
-    except (TypeError, pl.exceptions.PolarsError):
-        # A non-string value (hand-edited log): row-wise construction converts scalars to
-        # text and rejects nested values, as this stage always has.
-        return pl.DataFrame([dict(zip(cols, row)) for row in zip(*cols.values())], schema=schema), dropped
-
-
 def _load(cfg: CleanConfig) -> tuple[pl.DataFrame, dict[str, TaskType], int]:
     from e5x.cleaning.quality import placeholder_names
 
     logs = _log_files(cfg.inputs)
     types = _types_for(cfg, [d for _, d in logs if d is not None])
-    placeholders = [p for p in placeholder_names(types) if p not in _LOG_COLUMNS]
+    placeholders = [p for p in placeholder_names(types) if p not in EXAMPLE_COLUMNS]
     frames = []
     torn = 0
     for log, _ in logs:
-        frame, dropped = _read_examples(log, placeholders)
+        frame, dropped = read_examples(log, placeholders)
         torn += dropped > 0
         frames.append(frame)
     df = pl.concat(frames, how="vertical")
@@ -315,7 +213,7 @@ def clean(
     open_rows = _reject_before_parsing(answers, types, verdicts)
     if "not_a_task" in checks:
         open_rows = _reject_non_tasks(open_rows, types, int(checks["not_a_task"]), verdicts)
-    kept = pl.DataFrame(schema={k: pl.Utf8 for k in TRIPLE_COLUMNS})
+    kept = pl.DataFrame(schema=triples_format.schema())
     extracted = 0
     if open_rows.height:
         valid, extracted = _validate(open_rows, types, checks, cfg, verdicts)
@@ -323,7 +221,8 @@ def clean(
             kept = _dedup(_apply_rules(valid, types, cfg, verdicts), cfg, verdicts)
 
     out_path, report_path, chart_path = cfg.paths()
-    triples = _write_triples(kept, cfg.source, out_path)
+    triples = _triples(kept, cfg.source)
+    triples_format.write_triples(triples, out_path)
     report = _report(cfg, verdicts.per_answer(answers), triples, types, checks, extracted, torn)
     report_path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(report_path, report)
@@ -626,15 +525,11 @@ def _dedup(rows: pl.DataFrame, cfg: CleanConfig, verdicts: _Verdicts) -> pl.Data
     return rows.filter(pl.col("keep"))
 
 
-def _write_triples(kept: pl.DataFrame, source: str, path: Path) -> pl.DataFrame:
-    """The kept answers as training triples (``TRIPLE_COLUMNS``), written to ``path``."""
-    triples = kept.select(
-        *TRIPLE_COLUMNS[:-1],
-        pl.lit(source, dtype=pl.Utf8).alias("source"),
-    ).cast({k: pl.Utf8 for k in TRIPLE_COLUMNS})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    triples.write_parquet(path)
-    return triples
+def _triples(kept: pl.DataFrame, source: str) -> pl.DataFrame:
+    """The kept answers as training triples: ``e5x.formats.triples.COLUMNS`` as strings,
+    ``source`` in the source column."""
+    rows = kept.with_columns(pl.lit(source, dtype=pl.Utf8).alias("source"))
+    return rows.select(triples_format.COLUMNS).cast(pl.Utf8)
 
 
 def _report(

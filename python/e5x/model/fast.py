@@ -17,7 +17,7 @@ benches/bench_train.py).
   (CPU; applied by ``e5x.model.loading.apply_lora``; identical numbers).
 
 The LM head is never computed: load the model with ``AutoModel`` (the bare decoder) or let
-``e5x.model.packing.packed_hidden_at`` drive the decoder layers itself, which also applies the
+``e5x.model.decoder.packed_hidden_at`` drive the decoder layers itself, which also applies the
 final norm only to the pooled rows and runs the last layer's tail only for them.
 """
 
@@ -26,7 +26,8 @@ from __future__ import annotations
 from functools import cache, partial
 from typing import Any
 
-from e5x.model.packing import decoder_of, enable_packing, hf_model
+from e5x.model.attention import enable_packing
+from e5x.model.unwrap import decoder_of, hf_model
 
 
 def set_checkpointing(

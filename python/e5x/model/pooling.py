@@ -1,7 +1,7 @@
 """Every pooling of e5x: a sequence's final hidden states -> one embedding.
 
 ``POOLINGS`` names each pooling once. The Embedder (inference), the train step (padded
-forwards), ``e5x.model.packing`` (packed forwards), ``TrainConfig.pooling`` and export
+forwards), ``e5x.model.decoder`` (packed forwards), ``TrainConfig.pooling`` and export
 (``e5x.json`` and the sentence-transformers ``1_Pooling/config.json``) all look poolings up
 here, so a pooling is added by one entry in this module and its test.
 

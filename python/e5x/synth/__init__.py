@@ -29,12 +29,14 @@ from typing import Any, Literal, TypedDict, overload
 
 from e5x._extras import require
 from e5x.config import load
+from e5x.formats.jsonfile import write_json_atomic
+from e5x.formats.response_log import AppendLog, read_log
 from e5x.synth.client import FatalAPIError
 from e5x.synth.config import DEFAULT_PRICES, EndpointConfig, StepConfig, SynthConfig
 from e5x.synth.plan import Plan, Request, build_plan, build_pool, example_requests, resolve_types
 from e5x.synth.response import token_count
 from e5x.synth.runner import Runner, Stats, progress_bar
-from e5x.synth.store import AppendLog, RunLock, read_log, write_json_atomic
+from e5x.synth.store import RunLock
 
 __all__ = [
     "DEFAULT_PRICES",

@@ -22,8 +22,8 @@ import numpy as np
 import polars as pl
 
 from e5x.config import load
+from e5x.formats.response_log import content_text
 from e5x.synth.config import StepConfig, SynthConfig
-from e5x.synth.response import content_text
 from e5x.tasks.languages import default_language_weights, resolve_language_weights
 from e5x.tasks.taxonomy import LANGUAGES, TaskType, task_types
 

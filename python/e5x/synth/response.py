@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from e5x.formats.response_log import content_text
 from e5x.synth.tokens import utf8_len
 
 # The raw value of an odd field is kept in the log (for the report), up to this size.
@@ -23,28 +24,6 @@ MAX_RAW_CHARS = 2000
 
 class MalformedBody(ValueError):
     """The body is not a chat completion (no JSON object with a ``choices`` entry)."""
-
-
-def content_text(content: Any) -> str | None:
-    """The text of a message ``content``: a string as is, a list of parts joined, else None.
-
-    A part is a string, ``{"type": "text", "text": "..."}`` (or ``output_text``), or
-    ``{"text": {"value": "..."}}``; parts of other types (images, audio) carry no text.
-    """
-    if content is None or isinstance(content, str):
-        return content
-    parts = content if isinstance(content, list) else [content]
-    texts: list[str] = []
-    for p in parts:
-        if isinstance(p, str):
-            texts.append(p)
-        elif isinstance(p, dict) and p.get("type", "text") in ("text", "output_text"):
-            t = p.get("text")
-            if isinstance(t, dict):
-                t = t.get("value")
-            if isinstance(t, str):
-                texts.append(t)
-    return "".join(texts) if texts else None
 
 
 def token_count(v: Any) -> int | None:

@@ -43,12 +43,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from e5x.formats.response_log import AppendLog, response_record
 from e5x.synth.client import ChatClient, FatalFault, OpenAIChatClient, TransientFault
 from e5x.synth.client import retry_after_seconds as retry_after_seconds  # re-exported for callers of runner
 from e5x.synth.config import StepConfig, SynthConfig
 from e5x.synth.plan import Request
 from e5x.synth.response import parse_completion, token_count
-from e5x.synth.store import AppendLog
 from e5x.synth.tokens import prompt_tokens_bound
 from e5x.tasks.taxonomy import TaskType
 
@@ -359,30 +359,31 @@ class Runner:
         except (ValueError, RecursionError) as e:  # MalformedBody
             return "malformed", f"unparseable response body ({e}): {json.dumps(body, default=str)[:200]!r}", None
         pt, ct = c.prompt_tokens, c.completion_tokens
-        rec = {
-            "id": req.id,
-            "step": req.step,
-            "task_type": req.task_type,
-            "model": req.model,
-            "response_model": c.model,
-            "messages": req.messages,
-            "params": {k: v for k, v in kwargs.items() if k not in ("model", "messages")},
-            "meta": req.meta,
-            "content": c.content,
-            "refusal": c.refusal,
-            "finish_reason": c.finish_reason,
-            "rejected": c.rejected,
-            "usage": {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct},
-            "usage_estimated": c.usage_estimated,
-            "latency_s": round(latency, 4),
-            "attempts": attempt,
-            "call": call,
-            "response_id": c.response_id,
-            "ts": time.time(),
-            **c.extra,
-        }
         cost = self.cost(req.model, pt, ct)
-        rec["cost_usd"] = cost
+        rec = response_record(
+            id=req.id,
+            step=req.step,
+            task_type=req.task_type,
+            model=req.model,
+            response_model=c.model,
+            messages=req.messages,
+            params={k: v for k, v in kwargs.items() if k not in ("model", "messages")},
+            meta=req.meta,
+            content=c.content,
+            refusal=c.refusal,
+            finish_reason=c.finish_reason,
+            rejected=c.rejected,
+            prompt_tokens=pt,
+            completion_tokens=ct,
+            usage_estimated=c.usage_estimated,
+            latency_s=latency,
+            attempts=attempt,
+            call=call,
+            response_id=c.response_id,
+            ts=time.time(),
+            extra=c.extra,
+            cost_usd=cost,
+        )
         # Durable first, counted second: a kill between the two loses only the count.
         self.log.append(rec)
         self.answered_ids.add(req.id)

@@ -110,7 +110,7 @@ def train(
     embed_fn = None
     if cfg.packing:  # padding-free: one packed stream per chunk, attention kept per sequence
         from e5x.model.fast import prepare_for_packed_training
-        from e5x.model.packing import embed_packed_inputs
+        from e5x.model.embed import embed_packed_inputs
 
         prepare_for_packed_training(
             model,
@@ -292,19 +292,22 @@ def _configure_kernels(cfg: TrainConfig) -> dict[str, Any]:
     """The kernel knobs of ``cfg`` as process settings (environment variables still
     override them, for benchmarks); returns the effective values, which ``train`` records."""
     import e5x.kernels as kernels
-    from e5x.model import packing
+    from e5x.model import attention
 
     kernels.configure(mode=cfg.infonce_mode, chunk_mib=cfg.infonce_chunk_mib, autotune=cfg.kernel_autotune)
-    packing.FLEX_COMPILE = cfg.flex_compile
+    attention.FLEX_COMPILE = cfg.flex_compile
     return _kernel_record()
 
 
 def _kernel_record() -> dict[str, Any]:
     import e5x.kernels as kernels
-    from e5x.model import packing
+    from e5x.model import attention
 
     flex_env = os.environ.get("E5X_FLEX_COMPILE")
-    return {**kernels.runtime_info(), "flex_compile": flex_env == "1" if flex_env is not None else packing.FLEX_COMPILE}
+    return {
+        **kernels.runtime_info(),
+        "flex_compile": flex_env == "1" if flex_env is not None else attention.FLEX_COMPILE,
+    }
 
 
 def _write_kernel_record(path: Path) -> None:
