@@ -63,3 +63,38 @@ def test_core_imports_no_stage(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(sys.modules[__name__], "PACKAGE", tmp_path)
     with pytest.raises(AssertionError, match="core -> cleaning"):
         test_stages_flow_one_way_over_foundations()
+
+
+# e5x.model's packed forward, lowest layer first: each module imports only those before it.
+PACKED_FORWARD = ["packing", "unwrap", "attention", "decoder", "embed"]
+
+
+def model_imports(path: Path) -> set[str]:
+    """The e5x.model submodules ``path`` imports (``from e5x.model.x import ...`` or
+    ``from e5x.model import x``), at any depth (lazy imports count)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            parts = node.module.split(".")
+            if parts[:2] == ["e5x", "model"]:
+                found.update([parts[2]] if len(parts) > 2 else [a.name for a in node.names])
+        elif isinstance(node, ast.Import):
+            found.update(a.name.split(".")[2] for a in node.names if a.name.startswith("e5x.model."))
+    return found
+
+
+def test_packed_forward_modules_import_downwards() -> None:
+    seen = {name: model_imports(PACKAGE / "model" / f"{name}.py") for name in PACKED_FORWARD}
+    assert {"attention", "packing"} <= seen["decoder"] | seen["embed"], "the walk is broken"
+    wrong = {
+        name: sorted(imported & set(PACKED_FORWARD[i:]))
+        for i, (name, imported) in enumerate(seen.items())
+        if imported & set(PACKED_FORWARD[i:])
+    }
+    assert not wrong, f"e5x.model imports against the packed forward's layering: {wrong}"
+
+
+def test_model_walk_sees_lazy_and_module_imports(tmp_path) -> None:
+    planted = tmp_path / "attention.py"
+    planted.write_text("import e5x.model.packing\n\ndef f():\n    from e5x.model import embed\n")
+    assert model_imports(planted) == {"packing", "embed"}
