@@ -9,9 +9,12 @@
 //! | `format_residue` | symbol share (0.5)       | an unfilled/invented placeholder (`{language}`,   |
 //! |                  |                          | `[X]`, `%s`, `{{`), a JSON fragment (`"key":`,    |
 //! |                  |                          | a bare `{...}`), a stand-in value ("string",      |
-//! |                  |                          | "N/A", lorem ipsum), or more than the knob's      |
-//! |                  |                          | share of the field's characters are ASCII digits  |
-//! |                  |                          | or punctuation                                    |
+//! |                  |                          | "N/A", lorem ipsum in its first words), or more   |
+//! |                  |                          | than the knob's share of the field's characters   |
+//! |                  |                          | are ASCII digits or punctuation. In a field that  |
+//! |                  |                          | looks like code (CODE_TOKENS, `a.b(`), braces,    |
+//! |                  |                          | `%d` and `"key":` are its text; `arr[N]` is       |
+//! |                  |                          | indexing                                          |
 //! | `degenerate`     | top-word share (0.5)     | one word is more than the knob's share of the     |
 //! |                  |                          | field's words, distinct words are fewer than      |
 //! |                  |                          | (1 - knob) of them, the words repeat with a       |
@@ -671,7 +674,79 @@ fn is_ident(s: &str) -> bool {
 
 /// A placeholder or template/format fragment in `s`, described.
 pub fn residue(s: &str) -> Option<String> {
+    static LOREM: LazyLock<memmem::Finder<'static>> =
+        LazyLock::new(|| memmem::Finder::new(b"orem ipsum"));
+    // "Lorem ipsum" or "lorem ipsum", without lowercasing a copy.
+    residue_but_filler(s).or_else(|| {
+        LOREM
+            .find(prefix(s, 96).as_bytes())
+            .map(|_| "lorem ipsum filler".into())
+    })
+}
+
+/// Whether the word hashes `words` hold "lorem ipsum" (the gate's filler check, on the
+/// words it has already hashed).
+fn lorem_ipsum_in(words: &[u64]) -> bool {
+    static LOREM_IPSUM: LazyLock<[u64; 2]> = LazyLock::new(|| {
+        let mut w = Vec::new();
+        words_into("lorem ipsum", 2, &mut w);
+        [w[0], w[1]]
+    });
+    let [lorem, ipsum] = *LOREM_IPSUM;
+    words.windows(2).any(|p| p[0] == lorem && p[1] == ipsum)
+}
+
+/// Substrings that show a field holds source code, a shell line or a JSON example, where
+/// braces, `%d`, `"key":` and `{{.Name}}` are the text itself rather than template residue.
+const CODE_TOKENS: [&str; 24] = [
+    "```",
+    "();",
+    "){",
+    ") {",
+    "=>",
+    "==",
+    "!=",
+    "+=",
+    "${",
+    "$(",
+    "::",
+    "{{.",
+    "#include",
+    "def ",
+    "return ",
+    "function ",
+    "import ",
+    "print(",
+    "printf(",
+    "console.",
+    "SELECT ",
+    "</",
+    "/>",
+    "JSON",
+];
+
+/// Whether `s` looks like code (see CODE_TOKENS), or calls a method (`text.count(`).
+/// Only asked once a residue candidate was found, so prose pays nothing for it.
+fn looks_like_code(s: &str) -> bool {
     let b = s.as_bytes();
+    let word = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    CODE_TOKENS
+        .iter()
+        .any(|t| memmem::find(b, t.as_bytes()).is_some())
+        || memchr::memchr_iter(b'(', b).any(|i| {
+            let name = b[..i].iter().rev().take_while(|&&c| word(c)).count();
+            let dot = i - name;
+            name > 0 && dot >= 2 && b[dot - 1] == b'.' && word(b[dot - 2])
+        })
+}
+
+/// `residue` without the lorem-ipsum filler check. In a field that looks like code
+/// (`looks_like_code`), braces, format specifiers and quoted keys are its text; `[N]`
+/// right after a name or a closing bracket is indexing (`arr[N]`), not a placeholder.
+fn residue_but_filler(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut code: Option<bool> = None;
+    let mut is_code = || *code.get_or_insert_with(|| looks_like_code(s));
     let t = s.trim();
     if t.len() <= 24 {
         let low = t
@@ -702,6 +777,9 @@ pub fn residue(s: &str) -> Option<String> {
         match b[i] {
             b'{' => {
                 if rest.trim_start().starts_with('{') {
+                    if is_code() {
+                        continue;
+                    }
                     return Some("template brace '{{'".into());
                 }
                 if let Some(j) = rest.find('}') {
@@ -710,12 +788,18 @@ pub fn residue(s: &str) -> Option<String> {
                         && (inner.is_empty()
                             || inner.bytes().all(|c| c.is_ascii_digit())
                             || is_ident(inner))
+                        && !is_code()
                     {
                         return Some(format!("unfilled placeholder {{{inner}}}"));
                     }
                 }
             }
             b'[' => {
+                let after_name = i > 0
+                    && matches!(b[i - 1], b'0'..=b'9' | b'A'..=b'Z' | b'a'..=b'z' | b'_' | b']' | b')');
+                if after_name {
+                    continue;
+                }
                 if let Some(j) = rest.find(']') {
                     let inner = rest[..j].trim();
                     let low = inner.to_ascii_lowercase();
@@ -746,6 +830,7 @@ pub fn residue(s: &str) -> Option<String> {
                         .as_bytes()
                         .get(1)
                         .is_some_and(|c| c.is_ascii_alphabetic())
+                    && !is_code()
                 {
                     return Some(format!("format specifier %{}", next.unwrap() as char));
                 }
@@ -771,19 +856,13 @@ pub fn residue(s: &str) -> Option<String> {
         let (head, quote) = (&s[..i - 1], if k == 0 { '"' } else { '\'' });
         if let Some(q) = head.rfind(quote) {
             let opens = quote == '"' || head[..q].trim_end().ends_with(['{', ',']);
-            if opens && is_ident(&head[q + 1..]) {
+            if opens && is_ident(&head[q + 1..]) && !is_code() {
                 return Some(format!("object fragment {quote}{}{quote}:", &head[q + 1..]));
             }
         }
         if seen == [true, true] {
             break;
         }
-    }
-    static LOREM: LazyLock<memmem::Finder<'static>> =
-        LazyLock::new(|| memmem::Finder::new(b"orem ipsum"));
-    // "Lorem ipsum" or "lorem ipsum", without lowercasing a copy.
-    if LOREM.find(prefix(s, 96).as_bytes()).is_some() {
-        return Some("lorem ipsum filler".into());
     }
     None
 }
@@ -869,40 +948,58 @@ pub const STOPWORD_MIN: f32 = 1.5;
 pub const STOPWORD_WORDS: usize = 32;
 pub const STOPWORD_MARGIN: f32 = 1.25;
 
-/// Word hash (as `words_into` makes it, never 0) -> the languages whose list holds the
-/// word: open addressing with linear probing, a quarter full, so a lookup (most words of a
-/// text are in it or miss at once) is a probe or two without hashing again.
+/// Word hash (as `words_into` makes it) -> the languages whose list holds the word: open
+/// addressing with linear probing, under half full, so a lookup (most words of a text are
+/// in it or miss at once) is a probe or two without hashing again. A slot is 16 bytes and
+/// keeps the hash's top 31 bits (the slot index comes from the same bits, so two words
+/// collide only if those agree, ~2^-31 per probe): the table stays about 1 MB, mostly in
+/// cache, where 24-byte slots with the whole hash at a quarter full took 3 MB.
 struct StopTable {
-    /// (word hash, languages, how many languages, 1 / how many).
-    slots: Vec<(u64, u64, u32, f32)>,
+    slots: Vec<StopSlot>,
+}
+
+#[derive(Clone, Copy, Default)]
+struct StopSlot {
+    /// Top 31 bits of the word hash, low bit set (0 = empty).
+    key: u32,
+    /// 1 / how many languages hold the word.
+    inv: f32,
+    /// The languages (bits of STOPWORD_LANGS) whose list holds the word.
+    langs: u64,
 }
 
 impl StopTable {
     #[inline]
-    fn slot(&self, h: u64) -> usize {
-        (h >> 32) as usize & (self.slots.len() - 1)
+    fn key(h: u64) -> u32 {
+        (h >> 32) as u32 | 1
+    }
+
+    #[inline]
+    fn slot(&self, key: u32) -> usize {
+        (key >> 1) as usize & (self.slots.len() - 1)
     }
 
     fn add(&mut self, h: u64, bit: usize) {
-        let mut i = self.slot(h);
-        while self.slots[i].0 != 0 && self.slots[i].0 != h {
+        let key = StopTable::key(h);
+        let mut i = self.slot(key);
+        while self.slots[i].key != 0 && self.slots[i].key != key {
             i = (i + 1) & (self.slots.len() - 1);
         }
         let slot = &mut self.slots[i];
-        slot.0 = h;
-        slot.1 |= 1u64 << bit;
-        slot.2 = slot.1.count_ones();
-        slot.3 = 1.0 / slot.2 as f32;
+        slot.key = key;
+        slot.langs |= 1u64 << bit;
+        slot.inv = 1.0 / slot.langs.count_ones() as f32;
     }
 
-    /// The languages of `h` (0: in no list), how many they are and its reciprocal.
+    /// The languages of `h` (0: in no list) and the reciprocal of their count.
     #[inline]
-    fn get(&self, h: u64) -> (u64, u32, f32) {
-        let mut i = self.slot(h);
+    fn get(&self, h: u64) -> (u64, f32) {
+        let key = StopTable::key(h);
+        let mut i = self.slot(key);
         loop {
-            let (k, langs, ones, inv) = self.slots[i];
-            if k == h || k == 0 {
-                return (langs, ones, inv);
+            let s = self.slots[i];
+            if s.key == key || s.key == 0 {
+                return (s.langs, s.inv);
             }
             i = (i + 1) & (self.slots.len() - 1);
         }
@@ -916,7 +1013,7 @@ static STOPWORDS: LazyLock<StopTable> = LazyLock::new(|| {
         .collect();
     let words: usize = lists.iter().map(|l| l.len()).sum();
     let mut table = StopTable {
-        slots: vec![(0, 0, 0, 0.0); (4 * words).next_power_of_two()],
+        slots: vec![StopSlot::default(); (2 * words).next_power_of_two()],
     };
     let mut buf = Vec::new();
     for (bit, list) in lists.iter().enumerate() {
@@ -978,7 +1075,7 @@ impl Languages {
 /// them gets, `1 / (others + mine)` (0: the word is in none of them).
 #[inline]
 fn stopword_share(table: &StopTable, w: u64, bit: u8, siblings: u64) -> (u64, u64, f32) {
-    let (langs, ones, inv) = table.get(w);
+    let (langs, inv) = table.get(w);
     let others = langs & !siblings;
     let is_mine = langs >> bit & 1;
     // Mostly no sibling holds the word: then the holders are all its languages, and the
@@ -987,7 +1084,7 @@ fn stopword_share(table: &StopTable, w: u64, bit: u8, siblings: u64) -> (u64, u6
     if near == 0 {
         return (others, is_mine, inv);
     }
-    let holders = ones - near.count_ones();
+    let holders = langs.count_ones() - near.count_ones();
     let share = if holders == 0 {
         0.0
     } else {
@@ -1169,10 +1266,28 @@ pub fn check_row(
             .enumerate()
             .filter_map(|(k, (n, v))| v.map(|v| (k, n.as_str(), v)))
     };
+    // The first words of each field, hashed once for every word-level check.
+    if sc.words.len() < values.len() {
+        sc.words.resize_with(values.len(), Default::default);
+    }
+    let word_checks = [cfg.format_residue, cfg.degenerate, cfg.wrong_language];
+    if cfg.prompt_echo.is_some() || word_checks.iter().any(Option::is_some) {
+        for (k, _, v) in present() {
+            let (w, more) = &mut sc.words[k];
+            *more = words_into(v, WINDOW_WORDS, w);
+        }
+    }
     if let Some(max_share) = cfg.format_residue {
-        for (_, name, v) in present() {
-            if let Some(what) = residue(v) {
+        for (k, name, v) in present() {
+            if let Some(what) = residue_but_filler(v) {
                 return rej(Reason::FormatResidue, name, format!("{name}: {what}"));
+            }
+            if lorem_ipsum_in(&sc.words[k].0) {
+                return rej(
+                    Reason::FormatResidue,
+                    name,
+                    format!("{name}: lorem ipsum filler"),
+                );
             }
             let (nonspace, symbols) = symbol_counts(prefix(v, SYMBOL_WINDOW_BYTES).as_bytes());
             if nonspace >= 4 && symbols as f64 > max_share * nonspace as f64 {
@@ -1182,15 +1297,6 @@ pub fn check_row(
                     format!("{name}: {symbols} of {nonspace} characters are digits or punctuation"),
                 );
             }
-        }
-    }
-    if cfg.degenerate.is_some() || cfg.prompt_echo.is_some() || cfg.wrong_language.is_some() {
-        if sc.words.len() < values.len() {
-            sc.words.resize_with(values.len(), Default::default);
-        }
-        for (k, _, v) in present() {
-            let (w, more) = &mut sc.words[k];
-            *more = words_into(v, WINDOW_WORDS, w);
         }
     }
     if let Some(top_share) = cfg.degenerate {
@@ -1835,6 +1941,71 @@ mod tests {
             assert_eq!(space_lead3_masks(&block), space_lead3_masks_scalar(&block));
             assert_eq!(symbol_masks(&block), symbol_masks_scalar(&block));
         }
+    }
+
+    #[test]
+    fn code_is_not_template_residue() {
+        for code in [
+            "Use a dict comprehension: counts = {w: text.count(w) for w in words}; start from counts = {}.",
+            "In Python, print(f\"Hello {name}, you are {age}\") prints both values.",
+            "The C call printf(\"%d items\\n\", n) prints the count; use %s for strings.",
+            "Index the array with arr[i] and the matrix with m[i][j]; arr[N] is out of bounds.",
+            "In a shell script, echo ${HOME} prints your home directory.",
+            "Go templates use {{.Name}} to print a field of the data passed to Execute.",
+            "The JSON body {\"name\": \"Ada\", \"age\": 36} creates a user.",
+            "```js\nconst total = items.reduce((a, b) => a + b, 0);\n```",
+        ] {
+            assert_eq!(residue(code), None, "{code}");
+        }
+        // The same marks in prose are still residue.
+        for (prose, what) in [
+            (
+                "Write a query about {topic} in {language}.",
+                "unfilled placeholder {topic}",
+            ),
+            (
+                "The user asked about %s and the answer is %d.",
+                "format specifier %s",
+            ),
+            (
+                "[X] is a common cause of [Y] on servers.",
+                "template placeholder [X]",
+            ),
+            (
+                "Vitamin D trials. \"hard_negative_document\": \"x\"",
+                "object fragment",
+            ),
+            ("Die Kopfhörer {{ Produkt }} sind kaputt.", "template brace"),
+            (
+                "The museum {} will {} be {} open.",
+                "unfilled placeholder {}",
+            ),
+        ] {
+            let got = residue(prose).unwrap_or_default();
+            assert!(got.starts_with(what), "{prose}: {got}");
+        }
+    }
+
+    #[test]
+    fn lorem_ipsum_is_found_among_the_first_words() {
+        let mut w = Vec::new();
+        words_into(
+            "Lorem ipsum dolor sit amet, consectetur",
+            WINDOW_WORDS,
+            &mut w,
+        );
+        assert!(lorem_ipsum_in(&w));
+        words_into("ipsum lorem is not the filler", WINDOW_WORDS, &mut w);
+        assert!(!lorem_ipsum_in(&w));
+        let c = QualityConfig::default();
+        let r = check(
+            &c,
+            "A boy rides a bike.",
+            "Lorem ipsum dolor sit amet, elit.",
+            [None, None],
+            en(),
+        );
+        assert_eq!(r, Some((Reason::FormatResidue, "d".to_string())));
     }
 
     #[test]
