@@ -97,6 +97,14 @@ def test_quality_good_answers_are_kept(tmp_path: Path):
     assert df.height == report["kept"]
 
 
+def test_quality_code_in_a_document_is_not_residue(tmp_path: Path):
+    """Documents a programming task asks for hold braces, %d and arr[i]: kept, every one."""
+    code = [e for e in load("quality_good.jsonl") if any(m in str(e["answer"]) for m in ("printf(", ".count("))]
+    assert len(code) >= 2
+    report, df = run_clean(tmp_path, code, examples_per_reason=100)
+    assert report["kept"] == len(code), report["examples"]
+
+
 def test_quality_junk_is_rejected_by_its_reason(tmp_path: Path):
     junk = load("quality_junk.jsonl")
     report, _ = run_clean(tmp_path, junk, examples_per_reason=100)
