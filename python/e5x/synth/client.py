@@ -13,9 +13,13 @@ from __future__ import annotations
 import email.utils
 import json
 import time
-from typing import Any, Literal, Protocol
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from e5x.synth.config import SynthConfig
+
+if TYPE_CHECKING:
+    from openai import AsyncOpenAI
 
 REQUEST_ID_HEADER = "X-E5X-Request-Id"
 
@@ -70,7 +74,13 @@ class ChatClient(Protocol):
         ...
 
 
-def retry_after_seconds(headers: Any) -> float | None:
+class ResponseHeaders(Protocol):
+    """Response headers as ``retry_after_seconds`` reads them (httpx's ``Headers``, a dict)."""
+
+    def get(self, key: str, /) -> str | None: ...
+
+
+def retry_after_seconds(headers: ResponseHeaders | None) -> float | None:
     """Seconds from ``retry-after-ms`` / ``retry-after`` (seconds or an HTTP date)."""
     if headers is None:
         return None
@@ -113,9 +123,12 @@ class OpenAIChatClient:
         common: dict[str, Any] = dict(
             api_key=key, max_retries=0, timeout=cfg.timeout_s, default_headers=ep.headers or None, http_client=http
         )
-        self._client: Any
+        self._client: AsyncOpenAI
         if ep.provider == "azure":
-            self._client = openai.AsyncAzureOpenAI(
+            # The SDK's overloads want exactly one of azure_endpoint/base_url as a str; its
+            # implementation takes both optional (neither: AZURE_OPENAI_ENDPOINT; both: its
+            # own ValueError), which is what passing the config through relies on.
+            self._client = openai.AsyncAzureOpenAI(  # type: ignore[call-overload]
                 azure_endpoint=ep.azure_endpoint, api_version=ep.api_version, base_url=ep.base_url, **common
             )
         else:
@@ -158,14 +171,15 @@ class OpenAIChatClient:
         await self._client.close()
 
 
-def _httpx() -> Any:
+def _httpx() -> ModuleType:
     """The SDK's HTTP library: ``httpx2`` for openai >= 3, ``httpx`` before."""
     try:
         import httpx2
 
         return httpx2
     except ImportError:
-        import httpx
+        # Only one of the two is installed, whichever the openai version depends on.
+        import httpx  # type: ignore[import-not-found,unused-ignore]
 
         return httpx
 

@@ -33,9 +33,9 @@ import time
 import urllib.error
 import urllib.request
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from e5x.synth.config import SynthConfig
@@ -154,13 +154,21 @@ def openai_to_llama_response_format(response_format: Any) -> Any:
     return response_format
 
 
+# ASGI, as starlette (llama.cpp's server framework) types it.
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
 class OpenAISchemaCompat:
     """ASGI middleware: rewrites the response_format of chat/completion requests (see above)."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
             scope.get("type") != "http"
             or scope.get("method") != "POST"
@@ -191,10 +199,10 @@ class OpenAISchemaCompat:
         await self.app(scope, _replay([{"type": "http.request", "body": body, "more_body": False}], receive), send)
 
 
-def _replay(messages: list[dict[str, Any]], receive: Any) -> Any:
+def _replay(messages: list[Message], receive: Receive) -> Receive:
     pending = list(messages)
 
-    async def replay() -> dict[str, Any]:
+    async def replay() -> Message:
         if pending:
             return pending.pop(0)
         return await receive()
@@ -256,7 +264,7 @@ class LocalLLMServer:
         # llama.cpp's server accepts any key when it was started without --api_key.
         self.api_key = "e5x-local"
         self._proc: subprocess.Popen[bytes] | None = None
-        self._log_fh: Any = None
+        self._log_fh: IO[bytes] | None = None
         self._temp_log = False  # a log we created: removed after a clean run, kept on failure
 
     # -- state -------------------------------------------------------------------------
@@ -454,7 +462,9 @@ def _fix_string_grammar() -> None:
     from llama_cpp import llama_grammar
 
     rules = getattr(llama_grammar, "PRIMITIVE_RULES", None)
-    old = rules.get("char") if isinstance(rules, dict) else None
+    if not isinstance(rules, dict):
+        return  # a different version: leave it alone
+    old = rules.get("char")
     if old is None or not str(getattr(old, "content", "")).startswith('[^"\\\\]'):
         return  # a fixed or different version: leave it alone
     rules["char"] = type(old)(old.content.replace('[^"\\\\]', '[^"\\\\\\x7F\\x00-\\x1F]', 1), old.deps)
@@ -485,7 +495,8 @@ def _serve() -> None:
     _exit_with_parent()
 
     create_app = llama_main.create_app
-    llama_main.create_app = lambda *a, **kw: OpenAISchemaCompat(create_app(*a, **kw))  # type: ignore[assignment]
+    # The server only needs an ASGI app, not the FastAPI that create_app may be typed to return.
+    llama_main.create_app = lambda *a, **kw: OpenAISchemaCompat(create_app(*a, **kw))  # type: ignore[assignment,unused-ignore]
     sys.argv[0] = "python -m e5x.synth.local_server"
     llama_main.main()
 

@@ -20,9 +20,12 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tiktoken import Encoding
 
 # Tokens a chat template may add around the messages (role markers, a default system
 # prompt some templates insert). OpenAI's own format adds about 4 per message (the role
@@ -54,7 +57,7 @@ class _NoDownload(OSError):
 _swap_lock = threading.Lock()
 
 
-def _load_encoding(name: str, offline: bool) -> Any:
+def _load_encoding(name: str, offline: bool) -> Encoding:
     import tiktoken
     import tiktoken.load
 
@@ -89,7 +92,7 @@ def tokenizer(model: str) -> tuple[str, Counter | None]:
         name = tiktoken.encoding_name_for_model(model)
     except KeyError:
         return "bytes", None
-    got: list[Any] = []
+    got: list[Encoding] = []
     offline = _offline()
 
     def load() -> None:
@@ -108,7 +111,7 @@ def tokenizer(model: str) -> tuple[str, Counter | None]:
     return f"tiktoken {name}", lambda text: len(enc.encode(text, disallowed_special=()))
 
 
-def prompt_tokens_bound(messages: list[dict[str, Any]], model: str | None = None) -> int:
+def prompt_tokens_bound(messages: Sequence[Mapping[str, Any]], model: str | None = None) -> int:
     """An upper bound on the prompt tokens of ``messages`` sent to ``model``: its content
     tokens where :func:`tokenizer` has the model's tokenizer, else its UTF-8 bytes; plus a
     chat template adding at most the constants above."""
