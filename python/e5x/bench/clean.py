@@ -33,7 +33,8 @@ import threading
 import time
 import unicodedata
 from collections.abc import Callable
-from typing import Any
+from functools import partial
+from typing import Protocol, TypedDict, TypeVar
 
 import numpy as np
 import polars as pl
@@ -55,13 +56,17 @@ WORDS = (
 
 CPU_SECONDS: list[float] = []  # CPU time (user+sys, all threads) of each _peak_rss call
 
+T = TypeVar("T")
+# One table row: pipeline, stage, seconds, cpu s, MB/s, rows/s, peak RSS MiB, note.
+Row = tuple[str, str, float, float, float, float, float, str]
+
 
 def _cpu() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
 
 
-def _peak_rss(fn: Callable[[], Any]) -> tuple[Any, float, float]:
+def _peak_rss(fn: Callable[[], T]) -> tuple[T, float, float]:
     """Run fn; return (result, seconds, peak RSS in MiB sampled every 2 ms)."""
     proc = psutil.Process()
     peak = [proc.memory_info().rss]
@@ -160,7 +165,16 @@ def run_e5x(texts: pl.Series) -> tuple[int, int]:
 TASK = "Retrieve scientific papers that support a claim."
 
 
-def gate_inputs(n: int, checks: str) -> dict[str, Any]:
+class GateInputs(TypedDict):
+    """The gate keyword arguments of ``core.validate``."""
+
+    gate: core.QualityGate
+    gate_tasks: pl.Series
+    gate_languages: pl.Series
+    gate_min_words: dict[str, pl.Series]
+
+
+def gate_inputs(n: int, checks: str) -> GateInputs:
     """What clean hands the gate per row: task, requested language, words asked for
     (query "5 to 15 words" -> 5, documents "about 100 words" -> 100)."""
     return {
@@ -175,7 +189,7 @@ def gate_inputs(n: int, checks: str) -> dict[str, Any]:
     }
 
 
-def run_e5x_gate(texts: pl.Series, gate: dict[str, Any]) -> tuple[int, int]:
+def run_e5x_gate(texts: pl.Series, gate: GateInputs) -> tuple[int, int]:
     """The fused call with the quality gate."""
     v = core.validate(
         texts, "short_long", unpack=True, json=False, dedup=core.Deduplicator(), dedup_fields=FIELDS, **gate
@@ -236,7 +250,7 @@ LANGS = {
     },
 }
 LANGS.update({f"lang{i:02d}": 0.25 for i in range(80)})
-PLACEHOLDERS: dict[str, Any] = {
+PLACEHOLDERS: dict[str, list[str] | dict[str, float]] = {
     "query_type": ["extremely long-tail", "long-tail", "common"],
     "query_length": ["less than 5 words", "5 to 15 words", "at least 10 words"],
     "clarity": ["clear", "understandable with some effort", "ambiguous"],
@@ -332,10 +346,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.invalid:.0%} broken, {args.dup:.0%} duplicated; generated in {time.perf_counter() - t0:.1f}s"
     )
 
-    rows: list[tuple[str, str, float, float, float, str]] = []
+    rows: list[Row] = []
 
-    def best(fn: Callable[[], Any], k: int) -> tuple[Any, float, float]:
-        best_run: tuple[Any, float, float, float] | None = None
+    def best(fn: Callable[[], T], k: int) -> tuple[T, float, float]:
+        best_run: tuple[T, float, float, float] | None = None
         for _ in range(k):
             out, dt, rss = _peak_rss(fn)
             if best_run is None or dt < best_run[1]:
@@ -374,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # python pipeline
     py_texts = texts.to_list()
-    (valid, k), dt_py, rss = _peak_rss(lambda texts=py_texts: run_python(texts))
+    (valid, k), dt_py, rss = _peak_rss(partial(run_python, py_texts))
     add("python", "end to end", dt_py, rss, f"{valid:,} valid, {k:,} kept")
     del py_texts
 
@@ -383,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     # types), so polars gets the parseable lines only: less work than the others do.
     parseable = texts.filter(core.validate(texts, "short_long")["reason"].ne_missing("not_json"))
     buf = parseable.str.join("\n").item().encode()
-    (valid, k), dt_pl, rss = _peak_rss(lambda data=buf: run_polars(data))
+    (valid, k), dt_pl, rss = _peak_rss(partial(run_polars, buf))
     add(
         "polars",
         "end to end",
@@ -411,9 +425,21 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def gate_rows(
-    texts: pl.Series, mb: float, args: argparse.Namespace, best: Callable[..., Any], add: Callable[..., None]
-) -> None:
+class Best(Protocol):
+    """``main``'s ``best``: (result, seconds, peak RSS MiB) of the fastest of ``k`` runs of ``fn``."""
+
+    def __call__(self, fn: Callable[[], T], k: int) -> tuple[T, float, float]: ...
+
+
+class Add(Protocol):
+    """``main``'s ``add``: one table row (``size`` MB and ``n`` rows default to the whole input)."""
+
+    def __call__(
+        self, pipe: str, stage: str, dt: float, rss: float, note: str = ..., size: float = ..., n: int = ...
+    ) -> None: ...
+
+
+def gate_rows(texts: pl.Series, mb: float, args: argparse.Namespace, best: Best, add: Add) -> None:
     """Fused validate+dedup with the gate off, on without wrong_language, and on (all
     checks; on the first --gate-rows rows if given), side by side. The gate's cost is
     given both as lost wall throughput and as added CPU time (the steadier measure on a
@@ -447,7 +473,7 @@ def gate_rows(
         )
 
 
-def print_table(rows: list[tuple[Any, ...]]) -> None:
+def print_table(rows: list[Row]) -> None:
     print()
     print(
         f"| {'pipeline':8} | {'stage':20} | {'seconds':>8} | {'cpu s':>7} | {'MB/s':>8} | {'rows/s':>12} | {'peak RSS MiB':>12} | note"

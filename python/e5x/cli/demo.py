@@ -16,7 +16,8 @@ TEMPLATE = (
     "{query_length} and {clarity}, documents need {difficulty} education and about "
     "{num_words} words. Answer with a JSON object only."
 )
-PLACEHOLDERS = {
+# name -> values drawn uniformly, or value -> weight (e5x.core.sample_placeholders)
+PLACEHOLDERS: dict[str, list[str] | dict[str, float]] = {
     "query_type": ["extremely long-tail", "long-tail", "common"],
     "query_length": ["less than 5 words", "5 to 15 words", "at least 10 words"],
     "clarity": ["clear", "understandable with some effort", "ambiguous"],
@@ -77,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     kept = dedup.add(ok, ["user_query", "positive_document"])
     t_dedup = time.perf_counter() - t2
 
-    mb = texts.str.len_bytes().sum() / 1e6
+    mb = int(texts.str.len_bytes().sum()) / 1e6
     reasons = verdicts.filter(~pl.col("ok")).group_by("reason").len().sort("len", descending=True)
     print(f"e5x demo: {args.rows:,} generated responses ({mb:.1f} MB), seed {args.seed}\n")
     print(f"{'step':34} {'rows':>9} {'seconds':>8}")
