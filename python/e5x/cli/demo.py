@@ -1,6 +1,6 @@
 """``e5x demo``: the Rust data core on a small generated E5-style sample, in memory.
 
-Draws placeholders and renders generation prompts, fabricates LLM-style responses
+Draws the short_long task type's placeholders and renders its generation prompt, fabricates LLM-style responses
 (most valid, some broken, some duplicated, some wrapped in a ```json fence), then
 validates and deduplicates them and prints a short summary table. Seconds, no network.
 """
@@ -11,20 +11,8 @@ import argparse
 import json
 import time
 
-TEMPLATE = (
-    "Brainstorm one {query_type} retrieval example in {language}; the query is "
-    "{query_length} and {clarity}, documents need {difficulty} education and about "
-    "{num_words} words. Answer with a JSON object only."
-)
-# name -> values drawn uniformly, or value -> weight (e5x.core.sample_placeholders)
-PLACEHOLDERS: dict[str, list[str] | dict[str, float]] = {
-    "query_type": ["extremely long-tail", "long-tail", "common"],
-    "query_length": ["less than 5 words", "5 to 15 words", "at least 10 words"],
-    "clarity": ["clear", "understandable with some effort", "ambiguous"],
-    "num_words": ["50", "100", "200", "300", "400", "500"],
-    "difficulty": ["high school", "college", "PhD"],
-    "language": {"English": 43.0, "German": 3.0, "Japanese": 3.0, "French": 3.0, "Swahili": 1.0},
-}
+# The task every demo prompt is rendered for (synth brainstorms these).
+DEMO_TASK = "Given a question about a medication, retrieve patient information leaflets that answer it."
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -63,9 +51,15 @@ def run(args: argparse.Namespace) -> int:
 
     from e5x import core
 
+    from e5x.tasks.languages import default_language_weights
+    from e5x.tasks.taxonomy import task_types
+
+    # The recipe's own short_long type: its placeholders, weights and generation prompt.
+    short_long = task_types()["short_long"]
+    placeholders = short_long.placeholder_values(default_language_weights())
     t0 = time.perf_counter()
-    ph = core.sample_placeholders(PLACEHOLDERS, args.rows, args.seed)
-    prompts = core.render(TEMPLATE, ph)
+    ph = core.sample_placeholders(placeholders, args.rows, args.seed)
+    prompts = core.render(short_long.prompt, ph.with_columns(task=pl.lit(DEMO_TASK)))
     t_sample = time.perf_counter() - t0
 
     texts = pl.Series("response", _responses(prompts.to_list(), ph["language"].to_list(), args.seed))

@@ -25,7 +25,7 @@ from e5x.config import load
 from e5x.formats.response_log import content_text
 from e5x.synth.config import StepConfig, SynthConfig
 from e5x.tasks.languages import default_language_weights, resolve_language_weights
-from e5x.tasks.taxonomy import LANGUAGES, TaskType, task_types
+from e5x.tasks.taxonomy import TaskType, task_types
 
 STEPS = ("brainstorm", "examples")
 MAX_TASK_CHARS = 500
@@ -127,10 +127,6 @@ def _models(step: StepConfig, n: int, seed: int) -> list[str]:
     return _sample({"model": models}, n, seed)["model"].to_list()
 
 
-def _resolve_placeholders(t: TaskType, languages: dict[str, float]) -> dict[str, Any]:
-    return {k: (dict(languages) if v == LANGUAGES else v) for k, v in t.placeholders.items()}
-
-
 def _distinct_languages(df: pl.DataFrame, a: str, b: str, weights: dict[str, float], seed: int) -> pl.DataFrame:
     """Bitext needs two different languages: redraw ``b`` where it equals ``a``."""
     if len(weights) < 2:
@@ -165,7 +161,7 @@ def build_plan(cfg: SynthConfig, types: dict[str, TaskType] | None = None) -> Pl
         t = types[name]
         if n == 0:
             continue
-        resolved = _resolve_placeholders(t, languages)
+        resolved = t.placeholder_values(languages)
         # Step 1: brainstorm requests (asymmetric types only).
         if not t.symmetric:
             assert t.brainstorm_prompt is not None

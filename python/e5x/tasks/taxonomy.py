@@ -190,6 +190,10 @@ class TaskType:
                     f"(known: {sorted(k for k, v in self.placeholders.items() if v != LANGUAGES)})"
                 )
 
+    def placeholder_values(self, languages: Mapping[str, float]) -> dict[str, Any]:
+        """The placeholders with the run's language weights in place of ``LANGUAGES``."""
+        return {k: (dict(languages) if v == LANGUAGES else v) for k, v in self.placeholders.items()}
+
     def brainstorm_placeholders(self) -> dict[str, Any]:
         assert self.brainstorm_prompt is not None
         used = set(template_placeholders(self.brainstorm_prompt)) - BUILTIN_PLACEHOLDERS
