@@ -1280,8 +1280,12 @@ pub fn check_row(
     if sc.words.len() < values.len() {
         sc.words.resize_with(values.len(), Default::default);
     }
-    let word_checks = [cfg.format_residue, cfg.degenerate, cfg.wrong_language];
-    if cfg.prompt_echo.is_some() || word_checks.iter().any(Option::is_some) {
+    // Every check but too_few_words (which counts whitespace tokens itself) reads them.
+    let reads_words = cfg.format_residue.is_some()
+        || cfg.degenerate.is_some()
+        || cfg.prompt_echo.is_some()
+        || cfg.wrong_language.is_some();
+    if reads_words {
         for (k, _, v) in present() {
             let (w, more) = &mut sc.words[k];
             *more = words_into(v, WINDOW_WORDS, w);
