@@ -971,6 +971,10 @@ const STOPWORD_SIBLINGS: [&[&str]; 8] = [
 /// Stop-word score (see stopword_scores) the requested language needs in a field's first
 /// words to count as shown, and how many times any other language's it must be.
 pub const STOPWORD_MIN: f32 = 1.5;
+/// Scores are sums of shares 1/k in fixed point (integer adds: exact, and free of the
+/// float conversions a per-word mask would need): one whole is SHARE_ONE.
+const SHARE_ONE: u32 = 1 << 24;
+const STOPWORD_MIN_FIXED: u32 = (STOPWORD_MIN * SHARE_ONE as f32) as u32;
 /// Words read for stop words when the first WINDOW_WORDS do not settle the language.
 pub const STOPWORD_WORDS: usize = 32;
 pub const STOPWORD_MARGIN: f32 = 1.25;
@@ -997,10 +1001,16 @@ struct StopTable {
 struct StopSlot {
     /// A fold of the word hash, low bit set (0 = empty).
     key: u32,
-    /// 1 / how many languages hold the word.
-    inv: f32,
+    /// 1 / how many languages hold the word, in SHARE_ONE units.
+    share: u32,
     /// The languages (bits of STOPWORD_LANGS) whose list holds the word.
     langs: u64,
+}
+
+/// 1 / `k` in SHARE_ONE units (0 for 0).
+#[inline]
+fn share_of(k: u32) -> u32 {
+    SHARE_ONE.checked_div(k).unwrap_or(0)
 }
 
 impl StopTable {
@@ -1048,7 +1058,7 @@ impl StopTable {
                     let i = t.slot(h, d);
                     t.slots[i] = StopSlot {
                         key: StopTable::key(h),
-                        inv: 1.0 / l.count_ones() as f32,
+                        share: share_of(l.count_ones()),
                         langs: l,
                     };
                 }
@@ -1082,23 +1092,23 @@ impl StopTable {
         (start.wrapping_add((d as u64).wrapping_mul(step)) >> self.slot_shift) as usize
     }
 
-    /// The languages of `h` (0: in no list) and the reciprocal of their count (0.0).
+    /// The languages of `h` (0: in no list) and the share of each (see `share_of`).
     #[inline(always)]
-    fn get(&self, h: u64) -> (u64, f32) {
+    fn get(&self, h: u64) -> (u64, u32) {
         let s = &self.slots[self.slot(h, self.disp[self.group(h)])];
         s.if_key(StopTable::key(h))
     }
 }
 
 impl StopSlot {
-    /// (langs, inv) if the slot holds `key`, else (0, 0.0).
+    /// (langs, share) if the slot holds `key`, else (0, 0).
     #[cfg(any(test, not(target_arch = "x86_64")))]
     #[inline(always)]
-    fn if_key_scalar(&self, key: u32) -> (u64, f32) {
+    fn if_key_scalar(&self, key: u32) -> (u64, u32) {
         if self.key == key {
-            (self.langs, self.inv)
+            (self.langs, self.share)
         } else {
-            (0, 0.0)
+            (0, 0)
         }
     }
 
@@ -1106,7 +1116,7 @@ impl StopSlot {
     /// form a branch, which mispredicts as often as stop words and other words alternate.
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    fn if_key(&self, key: u32) -> (u64, f32) {
+    fn if_key(&self, key: u32) -> (u64, u32) {
         use std::arch::x86_64::*;
         // SAFETY: SSE2 is part of the x86_64 baseline; a slot is 16 bytes, 16-aligned.
         unsafe {
@@ -1114,14 +1124,14 @@ impl StopSlot {
             let hit = _mm_shuffle_epi32(_mm_cmpeq_epi32(v, _mm_cvtsi32_si128(key as i32)), 0);
             let v = _mm_and_si128(v, hit);
             let langs = _mm_cvtsi128_si64(_mm_unpackhi_epi64(v, v)) as u64;
-            let inv = _mm_cvtss_f32(_mm_castsi128_ps(_mm_shuffle_epi32(v, 1)));
-            (langs, inv)
+            let share = _mm_cvtsi128_si32(_mm_shuffle_epi32(v, 1)) as u32;
+            (langs, share)
         }
     }
 
     #[cfg(not(target_arch = "x86_64"))]
     #[inline(always)]
-    fn if_key(&self, key: u32) -> (u64, f32) {
+    fn if_key(&self, key: u32) -> (u64, u32) {
         self.if_key_scalar(key)
     }
 }
@@ -1187,39 +1197,37 @@ impl Languages {
 /// siblings), whether `bit` is one of its languages, and the share of its weight each of
 /// them gets, `1 / (others + mine)` (0: the word is in none of them).
 #[inline(always)]
-fn stopword_share(table: &StopTable, w: u64, bit: u8, siblings: u64) -> (u64, u64, f32) {
-    let (langs, inv) = table.get(w);
+fn stopword_share(table: &StopTable, w: u64, bit: u8, siblings: u64) -> (u64, u32, u32) {
+    let (langs, share) = table.get(w);
     let others = langs & !siblings;
-    let is_mine = langs >> bit & 1;
+    let is_mine = (langs >> bit & 1) as u32;
     // Mostly no sibling holds the word: then the holders are all its languages, and the
     // share is the table's (no popcount instruction in the x86_64 baseline, no division).
     let near = langs & siblings & !(1u64 << bit);
     if near == 0 {
-        return (others, is_mine, inv);
+        return (others, is_mine, share);
     }
-    let holders = langs.count_ones() - near.count_ones();
-    let share = if holders == 0 {
-        0.0
-    } else {
-        1.0 / holders as f32
-    };
-    (others, is_mine, share)
+    (
+        others,
+        is_mine,
+        share_of(langs.count_ones() - near.count_ones()),
+    )
 }
 
 /// Stop-word scores of `words` for the language of `bit` and for the best other language
 /// outside its siblings: each word that is a stop word adds 1/k to each of the k
 /// languages whose list holds it, so words many languages share count little.
-fn stopword_scores(words: &[u64], bit: u8) -> (f32, f32) {
+fn stopword_scores(words: &[u64], bit: u8) -> (u32, u32) {
     let table = &*STOPWORDS;
     let siblings = SIBLING_MASKS[bit as usize & 63];
-    let mut scores = [0f32; 64];
-    let (mut mine, mut best_other) = (0f32, 0f32);
+    let mut scores = [0u32; 64];
+    let (mut mine, mut best_other) = (0u32, 0u32);
     for &w in words {
         let (others, is_mine, share) = stopword_share(table, w, bit, siblings);
-        if share == 0.0 {
+        if share == 0 {
             continue; // a word of the siblings' lists only
         }
-        mine += is_mine as f32 * share;
+        mine += is_mine * share;
         let mut rest = others;
         while rest != 0 {
             let b = rest.trailing_zeros() as usize;
@@ -1238,26 +1246,27 @@ fn stopword_scores(words: &[u64], bit: u8) -> (f32, f32) {
 /// then asks whatlang).
 fn stopwords_show(words: &[u64], bit: u8) -> bool {
     // First the score of `bit` and a bound on every other language's: the shares of all
-    // words that count for some other language (a float sum over a superset of each
-    // language's words, in the same order, so never below its score). Most fields
-    // settle here without scoring each language.
+    // words that count for some other language (a sum over a superset of each language's
+    // words, so never below its score). Most fields settle here without scoring each
+    // language.
     let (table, siblings) = (&*STOPWORDS, SIBLING_MASKS[bit as usize & 63]);
-    let (mut mine, mut bound) = (0f32, 0f32);
+    let (mut mine, mut bound) = (0u32, 0u32);
     for &w in words {
         // No branch on whether the word is a stop word (a coin flip per word in prose):
         // a word in no list has a share of 0.
         let (others, is_mine, share) = stopword_share(table, w, bit, siblings);
-        mine += is_mine as f32 * share;
-        bound += (others != 0) as u32 as f32 * share;
+        mine += is_mine * share;
+        bound += (others != 0) as u32 * share;
     }
-    if mine < STOPWORD_MIN {
+    let beats = |mine: u32, other: u32| mine as f64 >= STOPWORD_MARGIN as f64 * other as f64;
+    if mine < STOPWORD_MIN_FIXED {
         return false;
     }
-    if mine >= STOPWORD_MARGIN * bound {
+    if beats(mine, bound) {
         return true;
     }
     let (mine, other) = stopword_scores(words, bit);
-    mine >= STOPWORD_MIN && mine >= STOPWORD_MARGIN * other
+    beats(mine, other)
 }
 
 // ------------------------------------------------------------------------------ the gate
@@ -2155,9 +2164,9 @@ mod tests {
                 if words_into(w, 1, &mut buf) || buf.len() != 1 {
                     continue;
                 }
-                let (langs, inv) = t.get(buf[0]);
+                let (langs, share) = t.get(buf[0]);
                 assert_eq!(langs >> bit & 1, 1, "{w} ({code}) is missing");
-                assert_eq!(inv, 1.0 / langs.count_ones() as f32, "{w}");
+                assert_eq!(share, SHARE_ONE / langs.count_ones(), "{w}");
                 n += 1;
             }
         }
@@ -2170,7 +2179,7 @@ mod tests {
         );
         // Words in no list: found nowhere, share 0.
         for w in ["protein", "zxqv", "e5x", "photosynthesis"] {
-            assert_eq!(t.get(word_hash(w)), (0, 0.0), "{w}");
+            assert_eq!(t.get(word_hash(w)), (0, 0), "{w}");
         }
     }
 
@@ -2178,13 +2187,16 @@ mod tests {
     fn slot_mask_matches_its_scalar_form() {
         let slot = StopSlot {
             key: 0x8000_0001,
-            inv: 0.25,
+            share: SHARE_ONE / 4,
             langs: u64::MAX << 60 | 0xF,
         };
         for key in [0x8000_0001, 1, 0, u32::MAX] {
             assert_eq!(slot.if_key(key), slot.if_key_scalar(key), "{key}");
         }
-        assert_eq!(slot.if_key(0x8000_0001), (u64::MAX << 60 | 0xF, 0.25));
+        assert_eq!(
+            slot.if_key(0x8000_0001),
+            (u64::MAX << 60 | 0xF, SHARE_ONE / 4)
+        );
     }
 
     #[test]
@@ -2196,9 +2208,9 @@ mod tests {
             .collect();
         let t = StopTable::build(&words);
         for (&h, &l) in &words {
-            assert_eq!(t.get(h), (l, 1.0 / l.count_ones() as f32));
+            assert_eq!(t.get(h), (l, SHARE_ONE / l.count_ones()));
         }
-        assert_eq!(t.get(word_hash("absent")), (0, 0.0));
+        assert_eq!(t.get(word_hash("absent")), (0, 0));
     }
 
     #[test]
