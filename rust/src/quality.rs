@@ -315,6 +315,17 @@ fn word_mask_at(b: &[u8], base: usize) -> u64 {
     word_mask_64(block(b, base, &mut [0; 64]))
 }
 
+/// Masks of the low k bytes of a u64, k = 0..=8.
+const LOW_BYTES: [u64; 9] = {
+    let mut t = [0u64; 9];
+    let mut k = 1;
+    while k <= 8 {
+        t[k] = u64::MAX >> (64 - 8 * k);
+        k += 1;
+    }
+    t
+};
+
 /// `hash_word` for a word of at most 16 bytes with 16 bytes readable from `start`:
 /// both rounds computed, the second kept only for a word longer than 8, so word
 /// lengths (which vary at random in text) cost no branch.
@@ -328,11 +339,20 @@ fn hash_word_short(b: &[u8], start: usize, end: usize) -> u64 {
     let round = |h: u64, x: u64| (h ^ x).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29);
     let h = round(
         (len as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F),
-        lo & (u64::MAX >> (64 - 8 * len.min(8))),
+        lo & LOW_BYTES[len.min(8)],
     );
-    let rest = len.saturating_sub(8);
-    let two = round(h, hi & !u64::MAX.checked_shl(8 * rest as u32).unwrap_or(0));
-    (if rest > 0 { two } else { h }) | 1
+    let two = round(h, hi & LOW_BYTES[len.saturating_sub(8).min(8)]);
+    (if len > 8 { two } else { h }) | 1
+}
+
+/// The hash of the word `b[s..e]`, by the cheaper path where it is safe.
+#[inline(always)]
+fn hash_at(b: &[u8], s: usize, e: usize) -> u64 {
+    if e - s <= 16 && s + 16 <= b.len() {
+        hash_word_short(b, s, e)
+    } else {
+        hash_word(b, s, e)
+    }
 }
 
 /// Hashes of the words of `text`, at most `limit`; returns whether the text had more.
@@ -349,25 +369,23 @@ fn words_into(text: &str, limit: usize, out: &mut Vec<u64>) -> bool {
         let prev = m << 1 | carry;
         carry = m >> 63;
         let (mut starts, mut ends) = (m & !prev, !m & prev);
-        while ends != 0 {
-            let e = base + ends.trailing_zeros() as usize;
+        if let Some(s) = open {
+            if ends == 0 {
+                base += 64; // the open word fills the block
+                continue;
+            }
+            out.push(hash_at(b, s, base + ends.trailing_zeros() as usize));
             ends &= ends - 1;
-            let s = match open.take() {
-                Some(s) => s,
-                None => {
-                    let s = base + starts.trailing_zeros() as usize;
-                    starts &= starts.wrapping_sub(1);
-                    s
-                }
-            };
+            open = None;
+        }
+        while ends != 0 {
             if out.len() == limit {
                 return true;
             }
-            out.push(if e - s <= 16 && s + 16 <= b.len() {
-                hash_word_short(b, s, e)
-            } else {
-                hash_word(b, s, e)
-            });
+            let (s, e) = (starts.trailing_zeros(), ends.trailing_zeros());
+            out.push(hash_at(b, base + s as usize, base + e as usize));
+            starts &= starts - 1;
+            ends &= ends - 1;
         }
         if starts != 0 {
             // A word starts here and ends in a later block (or with the text).
@@ -550,15 +568,36 @@ fn symbol_masks_scalar(b: &[u8; 64]) -> (u64, u64) {
     })
 }
 
-/// `symbol_masks_scalar`, 16 bytes per step with SSE2. Digits and punctuation are the
-/// ranges 0x21..=0x40, 0x5B..=0x60 and 0x7B..=0x7E.
+/// (non-space, digit or punctuation) counts of a 64-byte block, from its masks.
+#[cfg(any(test, not(target_arch = "x86_64")))]
+#[inline]
+fn symbol_block_counts_scalar(b: &[u8; 64]) -> (u32, u32) {
+    let (n, s) = symbol_masks_scalar(b);
+    (n.count_ones(), s.count_ones())
+}
+
+/// Sum of the bytes of `v` (each at most 255 / 16 for no overflow in the caller's use).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn byte_sum(v: std::arch::x86_64::__m128i) -> u32 {
+    use std::arch::x86_64::*;
+    // SAFETY: SSE2 is part of the x86_64 baseline.
+    unsafe {
+        let s = _mm_sad_epu8(v, _mm_setzero_si128());
+        (_mm_cvtsi128_si32(s) + _mm_cvtsi128_si32(_mm_unpackhi_epi64(s, s))) as u32
+    }
+}
+
+/// `symbol_block_counts_scalar` with SSE2, counted in byte lanes (each match subtracts
+/// -1) and summed once: no mask to count bits of (the x86_64 baseline has no popcount).
+/// Digits and punctuation are the ranges 0x21..=0x40, 0x5B..=0x60 and 0x7B..=0x7E.
 #[cfg(target_arch = "x86_64")]
 #[inline]
-fn symbol_masks(b: &[u8; 64]) -> (u64, u64) {
+fn symbol_block_counts(b: &[u8; 64]) -> (u32, u32) {
     use std::arch::x86_64::*;
     // SAFETY: SSE2 is part of the x86_64 baseline; loads are unaligned and in bounds.
     unsafe {
-        let (mut nonspace, mut symbols) = (0u64, 0u64);
+        let (mut nonspace, mut symbols) = (_mm_setzero_si128(), _mm_setzero_si128());
         for k in 0..4 {
             let x = _mm_loadu_si128(b.as_ptr().add(16 * k) as *const __m128i);
             let ascii = in_range(x, 0x21, 0x7F - 0x21);
@@ -570,18 +609,17 @@ fn symbol_masks(b: &[u8; 64]) -> (u64, u64) {
                     in_range(x, 0x7B, 0x7E - 0x7B),
                 ),
             );
-            let n = _mm_movemask_epi8(_mm_or_si128(ascii, lead)) as u32 as u64;
-            nonspace |= n << (16 * k);
-            symbols |= (_mm_movemask_epi8(sym) as u32 as u64) << (16 * k);
+            nonspace = _mm_sub_epi8(nonspace, _mm_or_si128(ascii, lead));
+            symbols = _mm_sub_epi8(symbols, sym);
         }
-        (nonspace, symbols)
+        (byte_sum(nonspace), byte_sum(symbols))
     }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
 #[inline]
-fn symbol_masks(b: &[u8; 64]) -> (u64, u64) {
-    symbol_masks_scalar(b)
+fn symbol_block_counts(b: &[u8; 64]) -> (u32, u32) {
+    symbol_block_counts_scalar(b)
 }
 
 /// (non-space characters, ASCII digits + punctuation) of `b`, 64 bytes at a time.
@@ -589,9 +627,9 @@ fn symbol_masks(b: &[u8; 64]) -> (u64, u64) {
 fn symbol_counts(b: &[u8]) -> (usize, usize) {
     let (mut nonspace, mut symbols) = (0usize, 0usize);
     for base in (0..b.len()).step_by(64) {
-        let (n, s) = symbol_masks(block(b, base, &mut [0; 64])); // 0: neither
-        nonspace += n.count_ones() as usize;
-        symbols += s.count_ones() as usize;
+        let (n, s) = symbol_block_counts(block(b, base, &mut [0; 64])); // 0: neither
+        nonspace += n as usize;
+        symbols += s as usize;
     }
     (nonspace, symbols)
 }
@@ -608,30 +646,45 @@ fn space_lead3_masks_scalar(b: &[u8; 64]) -> (u64, u64) {
     })
 }
 
-/// `space_lead3_masks_scalar`, 16 bytes per step with SSE2.
+/// (token starts, 3-byte lead bytes, whether the last byte is a space) of a 64-byte
+/// block whose previous byte was a space or not (see `count_words_upto`).
+#[cfg(any(test, not(target_arch = "x86_64")))]
+#[inline]
+fn token_block_counts_scalar(b: &[u8; 64], prev_space: bool) -> (u32, u32, bool) {
+    let (space, l3) = space_lead3_masks_scalar(b);
+    let starts = !space & (space << 1 | prev_space as u64);
+    (starts.count_ones(), l3.count_ones(), space >> 63 == 1)
+}
+
+/// `token_block_counts_scalar` with SSE2, counted in byte lanes like
+/// `symbol_block_counts`; a byte's predecessor is the vector shifted by one byte, with
+/// the last byte of the vector before it.
 #[cfg(target_arch = "x86_64")]
 #[inline]
-fn space_lead3_masks(b: &[u8; 64]) -> (u64, u64) {
+fn token_block_counts(b: &[u8; 64], prev_space: bool) -> (u32, u32, bool) {
     use std::arch::x86_64::*;
     // SAFETY: SSE2 is part of the x86_64 baseline; loads are unaligned and in bounds.
     unsafe {
-        let (mut space, mut lead3) = (0u64, 0u64);
+        let mut prev = _mm_set1_epi8(-(prev_space as i8));
+        let (mut starts, mut lead3) = (_mm_setzero_si128(), _mm_setzero_si128());
         for k in 0..4 {
             let x = _mm_loadu_si128(b.as_ptr().add(16 * k) as *const __m128i);
-            let sp = _mm_cmpeq_epi8(_mm_min_epu8(x, _mm_set1_epi8(b' ' as i8)), x);
+            let space = _mm_cmpeq_epi8(_mm_min_epu8(x, _mm_set1_epi8(b' ' as i8)), x);
+            let before = _mm_or_si128(_mm_slli_si128(space, 1), _mm_srli_si128(prev, 15));
+            starts = _mm_sub_epi8(starts, _mm_andnot_si128(space, before));
             let hi = _mm_and_si128(x, _mm_set1_epi8(0xF0u8 as i8));
-            let l3 = _mm_cmpeq_epi8(hi, _mm_set1_epi8(0xE0u8 as i8));
-            space |= (_mm_movemask_epi8(sp) as u32 as u64) << (16 * k);
-            lead3 |= (_mm_movemask_epi8(l3) as u32 as u64) << (16 * k);
+            lead3 = _mm_sub_epi8(lead3, _mm_cmpeq_epi8(hi, _mm_set1_epi8(0xE0u8 as i8)));
+            prev = space;
         }
-        (space, lead3)
+        let last_space = _mm_movemask_epi8(prev) >> 15 & 1 == 1;
+        (byte_sum(starts), byte_sum(lead3), last_space)
     }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
 #[inline]
-fn space_lead3_masks(b: &[u8; 64]) -> (u64, u64) {
-    space_lead3_masks_scalar(b)
+fn token_block_counts(b: &[u8; 64], prev_space: bool) -> (u32, u32, bool) {
+    token_block_counts_scalar(b, prev_space)
 }
 
 /// Words of `b` as too_few_words counts them: whitespace-separated tokens, or half the
@@ -641,14 +694,13 @@ fn space_lead3_masks(b: &[u8; 64]) -> (u64, u64) {
 #[inline]
 fn count_words_upto(b: &[u8], need: usize) -> usize {
     let (mut tokens, mut lead3) = (0usize, 0usize);
-    let mut prev_space = 1u64; // before the text
+    let mut prev_space = true; // before the text
     for base in (0..b.len()).step_by(64) {
         // Zero padding reads as spaces: no lead bytes, no token starts.
-        let (space, l3) = space_lead3_masks(block(b, base, &mut [0; 64]));
-        let starts = !space & (space << 1 | prev_space);
-        prev_space = space >> 63;
-        tokens += starts.count_ones() as usize;
-        lead3 += l3.count_ones() as usize;
+        let (t, l3, last) = token_block_counts(block(b, base, &mut [0; 64]), prev_space);
+        prev_space = last;
+        tokens += t as usize;
+        lead3 += l3 as usize;
         if tokens.max(lead3 / 2) >= need {
             break;
         }
@@ -2084,8 +2136,16 @@ mod tests {
             for x in block.iter_mut() {
                 *x = next() as u8;
             }
-            assert_eq!(space_lead3_masks(&block), space_lead3_masks_scalar(&block));
-            assert_eq!(symbol_masks(&block), symbol_masks_scalar(&block));
+            for prev_space in [false, true] {
+                assert_eq!(
+                    token_block_counts(&block, prev_space),
+                    token_block_counts_scalar(&block, prev_space)
+                );
+            }
+            assert_eq!(
+                symbol_block_counts(&block),
+                symbol_block_counts_scalar(&block)
+            );
         }
     }
 
