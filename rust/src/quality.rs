@@ -423,12 +423,12 @@ fn span_hash(words: &[u64]) -> u64 {
 }
 
 /// Whether any window of `n` words has its hash in `hit` (rolling: O(words)).
-#[inline]
+#[inline(always)]
 fn any_window(words: &[u64], n: usize, mut hit: impl FnMut(u64) -> bool) -> bool {
     if n == 0 || words.len() < n {
         return false;
     }
-    let top = (1..n).fold(1u64, |a, _| a.wrapping_mul(P)); // P^(n-1)
+    let top = P.wrapping_pow(n as u32 - 1);
     let salt = (n as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93);
     let mut h = 0u64;
     for &w in &words[..n] {
@@ -495,7 +495,7 @@ impl SpanSet {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn bloom_bit(&self, h: u64) -> usize {
         (h >> 40) as usize & (self.bloom.len() * 64 - 1)
     }
@@ -536,7 +536,7 @@ impl SpanSet {
         s
     }
 
-    #[inline]
+    #[inline(always)]
     fn has(&self, h: u64) -> bool {
         if self.bloom.is_empty() {
             return false;
