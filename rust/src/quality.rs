@@ -206,44 +206,46 @@ const WORD_BYTE: [bool; 256] = {
     t
 };
 
-/// Hash of the word `b[start..end]`, ASCII case folded (`| 0x20` on every byte, which
-/// also folds some Latin-1 pairs: harmless for matching), never 0 (0 = empty slot).
-/// Reads 8 bytes at a time, masked to the word (no copy).
+/// Case folding as the word hash applies it: `| 0x20` on every byte (ASCII letters to
+/// lower case; it also folds some Latin-1 pairs, harmless for matching).
+const FOLD: u64 = 0x2020_2020_2020_2020;
+
+/// The word hash from a word's length and its first 16 bytes, folded and zero past the
+/// word (`lo`, `hi`), plus `rest`: 0, or a fold of the bytes past the 16th. Two products
+/// that do not wait on each other; never 0 (0 = empty slot).
 #[inline(always)]
+fn mix_word(len: usize, lo: u64, hi: u64, rest: u64) -> u64 {
+    let a =
+        (lo ^ (len as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let b = (hi ^ rest).wrapping_mul(0xD6E8_FEB8_6659_FD93);
+    (a ^ b.rotate_left(32)).rotate_left(29) | 1
+}
+
+/// Hash of the word `b[start..end]` (see `mix_word`), byte by byte: the reference form,
+/// for words longer than 16 bytes and near the end of a text. `hash_word_short` gives
+/// the same value where it applies.
 fn hash_word(b: &[u8], start: usize, end: usize) -> u64 {
-    let len = end - start;
-    let mut h = (len as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
-    if len <= 8 && start + 8 <= b.len() {
-        // Most words: the loop below, once, without its branches.
-        let v = u64::from_le_bytes(b[start..start + 8].try_into().expect("8 bytes"));
-        let mask = u64::MAX >> (64 - 8 * len);
-        h = (h ^ ((v | 0x2020_2020_2020_2020) & mask))
-            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-            .rotate_left(29);
-        return h | 1;
-    }
-    let mut i = start;
-    while i < end {
-        let take = (end - i).min(8);
-        let v = if i + 8 <= b.len() {
-            u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"))
-        } else {
-            b[i..end]
-                .iter()
-                .rev()
-                .fold(0u64, |acc, &x| (acc << 8) | x as u64)
-        };
-        let mask = if take == 8 {
-            u64::MAX
-        } else {
-            (1u64 << (8 * take)) - 1
-        };
-        h = (h ^ ((v | 0x2020_2020_2020_2020) & mask))
-            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-            .rotate_left(29);
-        i += 8;
-    }
-    h | 1
+    let word = &b[start..end];
+    let mut head = [0u8; 16];
+    head[..word.len().min(16)].copy_from_slice(&word[..word.len().min(16)]);
+    let mask = |k: usize| LOW_BYTES[k.min(8)];
+    let n = word.len();
+    let lo = (u64::from_le_bytes(head[..8].try_into().expect("8 bytes")) | FOLD) & mask(n);
+    let hi = (u64::from_le_bytes(head[8..].try_into().expect("8 bytes")) | FOLD)
+        & mask(n.saturating_sub(8));
+    let rest = word
+        .get(16..)
+        .unwrap_or_default()
+        .chunks(8)
+        .fold(0u64, |acc, c| {
+            let mut x = [0u8; 8];
+            x[..c.len()].copy_from_slice(c);
+            let x = u64::from_le_bytes(x) | (FOLD & LOW_BYTES[c.len()]);
+            (acc ^ x)
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                .rotate_left(29)
+        });
+    mix_word(n, lo, hi, rest)
 }
 
 /// Bit i set = `b[i]` is a word byte (WORD_BYTE), for the 64 bytes of `b` (zero-padded).
@@ -326,23 +328,59 @@ const LOW_BYTES: [u64; 9] = {
     t
 };
 
-/// `hash_word` for a word of at most 16 bytes with 16 bytes readable from `start`:
-/// both rounds computed, the second kept only for a word longer than 8, so word
-/// lengths (which vary at random in text) cost no branch.
+/// Masks of the low k bytes of 16, k = 0..=16.
+const LOW_BYTES_16: [[u8; 16]; 17] = {
+    let mut t = [[0u8; 16]; 17];
+    let mut k = 0;
+    while k <= 16 {
+        let mut i = 0;
+        while i < k {
+            t[k][i] = 0xFF;
+            i += 1;
+        }
+        k += 1;
+    }
+    t
+};
+
+/// `hash_word` of a word of at most 16 bytes with 16 bytes readable from `start`: one
+/// load of them, folded and masked to the word as a vector, so neither the word's
+/// length nor its bytes cost a branch.
+#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn hash_word_short(b: &[u8], start: usize, end: usize) -> u64 {
-    const FOLD: u64 = 0x2020_2020_2020_2020;
+    use std::arch::x86_64::*;
     let len = end - start;
-    let v: &[u8; 16] = b[start..start + 16].try_into().expect("16 bytes");
-    let lo = u64::from_le_bytes(v[..8].try_into().expect("8 bytes")) | FOLD;
-    let hi = u64::from_le_bytes(v[8..].try_into().expect("8 bytes")) | FOLD;
-    let round = |h: u64, x: u64| (h ^ x).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29);
-    let h = round(
-        (len as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F),
+    let head: &[u8; 16] = b[start..start + 16].try_into().expect("16 bytes");
+    let mask = &LOW_BYTES_16[len.min(16)];
+    // SAFETY: SSE2 is part of the x86_64 baseline; both loads are of 16-byte arrays.
+    let (lo, hi) = unsafe {
+        let v = _mm_loadu_si128(head.as_ptr() as *const __m128i);
+        let v = _mm_and_si128(
+            _mm_or_si128(v, _mm_set1_epi8(0x20)),
+            _mm_loadu_si128(mask.as_ptr() as *const __m128i),
+        );
+        (
+            _mm_cvtsi128_si64(v) as u64,
+            _mm_cvtsi128_si64(_mm_unpackhi_epi64(v, v)) as u64,
+        )
+    };
+    mix_word(len, lo, hi, 0)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[inline(always)]
+fn hash_word_short(b: &[u8], start: usize, end: usize) -> u64 {
+    let len = end - start;
+    let head: &[u8; 16] = b[start..start + 16].try_into().expect("16 bytes");
+    let lo = u64::from_le_bytes(head[..8].try_into().expect("8 bytes")) | FOLD;
+    let hi = u64::from_le_bytes(head[8..].try_into().expect("8 bytes")) | FOLD;
+    mix_word(
+        len,
         lo & LOW_BYTES[len.min(8)],
-    );
-    let two = round(h, hi & LOW_BYTES[len.saturating_sub(8).min(8)]);
-    (if len > 8 { two } else { h }) | 1
+        hi & LOW_BYTES[len.saturating_sub(8).min(8)],
+        0,
+    )
 }
 
 /// The hash of the word `b[s..e]`, by the cheaper path where it is safe.
