@@ -45,6 +45,7 @@ use std::sync::LazyLock;
 
 use memchr::memmem;
 
+use crate::text_scan::{any_residue_byte, count_words_upto, symbol_counts, word_mask_at};
 use crate::validate::{Reason, Rejection};
 
 /// Words per field read by the per-word checks.
@@ -191,21 +192,6 @@ fn is_word_char(c: char) -> bool {
     c.is_alphanumeric() || c == '_'
 }
 
-/// Bytes that belong to words: ASCII alphanumerics, `_`, and every byte of a non-ASCII
-/// character (so a word is a run of them; non-ASCII punctuation is rare enough in the
-/// places this looks that joining across it does not matter).
-#[cfg(any(test, not(target_arch = "x86_64")))]
-const WORD_BYTE: [bool; 256] = {
-    let mut t = [false; 256];
-    let mut i = 0;
-    while i < 256 {
-        let b = i as u8;
-        t[i] = b.is_ascii_alphanumeric() || b == b'_' || b >= 0x80;
-        i += 1;
-    }
-    t
-};
-
 /// Case folding as the word hash applies it: `| 0x20` on every byte (ASCII letters to
 /// lower case; it also folds some Latin-1 pairs, harmless for matching).
 const FOLD: u64 = 0x2020_2020_2020_2020;
@@ -246,75 +232,6 @@ fn hash_word(b: &[u8], start: usize, end: usize) -> u64 {
                 .rotate_left(29)
         });
     mix_word(n, lo, hi, rest)
-}
-
-/// Bit i set = `b[i]` is a word byte (WORD_BYTE), for the 64 bytes of `b` (zero-padded).
-#[cfg(any(test, not(target_arch = "x86_64")))]
-#[inline]
-fn word_mask_scalar(b: &[u8]) -> u64 {
-    b.iter()
-        .take(64)
-        .enumerate()
-        .fold(0u64, |m, (i, &x)| m | (WORD_BYTE[x as usize] as u64) << i)
-}
-
-/// Bytes of `v` in `lo..=lo + span` (unsigned), as `min(v - lo, span) == v - lo`.
-#[cfg(target_arch = "x86_64")]
-#[inline]
-fn in_range(v: std::arch::x86_64::__m128i, lo: u8, span: u8) -> std::arch::x86_64::__m128i {
-    use std::arch::x86_64::*;
-    // SAFETY: SSE2 is part of the x86_64 baseline.
-    unsafe {
-        let t = _mm_sub_epi8(v, _mm_set1_epi8(lo as i8));
-        _mm_cmpeq_epi8(_mm_min_epu8(t, _mm_set1_epi8(span as i8)), t)
-    }
-}
-
-/// `word_mask_scalar` of a full 64-byte block, 16 bytes per step with SSE2 (baseline
-/// on x86_64): `x | 0x20` in `a..=z` is a letter, then digits, `_` and bytes >= 0x80.
-#[cfg(target_arch = "x86_64")]
-#[inline]
-fn word_mask_64(b: &[u8; 64]) -> u64 {
-    use std::arch::x86_64::*;
-    // SAFETY: SSE2 is part of the x86_64 baseline; loads are unaligned and in bounds.
-    unsafe {
-        let mut m = 0u64;
-        for k in 0..4 {
-            let x = _mm_loadu_si128(b.as_ptr().add(16 * k) as *const __m128i);
-            let letter = in_range(_mm_or_si128(x, _mm_set1_epi8(0x20)), b'a', 25);
-            let digit = in_range(x, b'0', 9);
-            let under = _mm_cmpeq_epi8(x, _mm_set1_epi8(b'_' as i8));
-            let word = _mm_or_si128(_mm_or_si128(letter, digit), _mm_or_si128(under, x));
-            m |= (_mm_movemask_epi8(word) as u32 as u64) << (16 * k);
-        }
-        m
-    }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-#[inline]
-fn word_mask_64(b: &[u8; 64]) -> u64 {
-    word_mask_scalar(b)
-}
-
-/// The 64 bytes of `b` from `base`, zero-padded (in `pad`) past its end.
-#[inline]
-fn block<'a>(b: &'a [u8], base: usize, pad: &'a mut [u8; 64]) -> &'a [u8; 64] {
-    match b.get(base..base + 64) {
-        Some(full) => full.try_into().expect("64 bytes"),
-        None => {
-            let tail = &b[base..];
-            pad[..tail.len()].copy_from_slice(tail);
-            pad[tail.len()..].fill(0);
-            pad
-        }
-    }
-}
-
-/// Word-byte bits of `b[base..base + 64]`; bits past the end of `b` are 0.
-#[inline]
-fn word_mask_at(b: &[u8], base: usize) -> u64 {
-    word_mask_64(block(b, base, &mut [0; 64]))
 }
 
 /// Masks of the low k bytes of a u64, k = 0..=8.
@@ -592,160 +509,6 @@ impl SpanSet {
     }
 }
 
-// ------------------------------------------------------------------------------ field stats
-
-/// (non-space, digit or punctuation) bits of a 64-byte block: non-space = ASCII
-/// non-space bytes + UTF-8 lead bytes.
-#[cfg(any(test, not(target_arch = "x86_64")))]
-#[inline]
-fn symbol_masks_scalar(b: &[u8; 64]) -> (u64, u64) {
-    b.iter().enumerate().fold((0, 0), |(n, s), (i, &x)| {
-        let nonspace = ((x > b' ') & (x < 0x80)) | (x >= 0xC0);
-        let symbol = x.is_ascii_digit() | x.is_ascii_punctuation();
-        (n | (nonspace as u64) << i, s | (symbol as u64) << i)
-    })
-}
-
-/// (non-space, digit or punctuation) counts of a 64-byte block, from its masks.
-#[cfg(any(test, not(target_arch = "x86_64")))]
-#[inline]
-fn symbol_block_counts_scalar(b: &[u8; 64]) -> (u32, u32) {
-    let (n, s) = symbol_masks_scalar(b);
-    (n.count_ones(), s.count_ones())
-}
-
-/// Sum of the bytes of `v` (each at most 255 / 16 for no overflow in the caller's use).
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn byte_sum(v: std::arch::x86_64::__m128i) -> u32 {
-    use std::arch::x86_64::*;
-    // SAFETY: SSE2 is part of the x86_64 baseline.
-    unsafe {
-        let s = _mm_sad_epu8(v, _mm_setzero_si128());
-        (_mm_cvtsi128_si32(s) + _mm_cvtsi128_si32(_mm_unpackhi_epi64(s, s))) as u32
-    }
-}
-
-/// `symbol_block_counts_scalar` with SSE2, counted in byte lanes (each match subtracts
-/// -1) and summed once: no mask to count bits of (the x86_64 baseline has no popcount).
-/// Digits and punctuation are the ranges 0x21..=0x40, 0x5B..=0x60 and 0x7B..=0x7E.
-#[cfg(target_arch = "x86_64")]
-#[inline]
-fn symbol_block_counts(b: &[u8; 64]) -> (u32, u32) {
-    use std::arch::x86_64::*;
-    // SAFETY: SSE2 is part of the x86_64 baseline; loads are unaligned and in bounds.
-    unsafe {
-        let (mut nonspace, mut symbols) = (_mm_setzero_si128(), _mm_setzero_si128());
-        for k in 0..4 {
-            let x = _mm_loadu_si128(b.as_ptr().add(16 * k) as *const __m128i);
-            let ascii = in_range(x, 0x21, 0x7F - 0x21);
-            let lead = _mm_cmpeq_epi8(_mm_max_epu8(x, _mm_set1_epi8(0xC0u8 as i8)), x);
-            let sym = _mm_or_si128(
-                in_range(x, 0x21, 0x40 - 0x21),
-                _mm_or_si128(
-                    in_range(x, 0x5B, 0x60 - 0x5B),
-                    in_range(x, 0x7B, 0x7E - 0x7B),
-                ),
-            );
-            nonspace = _mm_sub_epi8(nonspace, _mm_or_si128(ascii, lead));
-            symbols = _mm_sub_epi8(symbols, sym);
-        }
-        (byte_sum(nonspace), byte_sum(symbols))
-    }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-#[inline]
-fn symbol_block_counts(b: &[u8; 64]) -> (u32, u32) {
-    symbol_block_counts_scalar(b)
-}
-
-/// (non-space characters, ASCII digits + punctuation) of `b`, 64 bytes at a time.
-#[inline]
-fn symbol_counts(b: &[u8]) -> (usize, usize) {
-    let (mut nonspace, mut symbols) = (0usize, 0usize);
-    for base in (0..b.len()).step_by(64) {
-        let (n, s) = symbol_block_counts(block(b, base, &mut [0; 64])); // 0: neither
-        nonspace += n as usize;
-        symbols += s as usize;
-    }
-    (nonspace, symbols)
-}
-
-/// (whitespace or control byte `<= b' '`, UTF-8 lead byte of 3) bits of a 64-byte block.
-#[cfg(any(test, not(target_arch = "x86_64")))]
-#[inline]
-fn space_lead3_masks_scalar(b: &[u8; 64]) -> (u64, u64) {
-    b.iter().enumerate().fold((0, 0), |(s, l), (i, &x)| {
-        (
-            s | ((x <= b' ') as u64) << i,
-            l | (((x & 0xF0) == 0xE0) as u64) << i,
-        )
-    })
-}
-
-/// (token starts, 3-byte lead bytes, whether the last byte is a space) of a 64-byte
-/// block whose previous byte was a space or not (see `count_words_upto`).
-#[cfg(any(test, not(target_arch = "x86_64")))]
-#[inline]
-fn token_block_counts_scalar(b: &[u8; 64], prev_space: bool) -> (u32, u32, bool) {
-    let (space, l3) = space_lead3_masks_scalar(b);
-    let starts = !space & (space << 1 | prev_space as u64);
-    (starts.count_ones(), l3.count_ones(), space >> 63 == 1)
-}
-
-/// `token_block_counts_scalar` with SSE2, counted in byte lanes like
-/// `symbol_block_counts`; a byte's predecessor is the vector shifted by one byte, with
-/// the last byte of the vector before it.
-#[cfg(target_arch = "x86_64")]
-#[inline]
-fn token_block_counts(b: &[u8; 64], prev_space: bool) -> (u32, u32, bool) {
-    use std::arch::x86_64::*;
-    // SAFETY: SSE2 is part of the x86_64 baseline; loads are unaligned and in bounds.
-    unsafe {
-        let mut prev = _mm_set1_epi8(-(prev_space as i8));
-        let (mut starts, mut lead3) = (_mm_setzero_si128(), _mm_setzero_si128());
-        for k in 0..4 {
-            let x = _mm_loadu_si128(b.as_ptr().add(16 * k) as *const __m128i);
-            let space = _mm_cmpeq_epi8(_mm_min_epu8(x, _mm_set1_epi8(b' ' as i8)), x);
-            let before = _mm_or_si128(_mm_slli_si128(space, 1), _mm_srli_si128(prev, 15));
-            starts = _mm_sub_epi8(starts, _mm_andnot_si128(space, before));
-            let hi = _mm_and_si128(x, _mm_set1_epi8(0xF0u8 as i8));
-            lead3 = _mm_sub_epi8(lead3, _mm_cmpeq_epi8(hi, _mm_set1_epi8(0xE0u8 as i8)));
-            prev = space;
-        }
-        let last_space = _mm_movemask_epi8(prev) >> 15 & 1 == 1;
-        (byte_sum(starts), byte_sum(lead3), last_space)
-    }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-#[inline]
-fn token_block_counts(b: &[u8; 64], prev_space: bool) -> (u32, u32, bool) {
-    token_block_counts_scalar(b, prev_space)
-}
-
-/// Words of `b` as too_few_words counts them: whitespace-separated tokens, or half the
-/// characters of unspaced scripts (3-byte UTF-8: CJK, kana, Thai), whichever is more.
-/// Stops once `need` is reached (the answer is then `>= need`). A token starts at a
-/// non-space byte after a space byte (or at the start), counted 64 bytes at a time.
-#[inline]
-fn count_words_upto(b: &[u8], need: usize) -> usize {
-    let (mut tokens, mut lead3) = (0usize, 0usize);
-    let mut prev_space = true; // before the text
-    for base in (0..b.len()).step_by(64) {
-        // Zero padding reads as spaces: no lead bytes, no token starts.
-        let (t, l3, last) = token_block_counts(block(b, base, &mut [0; 64]), prev_space);
-        prev_space = last;
-        tokens += t as usize;
-        lead3 += l3 as usize;
-        if tokens.max(lead3 / 2) >= need {
-            break;
-        }
-    }
-    tokens.max(lead3 / 2)
-}
-
 /// A char-aligned prefix of at most `max` bytes.
 #[inline]
 fn prefix(s: &str, max: usize) -> &str {
@@ -888,6 +651,9 @@ fn residue_but_filler(s: &str) -> Option<String> {
         && is_ident(t[1..t.len() - 1].trim_matches('/'))
     {
         return Some(format!("markup tag {t:?} instead of text"));
+    }
+    if !any_residue_byte(b) {
+        return None; // no brace, bracket, percent sign or colon to judge
     }
     for i in memchr::memchr3_iter(b'{', b'[', b'%', b) {
         let rest = &s[i + 1..];
@@ -1749,6 +1515,7 @@ pub fn task_problem(task: &str, min_words: usize) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::text_scan::WORD_BYTE;
 
     fn names(n: &[&str]) -> Vec<String> {
         n.iter().map(|s| s.to_string()).collect()
@@ -2128,62 +1895,6 @@ mod tests {
                     "{text:?}"
                 );
             }
-            let mut block = [0u8; 64];
-            for x in block.iter_mut() {
-                *x = next() as u8;
-            }
-            assert_eq!(word_mask_64(&block), word_mask_scalar(&block));
-        }
-    }
-
-    /// The pairwise count the block masks must agree with (when it does not stop early).
-    fn count_words_reference(b: &[u8]) -> usize {
-        let first = b.first().is_some_and(|&x| x > b' ') as usize;
-        let tokens = first + b.windows(2).filter(|w| w[0] <= b' ' && w[1] > b' ').count();
-        let lead3 = b.iter().filter(|&&x| (x & 0xF0) == 0xE0).count();
-        tokens.max(lead3 / 2)
-    }
-
-    #[test]
-    fn block_word_count_matches_pairwise_count_on_random_text() {
-        const PIECES: [&str; 8] = [" ", "\t", "a", "bc", "日本", "é", "\u{1}", "."];
-        let mut rng = 0x2545_F491_4F6C_DD1Du64;
-        let mut next = || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng
-        };
-        for _ in 0..2000 {
-            let len = next() % 300;
-            let text: String = (0..len).map(|_| PIECES[(next() % 8) as usize]).collect();
-            let b = text.as_bytes();
-            let full = count_words_reference(b);
-            assert_eq!(count_words_upto(b, usize::MAX), full, "{text:?}");
-            let need = (next() % 40) as usize;
-            let got = count_words_upto(b, need);
-            assert!(
-                if full >= need {
-                    got >= need
-                } else {
-                    got == full
-                },
-                "{text:?}"
-            );
-            let mut block = [0u8; 64];
-            for x in block.iter_mut() {
-                *x = next() as u8;
-            }
-            for prev_space in [false, true] {
-                assert_eq!(
-                    token_block_counts(&block, prev_space),
-                    token_block_counts_scalar(&block, prev_space)
-                );
-            }
-            assert_eq!(
-                symbol_block_counts(&block),
-                symbol_block_counts_scalar(&block)
-            );
         }
     }
 
