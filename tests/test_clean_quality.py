@@ -105,6 +105,15 @@ def test_quality_code_in_a_document_is_not_residue(tmp_path: Path):
     assert report["kept"] == len(code), report["examples"]
 
 
+def test_quality_examples_in_prose_are_not_residue(tmp_path: Path):
+    """A JSON object with keys of its own, and format specifiers quoted as inline code, in
+    prose without code marks: examples the text gives, kept."""
+    prose = [e for e in load("quality_good.jsonl") if any(m in str(e["answer"]) for m in ('"suggestions"', "`%s`"))]
+    assert len(prose) == 2
+    report, _ = run_clean(tmp_path, prose, examples_per_reason=100)
+    assert report["kept"] == len(prose), report["examples"]
+
+
 def test_quality_junk_is_rejected_by_its_reason(tmp_path: Path):
     junk = load("quality_junk.jsonl")
     report, _ = run_clean(tmp_path, junk, examples_per_reason=100)

@@ -562,7 +562,7 @@ pub fn residue(s: &str) -> Option<String> {
     static LOREM: LazyLock<memmem::Finder<'static>> =
         LazyLock::new(|| memmem::Finder::new(b"orem ipsum"));
     // "Lorem ipsum" or "lorem ipsum", without lowercasing a copy.
-    residue_but_filler(s).or_else(|| {
+    residue_but_filler(s, &[]).or_else(|| {
         LOREM
             .find(prefix(s, 96).as_bytes())
             .map(|_| "lorem ipsum filler".into())
@@ -625,13 +625,44 @@ fn looks_like_code(s: &str) -> bool {
         })
 }
 
-/// `residue` without the lorem-ipsum filler check. In a field that looks like code
-/// (`looks_like_code`), braces, format specifiers and quoted keys are its text; `[N]`
-/// right after a name or a closing bracket is indexing (`arr[N]`), not a placeholder.
-fn residue_but_filler(s: &str) -> Option<String> {
+/// Keys that wrap an answer's text when a model writes an object instead of the text.
+const WRAPPER_KEYS: [&str; 6] = ["text", "content", "answer", "output", "response", "result"];
+
+/// Whether `b[i]` lies in a Markdown inline code span: an odd number of backticks
+/// before it on its line and one after it there.
+fn in_inline_code(b: &[u8], i: usize) -> bool {
+    let line_start = memchr::memrchr(b'\n', &b[..i]).map_or(0, |p| p + 1);
+    let line_end = memchr::memchr(b'\n', &b[i..]).map_or(b.len(), |p| i + p);
+    memchr::memchr_iter(b'`', &b[line_start..i]).count() % 2 == 1
+        && memchr::memchr(b'`', &b[i..line_end]).is_some()
+}
+
+/// Whether the text after a key's colon holds no value: an empty string, null/None,
+/// or nothing before the next `,` or `}`.
+fn empty_value(after: &str) -> bool {
+    let v = after.trim_start();
+    v.is_empty()
+        || ["\"\"", "''", "null", "None", ",", "}"]
+            .iter()
+            .any(|e| v.starts_with(e))
+}
+
+/// `residue` without the lorem-ipsum filler check. `answer_keys` are the field names
+/// of the answer the text belongs to. In a field that looks like code
+/// (`looks_like_code`), and inside a Markdown inline code span, braces, format
+/// specifiers and quoted keys are text; `[N]` right after a name or a closing bracket
+/// is indexing (`arr[N]`), not a placeholder. In prose, a JSON object with keys of its
+/// own and values is an example the text gives; a key of the answer itself (or one
+/// that wraps an answer's text, "text", "output"...) or a key with no value is the
+/// answer's structure spilled into it.
+fn residue_but_filler(s: &str, answer_keys: &[String]) -> Option<String> {
     let b = s.as_bytes();
     let mut code: Option<bool> = None;
     let mut is_code = || *code.get_or_insert_with(|| looks_like_code(s));
+    let mut backticks: Option<bool> = None;
+    let mut quoted = |i: usize| {
+        *backticks.get_or_insert_with(|| memchr::memchr(b'`', b).is_some()) && in_inline_code(b, i)
+    };
     let t = s.trim();
     if t.len() <= 24 {
         let low = t
@@ -661,6 +692,9 @@ fn residue_but_filler(s: &str) -> Option<String> {
         return None; // no brace, bracket, percent sign or colon to judge
     }
     for i in memchr::memchr3_iter(b'{', b'[', b'%', b) {
+        if quoted(i) {
+            continue;
+        }
         let rest = &s[i + 1..];
         match b[i] {
             b'{' => {
@@ -726,30 +760,31 @@ fn residue_but_filler(s: &str) -> Option<String> {
         }
     }
     // `"key":` with an identifier key, or Python's `{'key':` / `, 'key':` (quotes are
-    // common in prose, so only after an object's `{` or `,`): an object spilled into the
-    // text. Colons are rare, so one pass for them finds both kinds; each kind is judged
-    // at its first occurrence.
-    let mut seen = [false; 2];
+    // common in prose, so only after an object's `{` or `,`). Colons are rare, so one
+    // pass for them finds both kinds.
     for i in memchr::memchr_iter(b':', b) {
-        let Some(k) = i.checked_sub(1).and_then(|q| match b[q] {
-            b'"' => Some(0),
-            b'\'' => Some(1),
-            _ => None,
-        }) else {
+        let quote = match i.checked_sub(1).map(|q| b[q]) {
+            Some(b'"') => '"',
+            Some(b'\'') => '\'',
+            _ => continue,
+        };
+        let head = &s[..i - 1];
+        let Some(q) = head.rfind(quote) else {
             continue;
         };
-        if std::mem::replace(&mut seen[k], true) {
+        let key = &head[q + 1..];
+        let opens = quote == '"' || head[..q].trim_end().ends_with(['{', ',']);
+        if !opens || !is_ident(key) || quoted(i) || is_code() {
             continue;
         }
-        let (head, quote) = (&s[..i - 1], if k == 0 { '"' } else { '\'' });
-        if let Some(q) = head.rfind(quote) {
-            let opens = quote == '"' || head[..q].trim_end().ends_with(['{', ',']);
-            if opens && is_ident(&head[q + 1..]) && !is_code() {
-                return Some(format!("object fragment {quote}{}{quote}:", &head[q + 1..]));
-            }
-        }
-        if seen == [true, true] {
-            break;
+        let of_answer = answer_keys.iter().any(|k| k == key) || WRAPPER_KEYS.contains(&key);
+        if of_answer || empty_value(&s[i + 1..]) {
+            let why = if of_answer {
+                "a key of the answer"
+            } else {
+                "a key with no value"
+            };
+            return Some(format!("object fragment {quote}{key}{quote}: ({why})"));
         }
     }
     None
@@ -1263,7 +1298,7 @@ pub fn check_row(
     }
     if let Some(max_share) = cfg.format_residue {
         for (k, name, v) in present() {
-            if let Some(what) = residue_but_filler(v) {
+            if let Some(what) = residue_but_filler(v, names) {
                 return rej(Reason::FormatResidue, name, format!("{name}: {what}"));
             }
             if lorem_ipsum_in(&sc.words[k].0) {
@@ -1940,10 +1975,37 @@ mod tests {
                 "The museum {} will {} be {} open.",
                 "unfilled placeholder {}",
             ),
+            (
+                "The summary is {\"text\": \"a fine summary of the trial\"} here.",
+                "object fragment \"text\": (a key of the answer)",
+            ),
+            (
+                "The service replied {\"status\": \"\", \"code\": 3} at once.",
+                "object fragment \"status\": (a key with no value)",
+            ),
         ] {
-            let got = residue(prose).unwrap_or_default();
+            let keys = names(&["user_query", "positive_document", "hard_negative_document"]);
+            let got = residue_but_filler(prose, &keys).unwrap_or_default();
             assert!(got.starts_with(what), "{prose}: {got}");
         }
+    }
+
+    #[test]
+    fn examples_in_prose_are_not_template_residue() {
+        let keys = names(&["user_query", "positive_document", "hard_negative_document"]);
+        for prose in [
+            // A JSON object with keys and values of its own: an example the text gives.
+            "The endpoint answers {\"status\": \"ok\", \"count\": 3} for each request.",
+            "Send {'city': 'Lyon', 'days': 2} as the body and the forecast comes back.",
+            // Marks quoted as Markdown inline code are named, not left unfilled.
+            "In C, the `%d` specifier prints an integer and `%s` a string.",
+            "Write the name as `{first}_{last}` and the date as `[YYYY-MM-DD]`.",
+        ] {
+            assert_eq!(residue_but_filler(prose, &keys), None, "{prose}");
+        }
+        // Outside the code span the same marks still count.
+        let got = residue_but_filler("Use `%d` for numbers and %s for text.", &keys);
+        assert!(got.is_some_and(|g| g.starts_with("format specifier %s")));
     }
 
     #[test]
