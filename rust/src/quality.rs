@@ -1335,7 +1335,9 @@ pub fn check_row(
             // distinct words. Only text this cannot clear is counted exactly.
             let seen = words.iter().fold(0u64, |m, &w| m | 1 << (w >> 58));
             let some_distinct = seen.count_ones() as f64;
-            let top_min = (top_share * n as f64).floor() + 1.0; // fewest repeats that fire
+            // Fewest repeats that fire (a cast truncates: floor without a libm call, as the
+            // x86_64 baseline has no rounding instruction).
+            let top_min = (top_share * n as f64) as usize as f64 + 1.0;
             if some_distinct > n as f64 / 2.0
                 && some_distinct >= n as f64 - top_min + 2.0
                 && some_distinct >= (1.0 - top_share) * n as f64
@@ -1403,7 +1405,8 @@ pub fn check_row(
     if let Some(ratio) = cfg.too_few_words {
         for (k, name, v) in present() {
             if let Some(Some(asked)) = min_words.get(k) {
-                let need = (ratio * *asked as f64).ceil() as usize;
+                let x = ratio * *asked as f64;
+                let need = x as usize + ((x as usize as f64) < x) as usize; // ceil, no libm call
                 let got = count_words_upto(v.as_bytes(), need);
                 if got < need {
                     return rej(
