@@ -300,11 +300,26 @@ fn hash_word_short(b: &[u8], start: usize, end: usize) -> u64 {
     )
 }
 
-/// The hash of the word `b[s..e]`, by the cheaper path where it is safe.
+/// `hash_word` of a word of at most 16 bytes that ends at least 16 bytes into the text
+/// (the last words of a text, where 16 bytes from its start would run past the end):
+/// the 16 bytes that end with it, shifted down to it.
+#[inline(always)]
+fn hash_word_end(b: &[u8], start: usize, end: usize) -> u64 {
+    let len = end - start;
+    let tail = u128::from_le_bytes(b[end - 16..end].try_into().expect("16 bytes"));
+    let w = tail >> (8 * (16 - len));
+    let lo = (w as u64 | FOLD) & LOW_BYTES[len.min(8)];
+    let hi = ((w >> 64) as u64 | FOLD) & LOW_BYTES[len.saturating_sub(8).min(8)];
+    mix_word(len, lo, hi, 0)
+}
+
+/// The hash of the word `b[s..e]`, by the cheapest path that is safe.
 #[inline(always)]
 fn hash_at(b: &[u8], s: usize, e: usize) -> u64 {
     if e - s <= 16 && s + 16 <= b.len() {
         hash_word_short(b, s, e)
+    } else if e - s <= 16 && e >= 16 {
+        hash_word_end(b, s, e)
     } else {
         hash_word(b, s, e)
     }
@@ -352,7 +367,7 @@ fn words_into(text: &str, limit: usize, out: &mut Vec<u64>) -> bool {
         base += 64;
     }
     if let Some(s) = open {
-        out.push(hash_word(b, s, b.len()));
+        out.push(hash_at(b, s, b.len()));
     }
     false
 }
