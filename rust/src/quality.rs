@@ -7,13 +7,15 @@
 //! | code             | knob (default)           | fires when                                        |
 //! |------------------|--------------------------|---------------------------------------------------|
 //! | `format_residue` | symbol share (0.5)       | an unfilled/invented placeholder (`{language}`,   |
-//! |                  |                          | `[X]`, `%s`, `{{`), a JSON fragment (`"key":`,    |
-//! |                  |                          | a bare `{...}`), a stand-in value ("string",      |
-//! |                  |                          | "N/A", lorem ipsum in its first words), or more   |
-//! |                  |                          | than the knob's share of the field's characters   |
-//! |                  |                          | are ASCII digits or punctuation. In a field that  |
-//! |                  |                          | looks like code (CODE_TOKENS, `a.b(`), braces,    |
-//! |                  |                          | `%d` and `"key":` are its text; `arr[N]` is       |
+//! |                  |                          | `[X]`, `%s`, `{{`), a JSON fragment (a bare       |
+//! |                  |                          | `{...}`; a `"key":` of the answer's own fields,   |
+//! |                  |                          | an answer wrapper or with no value), a stand-in   |
+//! |                  |                          | value ("string", "N/A", lorem ipsum in its first  |
+//! |                  |                          | words), or more than the knob's share of the      |
+//! |                  |                          | field's characters are ASCII digits or            |
+//! |                  |                          | punctuation. In a field that looks like code      |
+//! |                  |                          | (CODE_TOKENS, `a.b(`) and in inline code spans,   |
+//! |                  |                          | braces, `%d` and `"key":` are text; `arr[N]` is   |
 //! |                  |                          | indexing                                          |
 //! | `degenerate`     | top-word share (0.5)     | one word is more than the knob's share of the     |
 //! |                  |                          | field's words, distinct words are fewer than      |
