@@ -209,9 +209,10 @@ fn mix_word(len: usize, lo: u64, hi: u64, rest: u64) -> u64 {
     (a ^ b.rotate_left(32)).rotate_left(29) | 1
 }
 
-/// Hash of the word `b[start..end]` (see `mix_word`), byte by byte: the reference form,
-/// for words longer than 16 bytes and near the end of a text. `hash_word_short` gives
-/// the same value where it applies.
+/// Hash of the word `b[start..end]` (see `mix_word`) through a copy of its first 16
+/// bytes: the reference form, and the path of words longer than 16 bytes and of texts
+/// shorter than 16. `hash_word_short` and `hash_word_end` give the same value where they
+/// apply.
 fn hash_word(b: &[u8], start: usize, end: usize) -> u64 {
     let word = &b[start..end];
     let mut head = [0u8; 16];
