@@ -109,7 +109,7 @@ fn symbol_block_counts_scalar(b: &[u8; 64]) -> (u32, u32) {
     (n.count_ones(), s.count_ones())
 }
 
-/// Sum of the bytes of `v` (each at most 255 / 16 for no overflow in the caller's use).
+/// Sum of the 16 bytes of `v`.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn byte_sum(v: std::arch::x86_64::__m128i) -> u32 {
@@ -121,8 +121,9 @@ fn byte_sum(v: std::arch::x86_64::__m128i) -> u32 {
     }
 }
 
-/// `symbol_block_counts_scalar` with SSE2, counted in byte lanes (each match subtracts
-/// -1) and summed once: no mask to count bits of (the x86_64 baseline has no popcount).
+/// `symbol_block_counts_scalar` with SSE2, counted in byte lanes (subtracting a compare's
+/// -1 adds one per match) and summed once: no mask to count bits of (the x86_64 baseline
+/// has no popcount).
 /// Digits and punctuation are the ranges 0x21..=0x40, 0x5B..=0x60 and 0x7B..=0x7E.
 #[cfg(target_arch = "x86_64")]
 #[inline]
