@@ -675,6 +675,8 @@ fn empty_value(after: &str) -> bool {
 /// answer's structure spilled into it.
 fn residue_but_filler(s: &str, answer_keys: &[String]) -> Option<String> {
     let b = s.as_bytes();
+    // Whether the field is code, and whether the mark at `i` is quoted as inline code:
+    // asked only where a mark would fire, so prose pays nothing for them.
     let mut code: Option<bool> = None;
     let mut is_code = || *code.get_or_insert_with(|| looks_like_code(s));
     let mut backticks: Option<bool> = None;
@@ -710,14 +712,11 @@ fn residue_but_filler(s: &str, answer_keys: &[String]) -> Option<String> {
         return None; // no brace, bracket, percent sign or colon to judge
     }
     for i in memchr::memchr3_iter(b'{', b'[', b'%', b) {
-        if quoted(i) {
-            continue;
-        }
         let rest = &s[i + 1..];
         match b[i] {
             b'{' => {
                 if rest.trim_start().starts_with('{') {
-                    if is_code() {
+                    if is_code() || quoted(i) {
                         continue;
                     }
                     return Some("template brace '{{'".into());
@@ -729,6 +728,7 @@ fn residue_but_filler(s: &str, answer_keys: &[String]) -> Option<String> {
                             || inner.bytes().all(|c| c.is_ascii_digit())
                             || is_ident(inner))
                         && !is_code()
+                        && !quoted(i)
                     {
                         return Some(format!("unfilled placeholder {{{inner}}}"));
                     }
@@ -758,7 +758,7 @@ fn residue_but_filler(s: &str, answer_keys: &[String]) -> Option<String> {
                         ]
                         .iter()
                         .any(|p| low.starts_with(p));
-                    if caps || dots || words {
+                    if (caps || dots || words) && !quoted(i) {
                         return Some(format!("template placeholder [{inner}]"));
                     }
                 }
@@ -771,6 +771,7 @@ fn residue_but_filler(s: &str, answer_keys: &[String]) -> Option<String> {
                         .get(1)
                         .is_some_and(|c| c.is_ascii_alphabetic())
                     && !is_code()
+                    && !quoted(i)
                 {
                     return Some(format!("format specifier %{}", next.unwrap() as char));
                 }
