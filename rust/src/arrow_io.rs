@@ -13,8 +13,9 @@ use arrow_array::builder::BooleanBuilder;
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int64Type, StringViewType};
 use arrow_array::{
-    Array, ArrayRef, GenericByteViewArray, GenericStringArray, Int64Array, OffsetSizeTrait,
-    RecordBatch, RecordBatchOptions, StringViewArray,
+    Array, ArrayRef, BinaryArray, BinaryViewArray, GenericByteViewArray, GenericStringArray,
+    Int64Array, LargeBinaryArray, LargeStringArray, OffsetSizeTrait, RecordBatch,
+    RecordBatchOptions, StringArray, StringViewArray,
 };
 use arrow_buffer::{Buffer, NullBuffer, ScalarBuffer};
 use arrow_schema::{DataType, Field, Schema};
@@ -126,9 +127,52 @@ fn chunk_starts(chunks: &[ArrayRef]) -> (Vec<usize>, usize) {
 /// A string/binary column made of Arrow chunks, read by global row index.
 pub struct StrCol {
     chunks: Vec<ArrayRef>,
+    /// The chunks downcast once, so a row read is an index, not a downcast.
+    typed: Vec<StrChunk>,
     starts: Vec<usize>,
     len: usize,
     name: String,
+}
+
+/// One chunk of a [`StrCol`] as its concrete array (clones share the buffers).
+enum StrChunk {
+    Utf8View(StringViewArray),
+    Utf8(StringArray),
+    LargeUtf8(LargeStringArray),
+    BinaryView(BinaryViewArray),
+    Binary(BinaryArray),
+    LargeBinary(LargeBinaryArray),
+    Null,
+}
+
+impl StrChunk {
+    fn of(c: &ArrayRef) -> StrChunk {
+        match c.data_type() {
+            DataType::Utf8View => StrChunk::Utf8View(c.as_string_view().clone()),
+            DataType::Utf8 => StrChunk::Utf8(c.as_string::<i32>().clone()),
+            DataType::LargeUtf8 => StrChunk::LargeUtf8(c.as_string::<i64>().clone()),
+            DataType::BinaryView => StrChunk::BinaryView(c.as_binary_view().clone()),
+            DataType::Binary => StrChunk::Binary(c.as_binary::<i32>().clone()),
+            DataType::LargeBinary => StrChunk::LargeBinary(c.as_binary::<i64>().clone()),
+            _ => StrChunk::Null, // the constructor admits only these and Null
+        }
+    }
+
+    #[inline]
+    fn bytes(&self, i: usize) -> Option<&[u8]> {
+        fn valid(a: &dyn Array, i: usize) -> Option<()> {
+            a.nulls().is_none_or(|n| n.is_valid(i)).then_some(())
+        }
+        match self {
+            StrChunk::Utf8View(a) => valid(a, i).map(|_| view_bytes(a, i)),
+            StrChunk::Utf8(a) => valid(a, i).map(|_| offset_bytes(a, i)),
+            StrChunk::LargeUtf8(a) => valid(a, i).map(|_| offset_bytes(a, i)),
+            StrChunk::BinaryView(a) => valid(a, i).map(|_| a.value(i)),
+            StrChunk::Binary(a) => valid(a, i).map(|_| a.value(i)),
+            StrChunk::LargeBinary(a) => valid(a, i).map(|_| a.value(i)),
+            StrChunk::Null => None,
+        }
+    }
 }
 
 impl StrCol {
@@ -151,6 +195,7 @@ impl StrCol {
         }
         let (starts, len) = chunk_starts(&chunks);
         Ok(StrCol {
+            typed: chunks.iter().map(StrChunk::of).collect(),
             chunks,
             starts,
             len,
@@ -184,19 +229,7 @@ impl StrCol {
     #[inline]
     pub fn bytes(&self, row: usize) -> Option<&[u8]> {
         let (k, i) = locate(&self.starts, row);
-        let c = &self.chunks[k];
-        if c.is_null(i) {
-            return None;
-        }
-        Some(match c.data_type() {
-            DataType::Utf8View => view_bytes(c.as_string_view(), i),
-            DataType::Utf8 => offset_bytes(c.as_string::<i32>(), i),
-            DataType::LargeUtf8 => offset_bytes(c.as_string::<i64>(), i),
-            DataType::BinaryView => c.as_binary_view().value(i),
-            DataType::Binary => c.as_binary::<i32>().value(i),
-            DataType::LargeBinary => c.as_binary::<i64>().value(i),
-            _ => return None, // Null type
-        })
+        self.typed[k].bytes(i)
     }
 
     /// A row's text (None for nulls), or the offset of its first byte that is not UTF-8.
@@ -238,7 +271,8 @@ fn view_bytes(a: &StringViewArray, i: usize) -> &[u8] {
 
 /// A nullable Int64 column read by global row index.
 pub struct IntCol {
-    chunks: Vec<ArrayRef>,
+    /// Per chunk its values (None: a chunk of the Null type).
+    chunks: Vec<Option<Int64Array>>,
     starts: Vec<usize>,
     len: usize,
 }
@@ -258,7 +292,10 @@ impl IntCol {
         }
         let (starts, len) = chunk_starts(&chunks);
         Ok(IntCol {
-            chunks,
+            chunks: chunks
+                .iter()
+                .map(|c| c.as_primitive_opt::<Int64Type>().cloned())
+                .collect(),
             starts,
             len,
         })
@@ -276,12 +313,11 @@ impl IntCol {
     #[inline]
     pub fn get(&self, row: usize) -> Option<u32> {
         let (k, i) = locate(&self.starts, row);
-        let c = &self.chunks[k];
-        if c.is_null(i) || c.data_type() == &DataType::Null {
+        let c = self.chunks[k].as_ref()?;
+        if c.is_null(i) {
             return None;
         }
-        let v = c.as_primitive::<Int64Type>().value(i);
-        Some(v.clamp(0, u32::MAX as i64) as u32)
+        Some(c.value(i).clamp(0, u32::MAX as i64) as u32)
     }
 }
 

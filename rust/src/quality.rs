@@ -32,7 +32,10 @@
 //! |                  |                          | least that confidence (it abstains below, on text |
 //! |                  |                          | of few letters and on languages it does not know) |
 //! |                  |                          | and the field's stop words did not already show   |
-//! |                  |                          | the requested language (see `stopwords_show`)     |
+//! |                  |                          | the requested language (see `stopwords_show`); in |
+//! |                  |                          | Latin and Cyrillic script whatlang is asked only  |
+//! |                  |                          | when another language's stop words outscore the   |
+//! |                  |                          | requested one's (`another_language_outscores`)    |
 //!
 //! Words are runs of ASCII alphanumerics, `_` and non-ASCII bytes, compared with ASCII
 //! case folded. Per-word checks (echo spans, word shares) read a bounded window of each
@@ -1186,6 +1189,29 @@ fn stopwords_show(words: &[u64], bit: u8) -> bool {
     beats(mine, other)
 }
 
+/// Whether the stop words of `words` score some language other than `bit`'s (its
+/// siblings included; any language when the requested one has no list, `bit` None) at
+/// least STOPWORD_MIN and above the requested language: evidence the text is in another
+/// language, which whatlang is then asked to name.
+fn another_language_outscores(words: &[u64], bit: Option<u8>) -> bool {
+    let table = &*STOPWORDS;
+    let me = bit.map_or(0, |b| 1u64 << (b & 63));
+    let mut scores = [0u32; 64];
+    let (mut mine, mut best) = (0u32, 0u32);
+    for &w in words {
+        let (langs, share) = table.get(w);
+        mine += (langs & me != 0) as u32 * share;
+        let mut rest = langs & !me;
+        while rest != 0 {
+            let b = rest.trailing_zeros() as usize;
+            scores[b] += share;
+            best = best.max(scores[b]);
+            rest &= rest - 1;
+        }
+    }
+    best >= STOPWORD_MIN_FIXED && best > mine
+}
+
 // ------------------------------------------------------------------------------ the gate
 
 /// What the gate knows about one field of a task type.
@@ -1495,9 +1521,30 @@ pub fn check_row(
             if !more && window.len() < WINDOW_WORDS && shown >> p.min(63) & 1 == 1 {
                 continue;
             }
-            let want = sc.lang_parts[p].0.as_str();
+            let (want, bit) = (sc.lang_parts[p].0.as_str(), sc.lang_parts[p].1);
             let text = prefix(v, LANG_WINDOW_BYTES);
             if text.chars().filter(|c| c.is_alphabetic()).count() < LANG_MIN_LETTERS {
+                continue;
+            }
+            // In Latin and Cyrillic script whatlang weighs trigrams of every language of
+            // the script (~50 µs a field in Latin, the cost of 30 rows of the whole pass):
+            // it is asked only when another language's stop words outscore the requested
+            // one's, the evidence a model drifted into it (the usual drift is into English
+            // or a neighbour). Without that evidence the field is left alone. (Without
+            // stop-word lists, `ctx.languages` None, whatlang alone decides.)
+            let words = if more {
+                words_into(v, STOPWORD_WORDS, &mut sc.longer_window);
+                &sc.longer_window
+            } else {
+                window
+            };
+            if ctx.languages.is_some()
+                && !another_language_outscores(words, bit)
+                && matches!(
+                    whatlang::detect_script(text),
+                    Some(whatlang::Script::Latin | whatlang::Script::Cyrillic)
+                )
+            {
                 continue;
             }
             let Some(info) = whatlang::detect(text) else {
@@ -1748,7 +1795,9 @@ mod tests {
 
     #[test]
     fn bitext_checks_each_side() {
-        // whatlang's confidence on one sentence is low (0.1 for this French one).
+        // whatlang's confidence on one sentence is low (0.1 for this French one). In
+        // Latin script whatlang is asked only when another language's stop words
+        // outscore the requested one's: the French sentence has enough of them.
         let c = QualityConfig {
             wrong_language: Some(0.05),
             ..QualityConfig::default()
@@ -1762,7 +1811,7 @@ mod tests {
             &c,
         );
         let en = "The committee approved the new budget after a long debate on Tuesday.";
-        let fr = "Le comité a approuvé le nouveau budget après un long débat mardi dernier.";
+        let fr = "Le comité a approuvé le budget dans la soirée et nous avons voté pour ce plan avec les élus.";
         let run = |a: &str, b: &str, with_lists: bool| {
             check_row(
                 &c,
@@ -1836,6 +1885,40 @@ mod tests {
             &window("photosynthesis chlorophyll glucose"),
             bit("en")
         ));
+    }
+
+    #[test]
+    fn whatlang_is_asked_when_another_language_outscores() {
+        let words = |t: &str| {
+            let mut w = Vec::new();
+            words_into(t, STOPWORD_WORDS, &mut w);
+            w
+        };
+        let (english_bit, fr) = (stopword_bit("en"), stopword_bit("fr"));
+        let english = words(DOC);
+        assert!(another_language_outscores(&english, fr));
+        assert!(!another_language_outscores(&english, english_bit));
+        // A language without a list: any language's stop words are another's.
+        assert!(another_language_outscores(&english, None));
+        let no_function_words = words("photosynthesis chlorophyll glucose sunlight leaves");
+        assert!(!another_language_outscores(&no_function_words, None));
+        assert!(!another_language_outscores(&no_function_words, fr));
+
+        // Uzbek has no list: English drift is still caught (its stop words outscore,
+        // whatlang names it); Uzbek text is kept (its words are in no list, so no other
+        // language outscores it and whatlang's trigram pass does not run).
+        let c = QualityConfig::default();
+        let uz = RowCtx {
+            language: Some("Uzbek"),
+            ..en()
+        };
+        let uzbek = "Toshkent shahrida yangi kutubxona ochildi. Kutubxonada o'n ming kitob \
+                     bor, kitobxonlar esa har kuni kelishadi. Shahar hokimi marosimda nutq so'zladi.";
+        assert_eq!(check(&c, "kutubxona Toshkent", uzbek, [None, None], uz), None);
+        assert_eq!(
+            check(&c, "kutubxona Toshkent", DOC, [None, None], uz),
+            Some((Reason::WrongLanguage, "d".into()))
+        );
     }
 
     #[test]
