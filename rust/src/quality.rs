@@ -1914,7 +1914,10 @@ mod tests {
         };
         let uzbek = "Toshkent shahrida yangi kutubxona ochildi. Kutubxonada o'n ming kitob \
                      bor, kitobxonlar esa har kuni kelishadi. Shahar hokimi marosimda nutq so'zladi.";
-        assert_eq!(check(&c, "kutubxona Toshkent", uzbek, [None, None], uz), None);
+        assert_eq!(
+            check(&c, "kutubxona Toshkent", uzbek, [None, None], uz),
+            None
+        );
         assert_eq!(
             check(&c, "kutubxona Toshkent", DOC, [None, None], uz),
             Some((Reason::WrongLanguage, "d".into()))
