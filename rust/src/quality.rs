@@ -686,7 +686,13 @@ fn residue_but_filler(s: &str, answer_keys: &[String]) -> Option<String> {
     let mut quoted = |i: usize| {
         *backticks.get_or_insert_with(|| memchr::memchr(b'`', b).is_some()) && in_inline_code(b, i)
     };
-    let t = s.trim();
+    // Most values start and end with a visible ASCII byte: nothing to trim.
+    let visible = |c: Option<&u8>| c.is_some_and(|&c| c > b' ' && c < 0x80);
+    let t = if visible(b.first()) && visible(b.last()) {
+        s
+    } else {
+        s.trim()
+    };
     if t.len() <= 24 {
         let low = t
             .trim_matches(|c: char| c == '.' || c == '"' || c == '\'')
@@ -1265,6 +1271,34 @@ pub struct GateScratch {
     /// (field, language part) of fields whose stop words did not show their language.
     unsettled: Vec<(usize, usize)>,
     longer_window: Vec<u64>,
+    degenerate_clear: DegenerateClear,
+}
+
+/// Per window length n (0..=WINDOW_WORDS), the fewest distinct words that clear a
+/// window of the degenerate check at a top-word share: more than half the words, more
+/// than the fewest repeats that fire leave room for, and (1 - share) of them. Kept for
+/// the last share asked (the thresholds are per row otherwise).
+#[derive(Default)]
+struct DegenerateClear {
+    share_bits: Option<u64>,
+    min: [u32; WINDOW_WORDS + 1],
+}
+
+impl DegenerateClear {
+    fn get(&mut self, top_share: f64) -> &[u32; WINDOW_WORDS + 1] {
+        if self.share_bits != Some(top_share.to_bits()) {
+            for (n, min) in self.min.iter_mut().enumerate() {
+                let n = n as f64;
+                // Fewest repeats that fire (floor of share x n, plus one).
+                let top_min = (top_share * n) as usize as f64 + 1.0;
+                let clears =
+                    |d: f64| d > n / 2.0 && d >= n - top_min + 2.0 && d >= (1.0 - top_share) * n;
+                *min = (0..=64u32).find(|&d| clears(d as f64)).unwrap_or(u32::MAX);
+            }
+            self.share_bits = Some(top_share.to_bits());
+        }
+        &self.min
+    }
 }
 
 /// (distinct words, count of the most frequent) of a window of word hashes: an
@@ -1381,14 +1415,7 @@ pub fn check_row(
             // 64) settles ordinary text at once: a period or a dominant word needs few
             // distinct words. Only text this cannot clear is counted exactly.
             let seen = words.iter().fold(0u64, |m, &w| m | 1 << (w >> 58));
-            let some_distinct = seen.count_ones() as f64;
-            // Fewest repeats that fire (a cast truncates: floor without a libm call, as the
-            // x86_64 baseline has no rounding instruction).
-            let top_min = (top_share * n as f64) as usize as f64 + 1.0;
-            if some_distinct > n as f64 / 2.0
-                && some_distinct >= n as f64 - top_min + 2.0
-                && some_distinct >= (1.0 - top_share) * n as f64
-            {
+            if seen.count_ones() >= sc.degenerate_clear.get(top_share)[n.min(WINDOW_WORDS)] {
                 continue;
             }
             if n >= 12 {
