@@ -160,7 +160,7 @@ impl StrChunk {
 
     #[inline]
     fn bytes(&self, i: usize) -> Option<&[u8]> {
-        fn valid(a: &dyn Array, i: usize) -> Option<()> {
+        fn valid<A: Array>(a: &A, i: usize) -> Option<()> {
             a.nulls().is_none_or(|n| n.is_valid(i)).then_some(())
         }
         match self {

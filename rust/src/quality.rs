@@ -1932,8 +1932,8 @@ mod tests {
         assert!(!another_language_outscores(&no_function_words, fr));
 
         // Uzbek has no list: English drift is still caught (its stop words outscore,
-        // whatlang names it); Uzbek text is kept (its words are in no list, so no other
-        // language outscores it and whatlang's trigram pass does not run).
+        // whatlang names it); Uzbek text, whose few words in other lists ("esa", "har")
+        // score no language that high, is kept without whatlang's trigram pass.
         let c = QualityConfig::default();
         let uz = RowCtx {
             language: Some("Uzbek"),
@@ -1941,6 +1941,7 @@ mod tests {
         };
         let uzbek = "Toshkent shahrida yangi kutubxona ochildi. Kutubxonada o'n ming kitob \
                      bor, kitobxonlar esa har kuni kelishadi. Shahar hokimi marosimda nutq so'zladi.";
+        assert!(!another_language_outscores(&words(uzbek), None));
         assert_eq!(
             check(&c, "kutubxona Toshkent", uzbek, [None, None], uz),
             None
