@@ -37,8 +37,11 @@ Checks and default thresholds (a check that fires names the field and why):
                           each field) differs from the requested one with at least this
                           confidence; fields whose first words are clearly stop words of
                           the requested language skip whatlang, and so do short fields
-                          beside one that did; it abstains on short text and on languages
-                          it does not know (for those only a confident English counts);
+                          beside one that did; in Latin and Cyrillic script whatlang runs
+                          only when another language's stop words outscore the requested
+                          one's (else the field is kept); it abstains on short text and
+                          on languages it does not know (for those only a confident
+                          English counts);
                           each field against the language its type's field_languages
                           names (bitext: each side against its own); lower = stricter
     not_a_task       4    a brainstormed task definition with fewer words than this, made
