@@ -6,7 +6,8 @@ few % duplicate), then times in one process:
   e5x          e5x.core.validate(unpack=True, json=False) + Deduplicator.add (Rust, all
                cores), and the same in one call with dedup fused into validation; then the
                fused call with the quality gate on (all checks, and all but wrong_language),
-               each row carrying its task, requested language and asked-for words
+               each row carrying its task, requested language and asked-for words; and the
+               gate off and on over rows in a language without a stop-word list (Uzbek)
   python       orjson.loads + jsonschema_rs validator + NFKC/whitespace normalise + xxh3-128 set
   polars       pl.read_ndjson(ignore_errors=True) + DataFrame.unique(keep="first")
 
@@ -52,6 +53,16 @@ WORDS = (
     "data treatment response effect levels risk associated significant clinical samples "
     "über café naïve résumé Straße 日本語 データ 研究 москва данные"
 ).split()
+# Rows in a language without a stop-word list (Uzbek, Latin script): function words cannot
+# settle their language, so the gate's cost there is measured on its own rows.
+UNLISTED_LANGUAGE = "Uzbek"
+UNLISTED_WORDS = (
+    "Toshkent shahrida yangi kutubxona ochildi Kutubxonada ming kitob bor kitobxonlar esa har kuni "
+    "kelishadi Shahar hokimi marosimda nutq so'zladi O'zbekiston Respublikasi mustaqil davlat bo'lib "
+    "poytaxti hisoblanadi Mamlakatda ko'plab tarixiy shaharlar mavjud Samarqand Buxoro va Xiva qadimiy "
+    "madaniyat markazlari sifatida mashhur Talabalar universitetda ilm olishadi kelajakda mutaxassis "
+    "bo'lishadi Bolalar maktabga borishadi o'qituvchilar dars berishadi"
+).split()
 
 
 CPU_SECONDS: list[float] = []  # CPU time (user+sys, all threads) of each _peak_rss call
@@ -90,11 +101,11 @@ def _peak_rss(fn: Callable[[], T]) -> tuple[T, float, float]:
     return out, dt, max(peak[0], proc.memory_info().rss) / 2**20
 
 
-def _paragraphs(rng: np.random.Generator, count: int, words: int) -> list[str]:
-    idx = rng.integers(0, len(WORDS), size=(count, words))
+def _paragraphs(rng: np.random.Generator, count: int, words: int, vocabulary: list[str]) -> list[str]:
+    idx = rng.integers(0, len(vocabulary), size=(count, words))
     out = []
     for k, row in enumerate(idx):
-        s = " ".join(WORDS[i] for i in row)
+        s = " ".join(vocabulary[i] for i in row)
         # Some escapes as real LLM output has them: newlines and quotes.
         if k % 3 == 0:
             s = s.replace(" of ", ' of "the" ', 1)
@@ -105,13 +116,14 @@ def _paragraphs(rng: np.random.Generator, count: int, words: int) -> list[str]:
     return out
 
 
-def make_samples(n: int, seed: int, invalid: float, dup: float) -> pl.Series:
-    """n JSON texts (one line each): valid short_long objects, ~invalid bad, ~dup copies."""
+def make_samples(n: int, seed: int, invalid: float, dup: float, vocabulary: list[str] = WORDS) -> pl.Series:
+    """n JSON texts (one line each): valid short_long objects, ~invalid bad, ~dup copies,
+    their text random words of ``vocabulary``."""
     rng = np.random.default_rng(seed)
     pool = 4096
     esc = lambda xs: [json.dumps(x, ensure_ascii=False)[1:-1] for x in xs]  # noqa: E731
-    queries = esc(_paragraphs(rng, pool, 8))
-    docs = esc(_paragraphs(rng, pool, 110))
+    queries = esc(_paragraphs(rng, pool, 8, vocabulary))
+    docs = esc(_paragraphs(rng, pool, 110, vocabulary))
     df = pl.DataFrame(
         {
             "q": np.array(queries, dtype=object)[rng.integers(0, pool, n)],
@@ -174,13 +186,13 @@ class GateInputs(TypedDict):
     gate_min_words: dict[str, pl.Series]
 
 
-def gate_inputs(n: int, checks: str) -> GateInputs:
+def gate_inputs(n: int, checks: str, language: str = "English") -> GateInputs:
     """What clean hands the gate per row: task, requested language, words asked for
     (query "5 to 15 words" -> 5, documents "about 100 words" -> 100)."""
     return {
         "gate": quality.gate(checks),
         "gate_tasks": pl.Series([TASK], dtype=pl.String).extend_constant(TASK, n - 1),
-        "gate_languages": pl.Series(["English"], dtype=pl.String).extend_constant("English", n - 1),
+        "gate_languages": pl.Series([language], dtype=pl.String).extend_constant(language, n - 1),
         "gate_min_words": {
             "user_query": pl.Series([5], dtype=pl.Int64).extend_constant(5, n - 1),
             "positive_document": pl.Series([100], dtype=pl.Int64).extend_constant(100, n - 1),
@@ -334,6 +346,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=3, help="e5x runs (best is reported)")
     ap.add_argument("--gate-rows", type=int, default=None, help="rows for the all-checks gate row (default: all)")
     ap.add_argument("--only-gate", action="store_true", help="only the fused rows, gate off and on")
+    ap.add_argument(
+        "--unlisted-rows",
+        type=int,
+        default=100_000,
+        help=f"rows in {UNLISTED_LANGUAGE} (no stop-word list) for the gate rows of such a language (0: none)",
+    )
     args = ap.parse_args(argv)
 
     print(header())
@@ -461,14 +479,27 @@ def gate_rows(texts: pl.Series, mb: float, args: argparse.Namespace, best: Best,
     add(
         "e5x", "fused, gate all", dt_all, rss, f"{valid:,} valid, {k:,} kept (all checks, {m:,} rows)", size=sub_mb, n=m
     )
-    for label, dt, cpu, size, rows in (
-        ("all checks but wrong_language", dt_on, cpu_on, mb, n),
-        ("all checks", dt_all, cpu_all, sub_mb, m),
-    ):
-        wall_cost = 100 * (1 - (size / dt) / (mb / dt_off))
-        cpu_cost = 100 * ((cpu / rows) / (cpu_off / n) - 1)
+    costs = [
+        ("all checks but wrong_language", dt_on, cpu_on, mb, n, dt_off, cpu_off, mb, n),
+        ("all checks", dt_all, cpu_all, sub_mb, m, dt_off, cpu_off, mb, n),
+    ]
+    u = args.unlisted_rows
+    if u:
+        lang = UNLISTED_LANGUAGE
+        ut = make_samples(u, args.seed, args.invalid, args.dup, UNLISTED_WORDS)
+        u_mb = float(ut.str.len_bytes().sum()) / 1e6
+        (valid, k), u_off, rss = best(lambda: run_e5x(ut), args.repeat)
+        u_cpu_off = CPU_SECONDS[-1]
+        add("e5x", f"gate off, {lang}", u_off, rss, f"{valid:,} valid, {k:,} kept ({u:,} rows)", size=u_mb, n=u)
+        g = gate_inputs(u, "all", lang)
+        (valid, k), u_all, rss = best(lambda: run_e5x_gate(ut, g), args.repeat)
+        add("e5x", f"gate all, {lang}", u_all, rss, f"{valid:,} valid, {k:,} kept ({u:,} rows)", size=u_mb, n=u)
+        costs.append((f"all checks, {lang} rows", u_all, CPU_SECONDS[-1], u_mb, u, u_off, u_cpu_off, u_mb, u))
+    for label, dt, cpu, size, rows, base_dt, base_cpu, base_size, base_rows in costs:
+        wall_cost = 100 * (1 - (size / dt) / (base_size / base_dt))
+        cpu_cost = 100 * ((cpu / rows) / (base_cpu / base_rows) - 1)
         print(
-            f"quality gate ({label}): {size / dt / 1e3:.3f} GB/s vs {mb / dt_off / 1e3:.3f} GB/s off = "
+            f"quality gate ({label}): {size / dt / 1e3:.3f} GB/s vs {base_size / base_dt / 1e3:.3f} GB/s off = "
             f"{wall_cost:.0f}% of fused wall throughput, +{cpu_cost:.0f}% CPU time per row (goal <= 25%)"
         )
 
