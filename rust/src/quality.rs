@@ -1197,8 +1197,9 @@ fn stopwords_show(words: &[u64], bit: u8) -> bool {
 
 /// Whether the stop words of `words` score some language other than `bit`'s (its
 /// siblings included; any language when the requested one has no list, `bit` None) at
-/// least STOPWORD_MIN and above the requested language: evidence the text is in another
-/// language, which whatlang is then asked to name.
+/// least STOPWORD_MIN (twice that over more than WINDOW_WORDS words: chance hits in the
+/// large lists grow with the words read) and above the requested language: evidence the
+/// text is in another language, which whatlang is then asked to name.
 fn another_language_outscores(words: &[u64], bit: Option<u8>) -> bool {
     let table = &*STOPWORDS;
     let me = bit.map_or(0, |b| 1u64 << (b & 63));
@@ -1215,7 +1216,8 @@ fn another_language_outscores(words: &[u64], bit: Option<u8>) -> bool {
             rest &= rest - 1;
         }
     }
-    best >= STOPWORD_MIN_FIXED && best > mine
+    let min = STOPWORD_MIN_FIXED << (words.len() > WINDOW_WORDS) as u32;
+    best >= min && best > mine
 }
 
 // ------------------------------------------------------------------------------ the gate
@@ -1559,14 +1561,13 @@ pub fn check_row(
             // one's, the evidence a model drifted into it (the usual drift is into English
             // or a neighbour). Without that evidence the field is left alone. (Without
             // stop-word lists, `ctx.languages` None, whatlang alone decides.)
-            let words = if more {
-                words_into(v, STOPWORD_WORDS, &mut sc.longer_window);
-                &sc.longer_window
-            } else {
-                window
-            };
+            let outscored = another_language_outscores(window, bit)
+                || more && {
+                    words_into(v, STOPWORD_WORDS, &mut sc.longer_window);
+                    another_language_outscores(&sc.longer_window, bit)
+                };
             if ctx.languages.is_some()
-                && !another_language_outscores(words, bit)
+                && !outscored
                 && matches!(
                     whatlang::detect_script(text),
                     Some(whatlang::Script::Latin | whatlang::Script::Cyrillic)
@@ -1927,6 +1928,19 @@ mod tests {
         assert!(!another_language_outscores(&english, english_bit));
         // A language without a list: any language's stop words are another's.
         assert!(another_language_outscores(&english, None));
+        // Two English-only stop words outscore French in a window of 12 words, not in 32
+        // (the bar doubles over the longer window).
+        let filler = |n: usize| {
+            (0..n)
+                .map(|i| format!("xq{i}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let two_in = |n: usize| words(&format!("which that {}", filler(n - 2)));
+        assert_eq!(two_in(WINDOW_WORDS).len(), WINDOW_WORDS);
+        assert!(another_language_outscores(&two_in(WINDOW_WORDS), fr));
+        assert_eq!(two_in(STOPWORD_WORDS).len(), STOPWORD_WORDS);
+        assert!(!another_language_outscores(&two_in(STOPWORD_WORDS), fr));
         let no_function_words = words("photosynthesis chlorophyll glucose sunlight leaves");
         assert!(!another_language_outscores(&no_function_words, None));
         assert!(!another_language_outscores(&no_function_words, fr));
