@@ -459,7 +459,8 @@ class Add(Protocol):
 
 def gate_rows(texts: pl.Series, mb: float, args: argparse.Namespace, best: Best, add: Add) -> None:
     """Fused validate+dedup with the gate off, on without wrong_language, and on (all
-    checks; on the first --gate-rows rows if given), side by side. The gate's cost is
+    checks; on the first --gate-rows rows if given), side by side; then off and on (all
+    checks) over --unlisted-rows rows in a language without a stop-word list. The gate's cost is
     given both as lost wall throughput and as added CPU time (the steadier measure on a
     shared machine: wall time hides CPU a busy neighbour would have used)."""
     n = texts.len()
