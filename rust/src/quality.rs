@@ -1561,13 +1561,15 @@ pub fn check_row(
             // one's, the evidence a model drifted into it (the usual drift is into English
             // or a neighbour). Without that evidence the field is left alone. (Without
             // stop-word lists, `ctx.languages` None, whatlang alone decides.)
-            let outscored = another_language_outscores(window, bit)
-                || more && {
-                    words_into(v, STOPWORD_WORDS, &mut sc.longer_window);
-                    another_language_outscores(&sc.longer_window, bit)
-                };
+            let outscored = |longer: &mut Vec<u64>| {
+                another_language_outscores(window, bit)
+                    || more && {
+                        words_into(v, STOPWORD_WORDS, longer);
+                        another_language_outscores(longer, bit)
+                    }
+            };
             if ctx.languages.is_some()
-                && !outscored
+                && !outscored(&mut sc.longer_window)
                 && matches!(
                     whatlang::detect_script(text),
                     Some(whatlang::Script::Latin | whatlang::Script::Cyrillic)
