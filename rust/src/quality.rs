@@ -1119,17 +1119,18 @@ impl Languages {
     }
 }
 
-/// Languages of the word `w` that count against the language of `bit` (outside its
-/// siblings), whether `bit` is one of its languages, and the share of its weight each of
-/// them gets, `1 / (others + mine)` (0: the word is in none of them).
+/// Languages of the word `w` that count against the requested language (bit mask `me`,
+/// 0 for a language without a list) outside `siblings` (which hold `me`), whether the
+/// requested language is one of its languages, and the share of its weight each of them
+/// gets, `1 / (others + mine)` (0: the word is in none of them).
 #[inline(always)]
-fn stopword_share(table: &StopTable, w: u64, bit: u8, siblings: u64) -> (u64, u32, u32) {
+fn stopword_share(table: &StopTable, w: u64, me: u64, siblings: u64) -> (u64, u32, u32) {
     let (langs, share) = table.get(w);
     let others = langs & !siblings;
-    let is_mine = (langs >> bit & 1) as u32;
+    let is_mine = (langs & me != 0) as u32;
     // Mostly no sibling holds the word: then the holders are all its languages, and the
     // share is the table's (no popcount instruction in the x86_64 baseline, no division).
-    let near = langs & siblings & !(1u64 << bit);
+    let near = langs & siblings & !me;
     if near == 0 {
         return (others, is_mine, share);
     }
@@ -1140,18 +1141,18 @@ fn stopword_share(table: &StopTable, w: u64, bit: u8, siblings: u64) -> (u64, u3
     )
 }
 
-/// Stop-word scores of `words` for the language of `bit` and for the best other language
-/// outside its siblings: each word that is a stop word adds 1/k to each of the k
-/// languages whose list holds it, so words many languages share count little.
-fn stopword_scores(words: &[u64], bit: u8) -> (u32, u32) {
+/// Stop-word scores of `words` for the requested language (`me`, see stopword_share) and
+/// for the best other language outside `siblings`: each word that is a stop word adds 1/k
+/// to each of the k languages whose list holds it, so words many languages share count
+/// little.
+fn stopword_scores(words: &[u64], me: u64, siblings: u64) -> (u32, u32) {
     let table = &*STOPWORDS;
-    let siblings = SIBLING_MASKS[bit as usize & 63];
     let mut scores = [0u32; 64];
     let (mut mine, mut best_other) = (0u32, 0u32);
     for &w in words {
-        let (others, is_mine, share) = stopword_share(table, w, bit, siblings);
+        let (others, is_mine, share) = stopword_share(table, w, me, siblings);
         if share == 0 {
-            continue; // a word of the siblings' lists only
+            continue; // a word in no list, or in the siblings' lists only
         }
         mine += is_mine * share;
         let mut rest = others;
@@ -1176,11 +1177,12 @@ fn stopwords_show(words: &[u64], bit: u8) -> bool {
     // words, so never below its score). Most fields settle here without scoring each
     // language.
     let (table, siblings) = (&*STOPWORDS, SIBLING_MASKS[bit as usize & 63]);
+    let me = 1u64 << (bit & 63);
     let (mut mine, mut bound) = (0u32, 0u32);
     for &w in words {
         // No branch on whether the word is a stop word (a coin flip per word in prose):
         // a word in no list has a share of 0.
-        let (others, is_mine, share) = stopword_share(table, w, bit, siblings);
+        let (others, is_mine, share) = stopword_share(table, w, me, siblings);
         mine += is_mine * share;
         bound += (others != 0) as u32 * share;
     }
@@ -1191,7 +1193,7 @@ fn stopwords_show(words: &[u64], bit: u8) -> bool {
     if beats(mine, bound) {
         return true;
     }
-    let (mine, other) = stopword_scores(words, bit);
+    let (mine, other) = stopword_scores(words, me, siblings);
     beats(mine, other)
 }
 
@@ -1201,21 +1203,8 @@ fn stopwords_show(words: &[u64], bit: u8) -> bool {
 /// large lists grow with the words read) and above the requested language: evidence the
 /// text is in another language, which whatlang is then asked to name.
 fn another_language_outscores(words: &[u64], bit: Option<u8>) -> bool {
-    let table = &*STOPWORDS;
     let me = bit.map_or(0, |b| 1u64 << (b & 63));
-    let mut scores = [0u32; 64];
-    let (mut mine, mut best) = (0u32, 0u32);
-    for &w in words {
-        let (langs, share) = table.get(w);
-        mine += (langs & me != 0) as u32 * share;
-        let mut rest = langs & !me;
-        while rest != 0 {
-            let b = rest.trailing_zeros() as usize;
-            scores[b] += share;
-            best = best.max(scores[b]);
-            rest &= rest - 1;
-        }
-    }
+    let (mine, best) = stopword_scores(words, me, me);
     let min = STOPWORD_MIN_FIXED << (words.len() > WINDOW_WORDS) as u32;
     best >= min && best > mine
 }
