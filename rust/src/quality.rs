@@ -34,8 +34,9 @@
 //! |                  |                          | and the field's stop words did not already show   |
 //! |                  |                          | the requested language (see `stopwords_show`); in |
 //! |                  |                          | Latin and Cyrillic script whatlang is asked only  |
-//! |                  |                          | when another language's stop words outscore the   |
-//! |                  |                          | requested one's (`another_language_outscores`)    |
+//! |                  |                          | when other languages' stop words outscore the     |
+//! |                  |                          | requested one's (`outscoring_languages`), and to  |
+//! |                  |                          | choose between those and the requested one        |
 //!
 //! Words are runs of ASCII alphanumerics, `_` and non-ASCII bytes, compared with ASCII
 //! case folded. Per-word checks (echo spans, word shares) read a bounded window of each
@@ -1141,13 +1142,13 @@ fn stopword_share(table: &StopTable, w: u64, me: u64, siblings: u64) -> (u64, u3
     )
 }
 
-/// Stop-word scores of `words` for the requested language (`me`, see stopword_share) and
-/// for the best other language outside `siblings`: each word that is a stop word adds 1/k
-/// to each of the k languages whose list holds it, so words many languages share count
-/// little.
-fn stopword_scores(words: &[u64], me: u64, siblings: u64) -> (u32, u32) {
+/// Stop-word scores of `words` for the requested language (`me`, see stopword_share), and
+/// for each language outside `siblings` into `scores` (by bit) with the best of them:
+/// each word that is a stop word adds 1/k to each of the k languages whose list holds
+/// it, so words many languages share count little.
+fn stopword_scores(words: &[u64], me: u64, siblings: u64, scores: &mut [u32; 64]) -> (u32, u32) {
     let table = &*STOPWORDS;
-    let mut scores = [0u32; 64];
+    *scores = [0; 64];
     let (mut mine, mut best_other) = (0u32, 0u32);
     for &w in words {
         let (others, is_mine, share) = stopword_share(table, w, me, siblings);
@@ -1193,20 +1194,63 @@ fn stopwords_show(words: &[u64], bit: u8) -> bool {
     if beats(mine, bound) {
         return true;
     }
-    let (mine, other) = stopword_scores(words, me, siblings);
+    let (mine, other) = stopword_scores(words, me, siblings, &mut [0; 64]);
     beats(mine, other)
 }
 
-/// Whether the stop words of `words` score some language other than `bit`'s (its
-/// siblings included; any language when the requested one has no list, `bit` None) at
-/// least STOPWORD_MIN (twice that over more than WINDOW_WORDS words: chance hits in the
-/// large lists grow with the words read) and above the requested language: evidence the
-/// text is in another language, which whatlang is then asked to name.
-fn another_language_outscores(words: &[u64], bit: Option<u8>) -> bool {
+/// The languages (bits of STOPWORD_LANGS) other than `bit`'s (its siblings included; any
+/// language when the requested one has no list, `bit` None) whose stop words in `words`
+/// score at least STOPWORD_MIN (twice that over more than WINDOW_WORDS words: chance hits
+/// in the large lists grow with the words read) and above the requested language: the
+/// evidence a text is in another language, which whatlang is then asked to confirm.
+fn outscoring_languages(words: &[u64], bit: Option<u8>) -> u64 {
     let me = bit.map_or(0, |b| 1u64 << (b & 63));
-    let (mine, best) = stopword_scores(words, me, me);
+    let mut scores = [0u32; 64];
+    let (mine, best) = stopword_scores(words, me, me, &mut scores);
     let min = STOPWORD_MIN_FIXED << (words.len() > WINDOW_WORDS) as u32;
-    best >= min && best > mine
+    if best < min || best <= mine {
+        return 0;
+    }
+    (0..64)
+        .filter(|&b| scores[b] >= min && scores[b] > mine)
+        .fold(0, |m, b| m | 1u64 << b)
+}
+
+/// whatlang's language of each stop-word list (by bit), where whatlang knows it.
+static STOPWORD_WHATLANG: LazyLock<[Option<whatlang::Lang>; 64]> = LazyLock::new(|| {
+    use whatlang::Lang::*;
+    #[rustfmt::skip]
+    const KNOWN: [(&str, whatlang::Lang); 48] = [
+        ("af", Afr), ("ar", Ara), ("az", Aze), ("bg", Bul), ("bn", Ben), ("ca", Cat),
+        ("cs", Ces), ("da", Dan), ("de", Deu), ("el", Ell), ("en", Eng), ("eo", Epo),
+        ("es", Spa), ("et", Est), ("fa", Pes), ("fi", Fin), ("fr", Fra), ("gu", Guj),
+        ("he", Heb), ("hi", Hin), ("hr", Hrv), ("hu", Hun), ("hy", Hye), ("id", Ind),
+        ("it", Ita), ("ja", Jpn), ("ko", Kor), ("la", Lat), ("lt", Lit), ("lv", Lav),
+        ("mr", Mar), ("ne", Nep), ("nl", Nld), ("no", Nob), ("pl", Pol), ("pt", Por),
+        ("ro", Ron), ("ru", Rus), ("sk", Slk), ("sl", Slv), ("sv", Swe), ("th", Tha),
+        ("tl", Tgl), ("tr", Tur), ("uk", Ukr), ("ur", Urd), ("vi", Vie), ("zh", Cmn),
+    ];
+    let mut langs = [None; 64];
+    for (code, lang) in KNOWN {
+        if let Some(bit) = stopword_bit(code) {
+            langs[bit as usize] = Some(lang);
+        }
+    }
+    langs
+});
+
+/// The whatlang detector for a field of `want` (known to whatlang) outscored by the
+/// languages `outscoring`: one that chooses among them and `want` only, five to ten times
+/// cheaper than weighing every language of the script, or None (every language) when
+/// whatlang does not know one of them.
+fn detector_between(want: Option<whatlang::Lang>, outscoring: u64) -> Option<whatlang::Detector> {
+    let mut allow = vec![want?];
+    let mut rest = outscoring;
+    while rest != 0 {
+        allow.push(STOPWORD_WHATLANG[rest.trailing_zeros() as usize]?);
+        rest &= rest - 1;
+    }
+    Some(whatlang::Detector::with_allowlist(allow))
 }
 
 // ------------------------------------------------------------------------------ the gate
@@ -1546,27 +1590,33 @@ pub fn check_row(
             }
             // In Latin and Cyrillic script whatlang weighs trigrams of every language of
             // the script (~50 µs a field in Latin, the cost of 30 rows of the whole pass):
-            // it is asked only when another language's stop words outscore the requested
-            // one's, the evidence a model drifted into it (the usual drift is into English
-            // or a neighbour). Without that evidence the field is left alone. (Without
+            // it is asked only when other languages' stop words outscore the requested
+            // one's, the evidence a model drifted into them (the usual drift is into
+            // English or a neighbour), and then to choose between those languages and the
+            // requested one. Without that evidence the field is left alone. (Without
             // stop-word lists, `ctx.languages` None, whatlang alone decides.)
-            let outscored = |longer: &mut Vec<u64>| {
-                another_language_outscores(window, bit)
-                    || more && {
-                        words_into(v, STOPWORD_WORDS, longer);
-                        another_language_outscores(longer, bit)
-                    }
-            };
+            let mut detector = None;
             if ctx.languages.is_some()
-                && !outscored(&mut sc.longer_window)
                 && matches!(
                     whatlang::detect_script(text),
                     Some(whatlang::Script::Latin | whatlang::Script::Cyrillic)
                 )
             {
-                continue;
+                let mut outscoring = outscoring_languages(window, bit);
+                if outscoring == 0 && more {
+                    words_into(v, STOPWORD_WORDS, &mut sc.longer_window);
+                    outscoring = outscoring_languages(&sc.longer_window, bit);
+                }
+                if outscoring == 0 {
+                    continue;
+                }
+                detector = detector_between(lang_of_name(want), outscoring);
             }
-            let Some(info) = whatlang::detect(text) else {
+            let found = match &detector {
+                Some(d) => d.detect(text),
+                None => whatlang::detect(text),
+            };
+            let Some(info) = found else {
                 continue;
             };
             if info.confidence() < conf {
@@ -1915,10 +1965,28 @@ mod tests {
         };
         let (english_bit, fr) = (stopword_bit("en"), stopword_bit("fr"));
         let english = words(DOC);
-        assert!(another_language_outscores(&english, fr));
-        assert!(!another_language_outscores(&english, english_bit));
+        assert!(outscoring_languages(&english, fr) != 0);
+        assert_eq!(outscoring_languages(&english, english_bit), 0);
+        let by = outscoring_languages(&english, fr);
+        assert_ne!(
+            by & 1 << english_bit.unwrap(),
+            0,
+            "English is among the languages that outscore French"
+        );
+        // whatlang then chooses between French and those languages, and finds English;
+        // a language whatlang does not know among them (Swahili) leaves it every language.
+        let french = lang_of_name("French");
+        let between = detector_between(french, by).expect("whatlang knows each of them");
+        assert_eq!(
+            between.detect(DOC).map(|i| i.lang()),
+            Some(whatlang::Lang::Eng)
+        );
+        assert!(detector_between(french, 1 << stopword_bit("sw").unwrap()).is_none());
+        assert!(detector_between(None, by).is_none());
+        let known = STOPWORD_WHATLANG.iter().flatten().count();
+        assert_eq!(known, 48, "each list whatlang knows has its language");
         // A language without a list: any language's stop words are another's.
-        assert!(another_language_outscores(&english, None));
+        assert!(outscoring_languages(&english, None) != 0);
         // Two English-only stop words outscore French in a window of 12 words, not in 32
         // (the bar doubles over the longer window).
         let filler = |n: usize| {
@@ -1929,12 +1997,12 @@ mod tests {
         };
         let two_in = |n: usize| words(&format!("which that {}", filler(n - 2)));
         assert_eq!(two_in(WINDOW_WORDS).len(), WINDOW_WORDS);
-        assert!(another_language_outscores(&two_in(WINDOW_WORDS), fr));
+        assert!(outscoring_languages(&two_in(WINDOW_WORDS), fr) != 0);
         assert_eq!(two_in(STOPWORD_WORDS).len(), STOPWORD_WORDS);
-        assert!(!another_language_outscores(&two_in(STOPWORD_WORDS), fr));
+        assert_eq!(outscoring_languages(&two_in(STOPWORD_WORDS), fr), 0);
         let no_function_words = words("photosynthesis chlorophyll glucose sunlight leaves");
-        assert!(!another_language_outscores(&no_function_words, None));
-        assert!(!another_language_outscores(&no_function_words, fr));
+        assert_eq!(outscoring_languages(&no_function_words, None), 0);
+        assert_eq!(outscoring_languages(&no_function_words, fr), 0);
 
         // Uzbek has no list: English drift is still caught (its stop words outscore,
         // whatlang names it); Uzbek text, whose few words in other lists ("esa", "har")
@@ -1946,7 +2014,7 @@ mod tests {
         };
         let uzbek = "Toshkent shahrida yangi kutubxona ochildi. Kutubxonada o'n ming kitob \
                      bor, kitobxonlar esa har kuni kelishadi. Shahar hokimi marosimda nutq so'zladi.";
-        assert!(!another_language_outscores(&words(uzbek), None));
+        assert_eq!(outscoring_languages(&words(uzbek), None), 0);
         assert_eq!(
             check(&c, "kutubxona Toshkent", uzbek, [None, None], uz),
             None

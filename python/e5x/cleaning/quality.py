@@ -38,8 +38,9 @@ Checks and default thresholds (a check that fires names the field and why):
                           confidence; fields whose first words are clearly stop words of
                           the requested language skip whatlang, and so do short fields
                           beside one that did; in Latin and Cyrillic script whatlang runs
-                          only when another language's stop words outscore the requested
-                          one's (else the field is kept); it abstains on short text and
+                          only when other languages' stop words outscore the requested
+                          one's, to choose between those and the requested one (else the
+                          field is kept); it abstains on short text and
                           on languages it does not know (for those only a confident
                           English counts);
                           each field against the language its type's field_languages
