@@ -510,12 +510,6 @@ impl SpanSet {
         s
     }
 
-    pub fn from_text(text: &str, n: usize) -> SpanSet {
-        let mut s = SpanSet::default();
-        s.add_text(text, n, &mut Vec::new());
-        s
-    }
-
     #[inline(always)]
     fn has(&self, h: u64) -> bool {
         if self.bloom.is_empty() {
@@ -533,6 +527,58 @@ impl SpanSet {
 
     pub fn is_empty(&self) -> bool {
         self.set.is_empty()
+    }
+}
+
+/// The task definition a row answered, as the echo check reads it: the hashes of its
+/// words and of its n-word windows, kept while rows answer the same task. Each synthetic
+/// row usually answers a task of its own, so this is rebuilt for nearly every row: no
+/// set of every span length (a field is checked against spans of its own length only,
+/// a short one by a scan of the task's words), no allocation once the buffers have grown.
+#[derive(Default)]
+struct TaskWords {
+    key: String,
+    n: usize,
+    words: Vec<u64>,
+    /// Sorted, with a 256-bit filter of their top byte: nearly every window of a field
+    /// misses them, and the filter says so without a search.
+    windows: Vec<u64>,
+    filter: [u64; 4],
+}
+
+impl TaskWords {
+    /// Point at `task`, with windows of `n` words.
+    fn follow(&mut self, task: &str, n: usize) -> &TaskWords {
+        if self.key != task || self.n != n {
+            self.key.clear();
+            self.key.push_str(task);
+            self.n = n;
+            words_into(task, usize::MAX, &mut self.words);
+            self.windows.clear();
+            any_window(&self.words, n, |h| {
+                self.windows.push(h);
+                false
+            });
+            self.windows.sort_unstable();
+            self.filter = [0; 4];
+            for &h in &self.windows {
+                self.filter[(h >> 62) as usize] |= 1 << (h >> 56 & 63);
+            }
+        }
+        self
+    }
+
+    /// Whether the window hash `h` (as `any_window` makes it, n words) is one of the task's.
+    #[inline(always)]
+    fn has_window(&self, h: u64) -> bool {
+        self.filter[(h >> 62) as usize] >> (h >> 56 & 63) & 1 == 1
+            && self.windows.binary_search(&h).is_ok()
+    }
+
+    /// Whether the words `w` occur in the task, in a row.
+    fn has_span(&self, w: &[u64]) -> bool {
+        let h = span_hash(w);
+        any_window(&self.words, w.len(), |x| x == h)
     }
 }
 
@@ -1298,8 +1344,7 @@ pub struct RowCtx<'a> {
 pub struct GateScratch {
     /// Window word hashes per field, and whether the field had more words.
     words: Vec<(Vec<u64>, bool)>,
-    task_key: String,
-    task_spans: SpanSet,
+    task: TaskWords,
     /// The row's language parts, as (name, stop-word bit), for `lang_key`.
     lang_key: String,
     lang_parts: Vec<(String, Option<u8>)>,
@@ -1483,20 +1528,17 @@ pub fn check_row(
             }
         }
     }
-    if let (Some(n), Some(task)) = (cfg.prompt_echo, ctx.task) {
-        if sc.task_key != task || sc.task_spans.is_empty() {
-            sc.task_spans = SpanSet::from_text(task, n);
-            sc.task_key.clear();
-            sc.task_key.push_str(task);
-        }
-    }
     if let Some(n) = cfg.prompt_echo {
-        let task_spans = ctx.task.map(|_| &sc.task_spans);
+        let task = ctx.task.map(|t| sc.task.follow(t, n));
         for (k, name, _) in present() {
             let (w, more) = (&sc.words[k].0, sc.words[k].1);
-            let hit = |h: u64| plan.template.has(h) || task_spans.is_some_and(|t| t.has(h));
-            let whole = !more && w.len() >= ECHO_MIN_WHOLE && w.len() < n && hit(span_hash(w));
-            let span = any_window(w, n, hit);
+            let whole = !more
+                && w.len() >= ECHO_MIN_WHOLE
+                && w.len() < n
+                && (plan.template.has(span_hash(w)) || task.is_some_and(|t| t.has_span(w)));
+            let span = any_window(w, n, |h| {
+                plan.template.has(h) || task.is_some_and(|t| t.has_window(h))
+            });
             if whole || span {
                 let what = if whole {
                     "the whole field".to_string()
@@ -1954,6 +1996,51 @@ mod tests {
             &window("photosynthesis chlorophyll glucose"),
             bit("en")
         ));
+    }
+
+    #[test]
+    fn echo_follows_each_rows_task() {
+        // One scratch over rows of different tasks, as the fused pass runs them.
+        let c = QualityConfig::default();
+        let p = plan(&c);
+        let mut sc = GateScratch::default();
+        let mut row = |task: &str, q: &str| {
+            let ctx = RowCtx {
+                task: Some(task),
+                ..en()
+            };
+            let values = [Some(q), Some(DOC)];
+            check_row(
+                &c,
+                &p,
+                &names(&["q", "d"]),
+                &values,
+                &[None, None],
+                ctx,
+                &mut sc,
+            )
+            .map(|r| r.reason)
+        };
+        let a = "Find recipes that use seasonal vegetables from a farmers market in late autumn.";
+        let b = "Retrieve legal opinions on tenant rights when a landlord withholds a deposit.";
+        // Eight words of the task in a row, inside a longer query; seven are not enough.
+        let eight = "which recipes use seasonal vegetables from a farmers market in late today";
+        let seven = "which recipes use seasonal vegetables from a farmers stall in late today";
+        assert_eq!(row(a, eight), Some(Reason::PromptEcho));
+        assert_eq!(row(a, seven), None);
+        // The next row's task replaces the last one's spans.
+        assert_eq!(row(b, eight), None);
+        assert_eq!(
+            row(b, "tenant rights when a landlord withholds a deposit"),
+            Some(Reason::PromptEcho)
+        );
+        // A whole short field (4 to 7 words) found anywhere in the task, and one that is not.
+        assert_eq!(
+            row(b, "when a landlord withholds"),
+            Some(Reason::PromptEcho)
+        );
+        assert_eq!(row(b, "when a landlord keeps"), None);
+        assert_eq!(row(a, "when a landlord withholds"), None);
     }
 
     #[test]
