@@ -178,9 +178,10 @@ TASK_POOL = 4096
 
 
 def gate_tasks(n: int, seed: int = 11) -> pl.Series:
-    """A task definition per row, as synthetic rows have them (each brainstormed task gets
-    about one example), drawn from 4,096 of them: a row's task is nearly never the one of
-    the row before, so the echo check reads a new task for nearly every row."""
+    """A task definition per row, as synthetic rows have them (a brainstormed task gets a
+    few examples, spread over the log), drawn from 4,096 of them: a row's task is nearly
+    never the one of the row before, so the echo check reads a new task for nearly every
+    row."""
     rng = np.random.default_rng(seed)
     topics = rng.choice(np.array(WORDS[:-10], dtype=object), size=(TASK_POOL, 3))
     pool = np.array(
