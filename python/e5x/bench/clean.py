@@ -384,15 +384,9 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
 
     def best(fn: Callable[[], T], k: int) -> tuple[T, float, float]:
-        best_run: tuple[T, float, float, float] | None = None
-        for _ in range(k):
-            out, dt, rss = _peak_rss(fn)
-            if best_run is None or dt < best_run[1]:
-                best_run = (out, dt, rss, CPU_SECONDS[-1])
-            del out  # keep one result alive at a time (peak RSS per run)
-        assert best_run is not None
-        CPU_SECONDS.append(best_run[3])
-        return best_run[:3]
+        out, dt, rss, cpu = best_in_rounds([fn], k)[0]
+        CPU_SECONDS.append(cpu)
+        return out, dt, rss
 
     def add(pipe: str, stage: str, dt: float, rss: float, note: str = "", size: float = mb, n: int = args.rows) -> None:
         rows.append((pipe, stage, dt, CPU_SECONDS[-1], size / dt if size else float("nan"), n / dt, rss, note))
@@ -478,7 +472,7 @@ def best_in_rounds(fns: list[Callable[[], T]], k: int) -> list[tuple[T, float, f
             run = best_runs[i]
             if run is None or dt < run[1]:
                 best_runs[i] = (out, dt, rss, CPU_SECONDS[-1])
-            del out
+            del out  # keep one result alive at a time (peak RSS per run)
     return [run for run in best_runs if run is not None]
 
 
